@@ -1,0 +1,26 @@
+"""pyro-vae: Auto-Encoding Variational Bayes (Kingma & Welling 2013) written as a Pyro library.
+
+The model :math:`p(z)\\,p_\\theta(x \\mid z)` and the guide :math:`q_\\phi(z \\mid x)` are Pyro
+functions (:class:`VAE`); :func:`fit` trains them with SVI and writes a run folder that
+:func:`load_run` reads back. Each axis a user varies is a registry: :data:`LIKELIHOODS`,
+:data:`GUIDES`, :data:`OBJECTIVES`, :data:`DATASETS`.
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config  # noqa: E402
+from .data import DATASETS, Dataset, DatasetSource, load_dataset  # noqa: E402
+from .errors import TrainingDiverged, UserError  # noqa: E402
+from .evaluation import evaluate, log_weights  # noqa: E402
+from .guides import GUIDES, DiagonalGuide, Guide  # noqa: E402
+from .likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
+from .model import VAE  # noqa: E402
+from .objectives import OBJECTIVES, Objective  # noqa: E402
+from .run import Run, load_run  # noqa: E402
+from .training import OPTIMIZERS, build_vae, fit  # noqa: E402
+
+__all__ = [
+    "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "GUIDES", "Guide", "LIKELIHOODS",
+    "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "Run", "TrainingDiverged", "UserError", "VAE",
+    "build_likelihood", "build_vae", "evaluate", "fit", "load_dataset", "load_run", "log_weights",
+]  # fmt: skip

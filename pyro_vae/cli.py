@@ -1,0 +1,176 @@
+"""The ``pyro-vae`` command line: a thin layer over the Python API (:func:`pyro_vae.fit`, :func:`pyro_vae.load_run`).
+
+Errors a user can cause print one line, ``error: ...``, and exit with code 2; a diverged training
+run exits with code 1 and keeps its last good checkpoint.
+"""
+
+import json
+import sys
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from .config import Config
+from .data import DATASETS
+from .errors import TrainingDiverged, UserError
+from .likelihoods import LIKELIHOODS
+from .nets import ACTIVATIONS
+
+DEFAULTS = Config()
+
+
+def _choice(registry):
+    return click.Choice(registry.names() if hasattr(registry, "names") else list(registry))
+
+
+def fit_options(f):
+    """The options shared by every command that trains (``fit`` and later ``compare``)."""
+    options = [
+        click.option("--dataset", default=DEFAULTS.dataset, show_default=True, type=_choice(DATASETS),
+                     help="Registered dataset (ignored with --data)."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder holding the data files [default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae]."),
+        click.option("--data", type=click.Path(dir_okay=False), default=None,
+                     help="Train on your own array: .npy, .npz or .pt of shape (N, ...)."),
+        click.option("--test-data", type=click.Path(dir_okay=False), default=None,
+                     help="Test array for --data [default: a fixed 10% split of --data]."),
+        click.option("--binarize", default=DEFAULTS.binarize, show_default=True,
+                     type=click.Choice(["dynamic", "threshold", "none"]),
+                     help="How the bernoulli family binarizes grayscale data."),
+        click.option("--min-scale", default=DEFAULTS.min_scale, show_default=True, type=float,
+                     help="Smallest standard deviation of the gaussian family."),
+        click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1)),
+        click.option("--hidden", default="400", show_default=True,
+                     help="Hidden layer sizes of encoder and decoder, e.g. 500 or 200,200."),
+        click.option("--activation", default=DEFAULTS.activation, show_default=True,
+                     type=click.Choice(list(ACTIVATIONS))),
+        click.option("--optimizer", default=DEFAULTS.optimizer, show_default=True,
+                     type=click.Choice(["adam", "adagrad"])),
+        click.option("--lr", default=DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0, min_open=True)),
+        click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(1)),
+        click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(0)),
+        click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int),
+        click.option("--device", default=DEFAULTS.device, show_default=True,
+                     help="auto (CUDA when available), cpu or cuda."),
+        click.option("--quiet", is_flag=True, help="No progress bar and no summary line."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def settings_from(kwargs):
+    """The :class:`Config` fields among a command's keyword arguments."""
+    return {k: v for k, v in kwargs.items() if k in Config.__dataclass_fields__}
+
+
+def _resume_settings(ctx, settings, out):
+    """The saved settings of the run in ``out``, overridden by the flags given on the command line."""
+    from .checkpoint import load_checkpoint
+
+    if out is None:
+        raise UserError("--resume needs --out RUN_DIR, the run to continue")
+    saved = load_checkpoint(Path(out) / "checkpoint.pt")["config"]
+    given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    return settings_from({**saved, **given})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pyro-vae")
+def cli():
+    """Auto-Encoding Variational Bayes (Kingma & Welling 2013) with Pyro."""
+
+
+@cli.command()
+@click.option("--likelihood", default=DEFAULTS.likelihood, show_default=True, type=_choice(LIKELIHOODS),
+              help="The family p(x|z) of the decoder.")  # fmt: skip
+@fit_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder [default: a new folder under runs/].")  # fmt: skip
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint (e.g. with more --epochs).")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.pass_context
+def fit(ctx, out, resume, overwrite, quiet, **kwargs):
+    """Train a VAE and write a run folder (config, metrics, checkpoint, pictures)."""
+    from .training import fit as fit_run
+
+    settings = settings_from(kwargs)
+    if resume:
+        # a resumed run keeps its saved settings; flags given on the command line must agree with them
+        settings = _resume_settings(ctx, settings, out)
+    fit_run(Config(**settings), out, resume=resume, overwrite=overwrite, quiet=quiet)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--samples", default=1000, show_default=True, type=click.IntRange(1),
+              help="Importance samples K per test item.")  # fmt: skip
+@click.option("--subset", default=None, type=click.IntRange(1), help="Use only the first N test items.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def evaluate(run_dir, samples, subset, device, as_json):
+    """Test ELBO and importance-sampled log-likelihood of a trained run (nats per item)."""
+    from tqdm.auto import tqdm
+
+    from .run import load_run, write_evaluation
+
+    run = load_run(run_dir, device)
+    n = min(subset or run.meta["n_test"], run.meta["n_test"])
+    with tqdm(total=n, desc="evaluate", unit="item", disable=as_json or not sys.stderr.isatty(), leave=False) as bar:
+        result = run.evaluate(samples=samples, subset=subset, progress=bar.update)
+    write_evaluation(run, result)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(
+            f"test ELBO {result['test_elbo']:.3f} nats, log p(x) >= {result['test_log_likelihood']:.3f} nats "
+            f"({result['samples']} importance samples, {result['items']} test items)"
+        )
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-n", "--num", default=64, show_default=True, type=click.IntRange(1), help="How many samples.")
+@click.option("-o", "--output", default="samples.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG file to write.")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+def sample(run_dir, num, output, seed, device):
+    """Draw z from the prior and save the decoder means as a PNG grid."""
+    from .run import load_run
+
+    if not output.lower().endswith(".png"):
+        raise UserError(f"-o must name a .png file, got {output}")
+    run = load_run(run_dir, device)
+    run.save_samples(output, n=num, seed=seed)
+    click.echo(f"wrote {num} samples to {output}")
+
+
+def main(argv=None):
+    """Entry point of the ``pyro-vae`` console script and of ``python cli.py``."""
+    try:
+        cli.main(args=argv, prog_name="pyro-vae", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:  # bad flags, missing arguments
+        click.echo(f"error: {e.format_message()}", err=True)
+        return 2
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
+    except TrainingDiverged as e:
+        click.echo(f"error: {e}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("interrupted; the last completed epoch's checkpoint is kept (resume with --resume)", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

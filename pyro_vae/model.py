@@ -1,0 +1,92 @@
+r"""The variational autoencoder as a Pyro model and guide (Kingma & Welling 2013).
+
+Generative model (:meth:`VAE.model`), for each datapoint :math:`i` in the minibatch plate:
+
+.. math::
+
+    z_i \sim p(z) = \mathcal{N}(0, I), \qquad x_i \sim p_\theta(x \mid z_i)
+
+Inference network (:meth:`VAE.guide`): :math:`z_i \sim q_\phi(z \mid x_i)`, reparameterized.
+
+Training maximizes the evidence lower bound (the paper's eq. 3) with :class:`pyro.infer.SVI`:
+
+.. math::
+
+    \mathcal{L}(\theta, \phi; x_i) = \mathbb{E}_{q_\phi(z \mid x_i)}\left[\log p_\theta(x_i, z) - \log q_\phi(z \mid x_i)\right]
+    \le \log p_\theta(x_i)
+"""
+
+import torch
+import torch.nn as nn
+
+import pyro
+import pyro.distributions as dist
+
+from .guides import GUIDES
+from .likelihoods import Likelihood, build_likelihood
+from .nets import MLP, parse_hidden
+
+
+class VAE(nn.Module):
+    """A VAE with an MLP decoder :math:`f_\\theta` and an amortized guide :math:`q_\\phi(z \\mid x)`.
+
+    :param int x_dim: size of one flattened datapoint ``D``.
+    :param int z_dim: latent size.
+    :param hidden: hidden layer sizes of both nets, e.g. ``(400,)`` or ``"200,200"``.
+    :param str activation: hidden nonlinearity (``relu``, ``tanh``, ``softplus``, ``elu``).
+    :param likelihood: a :class:`~pyro_vae.likelihoods.Likelihood` or a registered name.
+    :param guide: a :class:`~pyro_vae.guides.Guide` class, instance, or registered name.
+    """
+
+    def __init__(self, x_dim, z_dim=20, hidden=(400,), activation="relu", likelihood="bernoulli", guide="diagonal"):
+        super().__init__()
+        hidden = parse_hidden(hidden)
+        self.x_dim, self.z_dim = x_dim, z_dim
+        self.likelihood = likelihood if isinstance(likelihood, Likelihood) else build_likelihood(likelihood)
+        if isinstance(guide, str):
+            guide = GUIDES.get(guide)
+        if isinstance(guide, type):
+            guide = guide(x_dim, z_dim, hidden, activation)
+        if not isinstance(guide, nn.Module):
+            raise TypeError(f"a guide must be a torch.nn.Module (see pyro_vae.guides.Guide), got {type(guide)}")
+        #: :math:`q_\phi(z \mid x)`
+        self.encoder = guide
+        #: :math:`f_\theta`: z -> the likelihood's parameters for every data dimension
+        self.decoder = MLP(z_dim, hidden, self.likelihood.params_per_dim * x_dim, activation)
+
+    def prior(self, like):
+        """:math:`p(z) = \\mathcal{N}(0, I)` on the dtype and device of ``like``."""
+        return dist.Normal(like.new_zeros(()), like.new_ones(())).expand([self.z_dim]).to_event(1)
+
+    def model(self, x):
+        """:math:`p(z)\\,p_\\theta(x \\mid z)` for a minibatch ``x`` of shape ``(B, D)``."""
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x))
+            pyro.sample("x", self.likelihood.distribution(self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        """:math:`q_\\phi(z \\mid x)` for the same minibatch; the site name ``"z"`` matches the model's."""
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.encoder(x))
+
+    # Uses of a trained model ------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, z):
+        """:math:`\\mathbb{E}[x \\mid z]` for latent codes ``z`` of shape ``(..., z_dim)``."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n, generator=None):
+        """Decoder means for ``n`` codes drawn from the prior: shape ``(n, D)``."""
+        p = next(self.parameters())
+        z = torch.randn(n, self.z_dim, generator=generator, device=p.device, dtype=p.dtype)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """Decoder means for one draw :math:`z \\sim q_\\phi(z \\mid x)` per row of ``x``."""
+        return self.decode(self.encoder(x).sample())
+
+

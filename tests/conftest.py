@@ -1,0 +1,46 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import pyro
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir():
+    """``shared/data`` beside the checkout (or $PYRO_VAE_SHARED_DATA), if it exists."""
+    for candidate in (os.environ.get("PYRO_VAE_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"):
+        if candidate and (Path(candidate) / "README.md").exists():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro(monkeypatch, tmp_path_factory):
+    """Each test starts with an empty parameter store, validation on, a fixed seed, and no stray data dir."""
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    monkeypatch.delenv("PYRO_VAE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def shared_copy(tmp_path_factory):
+    """A function copying ``shared/data/<name>`` into a temp data root (shared/ is never written to)."""
+    src = shared_data_dir()
+    root = tmp_path_factory.mktemp("data")
+
+    def copy(*names):
+        if src is None:
+            pytest.skip("shared/data is not beside this checkout (set PYRO_VAE_SHARED_DATA to run this test)")
+        for name in names:
+            if not (root / name).exists():
+                shutil.copytree(src / name, root / name)
+        return root
+
+    return copy
