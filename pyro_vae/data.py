@@ -10,8 +10,10 @@ Where files are looked for (the layout of ``shared/data``: ``MNIST/raw/``, ``Fas
 2. the environment variable ``$PYRO_VAE_DATA``;
 3. a per-user cache folder, ``$XDG_CACHE_HOME/pyro-vae`` or ``~/.cache/pyro-vae``.
 
-When the files are not there, they are downloaded into that folder (or, if it is read-only, into
-the cache); offline, a :class:`~pyro_vae.errors.UserError` says where it looked and what to do.
+Files found there are only read: archives that torchvision must unpack (MNIST's ``.gz``) are
+unpacked in a copy in the cache, never next to the originals. When the files are not there, they
+are downloaded into that folder; offline, a :class:`~pyro_vae.errors.UserError` says where it
+looked and what to do.
 """
 
 import contextlib
@@ -134,14 +136,16 @@ class _TorchvisionMNIST(DatasetSource):
         files = [Path(url).name for url, _ in cls.resources]
         unpacked = [raw / f[: -len(".gz")] for f in files]
         work = root
-        if not all(p.exists() for p in unpacked) and not _writable(raw):
-            # torchvision unpacks the archives next to themselves: work on a copy in the cache.
+        if not all(p.exists() for p in unpacked) and any((raw / f).exists() for f in files) and root != cache_dir():
+            # torchvision unpacks archives next to themselves: never write into the user's data folder
+            # (it may be shared or read-only); unpack a copy in the cache instead.
             work = cache_dir()
-            if raw.is_dir():
-                (work / self.folder / "raw").mkdir(parents=True, exist_ok=True)
-                for f in files:
-                    if (raw / f).exists() and not (work / self.folder / "raw" / f).exists():
-                        shutil.copy2(raw / f, work / self.folder / "raw" / f)
+            (work / self.folder / "raw").mkdir(parents=True, exist_ok=True)
+            for f in files:
+                target = work / self.folder / "raw" / f
+                if (raw / f).exists() and not target.exists():
+                    shutil.copyfile(raw / f, target.with_suffix(".part"))
+                    os.replace(target.with_suffix(".part"), target)
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 splits = [cls(str(work), train=t, download=True) for t in (True, False)]

@@ -37,8 +37,7 @@ def save_grid(x, image_shape, path, ncol=None, title=None, value_range=(0.0, 1.0
     scale = max(4.0 / width, 2.0 / height, 0.04)  # inches per pixel: small images are enlarged
     fig = plt.figure(figsize=(width * scale, height * scale + (0.35 if title else 0)), dpi=100)
     ax = fig.add_axes([0, 0, 1, height * scale / (height * scale + (0.35 if title else 0))])
-    cmap = plt.get_cmap("gray").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     ax.set_axis_off()
     if title:

@@ -1,0 +1,123 @@
+"""Training on the bundled digits: it learns, it is repeatable, it resumes exactly, it stops on NaN."""
+
+import json
+
+import pytest
+import torch
+
+import pyro
+
+from pyro_vae import Config, TrainingDiverged, UserError, fit, load_run
+from pyro_vae.checkpoint import load_checkpoint
+
+SMALL = dict(dataset="digits", hidden=(64,), z_dim=4, batch_size=64, device="cpu", quiet=True)
+
+
+def test_training_improves_test_elbo(tmp_path):
+    run = fit(out=tmp_path / "run", epochs=12, **SMALL)
+    first, last = run.metrics[0]["test_elbo"], run.metrics[-1]["test_elbo"]
+    assert last > first + 4.0, (first, last)
+    # a per-datapoint bound of 64 binary pixels: between 64 log(1/2) (a coin flip per pixel) and 0
+    assert -64 * 0.6932 < last < 0
+
+
+def test_outputs_of_fit(tmp_path):
+    run = fit(out=tmp_path / "run", epochs=2, **{**SMALL, "z_dim": 2})
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png",
+            "curves.png", "manifold.png"} <= files  # fmt: skip
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["dataset"] == "digits" and config["z_dim"] == 2 and config["x_dim"] == 64
+    assert {"pyro", "torch", "pyro_vae"} <= set(config["versions"])
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert {"epoch", "train_elbo", "test_elbo", "seconds", "items_per_s"} <= set(m)
+        assert m["train_elbo"] < 0 and m["test_elbo"] < 0 and m["seconds"] > 0
+    assert lines == run.metrics
+    with open(tmp_path / "run" / "samples.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeded_run_is_repeatable(tmp_path):
+    a = fit(out=tmp_path / "a", epochs=3, **SMALL)
+    b = fit(out=tmp_path / "b", epochs=3, **SMALL)
+    key = lambda run: [(m["train_elbo"], m["test_elbo"]) for m in run.metrics]  # noqa: E731
+    assert key(a) == key(b)
+    c = fit(out=tmp_path / "c", epochs=3, seed=1, **SMALL)
+    assert key(c) != key(a)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = fit(out=tmp_path / "full", epochs=4, **SMALL)
+    fit(out=tmp_path / "part", epochs=2, **SMALL)
+    pyro.clear_param_store()
+    resumed = fit(out=tmp_path / "part", epochs=4, resume=True, **SMALL)
+    key = lambda run: [(m["epoch"], m["train_elbo"], m["test_elbo"]) for m in run.metrics]  # noqa: E731
+    assert key(resumed) == key(full)
+    saved = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in saved] == [1, 2, 3, 4]
+    a, b = full.vae.state_dict(), resumed.vae.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fit_clears_a_stale_param_store(tmp_path):
+    pyro.param("decoder$$$0.weight", torch.zeros(64, 4))  # a stale entry with a clashing name
+    run = fit(out=tmp_path / "run", epochs=1, **SMALL)
+    assert not torch.equal(run.vae.decoder[0].weight, torch.zeros(64, 4))
+
+
+def test_existing_run_is_refused_unless_resume_or_overwrite(tmp_path):
+    fit(out=tmp_path / "run", epochs=1, **SMALL)
+    with pytest.raises(UserError, match="already holds a run"):
+        fit(out=tmp_path / "run", epochs=1, **SMALL)
+    run = fit(out=tmp_path / "run", epochs=1, overwrite=True, **{**SMALL, "z_dim": 3})
+    assert run.config.z_dim == 3
+
+
+def test_resume_refuses_another_configuration_and_missing_checkpoint(tmp_path):
+    fit(out=tmp_path / "run", epochs=1, **SMALL)
+    with pytest.raises(UserError, match="another configuration"):
+        fit(out=tmp_path / "run", epochs=2, resume=True, **{**SMALL, "z_dim": 5})
+    with pytest.raises(UserError, match="no checkpoint"):
+        fit(out=tmp_path / "empty", epochs=2, resume=True, **SMALL)
+
+
+def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
+    def poison(record):
+        if record["epoch"] == 1:  # a diverged parameter, as after an exploding step
+            with torch.no_grad():
+                pyro.get_param_store()["decoder$$$0.weight"].fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="epoch 2, step 1"):
+        fit(out=tmp_path / "run", epochs=3, on_epoch=poison, **SMALL)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_load_run_sample_reconstruct_evaluate(tmp_path):
+    fit(out=tmp_path / "run", epochs=2, **SMALL)
+    run = load_run(tmp_path / "run", device="cpu")
+    assert isinstance(run.config, Config) and run.config.z_dim == 4
+    assert run.sample(10).shape == (10, 64)
+    x = run.test_data()[:5]
+    assert run.reconstruct(x).shape == (5, 64)
+    result = run.evaluate(samples=50, subset=20)
+    assert result["items"] == 20 and result["samples"] == 50
+    assert result["test_log_likelihood"] >= result["test_elbo"]
+    assert result["test_elbo"] == pytest.approx(run.metrics[-1]["test_elbo"], abs=1.5)
+
+
+def test_unknown_device_and_missing_cuda(tmp_path):
+    with pytest.raises(UserError, match="unknown device"):
+        fit(out=tmp_path / "run", epochs=1, **{**SMALL, "device": "tpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            fit(out=tmp_path / "run2", epochs=1, **{**SMALL, "device": "cuda"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_cuda(tmp_path):
+    run = fit(out=tmp_path / "run", epochs=2, **{**SMALL, "device": "cuda"})
+    assert run.device.type == "cuda" and run.metrics[-1]["test_elbo"] < 0
