@@ -12,6 +12,12 @@ from .errors import UserError
 FORMAT = "pyro-vae-checkpoint/1"
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``."""
     path = Path(path)
@@ -21,6 +27,7 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -17,6 +17,7 @@ from .data import DATASETS
 from .errors import TrainingDiverged, UserError
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
+from .training import OPTIMIZERS
 
 DEFAULTS = Config()
 
@@ -41,17 +42,22 @@ def fit_options(f):
                      help="How the bernoulli family binarizes grayscale data."),
         click.option("--min-scale", default=DEFAULTS.min_scale, show_default=True, type=float,
                      help="Smallest standard deviation of the gaussian family."),
-        click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1)),
+        click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1),
+                     help="Latent size; 2 also draws the latent manifold."),
         click.option("--hidden", default="400", show_default=True,
                      help="Hidden layer sizes of encoder and decoder, e.g. 500 or 200,200."),
         click.option("--activation", default=DEFAULTS.activation, show_default=True,
-                     type=click.Choice(list(ACTIVATIONS))),
-        click.option("--optimizer", default=DEFAULTS.optimizer, show_default=True,
-                     type=click.Choice(["adam", "adagrad"])),
-        click.option("--lr", default=DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0, min_open=True)),
-        click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(1)),
-        click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(0)),
-        click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int),
+                     type=click.Choice(list(ACTIVATIONS)), help="Hidden nonlinearity of both nets."),
+        click.option("--optimizer", default=DEFAULTS.optimizer, show_default=True, type=_choice(OPTIMIZERS),
+                     help="pyro.optim optimizer (Adagrad is the paper's)."),
+        click.option("--lr", default=DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     help="Learning rate."),
+        click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(1),
+                     help="Minibatch size M."),
+        click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(0),
+                     help="Passes over the training data (the total, also with --resume)."),
+        click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int,
+                     help="Seeds initialization, shuffling and noise; a CPU run repeats exactly."),
         click.option("--device", default=DEFAULTS.device, show_default=True,
                      help="auto (CUDA when available), cpu or cuda."),
         click.option("--quiet", is_flag=True, help="No progress bar and no summary line."),

@@ -34,9 +34,10 @@ def save_grid(x, image_shape, path, ncol=None, title=None, value_range=(0.0, 1.0
     grid = tile(images, ncol)
     lo, hi = value_range if value_range is not None else (np.nanmin(grid), np.nanmax(grid))
     height, width = grid.shape
-    scale = max(4.0 / width, 2.0 / height, 0.04)  # inches per pixel: small images are enlarged
-    fig = plt.figure(figsize=(width * scale, height * scale + (0.35 if title else 0)), dpi=100)
-    ax = fig.add_axes([0, 0, 1, height * scale / (height * scale + (0.35 if title else 0))])
+    k = int(np.clip(np.ceil(600 / width), 1, 8))  # whole screen pixels per image pixel: crisp, small files
+    title_h = 30 if title else 0
+    fig = plt.figure(figsize=(width * k / 100, (height * k + title_h) / 100), dpi=100)
+    ax = fig.add_axes([0, 0, 1, height * k / (height * k + title_h)])
     cmap = plt.get_cmap("gray").with_extremes(bad="white")
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     ax.set_axis_off()
