@@ -307,7 +307,7 @@ def test_a_non_reparameterized_guide_passes_the_contract_check():
     class ScoreFunctionGuide(MyGuide):
         def forward(self, x):
             loc, raw = self.net(x).chunk(2, -1)
-            return dist.Normal(loc, raw.exp()).has_rsample_(False).to_event(1)
+            return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(raw.exp())).has_rsample_(False)
 
     q = check_guide(ScoreFunctionGuide(12, 3, (16,), "tanh"), 12, 3)
     assert not q.has_rsample
