@@ -100,6 +100,12 @@ class Objective:
     def _vectorize(self):
         return self.particles > 1
 
+    def _jit_options(self):
+        # the tracer warns that the likelihood's shape check is frozen into the graph; it is harmless
+        # (tests/test_objectives.py checks a graph compiled on one batch size against another)
+        return dict(num_particles=self.particles, vectorize_particles=self._vectorize(), max_plate_nesting=1,
+                    ignore_jit_warnings=True)  # fmt: skip
+
 
 @OBJECTIVES.register("elbo")
 class ELBO(Objective):
@@ -108,8 +114,9 @@ class ELBO(Objective):
     jit_loss = JitTrace_ELBO
 
     def build(self):
-        cls = JitTrace_ELBO if self.jit else Trace_ELBO
-        return cls(num_particles=self.particles, vectorize_particles=self._vectorize(), max_plate_nesting=1)
+        if self.jit:
+            return JitTrace_ELBO(**self._jit_options())
+        return Trace_ELBO(num_particles=self.particles, vectorize_particles=self._vectorize(), max_plate_nesting=1)
 
 
 @OBJECTIVES.register("elbo-analytic")
@@ -123,8 +130,9 @@ class AnalyticELBO(Objective):
     jit_loss = JitTraceMeanField_ELBO
 
     def build(self):
-        cls = JitTraceMeanField_ELBO if self.jit else TraceMeanField_ELBO
-        return cls(num_particles=self.particles, vectorize_particles=self._vectorize(), max_plate_nesting=1)
+        if self.jit:
+            return JitTraceMeanField_ELBO(**self._jit_options())
+        return TraceMeanField_ELBO(num_particles=self.particles, vectorize_particles=self._vectorize(), max_plate_nesting=1)
 
     def check_distribution(self, q, vae):
         p = vae.prior(next(vae.encoder.parameters())).expand(q.batch_shape)
