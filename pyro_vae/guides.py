@@ -74,7 +74,8 @@ class Guide(nn.Module):
         self.x_dim, self.z_dim = x_dim, z_dim
 
     def options(self):
-        """Constructor keywords beyond the common four (saved in ``config.json``)."""
+        """Constructor keywords beyond the common four, with their values (recorded as ``guide_options`` in
+        a run's ``config.json``)."""
         return {}
 
     def forward(self, x):

@@ -182,6 +182,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         "image_shape": list(dataset.image_shape),
         "n_train": len(train),
         "n_test": len(test),
+        "guide_options": vae.encoder.options() if hasattr(vae.encoder, "options") else {},
         "versions": package_versions(),
     }
 
