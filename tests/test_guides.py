@@ -50,8 +50,24 @@ def test_evaluate_works_under_the_particles_plate_for_every_guide(name):
     assert (log_px < 0).all() and (log_px > -12 * 5).all()
 
 
-def test_full_rank_log_density_matches_scipy():
+def perturbed_full_rank():
+    """A full-rank guide whose correlations are far from zero (they start at zero)."""
+    torch.manual_seed(4)
     guide = FullRankGuide(12, 4, (16,), "tanh")
+    with torch.no_grad():
+        guide.net[-1].weight.add_(0.5 * torch.randn_like(guide.net[-1].weight))
+        guide.net[-1].bias.add_(0.5 * torch.randn_like(guide.net[-1].bias))
+    return guide
+
+
+def test_full_rank_guide_starts_as_the_diagonal_guide():
+    with torch.no_grad():
+        q = FullRankGuide(12, 4, (16,), "tanh")(binary_data())
+    assert torch.equal(q.scale_tril, torch.diag_embed(q.scale_tril.diagonal(dim1=-2, dim2=-1)))
+
+
+def test_full_rank_log_density_matches_scipy():
+    guide = perturbed_full_rank()
     x = binary_data()
     with torch.no_grad():
         q = guide(x)
@@ -62,13 +78,14 @@ def test_full_rank_log_density_matches_scipy():
         cov = (scale_tril[i] @ scale_tril[i].T).double().numpy()
         expected = scipy.stats.multivariate_normal(loc[i].double().numpy(), cov).logpdf(z[i].double().numpy())
         assert log_q[i].item() == pytest.approx(expected, abs=1e-4)
-    # a proper Cholesky factor: lower triangular with a positive diagonal
+    # a proper Cholesky factor: lower triangular with a positive diagonal, and far from diagonal here
     assert torch.equal(scale_tril, scale_tril.tril()) and (scale_tril.diagonal(dim1=-2, dim2=-1) > 0).all()
+    assert scale_tril.tril(-1).abs().mean() > 0.1
 
 
 def test_full_rank_kl_to_the_prior_matches_torch_gaussian_kl():
     """pyro_vae.kl's KL(N(mu, LL^T) || N(m, diag s^2)) against torch's full-covariance formula."""
-    guide = FullRankGuide(12, 4, (16,), "tanh")
+    guide = perturbed_full_rank()
     with torch.no_grad():
         q = guide(binary_data())
         m, s = torch.tensor([0.3, -0.2, 0.0, 1.0]), torch.tensor([1.0, 0.5, 2.0, 1.5])

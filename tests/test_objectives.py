@@ -39,8 +39,10 @@ def fixed_vae(guide, confident=True):
     """A VAE with seeded weights; ``confident`` shrinks q's scale so that KL(q || p) is far from 0."""
     pyro.set_rng_seed(0)
     vae = VAE(64, 4, (32,), "tanh", "bernoulli", guide)
-    if confident:
-        with torch.no_grad():
+    with torch.no_grad():
+        if guide == "full-rank":  # correlations start at zero: make them matter
+            vae.encoder.net[-1].weight[8:].normal_(0, 0.3)
+        if confident:
             vae.encoder.net[-1].bias[4:8] -= 3.0  # softplus(eta - 3): sigma about 0.05-0.1
     return vae
 
