@@ -51,9 +51,9 @@ class Objective:
     :param int particles: draws :math:`K` per datapoint (vectorized).
     :param bool jit: use Pyro's compiled (``torch.jit``) variant of the loss.
 
-    Subclasses set :attr:`needs_rsample`, :attr:`min_particles`, :attr:`jit_loss` (the Pyro class
-    for ``jit=True``, ``None`` if there is none) and may override :meth:`check` (guide
-    requirements, via :meth:`check_distribution`) and :meth:`training_loss` (what SVI's ``step`` returns -> one float).
+    Subclasses set :attr:`needs_rsample`, :attr:`min_particles` and :attr:`jit_loss` (the Pyro class
+    built for ``jit=True``, ``None`` if Pyro has none), and may override :meth:`check_distribution`
+    (further requirements on the guide) and :meth:`training_loss` (what ``svi.step`` returns -> one float).
     """
 
     #: whether the estimator differentiates through :math:`z = g_\phi(\epsilon, x)`
