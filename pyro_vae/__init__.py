@@ -12,7 +12,7 @@ from .config import Config  # noqa: E402
 from .data import DATASETS, Dataset, DatasetSource, load_dataset  # noqa: E402
 from .errors import TrainingDiverged, UserError  # noqa: E402
 from .evaluation import evaluate, log_weights  # noqa: E402
-from .guides import GUIDES, DiagonalGuide, Guide  # noqa: E402
+from .guides import GUIDES, DiagonalGuide, FullRankGuide, Guide, IAFGuide, PlanarGuide  # noqa: E402
 from .likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
 from .model import VAE  # noqa: E402
 from .objectives import OBJECTIVES, Objective  # noqa: E402
@@ -20,7 +20,8 @@ from .run import Run, load_run  # noqa: E402
 from .training import OPTIMIZERS, build_vae, fit  # noqa: E402
 
 __all__ = [
-    "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "GUIDES", "Guide", "LIKELIHOODS",
+    "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES", "Guide",
+    "IAFGuide", "LIKELIHOODS", "PlanarGuide",
     "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "Run", "TrainingDiverged", "UserError", "VAE",
     "build_likelihood", "build_vae", "evaluate", "fit", "load_dataset", "load_run", "log_weights",
 ]  # fmt: skip

@@ -15,8 +15,10 @@ from click.core import ParameterSource
 from .config import Config
 from .data import DATASETS
 from .errors import TrainingDiverged, UserError
+from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
+from .objectives import OBJECTIVES
 from .training import OPTIMIZERS
 
 DEFAULTS = Config()
@@ -48,6 +50,16 @@ def fit_options(f):
                      help="Hidden layer sizes of encoder and decoder, e.g. 500 or 200,200."),
         click.option("--activation", default=DEFAULTS.activation, show_default=True,
                      type=click.Choice(list(ACTIVATIONS)), help="Hidden nonlinearity of both nets."),
+        click.option("--guide", default=DEFAULTS.guide, show_default=True, metavar="NAME|FILE.py:CLASS|MODULE:CLASS",
+                     help=f"The guide q(z|x): {', '.join(GUIDES.names())}, or your own class "
+                          "(see docs/guides.md)."),
+        click.option("--flow-steps", default=None, type=click.IntRange(1),
+                     help="Flow steps K of the iaf and planar guides [default: iaf 2, planar 10]."),
+        click.option("--objective", default=DEFAULTS.objective, show_default=True, type=_choice(OBJECTIVES),
+                     help="Training objective: elbo (estimator A), elbo-analytic (estimator B), iwae, rws."),
+        click.option("--particles", default=DEFAULTS.particles, show_default=True, type=click.IntRange(1),
+                     help="Samples K of z per datapoint and step (vectorized); iwae and rws need K >= 2."),
+        click.option("--jit", is_flag=True, help="Compile the loss with Pyro's JIT (elbo and elbo-analytic only)."),
         click.option("--optimizer", default=DEFAULTS.optimizer, show_default=True, type=_choice(OPTIMIZERS),
                      help="pyro.optim optimizer (Adagrad is the paper's)."),
         click.option("--lr", default=DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),

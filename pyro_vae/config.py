@@ -22,8 +22,10 @@ class Config:
     binarize: str = "dynamic"
     min_scale: float = 0.01
     guide: str = "diagonal"
+    flow_steps: int = None
     objective: str = "elbo"
     particles: int = 1
+    jit: bool = False
     z_dim: int = 20
     hidden: tuple = field(default=(400,))
     activation: str = "relu"
@@ -35,7 +37,7 @@ class Config:
     device: str = "auto"
 
     #: settings that may differ when a run is resumed (they do not change what is computed)
-    RESUMABLE = ("epochs", "device", "data_dir")
+    RESUMABLE = ("epochs", "device", "data_dir", "jit")
 
     def __post_init__(self):
         self.hidden = parse_hidden(self.hidden)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import pyro
 import pyro.distributions as dist
 
-from .guides import GUIDES
+from .guides import build_guide
 from .likelihoods import Likelihood, build_likelihood
 from .nets import MLP, parse_hidden
 
@@ -35,22 +35,24 @@ class VAE(nn.Module):
     :param hidden: hidden layer sizes of both nets, e.g. ``(400,)`` or ``"200,200"``.
     :param str activation: hidden nonlinearity (``relu``, ``tanh``, ``softplus``, ``elu``).
     :param likelihood: a :class:`~pyro_vae.likelihoods.Likelihood` or a registered name.
-    :param guide: a :class:`~pyro_vae.guides.Guide` class, instance, or registered name.
+    :param guide: a :class:`~pyro_vae.guides.Guide` class, instance, registered name, or import spec
+        ``path/to/file.py:Name`` / ``package.module:Name`` (see :mod:`pyro_vae.guides` for the contract).
+    :param dict guide_options: keyword options of the guide's constructor, e.g. ``{"flow_steps": 4}``.
+    :param bool check_guide: run the guide once on a tiny batch to check its contract (see
+        :func:`~pyro_vae.guides.check_guide`).
     """
 
-    def __init__(self, x_dim, z_dim=20, hidden=(400,), activation="relu", likelihood="bernoulli", guide="diagonal"):
+    def __init__(
+        self, x_dim, z_dim=20, hidden=(400,), activation="relu", likelihood="bernoulli", guide="diagonal",
+        guide_options=None, check_guide=True,
+    ):  # fmt: skip
         super().__init__()
         hidden = parse_hidden(hidden)
         self.x_dim, self.z_dim = x_dim, z_dim
         self.likelihood = likelihood if isinstance(likelihood, Likelihood) else build_likelihood(likelihood)
-        if isinstance(guide, str):
-            guide = GUIDES.get(guide)
-        if isinstance(guide, type):
-            guide = guide(x_dim, z_dim, hidden, activation)
-        if not isinstance(guide, nn.Module):
-            raise TypeError(f"a guide must be a torch.nn.Module (see pyro_vae.guides.Guide), got {type(guide)}")
-        #: :math:`q_\phi(z \mid x)`
-        self.encoder = guide
+        #: :math:`q_\phi(z \mid x)`, built and checked once on a tiny batch (:func:`~pyro_vae.guides.build_guide`)
+        self.encoder = build_guide(guide, x_dim, z_dim, hidden, activation, check=check_guide,
+                                   **(guide_options or {}))  # fmt: skip
         #: :math:`f_\theta`: z -> the likelihood's parameters for every data dimension
         self.decoder = MLP(z_dim, hidden, self.likelihood.params_per_dim * x_dim, activation)
 

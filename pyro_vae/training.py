@@ -28,7 +28,7 @@ from .data import load_dataset
 from .errors import TrainingDiverged, UserError
 from .evaluation import evaluate
 from .model import VAE
-from .objectives import OBJECTIVES
+from .objectives import build_objective
 from .registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -56,12 +56,13 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def build_vae(config, x_dim):
-    """The :class:`~pyro_vae.model.VAE` a config describes."""
+def build_vae(config, x_dim, check=True):
+    """The :class:`~pyro_vae.model.VAE` a config describes (``check``: run its guide once on a tiny batch)."""
     from .likelihoods import build_likelihood
 
     likelihood = build_likelihood(config.likelihood, binarize=config.binarize, min_scale=config.min_scale)
-    return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide)
+    return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
+               guide_options={"flow_steps": config.flow_steps}, check_guide=check)  # fmt: skip
 
 
 def prepare_data(config, likelihood, device):
@@ -170,17 +171,18 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     device = resolve_device(config.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    vae = build_vae(config, 1)  # validates the likelihood and guide names before any data is read
+    vae = build_vae(config, 1, check=False)  # validates the likelihood and guide names before any data is read
     dataset, train, test = prepare_data(config, vae.likelihood, device)
     vae = build_vae(config, dataset.x_dim).to(device)
     optimizer = OPTIMIZERS.get(config.optimizer)({"lr": config.lr})
-    objective = OBJECTIVES.get(config.objective)(particles=config.particles).build()
-    svi = SVI(vae.model, vae.guide, optimizer, loss=objective)
+    objective = build_objective(config, vae)  # checks the guide against the objective before training
+    svi = SVI(vae.model, vae.guide, optimizer, loss=objective.build())
     meta = {
         "x_dim": dataset.x_dim,
         "image_shape": list(dataset.image_shape),
         "n_train": len(train),
         "n_test": len(test),
+        "guide_options": vae.encoder.options() if hasattr(vae.encoder, "options") else {},
         "versions": package_versions(),
     }
 
@@ -210,7 +212,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             total = 0.0
             for step, i in enumerate(range(0, n, batch_size), start=1):
                 x = vae.likelihood.prepare_batch(train[perm[i : i + batch_size]])
-                loss = svi.step(x)
+                loss = objective.training_loss(svi.step(x))
                 if not math.isfinite(loss):
                     bar.close()
                     raise TrainingDiverged(

@@ -1,0 +1,77 @@
+"""Loading a user's own class without editing the package: ``path/to/file.py:Name`` or ``package.module:Name``.
+
+``--guide my_guides.py:MixtureGuide`` runs ``my_guides.py`` as a fresh module and takes its
+``MixtureGuide``; ``--guide mylab.encoders:ResidualGuide`` imports ``mylab.encoders`` (which must be
+importable, e.g. installed or on ``$PYTHONPATH``). A relative file path is relative to the working
+directory, and the run's ``config.json`` keeps the spec as given, so reload a run from the same
+place (or give an absolute path).
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def is_import_spec(spec):
+    """Whether ``spec`` looks like ``file.py:Name`` or ``module:Name`` rather than a registered name."""
+    return isinstance(spec, str) and ":" in spec
+
+
+def _split(spec, kind):
+    target, _, name = spec.rpartition(":")
+    if not target or not name or not name.isidentifier():
+        raise UserError(f"{kind} {spec!r} should be path/to/file.py:Name or package.module:Name")
+    return target, name
+
+
+def _is_path(target):
+    return target.endswith(".py") or os.sep in target or "/" in target
+
+
+def load_module_from_file(path, kind="object"):
+    """Execute the Python file ``path`` as a new module and return it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{kind} file {path} does not exist")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module_name = f"pyro_vae_user_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"{kind} file {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # lets dataclasses, pickling and typing find the module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(module_name, None)
+        raise UserError(f"running {kind} file {path} failed: {type(e).__name__}: {e}") from None
+    return module
+
+
+def load_object(spec, kind="object"):
+    """The object ``spec`` (``path/to/file.py:Name`` or ``package.module:Name``) names; :class:`UserError` if none."""
+    target, name = _split(spec, kind)
+    if _is_path(target):
+        module = load_module_from_file(target, kind)
+        where = f"file {target}"
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            raise UserError(f"{kind} {spec}: no module named {e.name!r} (is it installed or on PYTHONPATH?)") from None
+        except Exception as e:
+            raise UserError(f"importing {kind} module {target} failed: {type(e).__name__}: {e}") from None
+        where = f"module {target}"
+    if not hasattr(module, name):
+        public = sorted(
+            k for k, v in vars(module).items()
+            if isinstance(v, type) and not k.startswith("_") and v.__module__ == module.__name__
+        )  # fmt: skip
+        listing = f"; it defines: {', '.join(public)}" if public else ""
+        raise UserError(f"{kind} {spec}: {where} has no {name!r}{listing}")
+    return getattr(module, name)
