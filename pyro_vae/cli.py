@@ -40,7 +40,9 @@ def fit_options(f):
                      type=click.Choice(["dynamic", "threshold", "none"]),
                      help="How the bernoulli family binarizes grayscale data."),
         click.option("--min-scale", default=DEFAULTS.min_scale, show_default=True, type=float,
-                     help="Smallest standard deviation of the gaussian family."),
+                     help="Smallest scale of the gaussian and laplace families."),
+        click.option("--sigma", default=DEFAULTS.sigma, show_default=True, type=float,
+                     help="The fixed standard deviation of the gaussian-fixed family."),
         click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1)),
         click.option("--hidden", default="400", show_default=True,
                      help="Hidden layer sizes of encoder and decoder, e.g. 500 or 200,200."),
@@ -111,7 +113,8 @@ def fit(ctx, out, resume, overwrite, quiet, **kwargs):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def evaluate(run_dir, samples, subset, device, as_json):
-    """Test ELBO and importance-sampled log-likelihood of a trained run (nats per item)."""
+    """Test ELBO (with its reconstruction and KL terms), importance-sampled log-likelihood, bits/dim
+    and active units of a trained run."""
     from tqdm.auto import tqdm
 
     from .run import load_run, write_evaluation
@@ -128,6 +131,17 @@ def evaluate(run_dir, samples, subset, device, as_json):
             f"test ELBO {result['test_elbo']:.3f} nats, log p(x) >= {result['test_log_likelihood']:.3f} nats "
             f"({result['samples']} importance samples, {result['items']} test items)"
         )
+        click.echo(
+            f"ELBO = reconstruction {result['reconstruction']:.3f} - KL {result['kl']:.3f} nats; "
+            f"{result['active_units']} active latent units"
+        )
+        if result["bits_per_dim"] is not None:
+            shift = result["dequantization_nats"]
+            note = f" (density minus {shift:.1f} nats of dequantization)" if shift else ""
+            click.echo(
+                f"scored on {result['representation']}: log P(x) >= {result['discrete_test_log_likelihood']:.3f} "
+                f"nats{note}, {result['bits_per_dim']:.4f} bits/dim"
+            )
 
 
 @cli.command()
