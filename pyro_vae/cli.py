@@ -162,6 +162,49 @@ def sample(run_dir, num, output, seed, device):
     click.echo(f"wrote {num} samples to {output}")
 
 
+@cli.command()
+@click.option("--likelihood", "likelihoods", multiple=True, type=_choice(LIKELIHOODS),
+              help="A family to compare; repeat the option for several [default: every family that fits the data].")
+@fit_options
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(1),
+              help="Seeds per family: --seed, --seed + 1, ...; the table shows mean ± std over them.")
+@click.option("--eval-samples", default=100, show_default=True, type=click.IntRange(1),
+              help="Importance samples K per test item for log p(x).")
+@click.option("--eval-subset", default=None, type=click.IntRange(1),
+              help="Evaluate on the first N test items [default: all].")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the run folders and comparison.{md,csv,json,png}.")
+@click.option("--overwrite", is_flag=True,
+              help="Retrain runs already in --out [default: reuse finished runs with the same settings, resume others].")
+def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet, **kwargs):
+    """Train each likelihood family with the same data, networks, optimizer, budget and seeds, and compare
+    test ELBO, log p(x), bits/dim and active units (families scored on different data are grouped apart)."""
+    import contextlib
+
+    from tqdm.auto import tqdm
+
+    from .compare import compare as run_comparison
+
+    show = not quiet and sys.stderr.isatty()
+
+    def bar(total, desc):
+        return tqdm(total=total, desc=desc, unit="item", leave=False) if show else contextlib.nullcontext(_NoBar())
+
+    result = run_comparison(
+        Config(**settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, seeds=seeds,
+        eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
+        progress=None if quiet else (lambda line: click.echo(line, err=True)), eval_progress=bar,
+    )  # fmt: skip
+    if not quiet:
+        click.echo(result.markdown())
+        click.echo(f"wrote {Path(out) / 'comparison.md'}, .csv, .json and .png")
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+
 def main(argv=None):
     """Entry point of the ``pyro-vae`` console script and of ``python cli.py``."""
     try:
