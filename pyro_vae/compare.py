@@ -76,6 +76,8 @@ class FamilyRun:
     seconds: float  # training time: the sum of the epochs' seconds
     eval_seconds: float
     reused: bool = False
+    #: the trained :class:`~pyro_vae.run.Run` (not saved in ``comparison.json``)
+    run: object = field(default=None, repr=False)
 
     def metrics(self):
         r = self.result
@@ -266,10 +268,10 @@ class Comparison:
         originals = dataset.test[:n]
         for key, kind, rows in groups:
             for row in rows:
-                run = next(r for r in self.runs if r.family == row["family"])
-                loaded = load_run(run.directory, device="cpu")
-                x = loaded.test_data()[:n]
-                strips.append((row["family"], loaded.sample(n, seed=0), loaded.reconstruct(x)))
+                first = next(r for r in self.runs if r.family == row["family"])
+                run = first.run if first.run is not None else load_run(first.directory, device="cpu")
+                x = run.test_data()[:n]
+                strips.append((row["family"], run.sample(n, seed=0), run.reconstruct(x)))
         plots.save_comparison(bars, originals, strips, image_shape, path,
                               title=f"{self.dataset}: likelihood families at the same budget")  # fmt: skip
 
@@ -396,7 +398,7 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
             write_evaluation(run, result)
         eval_seconds = time.perf_counter() - t0
         seconds = sum(m["seconds"] for m in run.metrics)
-        comparison.runs.append(FamilyRun(family, seed, directory, result, seconds, eval_seconds, reused))
+        comparison.runs.append(FamilyRun(family, seed, directory, result, seconds, eval_seconds, reused, run))
         score = (
             f"{result['bits_per_dim']:.4f} bits/dim" if result["bits_per_dim"] is not None
             else f"log p(x) {result['test_log_likelihood']:.2f} nats"

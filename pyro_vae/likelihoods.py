@@ -172,7 +172,7 @@ def dequantize(x, levels, generator=None):
     return (k + u) / levels
 
 
-# Probability mass functions ----------------------------------------------------------------------
+# A pmf on binary data ---------------------------------------------------------------------------
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -234,51 +234,6 @@ class Bernoulli(Likelihood):
 
     def prepare_batch(self, x, generator=None):
         return torch.bernoulli(x, generator=generator) if self.binarize == "dynamic" else x
-
-
-@LIKELIHOODS.register("discretized-logistic")
-class DiscretizedLogistic(Likelihood):
-    r"""Discretized logistic: a pmf over the :math:`L` levels of quantized data (IAF, Kingma et al.
-    2016; PixelCNN++, Salimans et al. 2017), see :class:`pyro_vae.distributions.DiscretizedLogistic`.
-
-    :math:`(\mu, \eta) = f_\theta(z)` on the scale of the data, :math:`s = s_{\min} + \mathrm{softplus}(\eta)`
-    with :math:`s_{\min} = 0.1 / (L - 1)`, a tenth of a bin (PixelCNN++ clamps the log-scale at
-    :math:`-7`, about 0.12 bins). The edge bins reach to :math:`\mp\infty`, so a pixel at 0 or 255
-    can have probability near one. Needs quantized data (``levels`` known); the data is used as is.
-    """
-
-    params_per_dim = 2
-    domain = "levels"
-    discrete = True
-    #: levels assumed when none were declared (8-bit data)
-    DEFAULT_LEVELS = 256
-
-    @property
-    def num_levels(self):
-        return self.levels or self.DEFAULT_LEVELS
-
-    def distribution(self, params):
-        loc, raw_scale = self.split(params)
-        scale = 0.1 / (self.num_levels - 1) + F.softplus(raw_scale)
-        return _DiscretizedLogistic(loc, scale, self.num_levels)
-
-    def mean(self, params):
-        return self.distribution(params).mean
-
-    def scored_data(self):
-        return f"{self.num_levels} levels"
-
-    def representation(self):
-        return f"{self.num_levels}-level data (exact pmf)"
-
-    def check_data(self, x, what="data"):
-        super().check_data(x, what)
-        if self.levels is None:
-            raise UserError(
-                f"the discretized-logistic likelihood needs quantized data (e.g. 8-bit pixels), but {what} "
-                "declares no number of levels; use a density such as gaussian for continuous data"
-            )
-        _check_levels(x, self.levels, what)
 
 
 # Densities ---------------------------------------------------------------------------------------
@@ -453,6 +408,54 @@ class Beta(Density):
 
     def prepare_batch(self, x, generator=None):
         return super().prepare_batch(x, generator).clamp(self.EPS, 1 - self.EPS)
+
+
+# A pmf on the levels of quantized data ----------------------------------------------------------
+
+
+@LIKELIHOODS.register("discretized-logistic")
+class DiscretizedLogistic(Likelihood):
+    r"""Discretized logistic: a pmf over the :math:`L` levels of quantized data (IAF, Kingma et al.
+    2016; PixelCNN++, Salimans et al. 2017), see :class:`pyro_vae.distributions.DiscretizedLogistic`.
+
+    :math:`(\mu, \eta) = f_\theta(z)` on the scale of the data, :math:`s = s_{\min} + \mathrm{softplus}(\eta)`
+    with :math:`s_{\min} = 0.1 / (L - 1)`, a tenth of a bin (PixelCNN++ clamps the log-scale at
+    :math:`-7`, about 0.12 bins). The edge bins reach to :math:`\mp\infty`, so a pixel at 0 or 255
+    can have probability near one. Needs quantized data (``levels`` known); the data is used as is.
+    """
+
+    params_per_dim = 2
+    domain = "levels"
+    discrete = True
+    #: levels assumed when none were declared (8-bit data)
+    DEFAULT_LEVELS = 256
+
+    @property
+    def num_levels(self):
+        return self.levels or self.DEFAULT_LEVELS
+
+    def distribution(self, params):
+        loc, raw_scale = self.split(params)
+        scale = 0.1 / (self.num_levels - 1) + F.softplus(raw_scale)
+        return _DiscretizedLogistic(loc, scale, self.num_levels)
+
+    def mean(self, params):
+        return self.distribution(params).mean
+
+    def scored_data(self):
+        return f"{self.num_levels} levels"
+
+    def representation(self):
+        return f"{self.num_levels}-level data (exact pmf)"
+
+    def check_data(self, x, what="data"):
+        super().check_data(x, what)
+        if self.levels is None:
+            raise UserError(
+                f"the discretized-logistic likelihood needs quantized data (e.g. 8-bit pixels), but {what} "
+                "declares no number of levels; use a density such as gaussian for continuous data"
+            )
+        _check_levels(x, self.levels, what)
 
 
 def build_likelihood(name, **options):

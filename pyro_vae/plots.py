@@ -132,8 +132,7 @@ def save_comparison(groups, originals, strips, image_shape, path, title=None, va
     ax.margins(y=0.15)
     if title:
         ax.set_title(title, fontsize=10)
-    cmap = plt.get_cmap("gray").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")
     y = top + bar + tick_space + header
     for i, (label, mosaic) in enumerate(mosaics):
         sub = axes(y, strip)
