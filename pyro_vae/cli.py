@@ -39,8 +39,9 @@ def fit_options(f):
         click.option("--binarize", default=DEFAULTS.binarize, show_default=True,
                      type=click.Choice(["dynamic", "threshold", "none"]),
                      help="How the bernoulli family binarizes grayscale data."),
-        click.option("--min-scale", default=DEFAULTS.min_scale, show_default=True, type=float,
-                     help="Smallest scale of the gaussian and laplace families."),
+        click.option("--min-scale", default=DEFAULTS.min_scale, type=click.FloatRange(min=0, min_open=True),
+                     help="Smallest scale of the gaussian and laplace families "
+                          "[default: 0.01; on dequantized data a tenth of a level, 0.1/L]."),
         click.option("--sigma", default=DEFAULTS.sigma, show_default=True, type=float,
                      help="The fixed standard deviation of the gaussian-fixed family."),
         click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1)),
@@ -183,7 +184,7 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
 
     from tqdm.auto import tqdm
 
-    from .compare import compare as run_comparison
+    from .comparison import compare as run_comparison
 
     show = not quiet and sys.stderr.isatty()
 

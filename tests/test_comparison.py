@@ -10,7 +10,7 @@ import pytest
 
 from pyro_vae import Config, UserError
 from pyro_vae.cli import main
-from pyro_vae.compare import compare
+from pyro_vae.comparison import compare
 from pyro_vae.data import load_arrays, load_dataset
 from pyro_vae.likelihoods import LIKELIHOODS
 

@@ -53,9 +53,9 @@ GROUP_TEXT = {
     ),
     "binarized": (
         "Scored on binarized pixels",
-        "log P(x) of *binarized* images (each pixel drawn once as Bernoulli(gray level), with a fixed seed for the "
-        "test set). These are probabilities of different data, at most 1 bit per pixel instead of log2 {L}, so they are "
-        "not ranked with the {L}-level group: a smaller bits/dim here says nothing about modelling the gray levels.",
+        "log P(x) of *binarized* images ({how}). These are probabilities of different data, at most 1 bit per pixel "
+        "instead of log2 {L} = {bits:.2f}, so they are not ranked with the {L}-level group: a smaller bits/dim here says "
+        "nothing about modelling the gray levels.",
     ),
     "continuous": (
         "Densities on continuous data",
@@ -166,7 +166,12 @@ class Comparison:
     def _group_text(self, key, kind):
         levels = int(key.split()[0]) if kind == "levels" else (self.levels or 256)
         title, why = GROUP_TEXT[kind]
-        fmt = dict(L=levels, offset=self.x_dim * math.log(levels))
+        how = {
+            "dynamic": "each pixel drawn as Bernoulli(gray level), afresh for each training batch and once, with a "
+            "fixed seed, for the test set",
+            "threshold": "each pixel thresholded at gray level 0.5",
+        }.get(self.config.binarize, "the data as given")
+        fmt = dict(L=levels, offset=self.x_dim * math.log(levels), bits=math.log2(levels), how=how)
         return title.format(**fmt), why.format(**fmt)
 
     # Writers ----------------------------------------------------------------------------------
