@@ -20,7 +20,7 @@ class Config:
     test_data: str = None
     likelihood: str = "bernoulli"
     binarize: str = "dynamic"
-    min_scale: float = None  # None: 0.01 on continuous data, 0.1/L on dequantized data (likelihoods.ScaleFloor)
+    min_scale: float = 0.01
     sigma: float = 0.1
     guide: str = "diagonal"
     objective: str = "elbo"

@@ -295,29 +295,24 @@ class ContinuousBernoulli(Density):
 
 
 class ScaleFloor(Density):
-    r"""A density with a learned scale :math:`s = s_{\min} + \mathrm{softplus}(\eta)` bounded below by ``min_scale``.
+    r"""A density with a learned scale :math:`s = s_{\min} + \mathrm{softplus}(\eta)` bounded below by ``min_scale``
+    (default 0.01), which keeps the density finite on pixels that never vary.
 
-    Default floor (``min_scale=None``): 0.01 on continuous data; on dequantized data a tenth of a
-    bin, :math:`0.1 / L`, well below the noise that dequantization itself adds (the standard
-    deviation of a uniform bin, :math:`1/(L\sqrt{12}) \approx 0.29 / L`). A floor of 0.01 on
-    dequantized 8-bit data would cap the density of MNIST's constant background pixels at
-    :math:`1/(0.01\sqrt{2\pi})`, about 1.9 nats per pixel below what the data allows, and
-    decide the comparison by an arbitrary constant.
+    On dequantized 8-bit data the floor also caps the density of a constant pixel (MNIST's
+    background) at :math:`1/(0.01\sqrt{2\pi})`, about 1.9 nats below the :math:`\log 256` of the
+    uniform bin it is spread over. A smaller floor is not better at small budgets, though: on
+    MNIST after 2 epochs (784-400-20, batch 256, seed 0; K = 100 on 1000 test images) the gaussian
+    family scored 5.24 bits/dim with the floor 0.01 and 5.85 with a floor of :math:`0.1/256`
+    (light tails punish the pixels that a too-confident scale gets wrong). ``--min-scale`` sets it.
     """
 
-    def __init__(self, min_scale=None):
-        if min_scale is not None and not min_scale > 0:
+    def __init__(self, min_scale=0.01):
+        if not min_scale > 0:
             raise UserError(f"the {self.name} likelihood needs --min-scale > 0, got {min_scale}")
-        self.min_scale = None if min_scale is None else float(min_scale)
+        self.min_scale = float(min_scale)
 
     def options(self):
         return {"min_scale": self.min_scale}
-
-    @property
-    def scale_floor(self):
-        if self.min_scale is not None:
-            return self.min_scale
-        return 0.1 / self.levels if self.levels is not None else 0.01
 
 
 @LIKELIHOODS.register("gaussian")
@@ -328,7 +323,7 @@ class Gaussian(ScaleFloor):
 
     The floor :math:`\sigma_{\min}` (``min_scale``) keeps the density finite on pixels that never
     vary (a constant pixel would otherwise drive :math:`\sigma \to 0` and the ELBO to infinity);
-    see :class:`ScaleFloor` for its default. It is a density, so its ELBO can be positive and is
+    see :class:`ScaleFloor`. It is a density, so its ELBO can be positive and is
     not comparable with a Bernoulli's pmf.
     """
 
@@ -337,7 +332,7 @@ class Gaussian(ScaleFloor):
 
     def distribution(self, params):
         loc, raw_scale = self.split(params)
-        return dist.Normal(loc, self.scale_floor + F.softplus(raw_scale))
+        return dist.Normal(loc, self.min_scale + F.softplus(raw_scale))
 
     def mean(self, params):
         return self.split(params)[0]
@@ -384,7 +379,7 @@ class Laplace(ScaleFloor):
 
     def distribution(self, params):
         loc, raw_scale = self.split(params)
-        return dist.Laplace(loc, self.scale_floor + F.softplus(raw_scale))
+        return dist.Laplace(loc, self.min_scale + F.softplus(raw_scale))
 
     def mean(self, params):
         return self.split(params)[0]

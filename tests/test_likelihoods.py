@@ -47,11 +47,11 @@ def expected_log_prob(family, params, x):
         log_c = np.log(2 * np.arctanh(1 - 2 * lam) / (1 - 2 * lam))
         return log_c + x * np.log(lam) + (1 - x) * np.log1p(-lam)
     if family == "gaussian":
-        return scipy.stats.norm.logpdf(x, a, 0.1 / 256 + softplus(b))  # default floor on 256 levels
+        return scipy.stats.norm.logpdf(x, a, 0.01 + softplus(b))
     if family == "gaussian-fixed":
         return scipy.stats.norm.logpdf(x, p, 0.1)
     if family == "laplace":
-        return scipy.stats.laplace.logpdf(x, a, 0.1 / 256 + softplus(b))
+        return scipy.stats.laplace.logpdf(x, a, 0.01 + softplus(b))
     if family == "beta":
         return scipy.stats.beta.logpdf(x, 1e-3 + softplus(a), 1e-3 + softplus(b))
     if family == "discretized-logistic":
@@ -192,13 +192,10 @@ def test_off_grid_data_is_refused_when_levels_are_declared():
 
 
 @pytest.mark.parametrize("family", ["gaussian", "laplace"])
-def test_scale_floor_defaults_to_a_tenth_of_a_level_on_dequantized_data(family):
-    assert build_likelihood(family).use_levels(None).scale_floor == 0.01
-    assert build_likelihood(family).use_levels(256).scale_floor == pytest.approx(0.1 / 256)
-    assert build_likelihood(family, min_scale=0.05).use_levels(256).scale_floor == 0.05
-    # the floor bounds the scale: very negative raw outputs give exactly the floor
+def test_the_scale_floor_bounds_the_scale(family):
     d = build_likelihood(family).use_levels(17).distribution(torch.tensor([[0.0, -200.0]]))
-    assert d.scale.item() == pytest.approx(0.1 / 17)
+    assert d.scale.item() == pytest.approx(0.01)
+    assert build_likelihood(family, min_scale=0.05).distribution(torch.tensor([[0.0, -200.0]])).scale.item() == pytest.approx(0.05)
 
 
 def test_options_are_taken_from_config_fields():
