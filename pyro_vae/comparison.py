@@ -65,6 +65,18 @@ GROUP_TEXT = {
 }
 
 
+#: the numbers of ``comparison.md``'s table and their decimals
+TABLE_COLUMNS = (("elbo", 2), ("log_likelihood", 2), ("bits_per_dim", 4), ("active_units", 1), ("seconds", 1))
+
+
+def _cell(row, name, digits):
+    """``mean`` or ``mean ± std`` (over several seeds) of a summary row's ``name``; a dash when undefined."""
+    mean, std = row[f"{name}_mean"], row[f"{name}_std"]
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if row["seeds"] > 1 else "")
+
+
 @dataclass
 class FamilyRun:
     """One trained and evaluated run of a comparison."""
@@ -235,18 +247,8 @@ class Comparison:
             lines.append("| # | family | scored on | test ELBO | log p(x) | bits/dim | active units | seconds |")
             lines.append("|---:|---|---|---:|---:|---:|---:|---:|")
             for row in rows:
-
-                def cell(name, digits):
-                    mean, std = row[f"{name}_mean"], row[f"{name}_std"]
-                    if mean is None:
-                        return "—"
-                    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if row["seeds"] > 1 else "")
-
-                lines.append(
-                    f"| {row['rank_in_group']} | {row['family']} | {row['representation']} | {cell('elbo', 2)} | "
-                    f"{cell('log_likelihood', 2)} | {cell('bits_per_dim', 4)} | {cell('active_units', 1)} | "
-                    f"{cell('seconds', 1)} |"
-                )
+                cells = [_cell(row, name, digits) for name, digits in TABLE_COLUMNS]
+                lines.append(f"| {row['rank_in_group']} | {row['family']} | {row['representation']} | {' | '.join(cells)} |")
         if self.skipped:
             lines += ["", "## Not run", ""]
             lines += [f"- {family}: {reason}" for family, reason in self.skipped.items()]

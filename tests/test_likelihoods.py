@@ -166,7 +166,7 @@ def test_dequantization_bound_on_a_gaussian():
     L, mu, sigma = 256, 0.3, 0.02
     for k in (60, 76, 77, 100):
         mass = scipy.stats.norm.cdf((k + 1) / L, mu, sigma) - scipy.stats.norm.cdf(k / L, mu, sigma)
-        expected_log, _ = scipy.integrate.quad(lambda u: scipy.stats.norm.logpdf((k + u) / L, mu, sigma), 0, 1)
+        expected_log, _ = scipy.integrate.quad(lambda u, k=k: scipy.stats.norm.logpdf((k + u) / L, mu, sigma), 0, 1)
         assert math.log(mass) >= expected_log - math.log(L) - 1e-12
         assert math.log(mass) - (expected_log - math.log(L)) < 0.05  # tight where the density is smooth on a bin
 
