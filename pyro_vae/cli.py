@@ -42,8 +42,11 @@ def fit_options(f):
         click.option("--binarize", default=DEFAULTS.binarize, show_default=True,
                      type=click.Choice(["dynamic", "threshold", "none"]),
                      help="How the bernoulli family binarizes grayscale data."),
-        click.option("--min-scale", default=DEFAULTS.min_scale, show_default=True, type=float,
-                     help="Smallest standard deviation of the gaussian family."),
+        click.option("--min-scale", default=DEFAULTS.min_scale, show_default=True,
+                     type=click.FloatRange(min=0, min_open=True),
+                     help="Smallest scale of the gaussian and laplace families."),
+        click.option("--sigma", default=DEFAULTS.sigma, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     help="The fixed standard deviation of the gaussian-fixed family."),
         click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1),
                      help="Latent size; 2 also draws the latent manifold."),
         click.option("--hidden", default="400", show_default=True,
@@ -129,7 +132,8 @@ def fit(ctx, out, resume, overwrite, quiet, **kwargs):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def evaluate(run_dir, samples, subset, device, as_json):
-    """Test ELBO and importance-sampled log-likelihood of a trained run (nats per item)."""
+    """Test ELBO (with its reconstruction and KL terms), importance-sampled log-likelihood, bits/dim
+    and active units of a trained run."""
     from tqdm.auto import tqdm
 
     from .run import load_run, write_evaluation
@@ -146,6 +150,17 @@ def evaluate(run_dir, samples, subset, device, as_json):
             f"test ELBO {result['test_elbo']:.3f} nats, log p(x) >= {result['test_log_likelihood']:.3f} nats "
             f"({result['samples']} importance samples, {result['items']} test items)"
         )
+        click.echo(
+            f"ELBO = reconstruction {result['reconstruction']:.3f} - KL {result['kl']:.3f} nats; "
+            f"{result['active_units']} active latent units"
+        )
+        if result["bits_per_dim"] is not None:
+            shift = result["dequantization_nats"]
+            note = f" (density minus {shift:.1f} nats of dequantization)" if shift else ""
+            click.echo(
+                f"scored on {result['representation']}: log P(x) >= {result['discrete_test_log_likelihood']:.3f} "
+                f"nats{note}, {result['bits_per_dim']:.4f} bits/dim"
+            )
 
 
 @cli.command()
@@ -164,6 +179,49 @@ def sample(run_dir, num, output, seed, device):
     run = load_run(run_dir, device)
     run.save_samples(output, n=num, seed=seed)
     click.echo(f"wrote {num} samples to {output}")
+
+
+@cli.command()
+@click.option("--likelihood", "likelihoods", multiple=True, type=_choice(LIKELIHOODS),
+              help="A family to compare; repeat the option for several [default: every family that fits the data].")
+@fit_options
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(1),
+              help="Seeds per family: --seed, --seed + 1, ...; the table shows mean ± std over them.")
+@click.option("--eval-samples", default=100, show_default=True, type=click.IntRange(1),
+              help="Importance samples K per test item for log p(x).")
+@click.option("--eval-subset", default=None, type=click.IntRange(1),
+              help="Evaluate on the first N test items [default: all].")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the run folders and comparison.{md,csv,json,png}.")
+@click.option("--overwrite", is_flag=True,
+              help="Retrain runs already in --out [default: reuse finished runs with the same settings, resume others].")
+def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet, **kwargs):
+    """Train each likelihood family with the same data, networks, optimizer, budget and seeds, and compare
+    test ELBO, log p(x), bits/dim and active units (families scored on different data are grouped apart)."""
+    import contextlib
+
+    from tqdm.auto import tqdm
+
+    from .comparison import compare as run_comparison
+
+    show = not quiet and sys.stderr.isatty()
+
+    def bar(total, desc):
+        return tqdm(total=total, desc=desc, unit="item", leave=False) if show else contextlib.nullcontext(_NoBar())
+
+    result = run_comparison(
+        Config(**settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, seeds=seeds,
+        eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
+        progress=None if quiet else (lambda line: click.echo(line, err=True)), eval_progress=bar,
+    )  # fmt: skip
+    if not quiet:
+        click.echo(result.markdown())
+        click.echo(f"wrote {Path(out) / 'comparison.md'}, .csv, .json and .png")
+
+
+class _NoBar:
+    def update(self, n):
+        pass
 
 
 def main(argv=None):

@@ -21,6 +21,7 @@ class Config:
     likelihood: str = "bernoulli"
     binarize: str = "dynamic"
     min_scale: float = 0.01
+    sigma: float = 0.1
     guide: str = "diagonal"
     flow_steps: int = None
     objective: str = "elbo"

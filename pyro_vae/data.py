@@ -39,19 +39,26 @@ TEST_FRACTION = 0.1
 
 @dataclass
 class Dataset:
-    """A train/test pair of ``(N, D)`` float32 tensors, with ``image_shape`` (H, W) for pictures."""
+    """A train/test pair of ``(N, D)`` float32 tensors, with ``image_shape`` (H, W) for pictures.
+
+    ``levels`` is the quantization of the values: ``L`` when every value is a level ``k / (L - 1)``,
+    ``k = 0, ..., L-1`` (256 for 8-bit images, 17 for ``digits``, 2 for binary data), ``None`` for
+    continuous data. Likelihood families use it to dequantize (densities), to define their pmf
+    (``discretized-logistic``), and to report bits per dimension against the discrete data.
+    """
 
     name: str
     train: torch.Tensor
     test: torch.Tensor
     image_shape: tuple
+    levels: int = None
 
     @property
     def x_dim(self):
         return self.train.shape[1]
 
     def to(self, device):
-        return Dataset(self.name, self.train.to(device), self.test.to(device), self.image_shape)
+        return Dataset(self.name, self.train.to(device), self.test.to(device), self.image_shape, self.levels)
 
 
 def cache_dir():
@@ -117,7 +124,7 @@ class Digits(DatasetSource):
         from sklearn.datasets import load_digits
 
         train, test = seeded_split(load_digits().images)
-        return Dataset(self.name, _as_float(train, 16.0), _as_float(test, 16.0), self.image_shape)
+        return Dataset(self.name, _as_float(train, 16.0), _as_float(test, 16.0), self.image_shape, 17)
 
 
 class _TorchvisionMNIST(DatasetSource):
@@ -152,7 +159,7 @@ class _TorchvisionMNIST(DatasetSource):
         except Exception:  # torchvision raises RuntimeError or URLError when it can neither find nor fetch
             raise self.missing(root / self.folder / "raw", files) from None
         train, test = (s.data.numpy() for s in splits)
-        return Dataset(self.name, _as_float(train, 255.0), _as_float(test, 255.0), self.image_shape)
+        return Dataset(self.name, _as_float(train, 255.0), _as_float(test, 255.0), self.image_shape, 256)
 
 
 @DATASETS.register("mnist")
@@ -217,7 +224,7 @@ class FreyFace(DatasetSource):
         except Exception as e:  # scipy raises several types for a damaged .mat file
             raise UserError(f"cannot read {path}: {e}") from None
         train, test = seeded_split(faces)
-        return Dataset(self.name, _as_float(train, 255.0), _as_float(test, 255.0), self.image_shape)
+        return Dataset(self.name, _as_float(train, 255.0), _as_float(test, 255.0), self.image_shape, 256)
 
 
 @DATASETS.register("binarized-mnist")
@@ -250,7 +257,7 @@ class BinarizedMNIST(DatasetSource):
 
     def load(self, data_dir=None):
         root = data_root(data_dir)
-        return Dataset(self.name, self._read(root, "train"), self._read(root, "test"), self.image_shape)
+        return Dataset(self.name, self._read(root, "train"), self._read(root, "test"), self.image_shape, 2)
 
 
 def _read_array(path, what):
@@ -281,8 +288,30 @@ def _read_array(path, what):
     return array
 
 
+def detect_levels(*arrays, candidates=(2, 256)):
+    """The quantization of float data in [0, 1]: the first ``L`` in ``candidates`` such that every
+    value is within 1e-6 of a level ``k/(L-1)`` (binary data: 2; 8-bit data stored as floats: 256),
+    else ``None`` (continuous data)."""
+    for levels in candidates:
+        ok = True
+        for x in arrays:
+            if x.numel() and (x.min() < 0 or x.max() > 1):
+                return None
+            scaled = x * (levels - 1)  # float32 error here is < 1e-7 * (levels - 1)
+            if x.numel() and (scaled - scaled.round()).abs().max() > 1e-6 * (levels - 1):
+                ok = False
+                break
+        if ok:
+            return levels
+    return None
+
+
 def load_arrays(data, test_data=None):
-    """A user's own arrays (``--data`` / ``--test-data``): shape (N, ...); uint8 is scaled to [0, 1]."""
+    """A user's own arrays (``--data`` / ``--test-data``): shape (N, ...); uint8 is scaled to [0, 1].
+
+    The levels are 256 for uint8 arrays; for float arrays they are detected (:func:`detect_levels`):
+    2 for binary data, 256 for 8-bit values stored as ``k/255``, otherwise ``None`` (continuous).
+    """
     train = _read_array(data, "--data")
     test = _read_array(test_data, "--test-data") if test_data else None
     if test is None:
@@ -299,7 +328,9 @@ def load_arrays(data, test_data=None):
         d = int(np.prod(shape))
         side = int(round(d**0.5))
         image_shape = (side, side) if side * side == d else (1, d)
-    return Dataset(Path(data).stem, _as_float(train, scale), _as_float(test, scale), image_shape)
+    train, test = _as_float(train, scale), _as_float(test, scale)
+    levels = 256 if scale == 255.0 else detect_levels(train, test)
+    return Dataset(Path(data).stem, train, test, image_shape, levels)
 
 
 def load_dataset(name="digits", data_dir=None, data=None, test_data=None):

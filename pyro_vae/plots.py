@@ -74,3 +74,75 @@ def manifold_codes(n=20, device=None, dtype=None):
     z1, z2 = torch.meshgrid(v, -v, indexing="xy")  # rows top to bottom: z2 decreasing
     z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
     return z.to(device=device, dtype=dtype or torch.float32)
+
+
+def save_comparison(groups, originals, strips, image_shape, path, title=None, value_range=(0.0, 1.0)):
+    """The picture of a likelihood comparison (``comparison.png``).
+
+    :param groups: ``[(label, [(family, bits_per_dim, std), ...]), ...]``: one colour per group of
+        families scored on the same data; bars with error bars (std over seeds).
+    :param originals: ``(n, D)`` test images shown above the reconstructions.
+    :param strips: ``[(family, samples (n, D), reconstructions (n, D)), ...]``: one row per family.
+    """
+    n = len(originals)
+    h, w = image_shape
+    blank = np.full((n, h, w), np.nan)
+
+    def images(x):
+        a = _to_images(x, image_shape)
+        return np.clip(a, *value_range) if value_range else a
+
+    def row(left, right):
+        left = blank if left is None else images(left)
+        return tile(np.concatenate([left, np.full((1, h, w), np.nan), images(right)]), 2 * n + 1)
+
+    mosaics = [("test images", row(None, originals))] + [(f, row(s, r)) for f, s, r in strips]
+    # layout in inches, top to bottom: title, bars, tick labels, strip headers, one strip per row
+    width, left, right = 10.0, 1.7, 0.3
+    inner = width - left - right
+    mosaic_h, mosaic_w = mosaics[0][1].shape
+    strip = inner * mosaic_h / mosaic_w
+    gap = 0.12
+    top, bar, tick_space, header = 0.45, 3.0, 1.0, 0.3
+    height = top + bar + tick_space + header + len(mosaics) * (strip + gap) + 0.1
+    fig = plt.figure(figsize=(width, height), dpi=110)
+
+    def axes(y_from_top, h):
+        return fig.add_axes([left / width, 1 - (y_from_top + h) / height, inner / width, h / height])
+
+    ax = axes(top, bar)
+    colors = plt.get_cmap("tab10").colors
+    x, ticks, labels = 0.0, [], []
+    for g, (label, bars) in enumerate(groups):
+        xs = [x + i for i in range(len(bars))]
+        values = [b[1] for b in bars]
+        errors = [b[2] or 0.0 for b in bars]
+        ax.bar(xs, values, yerr=errors, capsize=4, color=colors[g % 10], alpha=0.85, label=label)
+        for xi, v, e in zip(xs, values, errors):
+            ax.annotate(f"{v:.3f}", (xi, v + e), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                        textcoords="offset points")  # fmt: skip
+        ticks += xs
+        labels += [b[0] for b in bars]
+        x += len(bars) + 0.8
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test bits/dim (lower is better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", title="scored on (not ranked across groups)", title_fontsize=7)
+    ax.margins(y=0.15)
+    if title:
+        ax.set_title(title, fontsize=10)
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")
+    y = top + bar + tick_space + header
+    for i, (label, mosaic) in enumerate(mosaics):
+        sub = axes(y, strip)
+        y += strip + gap
+        lo, hi = value_range if value_range else (np.nanmin(mosaic), np.nanmax(mosaic))
+        sub.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest", aspect="auto")
+        sub.set_axis_off()
+        sub.text(-0.01, 0.5, label, transform=sub.transAxes, ha="right", va="center", fontsize=9)
+        if i == 0:
+            for x, text in ((0.25, "samples from the prior (decoder means)"), (0.75, "reconstructions of the test images")):
+                sub.text(x, 1.04, text, transform=sub.transAxes, ha="center", va="bottom", fontsize=9)
+    fig.savefig(path)
+    plt.close(fig)

@@ -9,7 +9,7 @@ from . import plots
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config
 from .errors import UserError
-from .evaluation import evaluate
+from .evaluation import evaluate_terms, summarize
 
 
 class Run:
@@ -50,11 +50,14 @@ class Run:
         return self.vae.reconstruct(torch.as_tensor(x, dtype=torch.float32, device=self.device)).cpu()
 
     def evaluate(self, samples=1000, subset=None, progress=None):
-        """Test ELBO and importance-sampled log-likelihood, nats per item (see :mod:`pyro_vae.evaluation`).
+        """Test ELBO, its two terms, importance-sampled log-likelihood (nats per item), bits per
+        dimension and active units (see :mod:`pyro_vae.evaluation`).
 
         :param int samples: importance samples ``K`` per item.
         :param int subset: use only the first ``subset`` test items.
-        :returns: dict with ``test_elbo``, ``test_log_likelihood``, ``samples``, ``items``.
+        :returns: dict with ``test_elbo``, ``test_log_likelihood``, ``samples``, ``items``,
+            ``reconstruction``, ``kl``, ``bits_per_dim``, ``active_units`` and the other keys of
+            :func:`~pyro_vae.evaluation.summarize`.
         """
         if samples < 1:
             raise UserError(f"--samples must be at least 1, got {samples}")
@@ -63,17 +66,13 @@ class Run:
         x = self.test_data()
         if subset is not None:
             x = x[:subset]
-        elbo, log_px = evaluate(self.vae, x, num_samples=samples, progress=progress)
-        return {
-            "test_elbo": elbo.mean().item(),
-            "test_log_likelihood": log_px.mean().item(),
-            "samples": samples,
-            "items": len(x),
-        }
+        scores = evaluate_terms(self.vae, x, num_samples=samples, progress=progress)
+        return summarize(scores, self.vae.likelihood, x.shape[1])
 
     # Pictures ------------------------------------------------------------------------------------
     def _display_range(self):
-        return (0.0, 1.0) if self.config.likelihood != "gaussian" or not self.config.data else None
+        """[0, 1] for images; the data's own range for real-valued user data."""
+        return (0.0, 1.0) if self.vae.likelihood.domain != "real" or not self.config.data else None
 
     def save_samples(self, path, n=64, seed=0):
         plots.save_grid(self.sample(n, seed), self.image_shape, path, value_range=self._display_range())
@@ -113,7 +112,7 @@ def load_run(directory, device="auto"):
     state = load_checkpoint(directory / "checkpoint.pt", map_location=device)
     if Config.from_dict(state["config"]).differences(config):
         raise UserError(f"the checkpoint in {directory} is from another configuration than its config.json")
-    vae = build_vae(config, x_dim).to(device)
+    vae = build_vae(config, x_dim, meta.get("levels")).to(device)
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError:

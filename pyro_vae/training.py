@@ -56,11 +56,16 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def build_vae(config, x_dim, check=True):
-    """The :class:`~pyro_vae.model.VAE` a config describes (``check``: run its guide once on a tiny batch)."""
+def build_vae(config, x_dim, levels=None, check=True):
+    """The :class:`~pyro_vae.model.VAE` a config describes, for data of ``x_dim`` values with ``levels`` levels.
+
+    ``check``: run its guide once on a tiny batch (clear errors for a user's guide before training).
+    """
     from .likelihoods import build_likelihood
 
-    likelihood = build_likelihood(config.likelihood, binarize=config.binarize, min_scale=config.min_scale)
+    likelihood = build_likelihood(
+        config.likelihood, binarize=config.binarize, min_scale=config.min_scale, sigma=config.sigma
+    ).use_levels(levels)
     return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
                guide_options={"flow_steps": config.flow_steps}, check_guide=check)  # fmt: skip
 
@@ -73,6 +78,7 @@ def prepare_data(config, likelihood, device):
     that test numbers are comparable across epochs and runs.
     """
     dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+    likelihood.use_levels(dataset.levels)
     likelihood.check_data(dataset.train, "the training data")
     likelihood.check_data(dataset.test, "the test data")
     train = likelihood.prepare_static(dataset.train.to(device))
@@ -173,13 +179,14 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     pyro.set_rng_seed(config.seed)
     vae = build_vae(config, 1, check=False)  # validates the likelihood and guide names before any data is read
     dataset, train, test = prepare_data(config, vae.likelihood, device)
-    vae = build_vae(config, dataset.x_dim).to(device)
+    vae = build_vae(config, dataset.x_dim, dataset.levels).to(device)
     optimizer = OPTIMIZERS.get(config.optimizer)({"lr": config.lr})
     objective = build_objective(config, vae)  # checks the guide against the objective before training
     svi = SVI(vae.model, vae.guide, optimizer, loss=objective.build())
     meta = {
         "x_dim": dataset.x_dim,
         "image_shape": list(dataset.image_shape),
+        "levels": dataset.levels,
         "n_train": len(train),
         "n_test": len(test),
         "guide_options": vae.encoder.options() if hasattr(vae.encoder, "options") else {},

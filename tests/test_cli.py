@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pyro_vae.cli import main
+from pyro_vae.likelihoods import LIKELIHOODS
 
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def test_console_script_and_cli_py_are_one_implementation(tmp_path):
     for cmd in ([sys.executable, str(ROOT / "cli.py")], [sys.executable, "-m", "pyro_vae.cli"]):
         p = subprocess.run(cmd + ["fit", "--likelihood", "nope"], capture_output=True, text=True, cwd=tmp_path)
         assert p.returncode == 2 and "Traceback" not in p.stderr
-        assert p.stderr.strip() == "error: Invalid value for '--likelihood': 'nope' is not one of 'bernoulli', 'gaussian'."
+        choices = ", ".join(f"'{name}'" for name in LIKELIHOODS.names())
+        assert p.stderr.strip() == f"error: Invalid value for '--likelihood': 'nope' is not one of {choices}."
     p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "fit" in p.stdout and "evaluate" in p.stdout and "sample" in p.stdout

@@ -1,0 +1,136 @@
+"""`pyro-vae compare` end to end on the bundled digits (tiny budgets), and the evaluation report it builds on."""
+
+import csv
+import json
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from pyro_vae import Config, UserError
+from pyro_vae.cli import main
+from pyro_vae.comparison import compare
+from pyro_vae.data import load_arrays, load_dataset
+from pyro_vae.likelihoods import LIKELIHOODS
+
+TINY = dict(dataset="digits", epochs=1, hidden=(32,), z_dim=4, batch_size=256, device="cpu")
+D_DIGITS = 64
+
+
+def test_compare_every_family_on_digits(tmp_path):
+    out = tmp_path / "cmp"
+    lines = []
+    result = compare(Config(**TINY), out, eval_samples=4, eval_subset=40, progress=lines.append)
+    families = LIKELIHOODS.names()
+    assert [r.family for r in result.runs] == families
+    # a progress line when each run starts and when it ends
+    assert len(lines) == 2 * len(families) and lines[0].startswith("[1/7] bernoulli (seed 0): training 1 epochs")
+    for family in families:
+        run_dir = out / family / "seed-0"
+        assert (run_dir / "checkpoint.pt").exists() and (run_dir / "evaluation.json").exists()
+        assert json.loads((run_dir / "config.json").read_text())["likelihood"] == family
+    # the same budget for everyone: the configs differ only in the likelihood
+    configs = [json.loads((out / f / "seed-0" / "config.json").read_text()) for f in families]
+    assert all({k: v for k, v in c.items() if k not in ("likelihood", "versions")}
+               == {k: v for k, v in configs[0].items() if k not in ("likelihood", "versions")} for c in configs)  # fmt: skip
+
+    data = json.loads((out / "comparison.json").read_text())
+    groups = {g["scored_data"]: [row["family"] for row in g["families"]] for g in data["groups"]}
+    assert groups.keys() == {"17 levels", "binarized"}
+    assert groups["binarized"] == ["bernoulli"]
+    assert sorted(groups["17 levels"]) == sorted(set(families) - {"bernoulli"})
+    assert "not ranked" in data["groups"][1]["why_not_ranked_with_others"]
+    for run in data["runs"]:
+        assert run["items"] == 40 and run["samples"] == 4
+        assert run["test_elbo"] == pytest.approx(run["reconstruction"] - run["kl"], abs=1e-3)
+        shift = 0.0 if run["family"] in ("bernoulli", "discretized-logistic") else D_DIGITS * math.log(17)
+        assert run["dequantization_nats"] == pytest.approx(shift)
+        assert run["discrete_test_log_likelihood"] == pytest.approx(run["test_log_likelihood"] - shift)
+        assert run["bits_per_dim"] == pytest.approx(-run["discrete_test_log_likelihood"] / (D_DIGITS * math.log(2)))
+        assert run["discrete_test_log_likelihood"] < 0  # a log-probability of discrete data
+        assert 0 <= run["active_units"] <= 4
+
+    with open(out / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["family"] for r in rows) == sorted(families)
+    ranked = [r for r in rows if r["scored_data"] == "17 levels"]
+    bits = [float(r["bits_per_dim_mean"]) for r in ranked]
+    assert bits == sorted(bits) and [r["rank_in_group"] for r in ranked] == [str(i) for i in range(1, 7)]
+
+    md = (out / "comparison.md").read_text()
+    assert "## Scored on the 17-level pixels" in md and "## Scored on binarized pixels" in md
+    assert sum(line.startswith("| ") and "|---" not in line and "family" not in line for line in md.splitlines()) == 7
+
+    png = matplotlib.image.imread(out / "comparison.png")
+    assert png.shape[0] > 600 and png.shape[1] > 800 and png[..., :3].std() > 0.05
+
+
+def test_compare_cli_seeds_reuse_resume_and_conflicts(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["compare", "--dataset", "digits", "--likelihood", "gaussian", "--likelihood", "discretized-logistic",
+            "--epochs", "1", "--seeds", "2", "--hidden", "16", "--z-dim", "2", "--batch-size", "256",
+            "--eval-samples", "2", "--eval-subset", "30", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "| 1 |" in captured.out and "[4/4] discretized-logistic (seed 1)" in captured.err
+    with open(out / "comparison.csv") as f:
+        rows = {r["family"]: r for r in csv.DictReader(f)}
+    assert rows.keys() == {"gaussian", "discretized-logistic"}
+    assert all(r["seeds"] == "2" and float(r["bits_per_dim_std"]) > 0 for r in rows.values())
+    assert " ± " in (out / "comparison.md").read_text()
+
+    # the same command again reuses the finished runs and their evaluations
+    assert main(args + ["--quiet"]) == 0
+    assert all(r["reused"] for r in json.loads((out / "comparison.json").read_text())["runs"])
+    # more epochs: the runs are resumed from their checkpoints
+    assert main([a if a != "1" else "2" for a in args] + ["--quiet"]) == 0
+    metrics = (out / "gaussian" / "seed-0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == [1, 2]
+    # other settings in the same folder: refused, one line, unless --overwrite
+    changed = [a if a != "2" else "3" for a in args]  # --z-dim 3 (and --seeds 3)
+    assert main(changed + ["--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    # the evaluate command reports the new keys
+    assert main(["evaluate", str(out / "gaussian" / "seed-0"), "--samples", "3", "--subset", "20", "--json",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    for key in ("test_elbo", "test_log_likelihood", "bits_per_dim", "kl", "reconstruction", "active_units"):
+        assert key in report
+    assert report["items"] == 20 and report["scored_data"] == "17 levels"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--likelihood", "poisson"], "poisson"),
+    (["--eval-samples", "0"], "eval-samples"),
+    (["--seeds", "0"], "seeds"),
+])  # fmt: skip
+def test_compare_bad_flags_are_one_line_errors(tmp_path, capsys, args, message):
+    assert main(["compare", "--dataset", "digits", "--out", str(tmp_path / "x")] + args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_compare_on_continuous_data_skips_what_cannot_model_it(tmp_path):
+    rng = np.random.RandomState(0)
+    np.save(tmp_path / "real.npy", (rng.rand(120, 16) * 0.8 + 0.1).astype(np.float32))
+    assert load_arrays(tmp_path / "real.npy").levels is None
+    config = Config(data=str(tmp_path / "real.npy"), epochs=0, hidden=(8,), z_dim=2, device="cpu")
+    result = compare(config, tmp_path / "out", eval_samples=2)
+    assert list(result.skipped) == ["discretized-logistic"]
+    groups = {key: [r["family"] for r in rows] for key, _, rows in result.groups()}
+    assert groups.keys() == {"continuous", "binarized"}
+    assert all(run.result["bits_per_dim"] is None for run in result.runs if run.family != "bernoulli")
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "## Densities on continuous data" in md and "## Not run" in md
+    with pytest.raises(UserError, match="cannot compare discretized-logistic"):
+        compare(config, tmp_path / "out2", likelihoods=["discretized-logistic"])
+
+
+def test_dataset_levels(tmp_path):
+    assert load_dataset("digits").levels == 17
+    np.save(tmp_path / "u8.npy", np.arange(256, dtype=np.uint8).reshape(16, 16))
+    np.save(tmp_path / "f8.npy", (np.arange(256).reshape(16, 16) / 255).astype(np.float32))
+    np.save(tmp_path / "bin.npy", (np.arange(256).reshape(16, 16) % 2).astype(np.float64))
+    np.save(tmp_path / "real.npy", np.linspace(-1, 1, 256).reshape(16, 16))
+    assert [load_arrays(tmp_path / f"{n}.npy").levels for n in ("u8", "f8", "bin", "real")] == [256, 256, 2, None]
