@@ -285,12 +285,13 @@ class SVIStep:
         self._torch_optim = torch_optimizer(self.optim, [params[n] for n in self._names], self.speed.optimizer)
         if self._torch_optim is None:  # not expressible as one torch optimizer: Pyro's own path
             warnings.warn("this optimizer cannot be fused (per-parameter arguments or clipping); using SVI.step")
-            for p in params.values():
-                p.grad = None
             self._svi = SVI(self.model, self.guide, self.optim, self.loss)
             if self._pending_state is not None:
                 self.optim.set_state(self._pending_state)
-            return self._svi.step(x)
+            # finish this step as SVI.step would: the gradients are already there
+            self.optim(list(params.values()))
+            pyro.infer.util.zero_grads(set(params.values()))
+            return loss
         if self._pending_state is not None:
             load_pyro_optim_state(self._torch_optim, self._names, self._pending_state)
             self._pending_state = None
