@@ -43,10 +43,10 @@ from dataclasses import dataclass, replace
 import torch
 
 import pyro
-import pyro.poutine as poutine
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, is_validation_enabled
-from pyro.infer.util import is_identically_zero
 from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import is_identically_zero
 from pyro.optim import PyroOptim
 
 from .errors import UserError
@@ -153,8 +153,10 @@ def torch_optimizer(pyro_optim, params, kind="fused"):
     clipping, or a constructor that is not a :class:`torch.optim.Optimizer`.
     """
     constructor, args = pyro_optim.pt_optim_constructor, pyro_optim.pt_optim_args
-    if callable(args) or pyro_optim.pt_clip_args or not (
-        inspect.isclass(constructor) and issubclass(constructor, torch.optim.Optimizer)
+    if (
+        callable(args)
+        or pyro_optim.pt_clip_args
+        or not (inspect.isclass(constructor) and issubclass(constructor, torch.optim.Optimizer))
     ):
         return None
     args = dict(args)

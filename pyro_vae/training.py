@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 import pyro
 import pyro.optim
 
-from . import plots
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import load_dataset
@@ -256,7 +255,9 @@ class Trainer:
 
 
 def _diverged(value, epoch, step):
-    raise TrainingDiverged(f"the loss became {value} at epoch {epoch}, step {step}; training stopped (try a smaller --lr)")
+    raise TrainingDiverged(
+        f"the loss became {value} at epoch {epoch}, step {step}; training stopped (try a smaller --lr)"
+    )
 
 
 class _ProgressBar:

@@ -1,11 +1,10 @@
 """The fast SVI step computes what Pyro's own ``Trace_ELBO`` and ``SVI.step`` compute."""
 
-import pytest
-import torch
-
 import pyro
 import pyro.distributions as dist
 import pyro.optim
+import pytest
+import torch
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.engine import (
@@ -24,6 +23,15 @@ from pyro_vae.model import VAE
 def small_vae():
     torch.manual_seed(1)
     return VAE(64, 4, (32,), "tanh")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 DIGITS = None
@@ -202,7 +210,7 @@ def test_optimizer_state_format_is_pyros():
 
 def test_unfusable_optimizer_falls_back_to_svi():
     """Gradient clipping (per-parameter in Pyro) is left to SVI.step, with the same result."""
-    clipped = lambda: pyro.optim.Adam({"lr": 1e-2}, {"clip_norm": 0.5})  # noqa: E731
+    clipped = lambda: pyro.optim.Adam({"lr": 1e-2}, {"clip_norm": 0.5})
     pyro.clear_param_store()
     vae = small_vae()
     step = SVIStep(vae.model, vae.guide, Trace_ELBO(max_plate_nesting=1), clipped(), Speed())
@@ -234,7 +242,9 @@ def test_state_round_trip_keeps_implementation_flags():
     state = pyro_optim_state(opt, ["a", "b"])
     other = torch.optim.Adam([q.detach().clone().requires_grad_() for q in p], lr=0.5, foreach=True)
     load_pyro_optim_state(other, ["a", "b"], state)
-    assert other.param_groups[0]["lr"] == 0.1 and other.param_groups[0]["foreach"] and not other.param_groups[0]["fused"]
+    assert (
+        other.param_groups[0]["lr"] == 0.1 and other.param_groups[0]["foreach"] and not other.param_groups[0]["fused"]
+    )
     assert torch.equal(other.state[other.param_groups[0]["params"][1]]["exp_avg"], opt.state[p[1]]["exp_avg"])
     with pytest.raises(UserError, match="'c'"):
         load_pyro_optim_state(other, ["a", "b"], {**state, "c": state["a"]})

@@ -9,20 +9,43 @@ from pyro_vae import Config, Speed, Trainer, fit
 from pyro_vae.errors import TrainingDiverged
 from pyro_vae.likelihoods import Bernoulli
 
-DIGITS = dict(dataset="digits", device="cpu", hidden=(32,), z_dim=4, batch_size=128, lr=3e-3)
+DIGITS = {"dataset": "digits", "device": "cpu", "hidden": (32,), "z_dim": 4, "batch_size": 128, "lr": 3e-3}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def curve(run):
     return [(m["train_elbo"], m["test_elbo"]) for m in run.metrics]
 
 
+@pytest.fixture(autouse=True)
+def no_pictures(monkeypatch):
+    """Pictures are not what these tests are about (and take most of a small fit's time)."""
+    from pyro_vae.run import Run
+
+    monkeypatch.setattr(Run, "write_pictures", lambda self, test: None)
+
+
+def train(speed, epochs=3):
+    """A Trainer's (train ELBO, test ELBO) per epoch, as fit records them, and its final parameters."""
+    trainer = Trainer(Config(**DIGITS), speed=speed)
+    points = [(trainer.train_epoch()["train_elbo"], trainer.test_elbo()) for _ in range(epochs)]
+    return points, {k: v.clone() for k, v in trainer.vae.state_dict().items()}
+
+
 @pytest.fixture(scope="module")
-def baseline_curve(tmp_path_factory):
+def baseline_curve():
     import pyro
 
     pyro.clear_param_store()
-    run = fit(Config(epochs=3, **DIGITS), tmp_path_factory.mktemp("base"), quiet=True, speed=Speed.baseline())
-    return curve(run), {k: v.clone() for k, v in run.vae.state_dict().items()}
+    return train(Speed.baseline())
 
 
 @pytest.mark.parametrize("speed", [
@@ -31,15 +54,14 @@ def baseline_curve(tmp_path_factory):
     Speed(optimizer="foreach", validate_every_step=True),
     Speed.baseline().replace(optimizer="fused"),
 ], ids=["fast", "torch", "foreach-validated", "fused-synced"])  # fmt: skip
-def test_fit_curve_is_the_same(tmp_path, baseline_curve, speed):
+def test_elbo_curve_is_the_same(baseline_curve, speed):
     expected, expected_state = baseline_curve
-    run = fit(Config(epochs=3, **DIGITS), tmp_path, quiet=True, speed=speed)
-    got = curve(run)
+    got, state = train(speed)
     assert len(got) == 3 and got[-1][1] > got[0][1]  # it learns
     for (a_train, a_test), (b_train, b_test) in zip(got, expected):
         assert a_train == pytest.approx(b_train, rel=1e-5)
         assert a_test == pytest.approx(b_test, rel=1e-5)
-    for k, v in run.vae.state_dict().items():
+    for k, v in state.items():
         assert torch.allclose(v, expected_state[k], rtol=1e-4, atol=1e-5), k
 
 
@@ -51,20 +73,18 @@ def test_metrics_keys_unchanged(tmp_path):
 
 
 def test_resume_is_exact(tmp_path):
-    whole = fit(Config(epochs=4, **DIGITS), tmp_path / "whole", quiet=True)
-    fit(Config(epochs=2, **DIGITS), tmp_path / "split", quiet=True)
-    resumed = fit(Config(epochs=4, **DIGITS), tmp_path / "split", resume=True, quiet=True)
-    assert curve(resumed)[2:] == curve(whole)[2:]
+    """Resumed == uninterrupted, bit for bit under one speed; and a checkpoint written by SVI.step
+    continues under the fused optimizer (the optimizer state keeps Pyro's format)."""
+    whole = fit(Config(epochs=3, **DIGITS), tmp_path / "whole", quiet=True)
+    fit(Config(epochs=1, **DIGITS), tmp_path / "split", quiet=True)
+    resumed = fit(Config(epochs=3, **DIGITS), tmp_path / "split", resume=True, quiet=True)
+    assert curve(resumed)[1:] == curve(whole)[1:]
     for k, v in resumed.vae.state_dict().items():
         assert torch.equal(v, whole.vae.state_dict()[k]), k
 
-
-def test_resume_across_speeds(tmp_path):
-    """A checkpoint written by SVI.step continues under the fused optimizer (same state format)."""
-    whole = fit(Config(epochs=4, **DIGITS), tmp_path / "whole", quiet=True, speed=Speed.baseline())
-    fit(Config(epochs=2, **DIGITS), tmp_path / "split", quiet=True, speed=Speed.baseline())
-    resumed = fit(Config(epochs=4, **DIGITS), tmp_path / "split", resume=True, quiet=True, speed=Speed())
-    for (a_train, a_test), (b_train, b_test) in zip(curve(resumed), curve(whole)):
+    fit(Config(epochs=1, **DIGITS), tmp_path / "svi", quiet=True, speed=Speed.baseline())
+    across = fit(Config(epochs=3, **DIGITS), tmp_path / "svi", resume=True, quiet=True, speed=Speed())
+    for (a_train, a_test), (b_train, b_test) in zip(curve(across), curve(whole)):
         assert a_train == pytest.approx(b_train, rel=1e-5)
         assert a_test == pytest.approx(b_test, rel=1e-5)
 
