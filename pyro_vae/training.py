@@ -10,6 +10,7 @@ Per-step losses stay on the device and are read once per epoch (see :mod:`pyro_v
 number of steps; :func:`fit` drives a :class:`Trainer` and writes the run folder.
 """
 
+import contextlib
 import json
 import platform
 import sys
@@ -144,8 +145,10 @@ class Trainer:
         record = trainer.train_epoch()   # one pass over the training data: train ELBO, seconds, items/s
         trainer.test_elbo()              # mean test ELBO, nats per item
 
-    Building one clears Pyro's parameter store and seeds the random number generators (as
-    :func:`fit` does), so two trainers built from the same config take the same steps.
+    Building one seeds the random number generators (as :func:`fit` does), so two trainers built
+    from the same config take the same steps. Each trainer keeps its parameters in a Pyro parameter
+    store of its own (:meth:`pyro.params.param_store.ParamStoreDict.scope`), entered while it works,
+    so several trainers can live in one process without sharing parameters by name.
 
     :param Config config: the settings; keyword arguments override single fields.
     :param Speed speed: how the step is run (default: the fastest; :meth:`Speed.baseline` is
@@ -157,7 +160,7 @@ class Trainer:
         self.config = config.replace(**settings) if settings else config
         self.speed = speed or Speed()
         self.device = resolve_device(self.config.device)
-        pyro.clear_param_store()
+        self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
         pyro.set_rng_seed(self.config.seed)
         vae = build_vae(self.config, 1)  # validates the likelihood and guide names before any data is read
         self.dataset, self.train, self.test = prepare_data(self.config, vae.likelihood, self.device)
@@ -170,6 +173,13 @@ class Trainer:
         #: epochs completed
         self.epoch = 0
         self._order, self._position = None, 0
+
+    @contextlib.contextmanager
+    def _own_params(self):
+        """Run with this trainer's parameter store in place of the global one."""
+        with pyro.get_param_store().scope(self.param_store_state) as state:
+            yield
+        self.param_store_state = state
 
     @property
     def steps_per_epoch(self):
@@ -194,14 +204,15 @@ class Trainer:
         t0 = time.perf_counter()
         order = torch.randperm(n, device=device)
         losses = []
-        for step, i in enumerate(range(0, n, self.config.batch_size), start=1):
-            x = self._batch(order, i)
-            loss = self.step(x)
-            if self.speed.sync_every_step and not torch.isfinite(loss):
-                _diverged(loss.item(), epoch, step)
-            losses.append(loss)
-            if progress is not None:
-                progress(x.shape[0], loss)
+        with self._own_params():
+            for step, i in enumerate(range(0, n, self.config.batch_size), start=1):
+                x = self._batch(order, i)
+                loss = self.step(x)
+                if self.speed.sync_every_step and not torch.isfinite(loss):
+                    _diverged(loss.item(), epoch, step)
+                losses.append(loss)
+                if progress is not None:
+                    progress(x.shape[0], loss)
         losses = torch.stack(losses).cpu()  # the epoch's one host read (it waits for the device)
         seconds = time.perf_counter() - t0
         bad = (~torch.isfinite(losses)).nonzero()
@@ -218,19 +229,21 @@ class Trainer:
         :returns: a tensor of the steps' losses, on the device (reading it synchronizes).
         """
         losses = []
-        for _ in range(num_steps):
-            if self._order is None or self._position >= len(self.train):
-                self._order, self._position = torch.randperm(len(self.train), device=self.device), 0
-            x = self._batch(self._order, self._position)
-            self._position += self.config.batch_size
-            losses.append(self.step(x))
         self.vae.train()
+        with self._own_params():
+            for _ in range(num_steps):
+                if self._order is None or self._position >= len(self.train):
+                    self._order, self._position = torch.randperm(len(self.train), device=self.device), 0
+                x = self._batch(self._order, self._position)
+                self._position += self.config.batch_size
+                losses.append(self.step(x))
         return torch.stack(losses) if losses else torch.zeros(0)
 
     def test_elbo(self):
         """The mean test ELBO (one draw per item, nats per item), as ``metrics.jsonl`` records it."""
         self.vae.eval()
-        elbo, _ = evaluate(self.vae, self.test, num_samples=1)
+        with self._own_params():
+            elbo, _ = evaluate(self.vae, self.test, num_samples=1)
         return elbo.mean().item()
 
     def state_dict(self):
@@ -239,9 +252,13 @@ class Trainer:
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "model": self.vae.state_dict(),
-            "optimizer": self.step.get_state(),
+            "optimizer": self._optimizer_state(),
             "rng": _rng_state(),
         }
+
+    def _optimizer_state(self):
+        with self._own_params():  # Pyro's optimizers name their parameters through the store
+            return self.step.get_state()
 
     def load_state_dict(self, state, where="the checkpoint"):
         """Continue from :meth:`state_dict` output: resumed runs take the same steps as uninterrupted ones."""
@@ -314,6 +331,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
+    pyro.clear_param_store()
     trainer = Trainer(config, speed=speed)
     vae, dataset = trainer.vae, trainer.dataset
     meta = {
@@ -361,6 +379,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
                 file=sys.stderr,
             )
 
+    if trainer.param_store_state is not None:  # leave the trained parameters in Pyro's store, as SVI would
+        pyro.get_param_store().set_state(trainer.param_store_state)
     run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
     run.write_pictures(trainer.test)
     if not quiet:

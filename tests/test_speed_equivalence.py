@@ -129,3 +129,19 @@ def test_divergence_names_epoch_and_step(tmp_path, poison, speed):
     # the checkpoint and metrics are those of epoch 1
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("second", [Speed(), Speed.baseline()], ids=["fast", "svi"])
+def test_trainers_in_one_process_keep_their_own_parameters(second):
+    """Each trainer has its own parameter store: a second one with the same parameter names
+    trains its own weights, not the first one's (Pyro's store is global and keyed by name)."""
+    first = Trainer(Config(**DIGITS))
+    first.run_steps(2)
+    other = Trainer(Config(**DIGITS), speed=second)
+    before = [p.detach().clone() for p in other.vae.parameters()]
+    first_before = [p.detach().clone() for p in first.vae.parameters()]
+    other.run_steps(2)
+    assert all(not torch.equal(p, q) for p, q in zip(other.vae.parameters(), before))
+    assert all(torch.equal(p, q) for p, q in zip(first.vae.parameters(), first_before))
+    first.run_steps(1)
+    assert all(not torch.equal(p, q) for p, q in zip(first.vae.parameters(), first_before))
