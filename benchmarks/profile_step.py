@@ -43,72 +43,92 @@ from pyro_vae.engine import trace_elbo_loss
 
 
 class Timer:
+    """Times phases by the process's CPU time (all its threads): on a machine shared with other
+    processes, wall-clock time also counts the moments the scheduler gave the cores to them. On CUDA
+    it times wall-clock between synchronizations (the GPU's work is not CPU time)."""
+
     def __init__(self, device):
         self.device, self.times = device, {}
+        self.clock = time.perf_counter if torch.device(device).type == "cuda" else time.process_time
 
     def __call__(self, key, fn):
         synchronize(self.device)
-        t0 = time.perf_counter()
+        t0 = self.clock()
         out = fn()
         synchronize(self.device)
-        self.times.setdefault(key, []).append(time.perf_counter() - t0)
+        self.times.setdefault(key, []).append(self.clock() - t0)
         return out
 
-    def median_ms(self, key, skip=3):
+    def median_ms(self, key, skip=10):
         return 1e3 * statistics.median(self.times[key][skip:])
 
 
-def phases(config, rounds):
-    """Phase times (ms) of loops a0, a and b on the same batches."""
+def phases(config, rounds, block=5):
+    """Phase times (ms) of loops a0, a and b: blocks of ``block`` steps per loop, interleaved."""
     a = Trainer(config, speed=Speed())
-    a.run_steps(3)  # builds the fused optimizer; validation off from here on
-    vae, elbo, opt = a.vae, a.objective, a.step._torch_optim
-    # a0: the same model, with Pyro's own ELBO code and per-parameter optimizers (its own copy of the weights)
-    a0 = Trainer(config, speed=Speed.baseline())
+    a.run_steps(3)  # builds the fused optimizer; validation is off from here on
+    a0 = Trainer(config, speed=Speed.baseline())  # its own weights and parameter store
     a0.run_steps(3)
     b = TorchVAELoop(config, train=a.train)
     b.run(3)
     t = Timer(a.device)
     order = torch.randperm(len(a.train), device=a.device)
+    position = [0]
 
-    def nets(model):
-        def run():
-            loc, raw = model.encoder.net(x).chunk(2, dim=-1)
-            return model.decoder(loc)
+    def batch():
+        i = position[0] % (len(a.train) - config.batch_size)
+        position[0] += config.batch_size
+        return a._batch(order, i)
 
-        return run
+    def step_a0(x):
+        # SVI.step as it ran before: validation on, Trace_ELBO's own code (host reads), per-parameter Adam
+        with a0._own_params():
+            with poutine.trace(param_only=True) as capture:
+                loss = t("a0 forward", lambda: a0.objective.differentiable_loss(a0.vae.model, a0.vae.guide, x))
+                t("a0 backward", loss.backward)
+            params = t(
+                "a0 parameter capture", lambda: {s["value"].unconstrained() for s in capture.trace.nodes.values()}
+            )
+            t("a0 optimizer", lambda: (a0.optimizer(params), zero_grads(params)))
 
-    for r in range(rounds):
-        i = (r * config.batch_size) % (len(a.train) - config.batch_size)
-        x = t("data", lambda: a._batch(order, i))
-        # (a0) SVI.step as it runs: validation on, Trace_ELBO's own code (host reads), per-parameter Adam
-        with poutine.trace(param_only=True) as capture:
-            loss = t("a0 forward", lambda: a0.objective.differentiable_loss(a0.vae.model, a0.vae.guide, x))
-            t("a0 backward", lambda: loss.backward())
-        params = t("a0 parameter capture",
-                   lambda: set(s["value"].unconstrained() for s in capture.trace.nodes.values()))  # fmt: skip
-        t("a0 optimizer", lambda: (a0.optimizer(params), zero_grads(params)))
-        t("a0 nets forward", nets(a0.vae))
-        # (a) now: validation off, the sync-free Trace_ELBO sum, one fused Adam
-        with pyro.validation_enabled(False):
-            loss = t("a forward", lambda: trace_elbo_loss(elbo, vae.model, vae.guide, x))
-        t("a backward", lambda: loss.backward())
+    def step_a(x):
+        # now: validation off, the sync-free Trace_ELBO sum, one fused Adam
+        opt = a.step._torch_optim
+        with a._own_params(), pyro.validation_enabled(False):
+            loss = t("a forward", lambda: trace_elbo_loss(a.objective, a.vae.model, a.vae.guide, x))
+        t("a backward", loss.backward)
         t("a optimizer", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
-        t("a nets forward", nets(vae))
-        # (b) hand-written
+
+    def step_b(x):
         loss = t("b forward", lambda: b.vae.loss(x))
-        t("b backward", lambda: loss.backward())
+        t("b backward", loss.backward)
         t("b optimizer", lambda: (b.optimizer.step(), b.optimizer.zero_grad(set_to_none=True)))
-        t("b nets forward", lambda: b.vae.decoder(b.vae.encoder(x).chunk(2, dim=-1)[0]))
-    for model in (vae, a0.vae, b.vae):  # the nets-only passes left gradients nowhere; be tidy anyway
-        model.zero_grad(set_to_none=True)
+
+    def nets(name, encoder, decoder, x):
+        with torch.no_grad():  # forward only, for the share of the nets in the forward pass
+            t(f"{name} nets forward", lambda: decoder(encoder(x).chunk(2, dim=-1)[0]))
+
+    loops = {
+        "a0": (step_a0, a0.vae.encoder.net, a0.vae.decoder),
+        "a": (step_a, a.vae.encoder.net, a.vae.decoder),
+        "b": (step_b, b.vae.encoder, b.vae.decoder),
+    }
+    names = list(loops)
+    for r in range(rounds):
+        for name in names[r % 3 :] + names[: r % 3]:
+            step, encoder, decoder = loops[name]
+            for _ in range(block):
+                x = t("data", batch)
+                step(x)
+                nets(name, encoder, decoder, x)
     rows = {}
-    for loop in ("a0", "a", "b"):
+    for loop in names:
+        # forward with autograd records the graph, the nets-only pass does not: "the rest" is an upper bound
         nets_ms = t.median_ms(f"{loop} nets forward")
         row = {
             "minibatch (gather + binarize)": t.median_ms("data"),
-            "forward: nets": nets_ms,
-            "forward: the rest (tracing, log_prob, sums)": t.median_ms(f"{loop} forward") - nets_ms,
+            "forward: nets (no autograd)": nets_ms,
+            "forward: the rest (tracing, log_prob, sums, autograd records)": t.median_ms(f"{loop} forward") - nets_ms,
             "backward": t.median_ms(f"{loop} backward"),
             "optimizer": t.median_ms(f"{loop} optimizer"),
         }
@@ -151,8 +171,9 @@ def ablation(config, steps, block, warmup, compile_backend=None):
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation warning
         loops["Pyro's JitTrace_ELBO through SVI.step"] = _StepLoop(config, base, jit=True)
         loops["b: hand-written PyTorch (fused Adam)"] = TorchVAELoop(config)
-        times = time_loops(loops, steps, block, warmup)
-    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+        times, cpu_times = time_loops(loops, steps, block, warmup, with_cpu=True)
+    return {name: {"ms_per_step": 1e3 * statistics.median(ts), "cpu_ms_per_step": 1e3 * statistics.median(cpu_times[name])}
+            for name, ts in times.items()}  # fmt: skip
 
 
 def cprofile_fast(config, steps=200):
@@ -188,16 +209,20 @@ def main(argv=None):
     config = config_for(args.arch, args.batch_size, args.device, args.dataset, args.data_dir)
     report = {"config": config.to_dict(), "torch_threads": torch.get_num_threads(), "load_before": os.getloadavg()}
     report["phases_ms"] = phases(config, args.rounds)
-    print(f"\nphases of one step, ms (median of {args.rounds - 3} rounds), {args.arch}, batch {args.batch_size}:")
+    clock = "wall-clock" if torch.device(args.device).type == "cuda" else "CPU"
+    print(f"\nphases of one step, {clock} ms (medians), {args.arch}, batch {args.batch_size}:")
     names = list(report["phases_ms"]["a0"])
-    print(f"{'':46s}" + "".join(f"{k:>9s}" for k in ("a0", "a", "b")))
+    print(f"{'':64s}" + "".join(f"{k:>9s}" for k in ("a0", "a", "b")))
     for n in names:
-        print(f"{n:46s}" + "".join(f"{report['phases_ms'][k].get(n, 0):9.2f}" for k in ("a0", "a", "b")))
+        print(f"{n:64s}" + "".join(f"{report['phases_ms'][k].get(n, 0):9.2f}" for k in ("a0", "a", "b")))
     report["ablation_ms"] = ablation(config, args.steps, args.block, args.warmup, args.compile)
     base = next(iter(report["ablation_ms"].values()))
-    print("\nablation: ms/step (median), speed-up over a0")
+    print("\nablation: ms/step (median; wall-clock, CPU time), speed-up over a0")
     for name, ms in report["ablation_ms"].items():
-        print(f"  {name:62s} {ms:8.2f}  x{base / ms:.2f}")
+        wall, cpu = ms["ms_per_step"], ms["cpu_ms_per_step"]
+        print(
+            f"  {name:62s} {wall:8.2f} x{base['ms_per_step'] / wall:.2f}  {cpu:8.2f} x{base['cpu_ms_per_step'] / cpu:.2f}"
+        )
     if args.cprofile:
         report["cprofile"] = cprofile_fast(config)
         print(report["cprofile"])

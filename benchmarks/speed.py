@@ -56,6 +56,7 @@ def machine():
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -75,23 +76,30 @@ def build(name, config, args):
     return cls(config)
 
 
-def time_loops(loops, steps, block, warmup):
-    """Interleaved timing: ``steps // block`` rounds of one ``block`` per loop, in rotating order."""
+def time_loops(loops, steps, block, warmup, with_cpu=False):
+    """Interleaved timing: ``steps // block`` rounds of one ``block`` per loop, in rotating order.
+
+    Returns seconds per step of each block (wall-clock), and with ``with_cpu`` also the process's CPU
+    seconds per step (all threads; unlike wall-clock time it does not count the time the scheduler
+    gave the cores to other processes, so it is the steadier number on a shared machine).
+    """
     for loop in loops.values():
         loop.run(warmup)
         loop.sync()
     times = {name: [] for name in loops}
+    cpu_times = {name: [] for name in loops}
     names = list(loops)
     for r in range(max(1, steps // block)):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             loop = loops[name]
             loop.sync()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             loop.run(block)
             loop.sync()
             times[name].append((time.perf_counter() - t0) / block)
-    return times
+            cpu_times[name].append((time.process_time() - c0) / block)
+    return (times, cpu_times) if with_cpu else times
 
 
 def cuda_peak(name, config, args, steps=5):
@@ -149,7 +157,7 @@ def measure(args):
                 config = config_for(arch, batch_size, device, args.dataset, args.data_dir)
                 loops = {name: build(name, config, args) for name in args.loops}  # (a) first: it clears Pyro's store
                 load = os.getloadavg()[0]
-                times = time_loops(loops, args.steps, args.block, args.warmup)
+                times, cpu_times = time_loops(loops, args.steps, args.block, args.warmup, with_cpu=True)
                 steps_per_epoch = math.ceil(TRAIN_SIZE[args.dataset] / batch_size)
                 row = {"device": device, "arch": arch, "batch_size": batch_size, "load_1min": load, "loops": {}}
                 for name, ts in times.items():
@@ -160,6 +168,7 @@ def measure(args):
                         "ms_per_step_quartiles": [
                             1e3 * q for q in statistics.quantiles(ts * 2, n=4, method="inclusive")
                         ],
+                        "cpu_ms_per_step": 1e3 * statistics.median(cpu_times[name]),
                         "items_per_s": batch_size / ms * 1e3,
                         "s_per_epoch": steps_per_epoch * ms / 1e3,
                         "blocks": len(ts),
@@ -173,14 +182,12 @@ def measure(args):
                             else cpu_peak(name, arch, batch_size, args)
                         )
                         row["loops"][name]["peak_mib"] = peak
-                ms = {k: v["ms_per_step"] for k, v in row["loops"].items()}
-                row["ratios"] = {}
-                if "a" in ms and "b" in ms:
-                    row["ratios"]["a/b"] = ms["a"] / ms["b"]
-                if "a" in ms and "c" in ms:
-                    row["ratios"]["c/a"] = ms["c"] / ms["a"]
-                if "a" in ms and "a0" in ms:
-                    row["ratios"]["a0/a"] = ms["a0"] / ms["a"]
+                row["ratios"], row["cpu_ratios"] = {}, {}
+                for key, out in (("ms_per_step", row["ratios"]), ("cpu_ms_per_step", row["cpu_ratios"])):
+                    ms = {k: v[key] for k, v in row["loops"].items()}
+                    for num, den in (("a", "b"), ("c", "a"), ("a0", "a")):
+                        if num in ms and den in ms:
+                            out[f"{num}/{den}"] = ms[num] / ms[den]
                 results.append(row)
                 print(_row_line(row), flush=True)
     return results
@@ -203,8 +210,8 @@ def markdown(report):
         f"after {report['settings']['warmup']} warm-up steps), interleaved; load average (1 min) "
         f"{report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after.",
         "",
-        "| device | net | batch | loop | ms/step (median) | items/s | s/epoch | peak MiB |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+        "| device | net | batch | loop | ms/step (median, IQR) | CPU ms/step | items/s | s/epoch | peak MiB |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in r:
         for name, v in row["loops"].items():
@@ -212,14 +219,16 @@ def markdown(report):
             peak = f"{v['peak_mib']:.0f}" if "peak_mib" in v else "-"
             lines.append(
                 f"| {row['device']} | {row['arch']} | {row['batch_size']} | ({name}) {v['label']} | "
-                f"{v['ms_per_step']:.2f} ({q[0]:.2f}-{q[2]:.2f}) | {v['items_per_s']:,.0f} | "
+                f"{v['ms_per_step']:.2f} ({q[0]:.2f}-{q[2]:.2f}) | {v['cpu_ms_per_step']:.2f} | {v['items_per_s']:,.0f} | "
                 f"{v['s_per_epoch']:.2f} | {peak} |"
             )
-    lines += ["", "| device | net | batch | " + " | ".join(r[0]["ratios"]) + " |",
-              "|---|---|---:|" + "---:|" * len(r[0]["ratios"])]  # fmt: skip
+    keys = list(r[0]["ratios"])
+    lines += ["", "| device | net | batch | " + " | ".join(keys) + " | " + " | ".join(f"{k} (CPU time)" for k in keys)
+              + " |", "|---|---|---:|" + "---:|" * (2 * len(keys))]  # fmt: skip
     for row in r:
         lines.append(f"| {row['device']} | {row['arch']} | {row['batch_size']} | "
-                     + " | ".join(f"{v:.2f}" for v in row["ratios"].values()) + " |")  # fmt: skip
+                     + " | ".join(f"{row['ratios'][k]:.2f}" for k in keys) + " | "
+                     + " | ".join(f"{row['cpu_ratios'][k]:.2f}" for k in keys) + " |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -106,33 +106,40 @@ def trace_elbo_loss(elbo, model, guide, *args, **kwargs):
     same sums of each site's scaled and masked ``log_prob_sum``, the same surrogate terms for
     non-reparameterized guide sites; only the value is kept as a tensor. Returns
     ``loss + (surrogate - surrogate.detach())``: the value of :math:`-\widetilde{\mathcal{L}}`
-    with the gradient of Pyro's surrogate objective.
+    with the gradient of Pyro's surrogate objective. When every guide site is reparameterized (its
+    entropy term is its ``log_prob`` and it has no score-function term) the surrogate *is* the loss,
+    and the loss is returned as it is.
     """
     loss = 0.0
-    surrogate_loss = 0.0
+    surrogate_loss = None  # stays None while the surrogate equals the loss
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
         elbo_particle = 0.0
-        surrogate_elbo_particle = 0.0
+        surrogate_extra = 0.0  # the surrogate minus the ELBO, for this particle
         log_r = None
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
                 elbo_particle = elbo_particle + site["log_prob_sum"]
-                surrogate_elbo_particle = surrogate_elbo_particle + site["log_prob_sum"]
         for site in guide_trace.nodes.values():
             if site["type"] == "sample":
                 _, score_function_term, entropy_term = site["score_parts"]
                 elbo_particle = elbo_particle - site["log_prob_sum"]
-                if not is_identically_zero(entropy_term):
-                    surrogate_elbo_particle = surrogate_elbo_particle - entropy_term.sum()
+                if entropy_term is not site["log_prob"]:  # not a plain reparameterized site
+                    surrogate_extra = surrogate_extra + site["log_prob_sum"]
+                    if not is_identically_zero(entropy_term):
+                        surrogate_extra = surrogate_extra - entropy_term.sum()
                 if not is_identically_zero(score_function_term):
                     if log_r is None:
                         log_r = _compute_log_r(model_trace, guide_trace)
                     term = log_r.sum_to(site["cond_indep_stack"])
-                    surrogate_elbo_particle = surrogate_elbo_particle + (term * score_function_term).sum()
+                    surrogate_extra = surrogate_extra + (term * score_function_term).sum()
         loss = loss - elbo_particle / elbo.num_particles
-        surrogate_loss = surrogate_loss - surrogate_elbo_particle / elbo.num_particles
-    if not isinstance(surrogate_loss, torch.Tensor):  # a model and guide without sample sites
+        if not is_identically_zero(surrogate_extra):
+            surrogate_loss = (0.0 if surrogate_loss is None else surrogate_loss) - surrogate_extra / elbo.num_particles
+    if not isinstance(loss, torch.Tensor):  # a model and guide without sample sites
         return torch.as_tensor(loss)
+    if surrogate_loss is None:
+        return loss
+    surrogate_loss = loss + surrogate_loss
     return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
 
