@@ -75,14 +75,19 @@ def markdown(report):
         f"{s['device']}, measured {report['date']} ({report['machine']['cpu']}, {report['machine']['torch_threads']} "
         f"torch threads; load average {report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after)."
     )
-    lines += ["", "| loop | reached at epoch | training s | training + test-ELBO s | best test ELBO |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| loop | reached at epoch | training s | training + test-ELBO s | best test ELBO | "
+              + " | ".join(f"first >= {m:g}: epoch, training s" for m in s["milestones"]) + " |",
+              "|---|---:|---:|---:|---:|" + "---:|" * len(s["milestones"])]  # fmt: skip
     for name, st in report["loops"].items():
         best = max(c["test_elbo"] for c in st["curve"]) if st["curve"] else float("nan")
         last = st["curve"][-1] if st["curve"] else {"train_s": 0.0, "eval_s": 0.0, "epoch": 0}
         reached = st["reached"] if st["reached"] is not None else f"not in {last['epoch']} epochs"
+        firsts = []
+        for m in s["milestones"]:
+            hit = next((c for c in st["curve"] if c["test_elbo"] >= m), None)
+            firsts.append(f"{hit['epoch']}, {hit['train_s']:.1f}" if hit else "-")
         lines.append(f"| ({name}) {st['label']} | {reached} | {last['train_s']:.1f} | "
-                     f"{last['train_s'] + last['eval_s']:.1f} | {best:.2f} |")  # fmt: skip
+                     f"{last['train_s'] + last['eval_s']:.1f} | {best:.2f} | " + " | ".join(firsts) + " |")  # fmt: skip
     a, b = report["loops"]["a"], report["loops"]["b"]
     if a["reached"] and b["reached"]:
         ratio = a["curve"][-1]["train_s"] / b["curve"][-1]["train_s"]
@@ -103,6 +108,8 @@ def main(argv=None):
     p.add_argument("--data-dir")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
     p.add_argument("--target", type=float, default=-100.0, help="test ELBO to reach, nats per image")
+    p.add_argument("--milestones", default=[-120.0, -110.0, -105.0], type=lambda v: [float(m) for m in v.split(",")],
+                   help="also report when the test ELBO first reached these")  # fmt: skip
     p.add_argument("--arch", default="relu400")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -123,7 +130,18 @@ def main(argv=None):
         "machine": machine(),
         "settings": {
             k: getattr(args, k)
-            for k in ("target", "arch", "batch_size", "lr", "seed", "device", "dataset", "max_epochs", "max_minutes")
+            for k in (
+                "target",
+                "milestones",
+                "arch",
+                "batch_size",
+                "lr",
+                "seed",
+                "device",
+                "dataset",
+                "max_epochs",
+                "max_minutes",
+            )
         },  # fmt: skip
         "load_before": os.getloadavg(),
     }
