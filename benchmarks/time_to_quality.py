@@ -75,9 +75,9 @@ def markdown(report):
         f"{s['device']}, measured {report['date']} ({report['machine']['cpu']}, {report['machine']['torch_threads']} "
         f"torch threads; load average {report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after)."
     )
-    lines += ["", "| loop | reached at epoch | training s | training + test-ELBO s | best test ELBO | "
+    lines += ["", "| loop | reached at epoch | training s | training + test-ELBO s | training s/epoch | best test ELBO | "
               + " | ".join(f"first >= {m:g}: epoch, training s" for m in s["milestones"]) + " |",
-              "|---|---:|---:|---:|---:|" + "---:|" * len(s["milestones"])]  # fmt: skip
+              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(s["milestones"])]  # fmt: skip
     for name, st in report["loops"].items():
         best = max(c["test_elbo"] for c in st["curve"]) if st["curve"] else float("nan")
         last = st["curve"][-1] if st["curve"] else {"train_s": 0.0, "eval_s": 0.0, "epoch": 0}
@@ -86,12 +86,18 @@ def markdown(report):
         for m in s["milestones"]:
             hit = next((c for c in st["curve"] if c["test_elbo"] >= m), None)
             firsts.append(f"{hit['epoch']}, {hit['train_s']:.1f}" if hit else "-")
+        per_epoch = last["train_s"] / max(last["epoch"], 1)
         lines.append(f"| ({name}) {st['label']} | {reached} | {last['train_s']:.1f} | "
-                     f"{last['train_s'] + last['eval_s']:.1f} | {best:.2f} | " + " | ".join(firsts) + " |")  # fmt: skip
+                     f"{last['train_s'] + last['eval_s']:.1f} | {per_epoch:.2f} | {best:.2f} | "
+                     + " | ".join(firsts) + " |")  # fmt: skip
     a, b = report["loops"]["a"], report["loops"]["b"]
+    if a["curve"] and b["curve"]:
+        n = min(len(a["curve"]), len(b["curve"]))
+        per_epoch = a["curve"][n - 1]["train_s"] / b["curve"][n - 1]["train_s"]
+        lines += ["", f"Training time a/b over the first {n} epochs (the same work): {per_epoch:.2f}."]
     if a["reached"] and b["reached"]:
         ratio = a["curve"][-1]["train_s"] / b["curve"][-1]["train_s"]
-        lines += ["", f"Wall-time ratio a/b to the target (training only): {ratio:.2f}."]
+        lines[-1] += f" Wall-time a/b to the target (training only; the epochs needed differ by chance): {ratio:.2f}."
     return "\n".join(lines) + "\n"
 
 

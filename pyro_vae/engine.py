@@ -321,19 +321,27 @@ class SVIStep:
             self._torch_optim.step()
         self._torch_optim.zero_grad(set_to_none=True)
 
+    def _eager_step(self, x):
+        if self._graph is not None:  # the graph's backward left its static gradients in .grad
+            self._torch_optim.zero_grad(set_to_none=True)
+        loss = self._loss_and_backward(x)
+        self._optimizer_step()
+        return loss
+
     def __call__(self, x):
         with self._validation():
             if self._svi is not None:
                 loss = self._svi.step(x)
             elif self._torch_optim is None:
                 loss = self._first_step(x)
-            elif self._graph is not None and self._graph.fits(x):
-                loss = self._graph.replay(x)
             else:
-                loss = self._loss_and_backward(x)
-                self._optimizer_step()
-                if self._wants_graph(x):
-                    self._graph = _CUDAGraphStep(self, x)
+                loss = None
+                if self._graph is None and self._wants_graph(x):
+                    self._graph = _CUDAGraphStep(self)
+                if self._graph is not None:
+                    loss = self._graph(x)  # None for a batch of another shape (the last, partial one)
+                if loss is None:
+                    loss = self._eager_step(x)
         self.steps += 1
         if not isinstance(loss, torch.Tensor):
             return torch.tensor(_scalar(loss))
@@ -346,7 +354,7 @@ class SVIStep:
             and x.is_cuda
             and self._plain_elbo
             and not self.speed.sync_every_step
-            and self.steps >= _CUDAGraphStep.WARMUP_STEPS
+            and not self.speed.validate_every_step
         )
 
     # Optimizer state -------------------------------------------------------------------------
@@ -369,41 +377,58 @@ class SVIStep:
 
 
 class _CUDAGraphStep:
-    """A full-size step captured in a CUDA graph and replayed on each new batch of that shape.
+    """Full-size steps captured once in a CUDA graph and replayed for every new batch of that shape.
 
-    Follows PyTorch's whole-network capture recipe: warm-up steps ran eagerly before capture; the
-    optimizer is rebuilt ``capturable`` over the same state; the batch is copied into a static
-    input. Random draws inside the graph advance the same generator as eager draws would.
-    Experimental: not measured on a GPU yet (see ``docs/benchmarks.md``).
+    PyTorch's whole-network capture recipe (``torch.cuda.graphs``): the optimizer is rebuilt
+    ``capturable`` over the same state; ``WARMUP_STEPS`` real steps run eagerly on a side stream;
+    then one step is captured with a static input buffer, and each later batch of the same shape is
+    copied into that buffer and the graph replayed (the Python of Pyro's tracing runs only during
+    capture). Random draws inside the graph advance the same generator as eager draws would. A batch
+    of another shape (an epoch's last, partial one) returns ``None`` and runs eagerly, so there is
+    one static shape and nothing is captured twice.
+
+    Experimental: written for GPUs but not yet run on one (see ``docs/benchmarks.md``).
     """
 
     WARMUP_STEPS = 3
 
-    def __init__(self, step, x):
+    def __init__(self, step):
         self.step = step
         opt = step._torch_optim
         if not _accepts(type(opt), "capturable"):
-            raise UserError(f"{type(opt).__name__} cannot run inside a CUDA graph; drop cuda_graph")
+            raise UserError(f"{type(opt).__name__} cannot run inside a CUDA graph; turn cuda_graph off")
         state = pyro_optim_state(opt, step._names)
         params = [p for g in opt.param_groups for p in g["params"]]
-        args = dict(step.optim.pt_optim_args)
-        fused = bool(opt.defaults.get("fused"))
-        step._torch_optim = type(opt)(params, **args, capturable=True, **({"fused": True} if fused else {}))
+        fused = {"fused": True} if opt.defaults.get("fused") else {}
+        step._torch_optim = type(opt)(params, **dict(step.optim.pt_optim_args), capturable=True, **fused)
         load_pyro_optim_state(step._torch_optim, step._names, state)
-        self.shape, self.dtype = x.shape, x.dtype
-        self.static_x = x.detach().clone()
-        self.graph = torch.cuda.CUDAGraph()
-        step._torch_optim.zero_grad(set_to_none=True)
-        with pyro.validation_enabled(False), torch.cuda.graph(self.graph):
-            loss = trace_elbo_loss(step.loss, step.model, step.guide, self.static_x)
-            loss.backward()
-            step._torch_optim.step()
-        self.static_loss = loss.detach()
+        self.warm, self.graph, self.shape = 0, None, None
+        self.side = torch.cuda.Stream()
 
-    def fits(self, x):
-        return x.shape == self.shape and x.dtype == self.dtype
-
-    def replay(self, x):
+    def __call__(self, x):
+        step = self.step
+        if self.graph is None and self.warm < self.WARMUP_STEPS:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                loss = step._loss_and_backward(x)
+                step._optimizer_step()
+            torch.cuda.current_stream().wait_stream(self.side)
+            self.warm += 1
+            self.shape = self.shape or x.shape  # the shape to capture: the first full-size batch's
+            return loss
+        if self.graph is None:
+            if x.shape != self.shape:
+                return None
+            self.static_x = x.detach().clone()
+            self.graph = torch.cuda.CUDAGraph()
+            step._torch_optim.zero_grad(set_to_none=True)
+            with pyro.validation_enabled(False), torch.cuda.graph(self.graph):
+                loss = trace_elbo_loss(step.loss, step.model, step.guide, self.static_x)
+                loss.backward()
+                step._torch_optim.step()
+            self.static_loss = loss.detach()
+        if x.shape != self.static_x.shape or x.dtype != self.static_x.dtype:
+            return None
         self.static_x.copy_(x)
         self.graph.replay()
         return self.static_loss.clone()
