@@ -188,6 +188,48 @@ def cprofile_fast(config, steps=200):
     return out.getvalue()
 
 
+START, END = "<!-- profile-table:start -->", "<!-- profile-table:end -->"
+
+
+def markdown(report):
+    c, ph, ab = report["config"], report["phases_ms"], report["ablation_ms"]
+    clock = "wall-clock" if c["device"].startswith("cuda") else "CPU"
+    lines = [
+        f"{c['hidden']} {c['activation']}, z {c['z_dim']}, batch {c['batch_size']}, {c['device']}, "
+        f"{report['torch_threads']} torch threads, OMP_WAIT_POLICY {report.get('omp_wait_policy', '(unset)')}; "
+        f"load average {report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after.",
+        "",
+        f"Phases of one step, {clock} ms per step (medians):",
+        "",
+        "| phase | (a0) before | (a) now | (b) hand-written |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ph["a0"]:
+        lines.append(f"| {name} | " + " | ".join(f"{ph[k][name]:.2f}" if name in ph[k] else "-" for k in ("a0", "a", "b"))
+                     + " |")  # fmt: skip
+    base = next(iter(ab.values()))
+    lines += ["", "Whole steps, each row adding one switch (interleaved; ms per step, medians):", "",
+              "| variant | wall-clock ms | speed-up | CPU ms | speed-up |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, v in ab.items():
+        lines.append(f"| {name} | {v['ms_per_step']:.2f} | x{base['ms_per_step'] / v['ms_per_step']:.2f} | "
+                     f"{v['cpu_ms_per_step']:.2f} | x{base['cpu_ms_per_step'] / v['cpu_ms_per_step']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(table, key):
+    from speed import DOCS
+
+    start, end = (
+        START.replace("profile-table", f"profile-table:{key}"),
+        END.replace("profile-table", f"profile-table:{key}"),
+    )
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    DOCS.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir")
@@ -203,11 +245,13 @@ def main(argv=None):
     p.add_argument("--compile", nargs="?", const="inductor", default=None, help="also time torch.compile of the nets")
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--update-docs", action="store_true", help="write the tables into docs/benchmarks.md")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = config_for(args.arch, args.batch_size, args.device, args.dataset, args.data_dir)
-    report = {"config": config.to_dict(), "torch_threads": torch.get_num_threads(), "load_before": os.getloadavg()}
+    report = {"config": config.to_dict(), "torch_threads": torch.get_num_threads(), "load_before": os.getloadavg(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}  # fmt: skip
     report["phases_ms"] = phases(config, args.rounds)
     clock = "wall-clock" if torch.device(args.device).type == "cuda" else "CPU"
     print(f"\nphases of one step, {clock} ms (medians), {args.arch}, batch {args.batch_size}:")
@@ -232,6 +276,8 @@ def main(argv=None):
     path = out / f"profile-{args.arch}-{args.batch_size}-{args.device}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"load average {report['load_before'][0]:.2f} -> {report['load_after'][0]:.2f}; wrote {path}")
+    if args.update_docs:
+        update_docs(markdown(report), f"{args.arch}-{args.batch_size}-{args.device}")
 
 
 if __name__ == "__main__":

@@ -203,7 +203,8 @@ def _row_line(row):
 def markdown(report):
     m, r = report["machine"], report["results"]
     lines = [
-        f"Measured {report['date']} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads"
+        f"Measured {report['date']} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads, "
+        f"OMP_WAIT_POLICY {m.get('OMP_WAIT_POLICY', '(unset)')}"
         + (f"; GPU {m['gpu']}, CUDA {m['cuda']}" if "gpu" in m else "")
         + f"), Python {m['python']}, torch {m['torch']}, Pyro {m['pyro']}. "
         f"{report['settings']['steps']} timed steps per loop (blocks of {report['settings']['block']}, "
