@@ -195,7 +195,7 @@ def markdown(report):
     c, ph, ab = report["config"], report["phases_ms"], report["ablation_ms"]
     clock = "wall-clock" if c["device"].startswith("cuda") else "CPU"
     lines = [
-        f"{c['hidden']} {c['activation']}, z {c['z_dim']}, batch {c['batch_size']}, {c['device']}, "
+        f"784-{'-'.join(map(str, c['hidden']))}-{c['z_dim']} {c['activation']}, batch {c['batch_size']}, {c['device']}, "
         f"{report['torch_threads']} torch threads, OMP_WAIT_POLICY {report.get('omp_wait_policy', '(unset)')}; "
         f"load average {report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after.",
         "",

@@ -73,7 +73,7 @@ def markdown(report):
     lines.append(
         f"Target test ELBO {s['target']} nats per image; {s['arch']}, batch {s['batch_size']}, Adam {s['lr']}, "
         f"{s['device']}, measured {report['date']} ({report['machine']['cpu']}, {report['machine']['torch_threads']} "
-        f"torch threads; load average {report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after)."
+        f"torch threads, OMP_WAIT_POLICY {report['machine'].get('OMP_WAIT_POLICY', '(unset)')}; load average {report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after)."
     )
     lines += ["", "| loop | reached at epoch | training s | training + test-ELBO s | training s/epoch | best test ELBO | "
               + " | ".join(f"first >= {m:g}: epoch, training s" for m in s["milestones"]) + " |",
