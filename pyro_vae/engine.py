@@ -255,6 +255,7 @@ class SVIStep:
         self._svi = None
         self._torch_optim = None
         self._names = None  # param store names of the torch optimizer's params, in order
+        self._known = set()  # the param store's names after the last step
         self._pending_state = None
         self._graph = None
         if self.speed.optimizer == "pyro":
@@ -304,10 +305,29 @@ class SVIStep:
         if self._pending_state is not None:
             load_pyro_optim_state(self._torch_optim, self._names, self._pending_state)
             self._pending_state = None
+        self._known = set(store.keys())
         self._optimizer_step()
         return loss
 
+    def _adopt_new_params(self):
+        """Parameters first created in this step (``pyro.param`` in a later step than the first):
+        add them to the optimizer before it steps, as :meth:`SVI.step` would. One ``len`` a step."""
+        store = pyro.get_param_store()
+        if len(store) == len(self._known):
+            return
+        new = [name for name in store.keys() if name not in self._known]
+        self._known = set(store.keys())
+        if not new:
+            return
+        state = pyro_optim_state(self._torch_optim, self._names)
+        self._names = sorted(self._names + new)
+        params = [store[name].unconstrained() for name in self._names]
+        kind = "fused" if self._torch_optim.defaults.get("fused") else self.speed.optimizer
+        self._torch_optim = torch_optimizer(self.optim, params, kind)
+        load_pyro_optim_state(self._torch_optim, self._names, state)
+
     def _optimizer_step(self):
+        self._adopt_new_params()
         try:
             self._torch_optim.step()
         except RuntimeError as e:  # a fused kernel refused this device or dtype at its first step

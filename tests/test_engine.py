@@ -253,3 +253,37 @@ def test_state_round_trip_keeps_implementation_flags():
 def test_bad_optimizer_kind():
     with pytest.raises(UserError, match="fused"):
         Speed(optimizer="fast")
+
+
+def test_parameters_created_after_the_first_step_are_trained():
+    """A parameter first created at step 3 joins the optimizer in that step, as with SVI.step."""
+
+    def run(make_step):
+        pyro.clear_param_store()
+        calls = {"n": 0}
+
+        def model(x):
+            calls["n"] += 1
+            loc = pyro.param("loc", torch.tensor(0.0))
+            shift = pyro.param("shift", torch.tensor(0.5)) if calls["n"] >= 3 else 0.0
+            with pyro.plate("data", len(x)):
+                pyro.sample("x", dist.Normal(loc + shift, 1.0), obs=x)
+
+        def guide(x):
+            pass
+
+        step = make_step(model, guide)
+        x = torch.tensor([1.0, 2.0, 3.0])
+        losses = [float(step(x)) for _ in range(6)]
+        return losses, pyro.param("loc").item(), pyro.param("shift").item()
+
+    def svi(model, guide):
+        return SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO()).step
+
+    def fast(model, guide):
+        return SVIStep(model, guide, Trace_ELBO(), pyro.optim.Adam({"lr": 0.1}), Speed())
+
+    expected, got = run(svi), run(fast)
+    assert got[0] == pytest.approx(expected[0], rel=1e-6)
+    assert got[1:] == pytest.approx(expected[1:], rel=1e-6)
+    assert got[2] != pytest.approx(0.5)  # "shift" was trained
