@@ -17,13 +17,13 @@ from .likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
 from .model import VAE  # noqa: E402
 from .objectives import OBJECTIVES, Objective  # noqa: E402
 from .run import Run, load_run  # noqa: E402
-from .training import OPTIMIZERS, build_vae, fit  # noqa: E402
+from .engine import Speed  # noqa: E402
+from .training import OPTIMIZERS, Trainer, build_vae, fit  # noqa: E402
 from .comparison import Comparison, compare  # noqa: E402
 
 __all__ = [
-    "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES", "Guide",
-    "IAFGuide", "LIKELIHOODS", "PlanarGuide",
-    "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "Run", "TrainingDiverged", "UserError", "VAE",
-    "build_likelihood", "build_vae", "evaluate", "fit", "load_dataset", "load_run", "log_weights",
-    "Comparison", "compare",
+    "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",
+    "Guide", "IAFGuide", "LIKELIHOODS", "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "PlanarGuide", "Run",
+    "Speed", "Trainer", "TrainingDiverged", "UserError", "VAE", "build_likelihood", "build_vae", "compare",
+    "evaluate", "fit", "load_dataset", "load_run", "log_weights",
 ]  # fmt: skip

@@ -1,13 +1,17 @@
 """Training by stochastic variational inference: Algorithm 1 of Kingma & Welling (2013).
 
 Each step takes a minibatch of :math:`M` datapoints (an index slice of the data, which lives on the
-training device and is reshuffled each epoch), prepares it for the likelihood (e.g. a fresh dynamic
-binarization) and takes one :class:`pyro.infer.SVI` step on the objective's estimate of
-:math:`-\\sum_{i \\in \\text{batch}} \\mathcal{L}(\\theta, \\phi; x_i)`.
+training device and is reshuffled each epoch, on the device), prepares it for the likelihood (e.g. a
+fresh dynamic binarization, on the device) and takes one SVI step (:class:`~pyro_vae.engine.SVIStep`)
+on the objective's estimate of :math:`-\\sum_{i \\in \\text{batch}} \\mathcal{L}(\\theta, \\phi; x_i)`.
+Per-step losses stay on the device and are read once per epoch (see :mod:`pyro_vae.engine`).
+
+:class:`Trainer` holds a run in memory (model, data, optimizer, step) and runs epochs or a given
+number of steps; :func:`fit` drives a :class:`Trainer` and writes the run folder.
 """
 
+import contextlib
 import json
-import math
 import platform
 import sys
 import time
@@ -19,12 +23,11 @@ from tqdm.auto import tqdm
 
 import pyro
 import pyro.optim
-from pyro.infer import SVI
 
-from . import plots
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import load_dataset
+from .engine import Speed, SVIStep, compile_nets
 from .errors import TrainingDiverged, UserError
 from .evaluation import evaluate
 from .model import VAE
@@ -139,7 +142,168 @@ def _read_metrics(path, upto_epoch):
     return metrics
 
 
-def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, **settings):
+class Trainer:
+    """A training run held in memory, with no run folder: the model, the data, the optimizer, the step.
+
+    :func:`fit` drives one and writes the run folder; benchmarks and notebooks can drive one directly::
+
+        trainer = Trainer(Config(dataset="mnist"))
+        losses = trainer.run_steps(100)  # 100 SVI steps; a tensor of their losses, still on the device
+        record = trainer.train_epoch()   # one pass over the training data: train ELBO, seconds, items/s
+        trainer.test_elbo()              # mean test ELBO, nats per item
+
+    Building one seeds the random number generators (as :func:`fit` does), so two trainers built
+    from the same config take the same steps. Each trainer keeps its parameters in a Pyro parameter
+    store of its own (:meth:`pyro.params.param_store.ParamStoreDict.scope`), entered while it works,
+    so several trainers can live in one process without sharing parameters by name.
+
+    :param Config config: the settings; keyword arguments override single fields.
+    :param Speed speed: how the step is run (default: the fastest; :meth:`Speed.baseline` is
+        ``SVI.step``). It never changes what is computed, so it is not part of the config.
+    """
+
+    def __init__(self, config=None, speed=None, **settings):
+        config = config or Config()
+        self.config = config.replace(**settings) if settings else config
+        self.speed = speed or Speed()
+        self.device = resolve_device(self.config.device)
+        self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
+        pyro.set_rng_seed(self.config.seed)
+        # validates the likelihood and guide names before any data is read
+        vae = build_vae(self.config, 1, check=False)
+        self.dataset, self.train, self.test = prepare_data(self.config, vae.likelihood, self.device)
+        self.vae = build_vae(self.config, self.dataset.x_dim, self.dataset.levels).to(self.device)
+        if self.speed.compile:
+            compile_nets(self.vae, self.speed.compile)
+        self.optimizer = OPTIMIZERS.get(self.config.optimizer)({"lr": self.config.lr})
+        #: the :class:`~pyro_vae.objectives.Objective`, checked against the guide before training
+        self.objective = build_objective(self.config, self.vae)
+        self.step = SVIStep(self.vae.model, self.vae.guide, self.objective.build(), self.optimizer, self.speed)
+        #: epochs completed
+        self.epoch = 0
+        self._order, self._position = None, 0
+
+    @contextlib.contextmanager
+    def _own_params(self):
+        """Run with this trainer's parameter store in place of the global one."""
+        with pyro.get_param_store().scope(self.param_store_state) as state:
+            yield
+        self.param_store_state = state
+
+    @property
+    def steps_per_epoch(self):
+        return -(-len(self.train) // self.config.batch_size)
+
+    def _batch(self, order, i):
+        return self.vae.likelihood.prepare_batch(self.train[order[i : i + self.config.batch_size]])
+
+    def train_epoch(self, progress=None):
+        """One pass over the training data in a fresh random order.
+
+        The losses of the steps are read back once, at the end (with ``speed.sync_every_step`` after
+        every step, as ``SVI.step`` does). A non-finite loss raises :class:`TrainingDiverged` naming
+        the epoch and the first step where it happened; the model is then not to be used further.
+
+        :param progress: optional callable ``progress(items, loss)`` after each step (``loss`` a
+            0-dim tensor, on the device: reading it is a host synchronization).
+        :returns: dict with ``epoch``, ``train_elbo`` (nats per item), ``seconds`` and ``items_per_s``.
+        """
+        epoch, n, device = self.epoch + 1, len(self.train), self.device
+        self.vae.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(n, device=device)
+        losses = []
+        with self._own_params():
+            for step, i in enumerate(range(0, n, self.config.batch_size), start=1):
+                x = self._batch(order, i)
+                loss = self.step(x)
+                if self.speed.sync_every_step and not torch.isfinite(loss):
+                    _diverged(loss.item(), epoch, step)
+                losses.append(loss)
+                if progress is not None:
+                    progress(x.shape[0], loss)
+        losses = torch.stack(losses).cpu()  # the epoch's one host read (it waits for the device)
+        seconds = time.perf_counter() - t0
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            _diverged(losses[bad[0, 0]].item(), epoch, bad[0, 0].item() + 1)
+        self.epoch = epoch
+        return {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
+                "items_per_s": n / seconds}  # fmt: skip
+
+    def run_steps(self, num_steps):
+        """``num_steps`` SVI steps through the shuffled training data (a fresh order after each pass).
+
+        For benchmarks and experiments: it neither counts epochs nor checks the losses.
+        :returns: a tensor of the steps' losses, on the device (reading it synchronizes).
+        """
+        losses = []
+        self.vae.train()
+        with self._own_params():
+            for _ in range(num_steps):
+                if self._order is None or self._position >= len(self.train):
+                    self._order, self._position = torch.randperm(len(self.train), device=self.device), 0
+                x = self._batch(self._order, self._position)
+                self._position += self.config.batch_size
+                losses.append(self.step(x))
+        return torch.stack(losses) if losses else torch.zeros(0)
+
+    def test_elbo(self):
+        """The mean test ELBO (one draw per item, nats per item), as ``metrics.jsonl`` records it."""
+        self.vae.eval()
+        with self._own_params():
+            elbo, _ = evaluate(self.vae, self.test, num_samples=1)
+        return elbo.mean().item()
+
+    def state_dict(self):
+        """What a checkpoint holds: config, epoch, model, optimizer state and random generator states."""
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "model": self.vae.state_dict(),
+            "optimizer": self._optimizer_state(),
+            "rng": _rng_state(),
+        }
+
+    def _optimizer_state(self):
+        with self._own_params():  # Pyro's optimizers name their parameters through the store
+            return self.step.get_state()
+
+    def load_state_dict(self, state, where="the checkpoint"):
+        """Continue from :meth:`state_dict` output: resumed runs take the same steps as uninterrupted ones."""
+        try:
+            self.vae.load_state_dict(state["model"])
+        except RuntimeError:
+            raise UserError(f"{where} does not fit this model (another configuration)") from None
+        self.step.set_state(state["optimizer"])
+        _set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+
+
+def _diverged(value, epoch, step):
+    raise TrainingDiverged(
+        f"the loss became {value} at epoch {epoch}, step {step}; training stopped (try a smaller --lr)"
+    )
+
+
+class _ProgressBar:
+    """Feeds a tqdm bar; reads the loss for its postfix at most twice a second (a host sync each)."""
+
+    INTERVAL = 0.5
+
+    def __init__(self, bar):
+        self.bar, self.last = bar, 0.0
+
+    def __call__(self, items, loss):
+        self.bar.update(items)
+        now = time.perf_counter()
+        if now - self.last >= self.INTERVAL:
+            self.last = now
+            self.bar.set_postfix(loss=f"{loss.item() / items:.2f}", refresh=False)
+
+
+def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, speed=None,
+        **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     :param Config config: the settings; keyword arguments override single fields.
@@ -149,6 +313,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param bool overwrite: replace a run already in ``out``.
     :param bool quiet: no progress bar and no summary line.
     :param on_epoch: optional callable receiving each epoch's metrics dict.
+    :param Speed speed: how each step runs (see :class:`~pyro_vae.engine.Speed`; default the fastest).
+        It does not change the numbers, so a run may be resumed with another.
     :returns: the trained :class:`~pyro_vae.run.Run`.
     """
     from .run import Run
@@ -174,98 +340,60 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    device = resolve_device(config.device)
     pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    vae = build_vae(config, 1, check=False)  # validates the likelihood and guide names before any data is read
-    dataset, train, test = prepare_data(config, vae.likelihood, device)
-    vae = build_vae(config, dataset.x_dim, dataset.levels).to(device)
-    optimizer = OPTIMIZERS.get(config.optimizer)({"lr": config.lr})
-    objective = build_objective(config, vae)  # checks the guide against the objective before training
-    svi = SVI(vae.model, vae.guide, optimizer, loss=objective.build())
+    trainer = Trainer(config, speed=speed)
+    vae, dataset = trainer.vae, trainer.dataset
     meta = {
         "x_dim": dataset.x_dim,
         "image_shape": list(dataset.image_shape),
         "levels": dataset.levels,
-        "n_train": len(train),
-        "n_test": len(test),
+        "n_train": len(trainer.train),
+        "n_test": len(trainer.test),
         "guide_options": vae.encoder.options() if hasattr(vae.encoder, "options") else {},
         "versions": package_versions(),
     }
 
-    start_epoch, metrics = 0, []
+    metrics = []
     if state is not None:
-        try:
-            vae.load_state_dict(state["model"])
-        except RuntimeError:
-            raise UserError(f"the checkpoint in {out} does not fit this model (another configuration)") from None
-        optimizer.set_state(state["optimizer"])
-        _set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
-        metrics = _read_metrics(out / "metrics.jsonl", start_epoch)
+        trainer.load_state_dict(state, where=f"the checkpoint in {out}")
+        metrics = _read_metrics(out / "metrics.jsonl", trainer.epoch)
     atomic_write_text(out / "config.json", json.dumps({**config.to_dict(), **meta}, indent=2) + "\n")
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
 
     show = not quiet and sys.stderr.isatty()
-    n, batch_size = len(train), config.batch_size
-    # The data were checked against the family's support above. In the hot loop, argument validation
-    # would turn a diverged (NaN) parameter into a ValueError instead of the NaN loss reported below.
-    with pyro.validation_enabled(False):
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            vae.train()
-            bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
-            t0 = time.perf_counter()
-            perm = torch.randperm(n, device=device)
-            total = 0.0
-            for step, i in enumerate(range(0, n, batch_size), start=1):
-                x = vae.likelihood.prepare_batch(train[perm[i : i + batch_size]])
-                loss = objective.training_loss(svi.step(x))
-                if not math.isfinite(loss):
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {epoch}, step {step}; training stopped "
-                        f"(try a smaller --lr); the last good checkpoint in {out} is kept"
-                    )
-                total += loss
-                bar.update(x.shape[0])
-                bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", refresh=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
+    n = len(trainer.train)
+    for epoch in range(trainer.epoch + 1, config.epochs + 1):
+        bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
+        try:
+            trained = trainer.train_epoch(_ProgressBar(bar) if show else None)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}; the last good checkpoint in {out} is kept") from None
+        finally:
             bar.close()
-            vae.eval()
-            test_elbo, _ = evaluate(vae, test, num_samples=1)
-            record = {
-                "epoch": epoch,
-                "train_elbo": -total / n,
-                "test_elbo": test_elbo.mean().item(),
-                "seconds": seconds,
-                "items_per_s": n / seconds,
-            }
-            metrics.append(record)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_checkpoint(
-                out / "checkpoint.pt",
-                {
-                    "config": config.to_dict(),
-                    "epoch": epoch,
-                    "model": vae.state_dict(),
-                    "optimizer": optimizer.get_state(),
-                    "rng": _rng_state(),
-                },
+        record = {
+            "epoch": epoch,
+            "train_elbo": trained["train_elbo"],
+            "test_elbo": trainer.test_elbo(),
+            "seconds": trained["seconds"],
+            "items_per_s": trained["items_per_s"],
+        }
+        metrics.append(record)
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_checkpoint(out / "checkpoint.pt", trainer.state_dict())
+        if on_epoch is not None:
+            on_epoch(record)
+        if show:
+            tqdm.write(
+                f"epoch {epoch:3d}  train ELBO {record['train_elbo']:9.3f}  test ELBO {record['test_elbo']:9.3f}  "
+                f"{record['seconds']:6.2f} s  {record['items_per_s']:8.0f} items/s",
+                file=sys.stderr,
             )
-            if on_epoch is not None:
-                on_epoch(record)
-            if show:
-                tqdm.write(
-                    f"epoch {epoch:3d}  train ELBO {record['train_elbo']:9.3f}  test ELBO {record['test_elbo']:9.3f}  "
-                    f"{seconds:6.2f} s  {record['items_per_s']:8.0f} items/s",
-                    file=sys.stderr,
-                )
 
+    if trainer.param_store_state is not None:  # leave the trained parameters in Pyro's store, as SVI would
+        pyro.get_param_store().set_state(trainer.param_store_state)
     run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
-    run.write_pictures(test)
+    run.write_pictures(trainer.test)
     if not quiet:
         last = metrics[-1] if metrics else None
         summary = (

@@ -83,14 +83,20 @@ def test_resume_refuses_another_configuration_and_missing_checkpoint(tmp_path):
         fit(out=tmp_path / "empty", epochs=2, resume=True, **SMALL)
 
 
-def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
-    def poison(record):
-        if record["epoch"] == 1:  # a diverged parameter, as after an exploding step
-            with torch.no_grad():
-                pyro.get_param_store()["decoder$$$0.weight"].fill_(float("nan"))
+def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    from pyro_vae.training import Trainer
 
+    train_epoch = Trainer.train_epoch
+
+    def poisoned(self, progress=None):
+        if self.epoch == 1:  # a diverged parameter, as after an exploding step
+            with torch.no_grad():
+                self.vae.decoder[0].weight.fill_(float("nan"))
+        return train_epoch(self, progress)
+
+    monkeypatch.setattr(Trainer, "train_epoch", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 2, step 1"):
-        fit(out=tmp_path / "run", epochs=3, on_epoch=poison, **SMALL)
+        fit(out=tmp_path / "run", epochs=3, **SMALL)
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -1,0 +1,284 @@
+"""Where the time of one training step goes, and what each speed switch gains, in one run.
+
+1. **Phases** of a step, timed one by one on the same batches (median over rounds, interleaved):
+   the minibatch (gather + binarization), the forward pass (the nets alone, then everything else:
+   Pyro's tracing, the distributions' ``log_prob``, the ELBO sums), the backward pass, the optimizer,
+   for (a0) pyro-vae before this work (``Trace_ELBO`` with validation and host reads; one
+   ``torch.optim.Adam`` per parameter as ``pyro.optim.Adam`` keeps them, plus ``SVI.step``'s
+   parameter capture), (a) pyro-vae now and (b) hand-written PyTorch.
+2. **Ablation**: whole steps with the switches of :class:`pyro_vae.Speed` turned on one after the
+   other (each row adds one), plus Pyro's ``JitTrace_ELBO`` and, with ``--compile``,
+   ``torch.compile`` of the nets; interleaved like ``speed.py``.
+3. With ``--cprofile``: the Python functions where the fast step spends its time.
+
+Usage::
+
+    python benchmarks/profile_step.py --data-dir /tmp/data [--arch relu400] [--batch-size 128] [--compile]
+"""
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyro
+import pyro.optim
+from loops import ROOT, TorchVAELoop, config_for, synchronize
+from pyro import poutine
+from pyro.infer import SVI, JitTrace_ELBO
+from pyro.infer.util import zero_grads
+
+from pyro_vae import Speed, Trainer
+from pyro_vae.engine import trace_elbo_loss
+
+
+class Timer:
+    """Times phases by the process's CPU time (all its threads): on a machine shared with other
+    processes, wall-clock time also counts the moments the scheduler gave the cores to them. On CUDA
+    it times wall-clock between synchronizations (the GPU's work is not CPU time)."""
+
+    def __init__(self, device):
+        self.device, self.times = device, {}
+        self.clock = time.perf_counter if torch.device(device).type == "cuda" else time.process_time
+
+    def __call__(self, key, fn):
+        synchronize(self.device)
+        t0 = self.clock()
+        out = fn()
+        synchronize(self.device)
+        self.times.setdefault(key, []).append(self.clock() - t0)
+        return out
+
+    def median_ms(self, key, skip=10):
+        return 1e3 * statistics.median(self.times[key][skip:])
+
+
+def phases(config, rounds, block=5):
+    """Phase times (ms) of loops a0, a and b: blocks of ``block`` steps per loop, interleaved."""
+    a = Trainer(config, speed=Speed())
+    a.run_steps(3)  # builds the fused optimizer; validation is off from here on
+    a0 = Trainer(config, speed=Speed.baseline())  # its own weights and parameter store
+    a0.run_steps(3)
+    b = TorchVAELoop(config, train=a.train)
+    b.run(3)
+    t = Timer(a.device)
+    order = torch.randperm(len(a.train), device=a.device)
+    position = [0]
+
+    def batch():
+        i = position[0] % (len(a.train) - config.batch_size)
+        position[0] += config.batch_size
+        return a._batch(order, i)
+
+    def step_a0(x):
+        # SVI.step as it ran before: validation on, Trace_ELBO's own code (host reads), per-parameter Adam
+        with a0._own_params():
+            with poutine.trace(param_only=True) as capture:
+                loss = t("a0 forward", lambda: a0.objective.differentiable_loss(a0.vae.model, a0.vae.guide, x))
+                t("a0 backward", loss.backward)
+            params = t(
+                "a0 parameter capture", lambda: {s["value"].unconstrained() for s in capture.trace.nodes.values()}
+            )
+            t("a0 optimizer", lambda: (a0.optimizer(params), zero_grads(params)))
+
+    def step_a(x):
+        # now: validation off, the sync-free Trace_ELBO sum, one fused Adam
+        opt = a.step._torch_optim
+        with a._own_params(), pyro.validation_enabled(False):
+            loss = t("a forward", lambda: trace_elbo_loss(a.objective, a.vae.model, a.vae.guide, x))
+        t("a backward", loss.backward)
+        t("a optimizer", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
+
+    def step_b(x):
+        loss = t("b forward", lambda: b.vae.loss(x))
+        t("b backward", loss.backward)
+        t("b optimizer", lambda: (b.optimizer.step(), b.optimizer.zero_grad(set_to_none=True)))
+
+    def nets(name, encoder, decoder, x):
+        with torch.no_grad():  # forward only, for the share of the nets in the forward pass
+            t(f"{name} nets forward", lambda: decoder(encoder(x).chunk(2, dim=-1)[0]))
+
+    loops = {
+        "a0": (step_a0, a0.vae.encoder.net, a0.vae.decoder),
+        "a": (step_a, a.vae.encoder.net, a.vae.decoder),
+        "b": (step_b, b.vae.encoder, b.vae.decoder),
+    }
+    names = list(loops)
+    for r in range(rounds):
+        for name in names[r % 3 :] + names[: r % 3]:
+            step, encoder, decoder = loops[name]
+            for _ in range(block):
+                x = t("data", batch)
+                step(x)
+                nets(name, encoder, decoder, x)
+    rows = {}
+    for loop in names:
+        # forward with autograd records the graph, the nets-only pass does not: "the rest" is an upper bound
+        nets_ms = t.median_ms(f"{loop} nets forward")
+        row = {
+            "minibatch (gather + binarize)": t.median_ms("data"),
+            "forward: nets (no autograd)": nets_ms,
+            "forward: the rest (tracing, log_prob, sums, autograd records)": t.median_ms(f"{loop} forward") - nets_ms,
+            "backward": t.median_ms(f"{loop} backward"),
+            "optimizer": t.median_ms(f"{loop} optimizer"),
+        }
+        if loop == "a0":
+            row["SVI.step parameter capture"] = t.median_ms("a0 parameter capture")
+        row["total"] = sum(row.values())
+        rows[loop] = row
+    return rows
+
+
+class _StepLoop:
+    def __init__(self, config, speed=None, jit=False):
+        self.trainer = Trainer(config, speed=speed)
+        if jit:  # Pyro's JIT ELBO through SVI.step (torch.jit.trace underneath)
+            tr = self.trainer
+            tr.step._svi = SVI(tr.vae.model, tr.vae.guide, tr.optimizer, JitTrace_ELBO(max_plate_nesting=1))
+
+    def run(self, k):
+        self.trainer.run_steps(k)
+
+    def sync(self):
+        synchronize(self.trainer.device)
+
+
+def ablation(config, steps, block, warmup, compile_backend=None):
+    from speed import time_loops
+
+    base = Speed.baseline()
+    variants = {
+        "a0: SVI.step (validation, host read, per-parameter Adam)": base,
+        "+ validation after the first step only": base.replace(validate_every_step=False),
+        "+ one torch Adam over all parameters": base.replace(validate_every_step=False, optimizer="torch"),
+        "+ fused Adam kernel": base.replace(validate_every_step=False, optimizer="fused"),
+        "+ no host read per step (= a, the default)": Speed(),
+    }
+    if compile_backend:
+        variants[f"+ torch.compile of the nets ({compile_backend})"] = Speed(compile=compile_backend)
+    loops = {name: _StepLoop(config, speed) for name, speed in variants.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation warning
+        loops["Pyro's JitTrace_ELBO through SVI.step"] = _StepLoop(config, base, jit=True)
+        loops["b: hand-written PyTorch (fused Adam)"] = TorchVAELoop(config)
+        times, cpu_times = time_loops(loops, steps, block, warmup, with_cpu=True)
+    return {name: {"ms_per_step": 1e3 * statistics.median(ts), "cpu_ms_per_step": 1e3 * statistics.median(cpu_times[name])}
+            for name, ts in times.items()}  # fmt: skip
+
+
+def cprofile_fast(config, steps=200):
+    trainer = Trainer(config)
+    trainer.run_steps(10)
+    prof = cProfile.Profile()
+    prof.enable()
+    trainer.run_steps(steps)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
+    return out.getvalue()
+
+
+START, END = "<!-- profile-table:start -->", "<!-- profile-table:end -->"
+
+
+def markdown(report):
+    c, ph, ab = report["config"], report["phases_ms"], report["ablation_ms"]
+    clock = "wall-clock" if c["device"].startswith("cuda") else "CPU"
+    lines = [
+        f"784-{'-'.join(map(str, c['hidden']))}-{c['z_dim']} {c['activation']}, batch {c['batch_size']}, {c['device']}, "
+        f"{report['torch_threads']} torch threads, OMP_WAIT_POLICY {report.get('omp_wait_policy', '(unset)')}; "
+        f"load average {report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after.",
+        "",
+        f"Phases of one step, {clock} ms per step (medians):",
+        "",
+        "| phase | (a0) before | (a) now | (b) hand-written |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ph["a0"]:
+        lines.append(f"| {name} | " + " | ".join(f"{ph[k][name]:.2f}" if name in ph[k] else "-" for k in ("a0", "a", "b"))
+                     + " |")  # fmt: skip
+    base = next(iter(ab.values()))
+    lines += ["", "Whole steps, each row adding one switch (interleaved; ms per step, medians):", "",
+              "| variant | wall-clock ms | speed-up | CPU ms | speed-up |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, v in ab.items():
+        lines.append(f"| {name} | {v['ms_per_step']:.2f} | x{base['ms_per_step'] / v['ms_per_step']:.2f} | "
+                     f"{v['cpu_ms_per_step']:.2f} | x{base['cpu_ms_per_step'] / v['cpu_ms_per_step']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(table, key):
+    from speed import DOCS
+
+    start, end = (
+        START.replace("profile-table", f"profile-table:{key}"),
+        END.replace("profile-table", f"profile-table:{key}"),
+    )
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    DOCS.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir")
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
+    p.add_argument("--arch", default="relu400")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=40, help="phase-timing rounds")
+    p.add_argument("--steps", type=int, default=60, help="ablation: timed steps per variant")
+    p.add_argument("--block", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, help="also time torch.compile of the nets")
+    p.add_argument("--cprofile", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--update-docs", action="store_true", help="write the tables into docs/benchmarks.md")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = config_for(args.arch, args.batch_size, args.device, args.dataset, args.data_dir)
+    report = {"config": config.to_dict(), "torch_threads": torch.get_num_threads(), "load_before": os.getloadavg(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}  # fmt: skip
+    report["phases_ms"] = phases(config, args.rounds)
+    clock = "wall-clock" if torch.device(args.device).type == "cuda" else "CPU"
+    print(f"\nphases of one step, {clock} ms (medians), {args.arch}, batch {args.batch_size}:")
+    names = list(report["phases_ms"]["a0"])
+    print(f"{'':64s}" + "".join(f"{k:>9s}" for k in ("a0", "a", "b")))
+    for n in names:
+        print(f"{n:64s}" + "".join(f"{report['phases_ms'][k].get(n, 0):9.2f}" for k in ("a0", "a", "b")))
+    report["ablation_ms"] = ablation(config, args.steps, args.block, args.warmup, args.compile)
+    base = next(iter(report["ablation_ms"].values()))
+    print("\nablation: ms/step (median; wall-clock, CPU time), speed-up over a0")
+    for name, ms in report["ablation_ms"].items():
+        wall, cpu = ms["ms_per_step"], ms["cpu_ms_per_step"]
+        print(
+            f"  {name:62s} {wall:8.2f} x{base['ms_per_step'] / wall:.2f}  {cpu:8.2f} x{base['cpu_ms_per_step'] / cpu:.2f}"
+        )
+    if args.cprofile:
+        report["cprofile"] = cprofile_fast(config)
+        print(report["cprofile"])
+    report["load_after"] = os.getloadavg()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"profile-{args.arch}-{args.batch_size}-{args.device}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"load average {report['load_before'][0]:.2f} -> {report['load_after'][0]:.2f}; wrote {path}")
+    if args.update_docs:
+        update_docs(markdown(report), f"{args.arch}-{args.batch_size}-{args.device}")
+
+
+if __name__ == "__main__":
+    main()

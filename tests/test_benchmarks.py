@@ -1,0 +1,75 @@
+"""The benchmark's loops compute the same ELBO; its scripts run end to end (on digits, tiny)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import loops
+import speed
+
+from pyro_vae.engine import trace_elbo_loss
+from pyro_vae.model import VAE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("arch", list(loops.ARCHITECTURES))
+def test_hand_written_and_example_losses_equal_pyro_vaes(arch):
+    """(b) and (c) compute pyro-vae's ELBO: same value and gradient for the same weights and draws."""
+    hidden, activation, z_dim = loops.ARCHITECTURES[arch]
+    torch.manual_seed(0)
+    vae = VAE(784, z_dim, hidden, activation)
+    hand = loops.TorchVAE(784, z_dim, hidden, activation)
+    hand.encoder.load_state_dict(vae.encoder.net.state_dict())
+    hand.decoder.load_state_dict(vae.decoder.state_dict())
+    example = loops.ExampleVAE(z_dim, hidden, activation)
+    example.encoder.net.load_state_dict(vae.encoder.net.state_dict())
+    example.decoder.load_state_dict(vae.decoder.state_dict())
+    x = torch.bernoulli(torch.rand(32, 784, generator=torch.Generator().manual_seed(1)))
+
+    pyro.set_rng_seed(3)
+    ours = trace_elbo_loss(Trace_ELBO(), vae.model, vae.guide, x)
+    pyro.set_rng_seed(3)
+    theirs = hand.loss(x)
+    pyro.set_rng_seed(3)
+    example_loss = Trace_ELBO().differentiable_loss(example.model, example.guide, x)
+    assert theirs.item() == pytest.approx(ours.item(), rel=1e-6)
+    assert example_loss.item() == pytest.approx(ours.item(), rel=1e-6)
+    g_ours = torch.autograd.grad(ours, list(vae.encoder.net.parameters()) + list(vae.decoder.parameters()))
+    g_hand = torch.autograd.grad(theirs, list(hand.encoder.parameters()) + list(hand.decoder.parameters()))
+    for a, b in zip(g_ours, g_hand):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_speed_script_end_to_end(tmp_path, monkeypatch):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nintro\n\n<!-- speed-table:start -->\nold\n<!-- speed-table:end -->\n\nmore\n")
+    monkeypatch.setattr(speed, "DOCS", docs)
+    argv = ["--dataset", "digits", "--archs", "relu400", "--batch-sizes", "64", "--steps", "2", "--block", "1",
+            "--warmup", "1", "--no-memory", "--out", str(tmp_path), "--update-docs"]  # fmt: skip
+    speed.main(argv)
+    report = json.loads((tmp_path / "speed.json").read_text())
+    (row,) = report["results"]
+    assert set(row["loops"]) == {"a", "b", "c", "a0"}
+    assert set(row["ratios"]) == {"a/b", "c/a", "a0/a"}
+    a = row["loops"]["a"]
+    assert a["ms_per_step"] > 0 and a["items_per_s"] == pytest.approx(64 / a["ms_per_step"] * 1e3)
+    assert a["s_per_epoch"] == pytest.approx(26 * a["ms_per_step"] / 1e3)  # ceil(1617 / 64) steps
+    assert row["ratios"]["a/b"] == pytest.approx(a["ms_per_step"] / row["loops"]["b"]["ms_per_step"])
+    assert report["machine"]["torch"] == torch.__version__ and report["machine"]["pyro"] == pyro.__version__
+    text = docs.read_text()
+    assert "old" not in text and "intro" in text and "more" in text and "| cpu | relu400 | 64 |" in text
