@@ -17,6 +17,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -46,6 +47,22 @@ RUN_FILES = (
 
 #: Seed offset of the fixed draw that prepares the test set (e.g. its binarization).
 TEST_PREP_SEED = 10_007
+
+
+class Step(NamedTuple):
+    """What ``fit(on_step=...)`` is called with after every SVI step (e.g. to plot the bound
+    against the number of training samples evaluated, as in Kingma & Welling's Figure 2)."""
+
+    #: the epoch, counted from 1
+    epoch: int
+    #: the step within the epoch, counted from 1
+    step: int
+    #: training datapoints processed so far, including the epochs of a resumed run
+    samples: int
+    #: the step's loss: minus the objective's estimate, summed over the minibatch
+    loss: float
+    #: the :class:`~pyro_vae.model.VAE` being trained (in train mode)
+    vae: VAE
 
 
 def resolve_device(name):
@@ -286,6 +303,31 @@ def _diverged(value, epoch, step):
     )
 
 
+class _OnStep:
+    """Calls ``fit``'s ``on_step`` with a :class:`Step` (reading the loss: a host sync per step)."""
+
+    def __init__(self, callback, epoch, samples, vae):
+        self.callback, self.epoch, self.samples, self.vae, self.step = callback, epoch, samples, vae, 0
+
+    def __call__(self, items, loss):
+        self.step += 1
+        self.samples += items
+        self.callback(Step(self.epoch, self.step, self.samples, loss.item(), self.vae))
+
+
+def _chain(*callbacks):
+    """One ``progress(items, loss)`` callback calling each given one in turn (``None`` if none given)."""
+    callbacks = [c for c in callbacks if c is not None]
+    if not callbacks:
+        return None
+
+    def call(items, loss):
+        for callback in callbacks:
+            callback(items, loss)
+
+    return call
+
+
 class _ProgressBar:
     """Feeds a tqdm bar; reads the loss for its postfix at most twice a second (a host sync each)."""
 
@@ -302,8 +344,8 @@ class _ProgressBar:
             self.bar.set_postfix(loss=f"{loss.item() / items:.2f}", refresh=False)
 
 
-def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, speed=None,
-        **settings):  # fmt: skip
+def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
+        speed=None, **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     :param Config config: the settings; keyword arguments override single fields.
@@ -313,6 +355,9 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param bool overwrite: replace a run already in ``out``.
     :param bool quiet: no progress bar and no summary line.
     :param on_epoch: optional callable receiving each epoch's metrics dict.
+    :param on_step: optional callable receiving a :class:`Step` after every SVI step. A callback
+        that draws random numbers (e.g. to evaluate the bound) changes the rest of the run unless it
+        restores the generator state, e.g. inside :func:`torch.random.fork_rng`.
     :param Speed speed: how each step runs (see :class:`~pyro_vae.engine.Speed`; default the fastest).
         It does not change the numbers, so a run may be resumed with another.
     :returns: the trained :class:`~pyro_vae.run.Run`.
@@ -365,7 +410,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     for epoch in range(trainer.epoch + 1, config.epochs + 1):
         bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
         try:
-            trained = trainer.train_epoch(_ProgressBar(bar) if show else None)
+            hook = _OnStep(on_step, epoch, (epoch - 1) * n, vae) if on_step is not None else None
+            trained = trainer.train_epoch(_chain(_ProgressBar(bar) if show else None, hook))
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}; the last good checkpoint in {out} is kept") from None
         finally:
