@@ -13,6 +13,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -43,6 +44,22 @@ RUN_FILES = (
 
 #: Seed offset of the fixed draw that prepares the test set (e.g. its binarization).
 TEST_PREP_SEED = 10_007
+
+
+class Step(NamedTuple):
+    """What ``fit(on_step=...)`` is called with after every SVI step (e.g. to plot the bound
+    against the number of training samples evaluated, as in Kingma & Welling's Figure 2)."""
+
+    #: the epoch, counted from 1
+    epoch: int
+    #: the step within the epoch, counted from 1
+    step: int
+    #: training datapoints processed so far, including the epochs of a resumed run
+    samples: int
+    #: the step's loss: minus the objective's estimate, summed over the minibatch
+    loss: float
+    #: the :class:`~pyro_vae.model.VAE` being trained (in train mode)
+    vae: VAE
 
 
 def resolve_device(name):
@@ -132,7 +149,8 @@ def _read_metrics(path, upto_epoch):
     return metrics
 
 
-def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, **settings):
+def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
+        **settings):
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     :param Config config: the settings; keyword arguments override single fields.
@@ -142,6 +160,9 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param bool overwrite: replace a run already in ``out``.
     :param bool quiet: no progress bar and no summary line.
     :param on_epoch: optional callable receiving each epoch's metrics dict.
+    :param on_step: optional callable receiving a :class:`Step` after every SVI step. A callback
+        that draws random numbers (e.g. to evaluate the bound) changes the rest of the run unless it
+        restores the generator state, e.g. inside :func:`torch.random.fork_rng`.
     :returns: the trained :class:`~pyro_vae.run.Run`.
     """
     from .run import Run
@@ -215,6 +236,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
                     f"(try a smaller --lr); the last good checkpoint in {out} is kept"
                 )
             total += loss
+            if on_step is not None:
+                on_step(Step(epoch, step, (epoch - 1) * n + i + x.shape[0], loss, vae))
             bar.update(x.shape[0])
             bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", refresh=False)
         if device.type == "cuda":
