@@ -26,7 +26,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**/README.md"]
+exclude_patterns = ["_build", "_static", "Thumbs.db", ".DS_Store", "**/README.md"]
 templates_path = ["_templates"]
 
 # MyST: $...$ and $$...$$ math, ::: fences, definition lists, anchors for ## headings

@@ -193,6 +193,7 @@ def plot(records, path, args):
             ax.axhline(r["published_log_likelihood"], color=color, ls="--", lw=1,
                        label=f"{r['model']}: paper, {PAPER_PASSES} passes")  # fmt: skip
     ax.set_xlabel("training passes")
+    ax.set_ylabel("nats per image")
     if args.passes > 10:
         ax.set_xscale("log")
     # the test estimates, the published values and the later 80% of each training curve
