@@ -35,8 +35,17 @@ def main(args):
     for name in args.families.split(","):
         family = pyro_vae.build_likelihood(name)  # an unknown name raises UserError listing the choices
         try:
-            run = pyro_vae.fit(dataset=args.dataset, data_dir=args.data_dir, likelihood=name, z_dim=args.z_dim,
-                               epochs=args.epochs, seed=0, out=out / name, overwrite=True, quiet=True)  # fmt: skip
+            run = pyro_vae.fit(
+                dataset=args.dataset,
+                data_dir=args.data_dir,
+                likelihood=name,
+                z_dim=args.z_dim,
+                epochs=args.epochs,
+                seed=0,
+                out=out / name,
+                overwrite=True,
+                quiet=True,
+            )
         except pyro_vae.UserError as e:  # e.g. the data lie outside the family's support
             print(f"{name}: skipped ({e})")
             continue

@@ -26,7 +26,8 @@ from pyro_vae.nets import MLP
 
 @GUIDES.register("low-rank-mvn")
 class LowRankGuide(Guide):
-    r"""A Gaussian with a low-rank-plus-diagonal covariance: :math:`\mathcal{N}(\mu(x), W(x) W(x)^\top + \operatorname{diag} d(x))`.
+    r"""A Gaussian with a low-rank-plus-diagonal covariance,
+    :math:`\mathcal{N}(\mu(x), W(x) W(x)^\top + \operatorname{diag} d(x))`.
 
     :param int rank: the rank :math:`r` of the factor :math:`W(x)`.
     """
@@ -49,12 +50,23 @@ class LowRankGuide(Guide):
 
 def main(args):
     for guide in ("diagonal", "low-rank-mvn"):
-        run = pyro_vae.fit(dataset=args.dataset, data_dir=args.data_dir, guide=guide, z_dim=args.z_dim,
-                           hidden=args.hidden, epochs=args.epochs, seed=0, out=f"{args.out}/{guide}",
-                           overwrite=True, quiet=True)  # fmt: skip
+        run = pyro_vae.fit(
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            guide=guide,
+            z_dim=args.z_dim,
+            hidden=args.hidden,
+            epochs=args.epochs,
+            seed=0,
+            out=f"{args.out}/{guide}",
+            overwrite=True,
+            quiet=True,
+        )
         result = run.evaluate(samples=args.samples, subset=args.subset)
-        print(f"{guide:14s} test ELBO {result['test_elbo']:8.2f}   log p(x) {result['test_log_likelihood']:8.2f}   "
-              f"gap {result['test_log_likelihood'] - result['test_elbo']:5.2f} nats")  # fmt: skip
+        print(
+            f"{guide:14s} test ELBO {result['test_elbo']:8.2f}   log p(x) {result['test_log_likelihood']:8.2f}   "
+            f"gap {result['test_log_likelihood'] - result['test_elbo']:5.2f} nats"
+        )
 
 
 if __name__ == "__main__":

@@ -30,20 +30,26 @@ def main(args):
         quiet=True,
     )
     for m in run.metrics:
-        print(f"epoch {m['epoch']:2d}: train ELBO {m['train_elbo']:8.2f}, test ELBO {m['test_elbo']:8.2f} nats "
-              f"({m['items_per_s']:.0f} images/s)")  # fmt: skip
+        print(
+            f"epoch {m['epoch']:2d}: train ELBO {m['train_elbo']:8.2f}, test ELBO {m['test_elbo']:8.2f} nats "
+            f"({m['items_per_s']:.0f} images/s)"
+        )
 
     # 2. Evaluate: the ELBO and the importance-sampled log p(x) on the test set, nats per image.
     result = run.evaluate(samples=args.samples, subset=args.subset)
-    print(f"test ELBO {result['test_elbo']:.2f}, log p(x) >= {result['test_log_likelihood']:.2f} nats "
-          f"({result['samples']} importance samples, {result['items']} test images)")  # fmt: skip
+    print(
+        f"test ELBO {result['test_elbo']:.2f}, log p(x) >= {result['test_log_likelihood']:.2f} nats "
+        f"({result['samples']} importance samples, {result['items']} test images)"
+    )
 
     # 3. Generate: decoder means for codes drawn from the prior, and for codes of your own.
     images = run.sample(64, seed=1)  # (64, 784) on the CPU
     run.save_samples(Path(args.out) / "more-samples.png", n=64, seed=1)
     z = torch.zeros(1, run.config.z_dim)  # the prior's mode
-    print(f"{len(images)} samples of shape {tuple(images.shape[1:])}; the decoded mode z = 0 has mean pixel "
-          f"{run.vae.decode(z).mean():.3f}")  # fmt: skip
+    print(
+        f"{len(images)} samples of shape {tuple(images.shape[1:])}; the decoded mode z = 0 has mean pixel "
+        f"{run.vae.decode(z).mean():.3f}"
+    )
 
     # 4. Load it back later (in another session), e.g. to continue training with more epochs:
     again = pyro_vae.load_run(args.out)

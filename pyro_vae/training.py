@@ -149,8 +149,7 @@ def _read_metrics(path, upto_epoch):
     return metrics
 
 
-def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
-        **settings):
+def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None, **settings):
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     :param Config config: the settings; keyword arguments override single fields.

@@ -120,9 +120,7 @@ class RegistryTable(SphinxDirective):
             entry = nodes.entry()
             if header:
                 entry += nodes.paragraph(text=text)
-            elif i == 0:
-                entry += nodes.paragraph("", "", nodes.literal(text=text))
-            elif i == 1:
+            elif i < 2:  # the name and the class
                 entry += nodes.paragraph("", "", nodes.literal(text=text))
             else:  # the docstring's reST, parsed inline (the page must be .rst)
                 paragraphs, _ = self.state.inline_text(text, self.lineno)

@@ -31,8 +31,12 @@ def parser(description, default_out):
     p.add_argument("--data-dir", default=None, help="folder holding the data [default: $PYRO_VAE_DATA]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads [default: torch's]; 1 is fastest for these small nets on a busy machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads [default: torch's]; 1 is fastest for these small nets on a busy machine",
+    )
     p.add_argument("--smoke", action="store_true", help="a few seconds' run on a sliver of the data (for CI)")
     return p
 
@@ -153,8 +157,13 @@ def select_lr(make_config, candidates, trial_settings, out):
             seen.append((step.loss, step.samples))
 
         try:
-            pyro_vae.fit(make_config(lr=lr, **trial_settings), Path(out) / f"lr-{lr:g}", overwrite=True, quiet=True,
-                         on_step=on_step)  # fmt: skip
+            pyro_vae.fit(
+                make_config(lr=lr, **trial_settings),
+                Path(out) / f"lr-{lr:g}",
+                overwrite=True,
+                quiet=True,
+                on_step=on_step,
+            )
         except pyro_vae.TrainingDiverged:
             scores[lr] = -math.inf
             continue
@@ -175,6 +184,20 @@ def machine():
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "versions": pyro_vae.training.package_versions(),
     }
+
+
+def save_gray(fig, path):
+    """Save a matplotlib figure of grayscale images as an 8-bit grayscale PNG (a third of the RGBA size)."""
+    from PIL import Image
+
+    fig.savefig(path)
+    Image.open(path).convert("L").save(path, optimize=True)
+
+
+def sci(n):
+    """``120000`` -> ``"1.2e5"``: sample counts as the papers' axes show them."""
+    mantissa, exponent = f"{n:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def write_json(path, payload):

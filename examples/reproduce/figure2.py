@@ -52,21 +52,35 @@ STYLE = {"elbo": ("tab:red", "AEVB"), "rws": ("tab:green", "wake-sleep (rws)")}
 def arguments():
     p = common.parser(__doc__.split("\n")[0], "results/figure2")
     p.add_argument("--datasets", default="mnist,frey", help="comma-separated: mnist, frey")
-    p.add_argument("--objectives", default="elbo,rws",
-                   help="objectives to compare; the first is AEVB (elbo), the others comparators")
-    p.add_argument("--comparator-particles", type=int, default=2,
-                   help="samples per datapoint for the objectives other than elbo (RWS needs at least 2)")
+    p.add_argument(
+        "--objectives",
+        default="elbo,rws",
+        help="objectives to compare; the first is AEVB (elbo), the others comparators",
+    )
+    p.add_argument(
+        "--comparator-particles",
+        type=int,
+        default=2,
+        help="samples per datapoint for the objectives other than elbo (RWS needs at least 2)",
+    )
     p.add_argument("--mnist-latents", type=common.int_list, default=SETUPS["mnist"]["latents"])
     p.add_argument("--frey-latents", type=common.int_list, default=SETUPS["frey"]["latents"])
-    p.add_argument("--mnist-samples", type=common.number, default=100_000,
-                   help="training samples evaluated per MNIST model")
-    p.add_argument("--frey-samples", type=common.number, default=200_000,
-                   help="training samples evaluated per Frey Face model")
+    p.add_argument(
+        "--mnist-samples", type=common.number, default=100_000, help="training samples evaluated per MNIST model"
+    )
+    p.add_argument(
+        "--frey-samples", type=common.number, default=200_000, help="training samples evaluated per Frey Face model"
+    )
     p.add_argument("--paper", action="store_true", help=f"the paper's budget: {PAPER_SAMPLES:.0e} samples per model")
-    p.add_argument("--lr", type=float, default=None,
-                   help="Adagrad step size [default: chosen per model from 0.01, 0.02, 0.1 as in the paper]")
-    p.add_argument("--lr-trial-samples", type=common.number, default=5_000,
-                   help="training samples per step-size candidate")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adagrad step size [default: chosen per model from 0.01, 0.02, 0.1 as in the paper]",
+    )
+    p.add_argument(
+        "--lr-trial-samples", type=common.number, default=5_000, help="training samples per step-size candidate"
+    )
     p.add_argument("--eval-items", type=int, default=1000, help="train and test items the bound is estimated on")
     p.add_argument("--points-per-decade", type=int, default=6, help="bound evaluations per decade of samples")
     p.add_argument("--train-size", type=common.number, default=None, help="train on the first N items only")
@@ -90,9 +104,19 @@ def train_one(args, name, settings, z_dim, objective, eval_sets, out):
     particles = 1 if objective == "elbo" else args.comparator_particles
 
     def config(**changes):
-        base = dict(likelihood=setup["likelihood"], hidden=setup["hidden"], activation="tanh", optimizer="adagrad",
-                    batch_size=100, z_dim=z_dim, objective=objective, particles=particles, seed=args.seed,
-                    device=args.device, **settings)  # fmt: skip
+        base = dict(
+            likelihood=setup["likelihood"],
+            hidden=setup["hidden"],
+            activation="tanh",
+            optimizer="adagrad",
+            batch_size=100,
+            z_dim=z_dim,
+            objective=objective,
+            particles=particles,
+            seed=args.seed,
+            device=args.device,
+            **settings,
+        )
         return pyro_vae.Config(**{**base, **changes})
 
     lr, lr_scores = args.lr, None
@@ -101,20 +125,30 @@ def train_one(args, name, settings, z_dim, objective, eval_sets, out):
         trial = {"epochs": trial_epochs}
         if trial_epochs == 1 and n_train > args.lr_trial_samples:  # the first minibatches of one epoch
             trial.update(common.data_settings(name, args.data_dir, out / "data", args.lr_trial_samples, 100))
-        lr, lr_scores = common.select_lr(config, LR_CANDIDATES, trial, out / "lr-trials" / f"{name}-z{z_dim}-{objective}")
+        lr, lr_scores = common.select_lr(
+            config, LR_CANDIDATES, trial, out / "lr-trials" / f"{name}-z{z_dim}-{objective}"
+        )
 
     epochs = math.ceil(budget / n_train)
-    recorder = common.BoundRecorder(train_eval, test_eval, common.log_spaced(budget, args.points_per_decade,
-                                                                               start=min(1000, budget)))  # fmt: skip
+    recorder = common.BoundRecorder(
+        train_eval, test_eval, common.log_spaced(budget, args.points_per_decade, start=min(1000, budget))
+    )
     t0 = time.perf_counter()
-    run = pyro_vae.fit(config(lr=lr, epochs=epochs), out / "runs" / f"{name}-z{z_dim}-{objective}", overwrite=True,
-                       quiet=True, on_step=recorder)  # fmt: skip
+    run = pyro_vae.fit(
+        config(lr=lr, epochs=epochs),
+        out / "runs" / f"{name}-z{z_dim}-{objective}",
+        overwrite=True,
+        quiet=True,
+        on_step=recorder,
+    )
     recorder.record(run.vae, epochs * n_train)
     seconds = time.perf_counter() - t0
     last = recorder.points[-1]
-    common.say(f"{setup['title']:9s} z={z_dim:<3d} {objective:6s} lr={lr:<5g} {epochs * n_train:>10,d} samples: "
-               f"train bound {last['train_bound']:9.2f}  test bound {last['test_bound']:9.2f}  "
-               f"({seconds - recorder.seconds:.0f} s training, {recorder.seconds:.0f} s evaluating)")  # fmt: skip
+    common.say(
+        f"{setup['title']:9s} z={z_dim:<3d} {objective:6s} lr={lr:<5g} {epochs * n_train:>10,d} samples: "
+        f"train bound {last['train_bound']:9.2f}  test bound {last['test_bound']:9.2f}  "
+        f"({seconds - recorder.seconds:.0f} s training, {recorder.seconds:.0f} s evaluating)"
+    )
     return {
         "dataset": name,
         "z_dim": z_dim,
@@ -161,8 +195,11 @@ def plot(name, runs, objectives, path, budget):
         ax.set_ylim(lo, hi + 0.02 * (hi - lo))
         ax.set_xlim(right=max(budget, 1000) * 1.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Kingma & Welling (2013) Fig. 2, {setup['title']}: {budget:.0e} training samples per model "
-                 f"(paper: {PAPER_SAMPLES:.0e})", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Kingma & Welling (2013) Fig. 2, {setup['title']}: {common.sci(max(r['samples'] for r in runs))} training "
+        f"samples per model (paper: {common.sci(PAPER_SAMPLES)})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -175,8 +212,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     objectives, skipped = common.split_registered([o for o in args.objectives.split(",") if o])
     for name in skipped:
-        common.say(f"objective {name!r} is not registered in this pyro_vae (have: "
-                   f"{', '.join(pyro_vae.OBJECTIVES.names())}); skipping it")  # fmt: skip
+        common.say(
+            f"objective {name!r} is not registered in this pyro_vae (have: "
+            f"{', '.join(pyro_vae.OBJECTIVES.names())}); skipping it"
+        )
     if not objectives:
         raise pyro_vae.UserError("none of the --objectives is registered")
     datasets = [d for d in args.datasets.split(",") if d]
@@ -185,19 +224,37 @@ def main():
             raise pyro_vae.UserError(f"--datasets takes mnist and frey, got {d!r}")
 
     t0 = time.perf_counter()
-    results = {"figure": "Kingma & Welling (2013), Figure 2", "source": common.KINGMA_WELLING, "objectives": objectives,
-               "skipped_objectives": skipped, "budget": {}, "settings": {}, "runs": [], "machine": common.machine()}  # fmt: skip
+    results = {
+        "figure": "Kingma & Welling (2013), Figure 2",
+        "source": common.KINGMA_WELLING,
+        "objectives": objectives,
+        "skipped_objectives": skipped,
+        "budget": {},
+        "settings": {},
+        "runs": [],
+        "machine": common.machine(),
+    }
     for name in datasets:
         setup = SETUPS[name]
         budget = getattr(args, f"{name}_samples")
         settings = common.data_settings(name, args.data_dir, out / "data", args.train_size, args.test_size)
         probe = pyro_vae.Config(likelihood=setup["likelihood"], device=args.device, seed=args.seed, **settings)
         eval_sets = common.evaluation_sets(probe, args.eval_items, args.seed)
-        results["budget"][name] = {"samples_per_model": budget, "paper_samples_per_model": PAPER_SAMPLES,
-                                   "n_train": eval_sets[2], "eval_items": len(eval_sets[0])}  # fmt: skip
-        results["settings"][name] = {"likelihood": setup["likelihood"], "hidden": list(setup["hidden"]),
-                                     "activation": "tanh", "optimizer": "adagrad", "batch_size": 100,
-                                     "lr": args.lr or f"selected from {LR_CANDIDATES}", **settings}  # fmt: skip
+        results["budget"][name] = {
+            "samples_per_model": budget,
+            "paper_samples_per_model": PAPER_SAMPLES,
+            "n_train": eval_sets[2],
+            "eval_items": len(eval_sets[0]),
+        }
+        results["settings"][name] = {
+            "likelihood": setup["likelihood"],
+            "hidden": list(setup["hidden"]),
+            "activation": "tanh",
+            "optimizer": "adagrad",
+            "batch_size": 100,
+            "lr": args.lr or f"selected from {LR_CANDIDATES}",
+            **settings,
+        }
         runs = []
         for z in getattr(args, f"{name}_latents"):
             for objective in objectives:
@@ -206,8 +263,10 @@ def main():
         plot(name, runs, objectives, out / f"figure2_{name}.png", budget)
         results["seconds"] = time.perf_counter() - t0
         common.write_json(out / "figure2.json", results)
-    common.say(f"wrote {', '.join(f'figure2_{d}.png' for d in datasets)} and figure2.json to {out} "
-               f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    common.say(
+        f"wrote {', '.join(f'figure2_{d}.png' for d in datasets)} and figure2.json to {out} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

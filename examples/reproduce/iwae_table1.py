@@ -94,8 +94,14 @@ class BurdaAdam:
 
     def __call__(self, args):
         optim_args = {"lr": args["lr"], "betas": (0.9, 0.999), "eps": 1e-4}
-        self.scheduler = pyro.optim.MultiStepLR({"optimizer": torch.optim.Adam, "optim_args": optim_args,
-                                                 "milestones": self.milestones, "gamma": 10 ** (-1 / 7)})  # fmt: skip
+        self.scheduler = pyro.optim.MultiStepLR(
+            {
+                "optimizer": torch.optim.Adam,
+                "optim_args": optim_args,
+                "milestones": self.milestones,
+                "gamma": 10 ** (-1 / 7),
+            }
+        )
         return self.scheduler
 
     def step(self, record):
@@ -119,12 +125,26 @@ def train(args, label, objective, k, settings, schedule, out):
     def on_step(step):  # the minibatch's training objective (summed over its datapoints)
         curve.append((step.samples, -step.loss))
 
-    config = pyro_vae.Config(likelihood="bernoulli", binarize="dynamic", hidden=(200, 200), activation="tanh", z_dim=50,
-                             optimizer="burda-adam", lr=1e-3, batch_size=args.batch_size, epochs=args.passes,
-                             objective=objective, particles=k, seed=args.seed, device=args.device, **settings)  # fmt: skip
+    config = pyro_vae.Config(
+        likelihood="bernoulli",
+        binarize="dynamic",
+        hidden=(200, 200),
+        activation="tanh",
+        z_dim=50,
+        optimizer="burda-adam",
+        lr=1e-3,
+        batch_size=args.batch_size,
+        epochs=args.passes,
+        objective=objective,
+        particles=k,
+        seed=args.seed,
+        device=args.device,
+        **settings,
+    )
     t0 = time.perf_counter()
-    run = pyro_vae.fit(config, out / "runs" / f"{label}-k{k}", overwrite=True, quiet=True, on_step=on_step,
-                       on_epoch=schedule.step)  # fmt: skip
+    run = pyro_vae.fit(
+        config, out / "runs" / f"{label}-k{k}", overwrite=True, quiet=True, on_step=on_step, on_epoch=schedule.step
+    )
     train_seconds = time.perf_counter() - t0
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -161,23 +181,29 @@ def train(args, label, objective, k, settings, schedule, out):
     record["train_curve"] = points
     record["n_train"] = n
     gap = f", {record['gap_nats']:+.2f} nats from the paper's {-published:.2f}" if published else ""
-    common.say(f"{record['model']:10s} log p(x) {record['test_log_likelihood']:8.2f}  ELBO {record['test_elbo']:8.2f}  "
-               f"active units {record['active_units']:2d}{gap} ({train_seconds:.0f} s training, "
-               f"{eval_seconds:.0f} s evaluating)")  # fmt: skip
+    common.say(
+        f"{record['model']:10s} log p(x) {record['test_log_likelihood']:8.2f}  ELBO {record['test_elbo']:8.2f}  "
+        f"active units {record['active_units']:2d}{gap} ({train_seconds:.0f} s training, "
+        f"{eval_seconds:.0f} s evaluating)"
+    )
     return record
 
 
 def markdown(records, args):
     lines = [
-        f"| model | passes | test log p(x), {args.eval_samples} IS (nats) | test ELBO | active units "
-        "| paper log p(x) | paper AU | gap (nats) |",
+        (
+            f"| model | passes | test log p(x), {args.eval_samples} IS (nats) | test ELBO | active units "
+            "| paper log p(x) | paper AU | gap (nats) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         paper = f"{r['published_log_likelihood']:.2f}" if r["published_log_likelihood"] is not None else "n/a"
         gap = f"{r['gap_nats']:+.2f}" if r["gap_nats"] is not None else "n/a"
-        lines.append(f"| {r['model']} | {r['passes']} | {r['test_log_likelihood']:.2f} | {r['test_elbo']:.2f} | "
-                     f"{r['active_units']} | {paper} | {r['published_active_units'] or 'n/a'} | {gap} |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['passes']} | {r['test_log_likelihood']:.2f} | {r['test_elbo']:.2f} | "
+            f"{r['active_units']} | {paper} | {r['published_active_units'] or 'n/a'} | {gap} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -186,12 +212,23 @@ def plot(records, path, args):
     for i, r in enumerate(records):
         color = f"C{i}"
         passes = [p["samples"] / r["n_train"] for p in r["train_curve"]]
-        ax.plot(passes, [p["train_objective"] for p in r["train_curve"]], "-", color=color, alpha=0.6,
-                label=f"{r['model']}: training objective")  # fmt: skip
+        ax.plot(
+            passes,
+            [p["train_objective"] for p in r["train_curve"]],
+            "-",
+            color=color,
+            alpha=0.6,
+            label=f"{r['model']}: training objective",
+        )
         ax.plot([args.passes], [r["test_log_likelihood"]], "o", color=color, label=f"{r['model']}: test log p(x)")
         if r["published_log_likelihood"] is not None:
-            ax.axhline(r["published_log_likelihood"], color=color, ls="--", lw=1,
-                       label=f"{r['model']}: paper, {PAPER_PASSES} passes")  # fmt: skip
+            ax.axhline(
+                r["published_log_likelihood"],
+                color=color,
+                ls="--",
+                lw=1,
+                label=f"{r['model']}: paper, {PAPER_PASSES} passes",
+            )
     ax.set_xlabel("training passes")
     ax.set_ylabel("nats per image")
     if args.passes > 10:
@@ -218,18 +255,35 @@ def main():
         pyro_vae.OPTIMIZERS.register("burda-adam", schedule)
     settings = common.data_settings("mnist", args.data_dir, out / "data", args.train_size, args.test_size)
     t0 = time.perf_counter()
-    results = {"table": "Burda et al. (2015), Table 1, one stochastic layer, MNIST", "source": common.BURDA,
-               "budget": {"passes": args.passes, "paper_passes": PAPER_PASSES, "eval_samples": args.eval_samples,
-                          "eval_items": args.eval_items, "lr_milestones": schedule.milestones},
-               "settings": {"architecture": "784-200-200-50-200-200-784, tanh", "binarize": "dynamic",
-                            "optimizer": "Adam(0.9, 0.999, eps=1e-4)", "lr": "1e-3 * 10^(-i/7) in stage i",
-                            "batch_size": args.batch_size, **settings},
-               "models": [], "skipped": [], "machine": common.machine()}  # fmt: skip
+    results = {
+        "table": "Burda et al. (2015), Table 1, one stochastic layer, MNIST",
+        "source": common.BURDA,
+        "budget": {
+            "passes": args.passes,
+            "paper_passes": PAPER_PASSES,
+            "eval_samples": args.eval_samples,
+            "eval_items": args.eval_items,
+            "lr_milestones": schedule.milestones,
+        },
+        "settings": {
+            "architecture": "784-200-200-50-200-200-784, tanh",
+            "binarize": "dynamic",
+            "optimizer": "Adam(0.9, 0.999, eps=1e-4)",
+            "lr": "1e-3 * 10^(-i/7) in stage i",
+            "batch_size": args.batch_size,
+            **settings,
+        },
+        "models": [],
+        "skipped": [],
+        "machine": common.machine(),
+    }
     for label, k in args.models:
         objective = OBJECTIVE_OF[label]
         if objective not in pyro_vae.OBJECTIVES:
-            common.say(f"{label.upper()} k={k}: objective {objective!r} is not registered in this pyro_vae (have: "
-                       f"{', '.join(pyro_vae.OBJECTIVES.names())}); skipping it")  # fmt: skip
+            common.say(
+                f"{label.upper()} k={k}: objective {objective!r} is not registered in this pyro_vae (have: "
+                f"{', '.join(pyro_vae.OBJECTIVES.names())}); skipping it"
+            )
             results["skipped"].append(f"{label}:{k}")
             continue
         results["models"].append(train(args, label, objective, k, settings, schedule, out))
