@@ -50,6 +50,7 @@ html_theme_options = {
     "sidebar_width": "240px",
 }
 pygments_style = "sphinx"
+smartquotes = False  # keep "--flag" as typed in help texts (not an en dash)
 
 
 def _public_by_module():

@@ -17,10 +17,10 @@ from .likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
 from .model import VAE  # noqa: E402
 from .objectives import OBJECTIVES, Objective  # noqa: E402
 from .run import Run, load_run  # noqa: E402
-from .training import OPTIMIZERS, Step, build_vae, fit  # noqa: E402
+from .training import OPTIMIZERS, build_vae, fit  # noqa: E402
 
 __all__ = [
     "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "GUIDES", "Guide", "LIKELIHOODS",
-    "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "Run", "Step", "TrainingDiverged", "UserError", "VAE",
+    "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "Run", "TrainingDiverged", "UserError", "VAE",
     "build_likelihood", "build_vae", "evaluate", "fit", "load_dataset", "load_run", "log_weights",
 ]  # fmt: skip

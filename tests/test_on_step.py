@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae import Step, fit
+from pyro_vae import fit
+from pyro_vae.training import Step
 
 SETTINGS = dict(dataset="digits", z_dim=2, hidden=(16,), batch_size=256, quiet=True)
 

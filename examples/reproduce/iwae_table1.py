@@ -87,17 +87,30 @@ def milestones(passes):
 
 class BurdaAdam:
     """An optimizer factory for the :data:`pyro_vae.OPTIMIZERS` registry: Adam with epsilon 1e-4 under
-    the paper's step schedule. ``fit(on_epoch=...)`` advances the schedule with :meth:`step`."""
+    the paper's step schedule. ``fit(on_epoch=...)`` advances the schedule with :meth:`step`.
 
-    def __init__(self, passes):
-        self.milestones, self.scheduler = milestones(passes), None
+    Adam's arguments are given per parameter (a callable), so that training keeps Pyro's
+    per-parameter optimizers, which the scheduler drives; a training loop that fused them into one
+    torch optimizer would bypass the schedule, and :meth:`step` then raises instead of training on
+    silently at the first learning rate.
+    """
+
+    def __init__(self):
+        self.milestones, self.scheduler, self.lrs = [], None, []
+
+    def reset(self, passes):
+        """Shrink the schedule to ``passes`` and forget the learning rates recorded so far."""
+        self.milestones, self.scheduler, self.lrs = milestones(passes), None, []
+        return self
 
     def __call__(self, args):
-        optim_args = {"lr": args["lr"], "betas": (0.9, 0.999), "eps": 1e-4}
+        def adam_args(param_name):
+            return {"lr": args["lr"], "betas": (0.9, 0.999), "eps": 1e-4}
+
         self.scheduler = pyro.optim.MultiStepLR(
             {
                 "optimizer": torch.optim.Adam,
-                "optim_args": optim_args,
+                "optim_args": adam_args,
                 "milestones": self.milestones,
                 "gamma": 10 ** (-1 / 7),
             }
@@ -105,6 +118,10 @@ class BurdaAdam:
         return self.scheduler
 
     def step(self, record):
+        schedulers = list(self.scheduler.optim_objs.values())
+        if not schedulers:
+            raise RuntimeError("the learning-rate schedule is not in use: training bypassed the Pyro optimizer")
+        self.lrs.append(schedulers[0].get_last_lr()[0])  # the rate of the epoch just trained
         self.scheduler.step()
 
 
@@ -141,6 +158,7 @@ def train(args, label, objective, k, settings, schedule, out):
         device=args.device,
         **settings,
     )
+    schedule.reset(args.passes)
     t0 = time.perf_counter()
     run = pyro_vae.fit(
         config, out / "runs" / f"{label}-k{k}", overwrite=True, quiet=True, on_step=on_step, on_epoch=schedule.step
@@ -163,6 +181,7 @@ def train(args, label, objective, k, settings, schedule, out):
         "published_active_units": published_au,
         "gap_nats": result["test_log_likelihood"] + published if published else None,
         "passes": args.passes,
+        "learning_rates": schedule.lrs,
         "eval_samples": result["samples"],
         "eval_items": result["items"],
         "train_seconds": train_seconds,
@@ -250,9 +269,9 @@ def main():
     common.setup_threads(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    schedule = BurdaAdam(args.passes)
     if "burda-adam" not in pyro_vae.OPTIMIZERS:
-        pyro_vae.OPTIMIZERS.register("burda-adam", schedule)
+        pyro_vae.OPTIMIZERS.register("burda-adam", BurdaAdam())
+    schedule = pyro_vae.OPTIMIZERS.get("burda-adam")
     settings = common.data_settings("mnist", args.data_dir, out / "data", args.train_size, args.test_size)
     t0 = time.perf_counter()
     results = {

@@ -10,7 +10,7 @@ which keeps sampling and scoring cheap (O(z_dim r^2)) and is reparameterized (``
 every objective that differentiates through samples can train it. The script trains it next to
 the diagonal guide, with the same model, data and budget, and compares their test numbers.
 
-    python examples/custom_guide.py --data-dir ~/data
+    python examples/low_rank_guide.py --data-dir ~/data
 """
 
 import argparse
@@ -78,7 +78,7 @@ if __name__ == "__main__":
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--samples", type=int, default=1000, help="importance samples per test image")
     p.add_argument("--subset", type=int, default=1000, help="evaluate on the first N test images")
-    p.add_argument("--out", default="runs/custom-guide")
+    p.add_argument("--out", default="runs/low-rank-guide")
     p.add_argument("--smoke", action="store_true", help="a few seconds' run on the bundled 8x8 digits (for CI)")
     args = p.parse_args()
     if args.smoke:
