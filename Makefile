@@ -31,7 +31,7 @@ docs: $(VENV)/.docs-installed
 	@echo "docs built: docs/_build/html/index.html"
 
 examples: install
-	$(PY) -m pytest -q -m examples tests/test_examples.py
+	$(PY) -m pytest -q -m examples tests/test_example_smoke.py
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache docs/_build docs/reference/_api
