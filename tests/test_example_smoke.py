@@ -1,4 +1,4 @@
-"""Every example and reproduction runs in its smoke mode (à la Pyro's ``tests/test_example_smoke.py``).
+"""Every example and reproduction runs in its smoke mode (à la Pyro's ``tests/test_examples.py``).
 
 Each file under ``examples/`` (except helpers named ``_*.py``) is listed in :data:`EXAMPLES_RUN`
 with the arguments of its smoke run (by default ``--smoke --out DIR``: a few seconds on a sliver
