@@ -85,6 +85,7 @@ def test_example_runs_in_smoke_mode(name, tmp_path, monkeypatch, shared_copy):
             # the importance-sampled estimate is at least the ELBO from the same draws (Jensen)
             assert m["test_log_likelihood"] >= m["test_elbo"]
             assert 0 <= m["active_units"] <= 50
+            assert m["learning_rates"] == [1e-3]  # one pass: the schedule's first stage
             if m["published_log_likelihood"] is not None:
                 assert m["gap_nats"] == pytest.approx(m["test_log_likelihood"] - m["published_log_likelihood"])
 

@@ -4,8 +4,9 @@
 or method of pyro_vae, Pyro or PyTorch), with the file's own line numbers and a caption naming the
 file and package version. It is ``literalinclude`` with ``:pyobject:`` where the file is found by
 import, so every ``literalinclude`` option works (``:start-at:``, ``:end-at:``, ``:emphasize-lines:``...).
-If the object no longer exists, or a ``:start-at:`` text is no longer in it, the build fails: the
-page must then be brought up to date with the code.
+Several names may be given, separated by spaces: the first that exists is shown (for code that may
+move, e.g. from a function into a class). If none exists, or a ``:start-at:`` text is no longer in
+it, the build fails: the page must then be brought up to date with the code.
 
 ``.. registry:: pyro_vae.LIKELIHOODS`` is a table of the names registered in a
 :class:`pyro_vae.registry.Registry`, each with its class and the first line of its docstring.
@@ -68,11 +69,16 @@ class PySource(LiteralInclude):
     option_spec = {**LiteralInclude.option_spec, "no-caption": directives.flag}
 
     def run(self):
-        target = self.arguments[0]
-        try:
-            module, qualname, obj = resolve(target)
-        except (ImportError, AttributeError) as e:
-            return [self.state.document.reporter.warning(f"pysource: cannot find {target}: {e}", line=self.lineno)]
+        errors = []
+        for target in self.arguments[0].split():  # the first of the names that exists
+            try:
+                module, qualname, obj = resolve(target)
+                break
+            except (ImportError, AttributeError) as e:
+                errors.append(f"{target}: {e}")
+        else:
+            message = f"pysource: cannot find {'; '.join(errors)}"
+            return [self.state.document.reporter.warning(message, line=self.lineno)]
         path = inspect.getsourcefile(inspect.unwrap(obj) if qualname else module)
         docdir = os.path.dirname(self.env.doc2path(self.env.docname))
         self.arguments[0] = os.path.relpath(path, docdir)
