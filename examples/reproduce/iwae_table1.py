@@ -14,8 +14,8 @@ The setting of the paper's one-stochastic-layer rows:
 Models are given as ``objective:k``: ``vae:k`` trains the ELBO with k samples per datapoint
 (``objective="elbo", particles=k``), ``iwae:k`` the importance-weighted bound
 (``objective="iwae", particles=k``). The default compares the paper's headline rows, VAE k=1
-(-86.76 nats) and IWAE k=50 (-84.78 nats), after one pass over the training set (minutes on a
-laptop CPU); ``--paper`` runs the full 3280 passes and evaluates all 10000 test images.
+(-86.76 nats) and IWAE k=50 (-84.78 nats), after one pass over the training set (5 minutes on a
+shared 2-core CPU); ``--paper`` runs the full 3280 passes and evaluates all 10000 test images.
 Writes ``table1.png``, ``table1.json`` and ``table1.md`` under ``--out``.
 
 Example::
