@@ -17,7 +17,7 @@ The comparator is the objective registered as ``rws`` (reweighted wake-sleep, Bo
 
 The default budget (1e5 training samples per MNIST model, rounded up to whole epochs: 1.2e5; 2e5
 per Frey Face model) took 7 minutes for all 18 models on a shared 2-core CPU; ``--paper`` trains
-each model for 1e8 samples as in the paper (hours per model: MNIST trained at 2000 to 7000
+each model for 1e8 samples as in the paper (hours per model: MNIST trained at 2000 to 11000
 samples per second there). Writes ``figure2_mnist.png``, ``figure2_frey.png`` and ``figure2.json``
 under ``--out``.
 
