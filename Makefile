@@ -1,11 +1,13 @@
 # Two commands set everything up from a fresh clone:
 #   make demo   creates .venv, installs pyro-vae, trains a Bernoulli VAE on the bundled digits (runs/demo)
 #   make test   creates .venv if needed, installs the test extras, runs the test suite
+#   make docs   installs the docs extras and builds the Sphinx site (docs/_build/html), warnings as errors
+#   make examples  runs every example and reproduction in its smoke mode (a few seconds each)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test install docs clean
+.PHONY: demo test install docs examples clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,5 +22,16 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+$(VENV)/.docs-installed: $(VENV)/.installed setup.cfg
+	$(PIP) -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs built: docs/_build/html/index.html"
+
+examples: install
+	$(PY) -m pytest -q -m examples tests/test_example_smoke.py
+
 clean:
-	rm -rf runs build dist *.egg-info .pytest_cache
+	rm -rf runs build dist *.egg-info .pytest_cache docs/_build docs/reference/_api
