@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loops import ROOT, TorchVAELoop, config_for, synchronize
+
 import pyro
 import pyro.optim
-from loops import ROOT, TorchVAELoop, config_for, synchronize
 from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO
 from pyro.infer.util import zero_grads

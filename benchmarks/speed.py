@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pyro
 from loops import ARCHITECTURES, LOOPS, ROOT, config_for
+
+import pyro
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- speed-table:start -->", "<!-- speed-table:end -->"

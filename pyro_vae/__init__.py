@@ -8,8 +8,10 @@ functions (:class:`VAE`); :func:`fit` trains them with SVI and writes a run fold
 
 __version__ = "0.1.0"
 
+from .comparison import Comparison, compare  # noqa: E402
 from .config import Config  # noqa: E402
 from .data import DATASETS, Dataset, DatasetSource, load_dataset  # noqa: E402
+from .engine import Speed  # noqa: E402
 from .errors import TrainingDiverged, UserError  # noqa: E402
 from .evaluation import evaluate, log_weights  # noqa: E402
 from .guides import GUIDES, DiagonalGuide, FullRankGuide, Guide, IAFGuide, PlanarGuide  # noqa: E402
@@ -17,9 +19,7 @@ from .likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
 from .model import VAE  # noqa: E402
 from .objectives import OBJECTIVES, Objective  # noqa: E402
 from .run import Run, load_run  # noqa: E402
-from .engine import Speed  # noqa: E402
 from .training import OPTIMIZERS, Trainer, build_vae, fit  # noqa: E402
-from .comparison import Comparison, compare  # noqa: E402
 
 __all__ = [
     "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",

@@ -6,7 +6,6 @@ run exits with code 1 and keeps its last good checkpoint.
 
 import json
 import sys
-
 from pathlib import Path
 
 import click

@@ -33,7 +33,12 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyro.infer import (
-    JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanField_ELBO,
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    RenyiELBO,
+    ReweightedWakeSleep,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
 )  # fmt: skip
 from pyro.util import warn_if_nan
 

@@ -119,7 +119,7 @@ def load_run(directory, device="auto"):
         raise UserError(f"the checkpoint in {directory} does not fit the model its config.json describes") from None
     metrics = []
     if (directory / "metrics.jsonl").exists():
-        metrics = [json.loads(l) for l in (directory / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        metrics = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return Run(directory, config, meta, vae, metrics)
 
 

@@ -4,9 +4,10 @@ import json
 import sys
 from pathlib import Path
 
-import pyro
 import pytest
 import torch
+
+import pyro
 from pyro.infer import Trace_ELBO
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -3,14 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pyro_vae.cli import main
 from pyro_vae.likelihoods import LIKELIHOODS
-
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def test_fit_resume_with_more_epochs(capsys, tmp_path):
     assert run_cli(capsys, "fit", *FAST, "--epochs", "1", "--out", tmp_path / "r", "--quiet")[0] == 0
     code, out, err = run_cli(capsys, "fit", "--out", tmp_path / "r", "--resume", "--epochs", "3", "--quiet")
     assert code == 0, err
-    epochs = [json.loads(l)["epoch"] for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
 
 

@@ -40,8 +40,8 @@ def test_cb_log_prob_matches_the_paper_formula():
     lam = lam[(lam - 0.5).abs() > 1e-3]  # the paper's closed form is 0/0 at 1/2
     x = torch.rand(lam.shape, generator=g, dtype=torch.float64)
     ours = ContinuousBernoulli(logits=torch.logit(lam)).log_prob(x)
-    l, xx = lam.numpy(), x.numpy()
-    expected = cb_log_c_paper(l) + xx * np.log(l) + (1 - xx) * np.log1p(-l)
+    lam_np, xx = lam.numpy(), x.numpy()
+    expected = cb_log_c_paper(lam_np) + xx * np.log(lam_np) + (1 - xx) * np.log1p(-lam_np)
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-9, atol=1e-9)
 
 

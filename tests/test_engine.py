@@ -1,10 +1,11 @@
 """The fast SVI step computes what Pyro's own ``Trace_ELBO`` and ``SVI.step`` compute."""
 
+import pytest
+import torch
+
 import pyro
 import pyro.distributions as dist
 import pyro.optim
-import pytest
-import torch
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.engine import (
@@ -210,7 +211,7 @@ def test_optimizer_state_format_is_pyros():
 
 def test_unfusable_optimizer_falls_back_to_svi():
     """Gradient clipping (per-parameter in Pyro) is left to SVI.step, with the same result."""
-    clipped = lambda: pyro.optim.Adam({"lr": 1e-2}, {"clip_norm": 0.5})
+    clipped = lambda: pyro.optim.Adam({"lr": 1e-2}, {"clip_norm": 0.5})  # noqa: E731
     pyro.clear_param_store()
     vae = small_vae()
     step = SVIStep(vae.model, vae.guide, Trace_ELBO(max_plate_nesting=1), clipped(), Speed())

@@ -15,9 +15,9 @@ import runpy
 import sys
 
 import pytest
+from conftest import ROOT
 
 import pyro_vae
-from conftest import ROOT
 
 EXAMPLES = sorted(
     p.relative_to(ROOT / "examples").as_posix() for p in (ROOT / "examples").rglob("*.py") if not p.name.startswith("_")

@@ -11,7 +11,12 @@ import torch.distributions.normal as torch_normal
 import pyro
 import pyro.distributions as dist
 from pyro.infer import (
-    JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanField_ELBO,
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    RenyiELBO,
+    ReweightedWakeSleep,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
 )  # fmt: skip
 
 from pyro_vae import OBJECTIVES, VAE, Config, Guide, UserError, build_vae, evaluate, fit, log_weights

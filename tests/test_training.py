@@ -29,7 +29,7 @@ def test_outputs_of_fit(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["dataset"] == "digits" and config["z_dim"] == 2 and config["x_dim"] == 64
     assert {"pyro", "torch", "pyro_vae"} <= set(config["versions"])
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     for m in lines:
         assert {"epoch", "train_elbo", "test_elbo", "seconds", "items_per_s"} <= set(m)
@@ -55,7 +55,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     resumed = fit(out=tmp_path / "part", epochs=4, resume=True, **SMALL)
     key = lambda run: [(m["epoch"], m["train_elbo"], m["test_elbo"]) for m in run.metrics]  # noqa: E731
     assert key(resumed) == key(full)
-    saved = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    saved = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in saved] == [1, 2, 3, 4]
     a, b = full.vae.state_dict(), resumed.vae.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -34,11 +34,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import _common as common  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 import pyro_vae  # noqa: E402
-
-import _common as common  # noqa: E402
 
 SETUPS = {
     "mnist": {"title": "MNIST", "likelihood": "bernoulli", "hidden": (500,), "latents": [3, 5, 10, 20, 200],

@@ -26,13 +26,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import _common as common  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae import plots  # noqa: E402
-
-import _common as common  # noqa: E402
 
 SETUPS = {
     "mnist": {"title": "MNIST", "likelihood": "bernoulli", "hidden": (500,)},

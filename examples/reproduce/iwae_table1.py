@@ -30,14 +30,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import _common as common  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import pyro.optim  # noqa: E402
 
 import pyro_vae  # noqa: E402
-
-import _common as common  # noqa: E402
 
 #: Table 1 of Burda et al., one stochastic layer, MNIST: (objective, k) -> (test NLL in nats, active units)
 PUBLISHED = {
