@@ -228,11 +228,6 @@ def compile_nets(module, backend="inductor"):
     return module
 
 
-def _scalar(loss):
-    """A step's loss as one number or 0-dim tensor (losses returning a tuple report their first part)."""
-    return loss[0] if isinstance(loss, tuple) else loss
-
-
 class SVIStep:
     """``step(x)``: one SVI step on minibatch ``x``; the loss comes back as a 0-dim tensor.
 
@@ -244,10 +239,13 @@ class SVIStep:
     :param loss: a Pyro ELBO (e.g. :class:`~pyro.infer.Trace_ELBO`).
     :param optim: a :class:`~pyro.optim.PyroOptim`.
     :param Speed speed: the switches.
+    :param to_scalar: maps what ``loss.loss_and_grads`` (or ``SVI.step``) returns to the one training
+        loss (e.g. :meth:`pyro_vae.objectives.Objective.training_loss`: RWS returns a tuple); default identity.
     """
 
-    def __init__(self, model, guide, loss, optim, speed=None):
+    def __init__(self, model, guide, loss, optim, speed=None, to_scalar=None):
         self.model, self.guide, self.loss, self.optim = model, guide, loss, optim
+        self.to_scalar = to_scalar or (lambda value: value)
         self.speed = speed or Speed()
         if not isinstance(optim, PyroOptim):
             raise TypeError(f"optim must be a pyro.optim.PyroOptim, got {type(optim).__name__}")
@@ -280,7 +278,7 @@ class SVIStep:
             if loss.requires_grad:
                 loss.backward()
             return loss.detach()
-        return _scalar(self.loss.loss_and_grads(self.model, self.guide, x))
+        return self.to_scalar(self.loss.loss_and_grads(self.model, self.guide, x))
 
     def _first_step(self, x):
         """Run the first step under a parameter capture, then build the one torch optimizer."""
@@ -351,7 +349,7 @@ class SVIStep:
     def __call__(self, x):
         with self._validation():
             if self._svi is not None:
-                loss = self._svi.step(x)
+                loss = self.to_scalar(self._svi.step(x))
             elif self._torch_optim is None:
                 loss = self._first_step(x)
             else:
@@ -363,8 +361,8 @@ class SVIStep:
                 if loss is None:
                     loss = self._eager_step(x)
         self.steps += 1
-        if not isinstance(loss, torch.Tensor):
-            return torch.tensor(_scalar(loss))
+        if not isinstance(loss, torch.Tensor):  # Pyro's generic path returns floats
+            return torch.tensor(loss)
         return loss.cpu() if self.speed.sync_every_step else loss
 
     # CUDA graphs ------------------------------------------------------------------------------

@@ -195,7 +195,8 @@ class Trainer:
         self.optimizer = OPTIMIZERS.get(self.config.optimizer)({"lr": self.config.lr})
         #: the :class:`~pyro_vae.objectives.Objective`, checked against the guide before training
         self.objective = build_objective(self.config, self.vae)
-        self.step = SVIStep(self.vae.model, self.vae.guide, self.objective.build(), self.optimizer, self.speed)
+        self.step = SVIStep(self.vae.model, self.vae.guide, self.objective.build(), self.optimizer, self.speed,
+                            to_scalar=self.objective.training_loss)  # fmt: skip
         #: epochs completed
         self.epoch = 0
         self._order, self._position = None, 0
