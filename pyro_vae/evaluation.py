@@ -113,6 +113,9 @@ class Scores:
     :ivar posterior_mean: :math:`\mathbb{E}_{q_\phi}[z \mid x]`, ``(N, z_dim)`` (exact when the
         guide's distribution has a ``mean``, else the average of the :math:`K` draws).
     :ivar int num_samples: :math:`K`.
+    :ivar posterior_mean_noise: the Monte Carlo variance of each entry of ``posterior_mean``,
+        ``(N, z_dim)``: 0 for a closed-form mean, else the draws' sample variance over :math:`K`
+        (``None`` when unknown).
     """
 
     elbo: torch.Tensor
@@ -121,6 +124,7 @@ class Scores:
     kl: torch.Tensor
     posterior_mean: torch.Tensor
     num_samples: int
+    posterior_mean_noise: torch.Tensor = None
 
 
 @torch.no_grad()
@@ -169,12 +173,13 @@ def evaluate_terms(vae, x, num_samples=1000, progress=None):
     n, d = x.shape
     particles = max(1, min(num_samples, MAX_ELEMENTS // max(d, 1)))
     items = max(1, MAX_ELEMENTS // (particles * max(d, 1)))
-    parts = {name: [] for name in ("elbo", "log_px", "reconstruction", "kl", "posterior_mean")}
+    names = ("elbo", "log_px", "reconstruction", "kl", "posterior_mean", "posterior_mean_noise")
+    parts = {name: [] for name in names}
     for start in range(0, n, items):
         batch = x[start : start + items]
         zeros = torch.zeros(batch.shape[0], dtype=x.dtype, device=x.device)
         sum_lik, sum_ratio, lse = zeros.clone(), zeros.clone(), torch.full_like(zeros, -math.inf)
-        sum_z = 0.0
+        sum_z = sum_z2 = 0.0
         done = 0
         while done < num_samples:
             k = min(particles, num_samples - done)
@@ -183,13 +188,21 @@ def evaluate_terms(vae, x, num_samples=1000, progress=None):
             sum_ratio += log_ratio.sum(0)
             lse = torch.logaddexp(lse, (log_lik - log_ratio).logsumexp(0))
             sum_z = sum_z + z.sum(0)
+            sum_z2 = sum_z2 + z.pow(2).sum(0)
             done += k
         mean = _posterior_mean(vae, batch)
         parts["reconstruction"].append(sum_lik / num_samples)
         parts["kl"].append(sum_ratio / num_samples)
         parts["elbo"].append((sum_lik - sum_ratio) / num_samples)
         parts["log_px"].append(lse - math.log(num_samples))
-        parts["posterior_mean"].append(mean if mean is not None else sum_z / num_samples)
+        if mean is not None:
+            parts["posterior_mean"].append(mean)
+            parts["posterior_mean_noise"].append(torch.zeros_like(mean))
+        else:  # the average of the K draws, whose own variance is Var(z | x) / K
+            mean = sum_z / num_samples
+            var = (sum_z2 / num_samples - mean**2).clamp(min=0) * num_samples / max(num_samples - 1, 1)
+            parts["posterior_mean"].append(mean)
+            parts["posterior_mean_noise"].append(var / num_samples)  # 0 for K = 1: no estimate, no correction
         if progress is not None:
             progress(batch.shape[0])
     return Scores(**{name: torch.cat(p) for name, p in parts.items()}, num_samples=num_samples)
@@ -199,14 +212,21 @@ def evaluate_terms(vae, x, num_samples=1000, progress=None):
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def active_units(posterior_mean, threshold=ACTIVE_UNIT_THRESHOLD):
+def active_units(posterior_mean, threshold=ACTIVE_UNIT_THRESHOLD, noise=None):
     r"""The number of active latent units (Burda et al. 2015): those :math:`j` with
     :math:`A_j = \mathrm{Var}_x\!\left(\mathbb{E}_{q_\phi(z \mid x)}[z_j]\right) > 0.01`,
     the variance taken over the items (rows) of ``posterior_mean`` (``(N, z_dim)``).
-    An inactive unit's posterior is the same for every input: the model does not use it."""
+    An inactive unit's posterior is the same for every input: the model does not use it.
+
+    When the means are Monte Carlo averages, their noise adds its own variance over the items;
+    ``noise`` (``(N, z_dim)``, each estimate's variance) is then subtracted, item-averaged, so that
+    a collapsed unit is not counted as active because of sampling noise alone."""
     if posterior_mean.shape[0] < 2:
         return 0
-    return int((posterior_mean.var(0, unbiased=True) > threshold).sum())
+    spread = posterior_mean.var(0, unbiased=True)
+    if noise is not None:
+        spread = spread - noise.mean(0)
+    return int((spread > threshold).sum())
 
 
 def bits_per_dim(log_p, x_dim):
@@ -245,7 +265,7 @@ def summarize(scores, likelihood, x_dim):
         "discrete_test_log_likelihood": log_px - offset if on_levels else None,
         "bits_per_dim": bits_per_dim(log_px - offset, x_dim) if on_levels else None,
         "elbo_bits_per_dim": bits_per_dim(elbo - offset, x_dim) if on_levels else None,
-        "active_units": active_units(scores.posterior_mean),
+        "active_units": active_units(scores.posterior_mean, noise=scores.posterior_mean_noise),
         "log_likelihood_sem": (scores.log_px.std().item() / math.sqrt(n)) if n > 1 else None,
         "samples": scores.num_samples,
         "items": n,

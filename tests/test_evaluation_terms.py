@@ -164,3 +164,29 @@ def test_summarize_scores_densities_against_the_levels():
     assert pmf["bits_per_dim"] == pytest.approx(bits_per_dim(7.5, x_dim))
     continuous = summarize(scores, build_likelihood("laplace"), x_dim)
     assert continuous["bits_per_dim"] is None and continuous["discrete_test_elbo"] is None
+
+
+class _NoMeanGuide(torch.nn.Module):
+    """q(z|x) = N(s * x[:, :z_dim], 1) as a TransformedDistribution, which has no closed-form mean."""
+
+    def __init__(self, spread):
+        super().__init__()
+        self.spread, self.weight = spread, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        base = dist.Normal(self.spread * x[:, :3] + 0 * self.weight, torch.ones(x.shape[0], 3)).to_event(1)
+        return dist.TransformedDistribution(base, [])
+
+
+@pytest.mark.parametrize("spread,expected", [(0.0, 0), (1.0, 3)])
+def test_active_units_discount_the_noise_of_sampled_means(spread, expected):
+    """A collapsed posterior (the same for every x) has no active unit, even when its mean is a
+    Monte Carlo average of K draws whose noise alone varies over the items by about 1/K > 0.01."""
+    torch.manual_seed(0)
+    vae = VAE(x_dim=6, z_dim=3, hidden=(4,), guide=_NoMeanGuide(spread), check_guide=False)
+    x = torch.randn(300, 6)
+    vae.likelihood = build_likelihood("gaussian")
+    vae.decoder = torch.nn.Linear(3, 12)
+    scores = evaluate_terms(vae, x, num_samples=20)
+    assert scores.posterior_mean.var(0).min() > 0.03  # the raw variance of noisy means looks "active"
+    assert active_units(scores.posterior_mean, noise=scores.posterior_mean_noise) == expected
