@@ -59,14 +59,10 @@ def _site_log_prob(trace):
 @torch.no_grad()
 def log_weights(vae, x, num_samples):
     """``(num_samples, B)`` log importance weights :math:`\\log p(x, z_k) - \\log q(z_k \\mid x)`."""
-    model, guide = _vectorized(vae.model, num_samples), _vectorized(vae.guide, num_samples)
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    log_w = _site_log_prob(model_trace) - _site_log_prob(guide_trace)
-    return log_w.expand(num_samples, x.shape[0])
+    log_lik, log_ratio, _ = log_weight_terms(vae, x, num_samples)
+    return log_lik - log_ratio
 
 
-@torch.no_grad()
 def evaluate(vae, x, num_samples=1000, progress=None):
     """Per-datapoint ELBO and importance-sampled :math:`\\log p(x)` of each row of ``x``.
 
@@ -74,28 +70,11 @@ def evaluate(vae, x, num_samples=1000, progress=None):
     :param torch.Tensor x: ``(N, D)`` data, already prepared for the likelihood.
     :param int num_samples: importance samples :math:`K` per datapoint.
     :param progress: optional callable taking the number of items just finished.
-    :returns: ``(elbo, log_px)``, two tensors of shape ``(N,)`` in nats.
+    :returns: ``(elbo, log_px)``, two tensors of shape ``(N,)`` in nats (see :func:`evaluate_terms`
+        for the rest of the report).
     """
-    n, d = x.shape
-    particles = max(1, min(num_samples, MAX_ELEMENTS // max(d, 1)))
-    items = max(1, MAX_ELEMENTS // (particles * max(d, 1)))
-    elbos, log_pxs = [], []
-    for start in range(0, n, items):
-        batch = x[start : start + items]
-        total_w = torch.zeros(batch.shape[0], dtype=x.dtype, device=x.device)
-        lse = torch.full_like(total_w, -math.inf)
-        done = 0
-        while done < num_samples:
-            k = min(particles, num_samples - done)
-            log_w = log_weights(vae, batch, k)
-            total_w += log_w.sum(0)
-            lse = torch.logaddexp(lse, log_w.logsumexp(0))
-            done += k
-        elbos.append(total_w / num_samples)
-        log_pxs.append(lse - math.log(num_samples))
-        if progress is not None:
-            progress(batch.shape[0])
-    return torch.cat(elbos), torch.cat(log_pxs)
+    scores = evaluate_terms(vae, x, num_samples, progress)
+    return scores.elbo, scores.log_px
 
 
 # The full report: the ELBO's two terms, bits per dimension, active units ---------------------------

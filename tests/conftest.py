@@ -44,3 +44,15 @@ def shared_copy(tmp_path_factory):
         return root
 
     return copy
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of tiny-net tests (faster, and immune to a busy
+    machine's thread contention); use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

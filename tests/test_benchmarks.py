@@ -19,13 +19,8 @@ import speed
 from pyro_vae.engine import trace_elbo_loss
 from pyro_vae.model import VAE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("arch", list(loops.ARCHITECTURES))

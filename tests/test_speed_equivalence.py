@@ -12,13 +12,8 @@ from pyro_vae.likelihoods import Bernoulli
 DIGITS = {"dataset": "digits", "device": "cpu", "hidden": (32,), "z_dim": 4, "batch_size": 128, "lr": 3e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def curve(run):

@@ -38,6 +38,8 @@ def parser(description, default_out):
         help="torch CPU threads [default: torch's]; 1 is fastest for these small nets on a busy machine",
     )
     p.add_argument("--smoke", action="store_true", help="a few seconds' run on a sliver of the data (for CI)")
+    p.add_argument("--train-size", type=number, default=None, help="train on the first N items only")
+    p.add_argument("--test-size", type=number, default=None, help="test on the first N items only")
     return p
 
 

@@ -84,8 +84,6 @@ def arguments():
     )
     p.add_argument("--eval-items", type=int, default=1000, help="train and test items the bound is estimated on")
     p.add_argument("--points-per-decade", type=int, default=6, help="bound evaluations per decade of samples")
-    p.add_argument("--train-size", type=common.number, default=None, help="train on the first N items only")
-    p.add_argument("--test-size", type=common.number, default=None, help="test on the first N items only")
     args = p.parse_args()
     if args.paper:
         args.mnist_samples = args.frey_samples = PAPER_SAMPLES

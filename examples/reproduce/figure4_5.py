@@ -60,8 +60,6 @@ def arguments():
     p.add_argument("--grid", type=int, default=20, help="the MNIST manifold is a GRID x GRID mosaic")
     p.add_argument("--frey-grid", type=int, default=12, help="the Frey Face manifold is a FREY_GRID x FREY_GRID mosaic")
     p.add_argument("--samples-shown", type=int, default=100, help="random samples per latent size (a square)")
-    p.add_argument("--train-size", type=common.number, default=None, help="train on the first N items only")
-    p.add_argument("--test-size", type=common.number, default=None, help="test on the first N items only")
     args = p.parse_args()
     if args.paper:
         args.mnist_samples = args.frey_samples = PAPER_SAMPLES

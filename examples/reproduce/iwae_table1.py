@@ -57,8 +57,6 @@ def arguments():
     p.add_argument("--eval-samples", type=common.number, default=5000, help="importance samples per test image")
     p.add_argument("--eval-items", type=common.number, default=500, help="test images evaluated (paper: 10000)")
     p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--train-size", type=common.number, default=None, help="train on the first N items only")
-    p.add_argument("--test-size", type=common.number, default=None, help="test on the first N items only")
     args = p.parse_args()
     if args.paper:
         args.passes, args.eval_items = PAPER_PASSES, 10_000
