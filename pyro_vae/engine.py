@@ -27,7 +27,15 @@ a second trace to find the parameters; and updates each parameter with its own
   with PyTorch's fused (one kernel) or multi-tensor implementation; ``"pyro"`` keeps
   :meth:`pyro.infer.SVI.step`. Optimizer state is saved in :meth:`pyro.optim.PyroOptim.get_state`'s
   format either way, so checkpoints move freely between the two;
-- ``compile``: :func:`torch.compile` the MLPs of the encoder and decoder (a backend name);
+- ``capture=True``: after the first step, the loss is traced once per batch shape into a graph of
+  tensor operations (:class:`CapturedLoss`, :func:`torch.fx.experimental.proxy_tensor.make_fx`)
+  and that graph is replayed on every later batch of the shape: Pyro's Python (the poutine stack,
+  the traces, the distribution objects) runs at capture only, the operations and their random
+  draws are the same. This is what Pyro's :class:`~pyro.infer.JitTrace_ELBO` does with the
+  deprecated :func:`torch.jit.trace`, and it asks the same of the model and guide: the same
+  operations for every batch of a shape;
+- ``compile``: :func:`torch.compile` the captured loss graph (with ``capture``), or else the MLPs
+  of the encoder and decoder (a backend name);
 - ``cuda_graph``: on CUDA, capture a full-size step in a CUDA graph and replay it (the partial last
   batch of an epoch runs eagerly, so there is one static shape and no recompilation).
 
@@ -64,14 +72,16 @@ class Speed:
     :param str optimizer: ``"pyro"`` (``SVI.step`` with the :class:`~pyro.optim.PyroOptim`),
         ``"torch"`` (one torch optimizer, PyTorch's default implementation), ``"foreach"`` or
         ``"fused"`` (its multi-tensor or fused-kernel implementation, where the optimizer has one).
-    :param str compile: a :func:`torch.compile` backend for the encoder and decoder MLPs (e.g.
-        ``"inductor"``), or ``None``.
+    :param bool capture: replay the loss from a graph traced once per batch shape (:class:`CapturedLoss`).
+    :param str compile: a :func:`torch.compile` backend (e.g. ``"inductor"``) for the captured loss
+        graph, or for the encoder and decoder MLPs without ``capture``; or ``None``.
     :param bool cuda_graph: capture full-size steps in a CUDA graph (CUDA only; ignored on the CPU).
     """
 
     validate_every_step: bool = False
     sync_every_step: bool = False
     optimizer: str = "fused"
+    capture: bool = True
     compile: str = None
     cuda_graph: bool = False
 
@@ -83,7 +93,7 @@ class Speed:
     @classmethod
     def baseline(cls):
         """The plain Pyro loop: ``SVI.step`` with validation and a host read every step."""
-        return cls(validate_every_step=True, sync_every_step=True, optimizer="pyro")
+        return cls(validate_every_step=True, sync_every_step=True, optimizer="pyro", capture=False)
 
     def replace(self, **changes):
         return replace(self, **changes)
@@ -141,6 +151,96 @@ def trace_elbo_loss(elbo, model, guide, *args, **kwargs):
         return loss
     surrogate_loss = loss + surrogate_loss
     return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+
+# The captured loss --------------------------------------------------------------------------
+class CapturedLoss:
+    r"""``loss_fn(x)`` traced once per batch shape into a graph of tensor operations, then replayed.
+
+    For the VAE's ``Trace_ELBO`` the per-step work of Pyro (messages through the poutine stack, two
+    traces, the distribution objects, the site bookkeeping) is Python that produces the same few
+    dozen tensor operations on every batch of a shape. :func:`~torch.fx.experimental.proxy_tensor.make_fx`
+    runs ``loss_fn`` once on fake tensors and records those operations (down to PyTorch's ATen
+    operators) in a :class:`torch.fx.GraphModule`; later batches of the shape run the graph:
+
+    - the same operations in the same order, so the same values and gradients (autograd records
+      the replayed operations as it records eager ones);
+    - the parameters are the model's own tensors, referenced by the graph, so optimizer updates are
+      seen; the data is the graph's input;
+    - random draws are operations of the graph (``normal_`` for the reparameterized
+      :math:`\epsilon`), drawn from the same generator in the same order: a seeded run draws the
+      same numbers as the eager one. Tracing itself draws nothing (fake tensors).
+
+    As for Pyro's :class:`~pyro.infer.JitTrace_ELBO`, the model and guide must run the same
+    operations for every batch of a shape. Two checks hold them to it, and on failure capture is
+    given up (with a warning) and the loss runs eagerly from then on:
+
+    - Python control flow on tensor *values* (``if x.sum() > 0``, ``.item()``) cannot be traced on
+      fake tensors and stops the capture;
+    - at capture the graph and ``loss_fn`` are run on the same batch from the same random state
+      (without gradients; the state is restored after each), and must agree.
+
+    A model or guide whose structure depends on Python state (a step counter, say) and agrees at
+    capture would still be frozen: turn capture off for it (``Speed(capture=False)``).
+
+    Returns ``None`` (run eagerly) for a batch of a new shape once ``MAX_SHAPES`` are held, and
+    after capture was given up.
+
+    :param loss_fn: ``x -> loss``, a 0-dim tensor.
+    :param str compile: a :func:`torch.compile` backend for each captured graph, or ``None``. The
+        random draws stay PyTorch's own (``torch._inductor.config.fallback_random``).
+    """
+
+    MAX_SHAPES = 4
+
+    def __init__(self, loss_fn, compile=None):
+        self.loss_fn, self.compile = loss_fn, compile
+        self.graphs = {}
+        self.given_up = None  # why capture was given up
+
+    def __call__(self, x):
+        key = (tuple(x.shape), x.dtype, x.device)
+        graph = self.graphs.get(key)
+        if graph is None:
+            if self.given_up or len(self.graphs) >= self.MAX_SHAPES:
+                return None
+            graph = self._capture(x)
+            if graph is None:
+                return None
+            self.graphs[key] = graph
+        return graph(x)
+
+    def _give_up(self, why):
+        self.given_up = why
+        self.graphs.clear()
+        warnings.warn(f"the loss could not be captured as a graph ({why}); running it eagerly")
+
+    def _capture(self, x):
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = make_fx(self.loss_fn, tracing_mode="fake", _allow_non_fake_inputs=True)(x)
+        except Exception as e:  # data-dependent control flow, or an operation fake tensors cannot run
+            return self._give_up(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+        devices = [x.device] if x.is_cuda else []
+        with torch.no_grad():
+            with torch.random.fork_rng(devices):
+                eager = self.loss_fn(x)
+            with torch.random.fork_rng(devices):
+                replayed = graph(x)
+        if not (isinstance(eager, torch.Tensor) and torch.allclose(replayed, eager, rtol=1e-5, atol=1e-5)):
+            return self._give_up("its replay disagreed with the model and guide run afresh: "
+                                 "they do not run the same operations on every batch")  # fmt: skip
+        if self.compile:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.fallback_random = True  # the eager generator's draws, not inductor's own
+            graph = torch.compile(graph, backend=self.compile)
+        return graph
 
 
 # The optimizer ------------------------------------------------------------------------------
@@ -259,11 +359,19 @@ class SVIStep:
         if self.speed.optimizer == "pyro":
             self._svi = SVI(model, guide, optim, loss)
         self._plain_elbo = is_plain_trace_elbo(loss)
+        self._captured = None
+        if self._plain_elbo and self.speed.capture and not (self.speed.sync_every_step or self.speed.validate_every_step):
+            self._captured = CapturedLoss(lambda x: trace_elbo_loss(loss, model, guide, x), self.speed.compile)
 
     @property
     def path(self):
         """Which implementation runs: ``"svi"`` or ``"torch"`` (known after the first step)."""
         return "svi" if self._svi is not None else "torch"
+
+    @property
+    def captures(self):
+        """Whether the loss is replayed from captured graphs (:class:`CapturedLoss`) after the first step."""
+        return self._captured is not None and not self._captured.given_up
 
     def _validation(self):
         """``validation_enabled(False)`` after the first step unless asked otherwise; else Pyro's own setting."""
@@ -274,7 +382,11 @@ class SVIStep:
     def _loss_and_backward(self, x):
         """The loss (a tensor, or a float on Pyro's generic path) with gradients accumulated."""
         if self._plain_elbo and not self.speed.sync_every_step:
-            loss = trace_elbo_loss(self.loss, self.model, self.guide, x)
+            loss = None
+            if self._captured is not None and self.steps > 0:  # the first step runs Pyro's own checks
+                loss = self._captured(x)
+            if loss is None:
+                loss = trace_elbo_loss(self.loss, self.model, self.guide, x)
             if loss.requires_grad:
                 loss.backward()
             return loss.detach()

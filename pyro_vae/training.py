@@ -190,13 +190,13 @@ class Trainer:
         vae = build_vae(self.config, 1, check=False)
         self.dataset, self.train, self.test = prepare_data(self.config, vae.likelihood, self.device)
         self.vae = build_vae(self.config, self.dataset.x_dim, self.dataset.levels).to(self.device)
-        if self.speed.compile:
-            compile_nets(self.vae, self.speed.compile)
         self.optimizer = OPTIMIZERS.get(self.config.optimizer)({"lr": self.config.lr})
         #: the :class:`~pyro_vae.objectives.Objective`, checked against the guide before training
         self.objective = build_objective(self.config, self.vae)
         self.step = SVIStep(self.vae.model, self.vae.guide, self.objective.build(), self.optimizer, self.speed,
                             to_scalar=self.objective.training_loss)  # fmt: skip
+        if self.speed.compile and not self.step.captures:  # else the step compiles its captured loss graph
+            compile_nets(self.vae, self.speed.compile)
         #: epochs completed
         self.epoch = 0
         self._order, self._position = None, 0

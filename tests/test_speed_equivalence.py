@@ -45,10 +45,11 @@ def baseline_curve():
 
 @pytest.mark.parametrize("speed", [
     Speed(),
+    Speed(capture=False),
     Speed(optimizer="torch"),
     Speed(optimizer="foreach", validate_every_step=True),
     Speed.baseline().replace(optimizer="fused"),
-], ids=["fast", "torch", "foreach-validated", "fused-synced"])  # fmt: skip
+], ids=["fast", "no-capture", "torch", "foreach-validated", "fused-synced"])  # fmt: skip
 def test_elbo_curve_is_the_same(baseline_curve, speed):
     expected, expected_state = baseline_curve
     got, state = train(speed)
