@@ -8,7 +8,7 @@
    parameter capture), (a) pyro-vae now and (b) hand-written PyTorch.
 2. **Ablation**: whole steps with the switches of :class:`pyro_vae.Speed` turned on one after the
    other (each row adds one), plus Pyro's ``JitTrace_ELBO`` and, with ``--compile``,
-   ``torch.compile`` of the nets; interleaved like ``speed.py``.
+   ``torch.compile`` of the captured loss graph; interleaved like ``speed.py``.
 3. With ``--cprofile``: the Python functions where the fast step spends its time.
 
 Usage::
@@ -85,7 +85,7 @@ def phases(config, rounds, block=5):
         # SVI.step as it ran before: validation on, Trace_ELBO's own code (host reads), per-parameter Adam
         with a0._own_params():
             with poutine.trace(param_only=True) as capture:
-                loss = t("a0 forward", lambda: a0.objective.differentiable_loss(a0.vae.model, a0.vae.guide, x))
+                loss = t("a0 forward", lambda: a0.step.loss.differentiable_loss(a0.vae.model, a0.vae.guide, x))
                 t("a0 backward", loss.backward)
             params = t(
                 "a0 parameter capture", lambda: {s["value"].unconstrained() for s in capture.trace.nodes.values()}
@@ -93,10 +93,11 @@ def phases(config, rounds, block=5):
             t("a0 optimizer", lambda: (a0.optimizer(params), zero_grads(params)))
 
     def step_a(x):
-        # now: validation off, the sync-free Trace_ELBO sum, one fused Adam
-        opt = a.step._torch_optim
+        # now: validation off, the sync-free Trace_ELBO sum replayed from its captured graph, one fused Adam
+        opt, captured = a.step._torch_optim, a.step._captured
         with a._own_params(), pyro.validation_enabled(False):
-            loss = t("a forward", lambda: trace_elbo_loss(a.objective, a.vae.model, a.vae.guide, x))
+            loss = t("a forward", lambda: captured(x) if a.step.captures else
+                     trace_elbo_loss(a.step.loss, a.vae.model, a.vae.guide, x))  # fmt: skip
         t("a backward", loss.backward)
         t("a optimizer", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
 
@@ -163,10 +164,11 @@ def ablation(config, steps, block, warmup, compile_backend=None):
         "+ validation after the first step only": base.replace(validate_every_step=False),
         "+ one torch Adam over all parameters": base.replace(validate_every_step=False, optimizer="torch"),
         "+ fused Adam kernel": base.replace(validate_every_step=False, optimizer="fused"),
-        "+ no host read per step (= a, the default)": Speed(),
+        "+ no host read per step": Speed(capture=False),
+        "+ loss captured as a graph (= a, the default)": Speed(),
     }
     if compile_backend:
-        variants[f"+ torch.compile of the nets ({compile_backend})"] = Speed(compile=compile_backend)
+        variants[f"+ torch.compile of the captured graph ({compile_backend})"] = Speed(compile=compile_backend)
     loops = {name: _StepLoop(config, speed) for name, speed in variants.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation warning

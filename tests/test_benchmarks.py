@@ -69,3 +69,20 @@ def test_speed_script_end_to_end(tmp_path, monkeypatch):
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["pyro"] == pyro.__version__
     text = docs.read_text()
     assert "old" not in text and "intro" in text and "more" in text and "| cpu | relu400 | 64 |" in text
+
+
+def test_profile_script_end_to_end(tmp_path, monkeypatch):
+    import profile_step
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+    monkeypatch.setattr(speed, "DOCS", docs)
+    argv = ["--dataset", "digits", "--batch-size", "64", "--rounds", "12", "--steps", "2", "--block", "1",
+            "--warmup", "1", "--out", str(tmp_path), "--update-docs"]  # fmt: skip
+    profile_step.main(argv)
+    report = json.loads((tmp_path / "profile-relu400-64-cpu.json").read_text())
+    for loop in ("a0", "a", "b"):
+        phases = report["phases_ms"][loop]
+        assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"))
+    assert "+ loss captured as a graph (= a, the default)" in report["ablation_ms"]
+    assert "<!-- profile-table:relu400-64-cpu:start -->" in docs.read_text()
