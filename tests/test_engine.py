@@ -226,10 +226,11 @@ def test_capture_gives_up_when_the_replay_disagrees():
     assert not step.captures and all(math.isfinite(v) for v in losses)
 
 
-def test_compiled_captured_loss_takes_the_same_steps():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_captured_loss_takes_the_same_steps(backend):
     """``Speed(compile=...)`` compiles the captured graph; the draws stay PyTorch's, so the steps are the same."""
     base_losses, base_params, _ = run_steps(Speed(), n=3)
-    losses, params, step = run_steps(Speed(compile="aot_eager"), n=3)
+    losses, params, step = run_steps(Speed(compile=backend), n=3)
     assert step.captures
     assert losses == pytest.approx(base_losses, rel=1e-5)
     for a, b in zip(params, base_params):
