@@ -34,16 +34,25 @@ def _is_path(target):
 
 
 def load_module_from_file(path, kind="object"):
-    """Execute the Python file ``path`` as a new module and return it."""
+    """Execute the Python file ``path`` as a new module and return it.
+
+    A file is run once per process: asking again returns the same module unless the file changed
+    since (so a file that registers its classes, ``@GUIDES.register(...)``, can be named twice).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"{kind} file {path} does not exist")
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     module_name = f"pyro_vae_user_{path.stem}_{digest}"
+    modified = path.stat().st_mtime_ns
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and getattr(loaded, "__pyro_vae_mtime__", None) == modified:
+        return loaded
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise UserError(f"{kind} file {path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
+    module.__pyro_vae_mtime__ = modified
     sys.modules[module_name] = module  # lets dataclasses, pickling and typing find the module
     try:
         spec.loader.exec_module(module)

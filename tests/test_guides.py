@@ -229,6 +229,20 @@ def test_guide_from_a_file_and_from_a_module(tmp_path, monkeypatch):
     assert type(guide).__module__ == "tiny_guides"
 
 
+def test_a_guide_file_that_registers_itself_runs_once(tmp_path, monkeypatch, capsys):
+    """``--guide file.py:Name`` for a file with ``@GUIDES.register``: the CLI builds the guide more than
+    once (checks, then the model), and the file must not be run (and register) twice."""
+    from pyro_vae.cli import main
+
+    monkeypatch.setattr(GUIDES, "_entries", dict(GUIDES._entries))  # leave the registry as it was
+    path = tmp_path / "registered_guide.py"
+    path.write_text("from pyro_vae import GUIDES\n" + GOOD_GUIDE.replace("class TinyGuide", '@GUIDES.register("tiny")\nclass TinyGuide'))
+    first = build_guide(f"{path}:TinyGuide", 12, 3, (16,), "tanh")
+    assert type(build_guide(f"{path}:TinyGuide", 12, 3, (16,), "tanh")) is type(first) is GUIDES.get("tiny")
+    args = ["fit", "--dataset", "digits", "--hidden", "16", "--epochs", "1", "--quiet", "--out", tmp_path / "run"]
+    assert main([str(a) for a in args] + ["--guide", f"{path}:TinyGuide"]) == 0, capsys.readouterr().err
+
+
 BAD_GUIDES = {
     "returns_tensor": (
         "return self.net(x)",
