@@ -111,16 +111,24 @@ def cli():
               help="Run folder [default: a new folder under runs/].")  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint (e.g. with more --epochs).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--compile", "compile_loss", is_flag=True,
+              help="torch.compile (inductor) the captured loss graph: faster steps after a compile per batch "
+                   "shape; float rounding changes slightly.")  # fmt: skip
+@click.option("--no-capture", is_flag=True,
+              help="Run Pyro's tracing every step instead of replaying the loss captured as a graph "
+                   "(for a guide whose structure changes between batches).")  # fmt: skip
 @click.pass_context
-def fit(ctx, out, resume, overwrite, quiet, **kwargs):
+def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, **kwargs):
     """Train a VAE and write a run folder (config, metrics, checkpoint, pictures)."""
+    from .engine import Speed
     from .training import fit as fit_run
 
     settings = settings_from(kwargs)
     if resume:
         # a resumed run keeps its saved settings; flags given on the command line must agree with them
         settings = _resume_settings(ctx, settings, out)
-    fit_run(Config(**settings), out, resume=resume, overwrite=overwrite, quiet=quiet)
+    speed = Speed(capture=not no_capture, compile="inductor" if compile_loss else None)
+    fit_run(Config(**settings), out, resume=resume, overwrite=overwrite, quiet=quiet, speed=speed)
 
 
 @cli.command()

@@ -45,6 +45,7 @@ Each switch keeps a seeded run's losses and parameters equal within float tolera
 
 import contextlib
 import inspect
+import logging
 import warnings
 from dataclasses import dataclass, replace
 
@@ -232,13 +233,16 @@ class CapturedLoss:
                 eager = self.loss_fn(x)
             with torch.random.fork_rng(devices):
                 replayed = graph(x)
-        if not (isinstance(eager, torch.Tensor) and torch.allclose(replayed, eager, rtol=1e-5, atol=1e-5)):
+        agree = isinstance(eager, torch.Tensor) and torch.allclose(replayed, eager, rtol=1e-5, atol=1e-5, equal_nan=True)
+        if not agree:
             return self._give_up("its replay disagreed with the model and guide run afresh: "
                                  "they do not run the same operations on every batch")  # fmt: skip
         if self.compile:
             import torch._inductor.config as inductor_config
 
             inductor_config.fallback_random = True  # the eager generator's draws, not inductor's own
+            # a CUDA build of torch on a machine without CUDA logs a warning when it builds CPU kernels
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             graph = torch.compile(graph, backend=self.compile)
         return graph
 

@@ -45,6 +45,24 @@ def test_fit_resume_with_more_epochs(capsys, tmp_path):
     assert epochs == [1, 2, 3]
 
 
+def test_speed_flags_change_how_not_what(capsys, tmp_path, monkeypatch):
+    """--no-capture runs Pyro's tracing every step and gives the same run; --compile asks for inductor."""
+    metrics = {}
+    for flags in ([], ["--no-capture"]):
+        out = tmp_path / ("-".join(flags) or "default")
+        assert run_cli(capsys, "fit", *FAST, "--epochs", "2", "--out", out, "--quiet", *flags)[0] == 0
+        metrics[tuple(flags)] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(metrics[()], metrics[("--no-capture",)]):
+        assert a["test_elbo"] == pytest.approx(b["test_elbo"], rel=1e-5)
+
+    import pyro_vae.training
+
+    seen = {}
+    monkeypatch.setattr(pyro_vae.training, "fit", lambda *args, speed=None, **kwargs: seen.setdefault("speed", speed))
+    assert run_cli(capsys, "fit", *FAST, "--compile", "--no-capture", "--out", tmp_path / "c")[0] == 0
+    assert seen["speed"].compile == "inductor" and not seen["speed"].capture
+
+
 def test_evaluate_json(capsys, trained):
     code, out, err = run_cli(capsys, "evaluate", trained, "--samples", "20", "--subset", "30", "--json")
     assert code == 0, err
