@@ -224,7 +224,8 @@ class CapturedLoss:
                 warnings.simplefilter("ignore")
                 graph = make_fx(self.loss_fn, tracing_mode="fake", _allow_non_fake_inputs=True)(x)
         except Exception as e:  # data-dependent control flow, or an operation fake tensors cannot run
-            return self._give_up(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            return self._give_up(f"{type(e).__name__}: {first_line}")
         graph.graph.eliminate_dead_code()
         graph.recompile()
         devices = [x.device] if x.is_cuda else []
@@ -237,12 +238,12 @@ class CapturedLoss:
         if not agree:
             return self._give_up("its replay disagreed with the model and guide run afresh: "
                                  "they do not run the same operations on every batch")  # fmt: skip
-        if self.compile:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.fallback_random = True  # the eager generator's draws, not inductor's own
+        if self.compile == "inductor":
             # a CUDA build of torch on a machine without CUDA logs a warning when it builds CPU kernels
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            # fallback_random: the eager generator's draws, not inductor's own
+            graph = torch.compile(graph, backend="inductor", options={"fallback_random": True})
+        elif self.compile:  # any other backend gets the graph as it is
             graph = torch.compile(graph, backend=self.compile)
         return graph
 
