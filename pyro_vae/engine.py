@@ -34,8 +34,8 @@ a second trace to find the parameters; and updates each parameter with its own
   draws are the same. This is what Pyro's :class:`~pyro.infer.JitTrace_ELBO` does with the
   deprecated :func:`torch.jit.trace`, and it asks the same of the model and guide: the same
   operations for every batch of a shape;
-- ``compile``: :func:`torch.compile` the captured loss graph (with ``capture``), or else the MLPs
-  of the encoder and decoder (a backend name);
+- ``compile``: :func:`torch.compile` the captured loss graph (a backend name); where the loss is
+  not captured, :class:`~pyro_vae.training.Trainer` compiles the MLPs of the encoder and decoder;
 - ``cuda_graph``: on CUDA, capture a full-size step in a CUDA graph and replay it (the partial last
   batch of an epoch runs eagerly, so there is one static shape and no recompilation).
 
@@ -75,7 +75,9 @@ class Speed:
         ``"fused"`` (its multi-tensor or fused-kernel implementation, where the optimizer has one).
     :param bool capture: replay the loss from a graph traced once per batch shape (:class:`CapturedLoss`).
     :param str compile: a :func:`torch.compile` backend (e.g. ``"inductor"``) for the captured loss
-        graph, or for the encoder and decoder MLPs without ``capture``; or ``None``.
+        graph; where the loss is not captured (``capture=False``, or an objective other than
+        ``Trace_ELBO``), :class:`~pyro_vae.training.Trainer` compiles the encoder and decoder MLPs
+        instead. ``None``: no compilation.
     :param bool cuda_graph: capture full-size steps in a CUDA graph (CUDA only; ignored on the CPU).
     """
 
