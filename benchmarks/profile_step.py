@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed
 from loops import ROOT, TorchVAELoop, config_for, synchronize
 
 import pyro
@@ -156,8 +157,6 @@ class _StepLoop:
 
 
 def ablation(config, steps, block, warmup, compile_backend=None):
-    from speed import time_loops
-
     base = Speed.baseline()
     variants = {
         "a0: SVI.step (validation, host read, per-parameter Adam)": base,
@@ -174,7 +173,7 @@ def ablation(config, steps, block, warmup, compile_backend=None):
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation warning
         loops["Pyro's JitTrace_ELBO through SVI.step"] = _StepLoop(config, base, jit=True)
         loops["b: hand-written PyTorch (fused Adam)"] = TorchVAELoop(config)
-        times, cpu_times = time_loops(loops, steps, block, warmup, with_cpu=True)
+        times, cpu_times = speed.time_loops(loops, steps, block, warmup, with_cpu=True)
     return {name: {"ms_per_step": 1e3 * statistics.median(ts), "cpu_ms_per_step": 1e3 * statistics.median(cpu_times[name])}
             for name, ts in times.items()}  # fmt: skip
 
@@ -189,9 +188,6 @@ def cprofile_fast(config, steps=200):
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
     return out.getvalue()
-
-
-START, END = "<!-- profile-table:start -->", "<!-- profile-table:end -->"
 
 
 def markdown(report):
@@ -217,20 +213,6 @@ def markdown(report):
         lines.append(f"| {name} | {v['ms_per_step']:.2f} | x{base['ms_per_step'] / v['ms_per_step']:.2f} | "
                      f"{v['cpu_ms_per_step']:.2f} | x{base['cpu_ms_per_step'] / v['cpu_ms_per_step']:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def update_docs(table, key):
-    from speed import DOCS
-
-    start, end = (
-        START.replace("profile-table", f"profile-table:{key}"),
-        END.replace("profile-table", f"profile-table:{key}"),
-    )
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    DOCS.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
 
 
 def main(argv=None):
@@ -280,7 +262,7 @@ def main(argv=None):
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"load average {report['load_before'][0]:.2f} -> {report['load_after'][0]:.2f}; wrote {path}")
     if args.update_docs:
-        update_docs(markdown(report), f"{args.arch}-{args.batch_size}-{args.device}")
+        speed.update_docs(markdown(report), f"profile-table:{args.arch}-{args.batch_size}-{args.device}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from loops import ARCHITECTURES, LOOPS, ROOT, config_for
 import pyro
 
 DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- speed-table:start -->", "<!-- speed-table:end -->"
 TRAIN_SIZE = {"mnist": 60_000, "digits": 1617}
 
 
@@ -238,13 +237,24 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
-def update_docs(table):
-    text = DOCS.read_text() if DOCS.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    DOCS.write_text(f"{head}{START}\n{table}{END}{tail}")
+def write_report(out, stem, report, table):
+    """``out/stem.json`` (the report) and ``out/stem.md`` (its table), and the table on stdout."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    print(table)
+
+
+def update_docs(table, section="speed-table"):
+    """Replace the text between ``<!-- {section}:start -->`` and ``<!-- {section}:end -->`` in
+    ``docs/benchmarks.md`` with ``table`` (appending the markers when they are not there yet)."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    DOCS.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
 
 
 def parse(argv=None):
@@ -290,11 +300,7 @@ def main(argv=None):
     report["results"] = measure(args)
     report["load_after"] = os.getloadavg()
     table = markdown(report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "speed.md").write_text(table)
-    print(table)
+    write_report(args.out, "speed", report, table)
     if args.update_docs:
         update_docs(table)
         print(f"updated {DOCS}")

@@ -14,7 +14,6 @@ Usage::
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,10 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed
 from loops import ROOT, PyroVAELoop, TorchVAELoop, config_for
-from speed import DOCS, machine
-
-START, END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
+from speed import machine
 
 
 def run(args):
@@ -101,14 +99,6 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
-def update_docs(table):
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    DOCS.write_text(f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir")
@@ -154,15 +144,10 @@ def main(argv=None):
     report["loops"] = run(args)
     report["load_after"] = os.getloadavg()
     table = markdown(report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"time-to-quality-{args.arch}-{args.batch_size}-{args.device}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(table)
-    print(table)
+    speed.write_report(args.out, f"time-to-quality-{args.arch}-{args.batch_size}-{args.device}", report, table)
     if args.update_docs:
-        update_docs(table)
-        print(f"updated {DOCS}")
+        speed.update_docs(table, "quality-table")
+        print(f"updated {speed.DOCS}")
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ class CapturedLoss:
         self.given_up = None  # why capture was given up
 
     def __call__(self, x):
-        key = (tuple(x.shape), x.dtype, x.device)
+        key = (x.shape, x.dtype, x.device)
         graph = self.graphs.get(key)
         if graph is None:
             if self.given_up or len(self.graphs) >= self.MAX_SHAPES:

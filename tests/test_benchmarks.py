@@ -86,3 +86,18 @@ def test_profile_script_end_to_end(tmp_path, monkeypatch):
         assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"))
     assert "+ loss captured as a graph (= a, the default)" in report["ablation_ms"]
     assert "<!-- profile-table:relu400-64-cpu:start -->" in docs.read_text()
+
+
+def test_time_to_quality_script_end_to_end(tmp_path, monkeypatch):
+    import time_to_quality
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+    monkeypatch.setattr(speed, "DOCS", docs)
+    argv = ["--dataset", "digits", "--target", "-45", "--milestones", "-60", "--max-epochs", "3",
+            "--out", str(tmp_path), "--update-docs"]  # fmt: skip
+    time_to_quality.main(argv)
+    report = json.loads((tmp_path / "time-to-quality-relu400-128-cpu.json").read_text())
+    assert set(report["loops"]) == {"a", "b"}
+    assert (tmp_path / "time-to-quality-relu400-128-cpu.md").read_text() in docs.read_text()
+    assert "<!-- quality-table:start -->" in docs.read_text()

@@ -1,6 +1,7 @@
 """Every speed switch keeps a seeded run's ELBO curve, its checkpoints and its failure messages."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -151,8 +152,6 @@ def test_trainers_in_one_process_keep_their_own_parameters(second):
 def test_every_family_and_guide_is_captured(likelihood, guide):
     """The loss of every registered likelihood and guide is captured as a graph (no eager fallback,
     no warning) and takes the steps the eager loss takes, across both batch shapes of an epoch."""
-    import warnings
-
     settings = {**DIGITS, "likelihood": likelihood, "guide": guide, "batch_size": 500}  # 1617 items: 4 batches
     losses, steps = {}, {}
     for capture in (True, False):
