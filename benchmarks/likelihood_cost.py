@@ -34,7 +34,7 @@ def main():
     setups = {}
     for name in LIKELIHOODS.names():
         pyro.clear_param_store()
-        vae = VAE(784, 20, (400,), "relu", build_likelihood(name).use_levels(256))
+        vae = VAE(784, 20, (400,), "relu", build_likelihood(name, levels=256))
         svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
         svi.step(vae.likelihood.prepare_batch(x))  # warm up
         setups[name] = (vae, svi, pyro.get_param_store().get_state())

@@ -129,12 +129,11 @@ class TorchVAELoop:
     label = "hand-written PyTorch"
 
     def __init__(self, config, train=None, fused=True, seed=0):
-        from pyro_vae.likelihoods import build_likelihood
-        from pyro_vae.training import prepare_data, resolve_device
+        from pyro_vae.build import load_prepared, resolve_device
 
         self.device = resolve_device(config.device)
         if train is None:
-            train = prepare_data(config, build_likelihood("bernoulli"), self.device)[1]
+            train = load_prepared(config.replace(likelihood="bernoulli"), self.device)[2]
         self.train, self.batch_size = train, config.batch_size
         torch.manual_seed(seed)
         self.vae = TorchVAE(train.shape[1], config.z_dim, config.hidden, config.activation).to(self.device)
@@ -223,7 +222,7 @@ class ExampleLoop:
         from torchvision import datasets, transforms
 
         from pyro_vae.data import data_root
-        from pyro_vae.training import resolve_device
+        from pyro_vae.build import resolve_device
 
         self.device = resolve_device(config.device)
         if config.dataset == "mnist":

@@ -3,11 +3,12 @@
 The model :math:`p(z)\\,p_\\theta(x \\mid z)` and the guide :math:`q_\\phi(z \\mid x)` are Pyro
 functions (:class:`VAE`); :func:`fit` trains them with SVI and writes a run folder that
 :func:`load_run` reads back. Each axis a user varies is a registry: :data:`LIKELIHOODS`,
-:data:`GUIDES`, :data:`OBJECTIVES`, :data:`DATASETS`.
+:data:`GUIDES`, :data:`OBJECTIVES`, :data:`ARCHITECTURES`, :data:`DATASETS`, :data:`OPTIMIZERS`.
 """
 
 __version__ = "0.1.0"
 
+from .build import OPTIMIZERS, build_vae  # noqa: E402
 from .comparison import Comparison, compare  # noqa: E402
 from .config import Config  # noqa: E402
 from .data import DATASETS, Dataset, DatasetSource, load_dataset  # noqa: E402
@@ -17,12 +18,13 @@ from .evaluation import evaluate, log_weights  # noqa: E402
 from .guides import GUIDES, DiagonalGuide, FullRankGuide, Guide, IAFGuide, PlanarGuide  # noqa: E402
 from .likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
 from .model import VAE  # noqa: E402
+from .nets import ARCHITECTURES  # noqa: E402
 from .objectives import OBJECTIVES, Objective  # noqa: E402
 from .run import Run, load_run  # noqa: E402
-from .training import OPTIMIZERS, Trainer, build_vae, fit  # noqa: E402
+from .training import Trainer, fit  # noqa: E402
 
 __all__ = [
-    "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",
+    "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",
     "Guide", "IAFGuide", "LIKELIHOODS", "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "PlanarGuide", "Run",
     "Speed", "Trainer", "TrainingDiverged", "UserError", "VAE", "build_likelihood", "build_vae", "compare",
     "evaluate", "fit", "load_dataset", "load_run", "log_weights",

@@ -39,6 +39,21 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def rng_state():
+    """The states of torch's random number generators (CPU, and every CUDA device when there is one)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore :func:`rng_state` output (CUDA states only where CUDA is available)."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def save_checkpoint(path, state):
     """Save ``state`` (a dict of tensors, numbers and strings) atomically, tagged with the format."""
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))

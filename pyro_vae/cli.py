@@ -11,14 +11,15 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .config import Config
+from .build import OPTIMIZERS, make_config
+from .config import LEGACY_OPTIONS, Config
 from .data import DATASETS
 from .errors import TrainingDiverged, UserError
 from .guides import GUIDES
-from .likelihoods import LIKELIHOODS
-from .nets import ACTIVATIONS
+from .likelihoods import LIKELIHOODS, likelihood_options
+from .nets import ACTIVATIONS, ARCHITECTURES
 from .objectives import OBJECTIVES
-from .training import OPTIMIZERS
+from .preprocessing import Binarize
 
 DEFAULTS = Config()
 
@@ -38,17 +39,20 @@ def fit_options(f):
                      help="Train on your own array: .npy, .npz or .pt of shape (N, ...)."),
         click.option("--test-data", type=click.Path(dir_okay=False), default=None,
                      help="Test array for --data [default: a fixed 10% split of --data]."),
-        click.option("--binarize", default=DEFAULTS.binarize, show_default=True,
-                     type=click.Choice(["dynamic", "threshold", "none"]),
-                     help="How the bernoulli family binarizes grayscale data."),
-        click.option("--min-scale", default=DEFAULTS.min_scale, show_default=True,
-                     type=click.FloatRange(min=0, min_open=True),
-                     help="Smallest scale of the gaussian and laplace families."),
-        click.option("--sigma", default=DEFAULTS.sigma, show_default=True, type=click.FloatRange(min=0, min_open=True),
-                     help="The fixed standard deviation of the gaussian-fixed family."),
+        click.option("--binarize", default=None, type=click.Choice(Binarize.MODES),
+                     help="How the bernoulli family binarizes grayscale data "
+                          f"[default: {likelihood_options('bernoulli')['binarize']}]."),
+        click.option("--min-scale", default=None, type=click.FloatRange(min=0, min_open=True),
+                     help="Smallest scale of the gaussian and laplace families "
+                          f"[default: {likelihood_options('gaussian')['min_scale']}]."),
+        click.option("--sigma", default=None, type=click.FloatRange(min=0, min_open=True),
+                     help="The fixed standard deviation of the gaussian-fixed family "
+                          f"[default: {likelihood_options('gaussian-fixed')['sigma']}]."),
         click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1),
                      help="Latent size; 2 also draws the latent manifold."),
-        click.option("--hidden", default="400", show_default=True,
+        click.option("--arch", default=DEFAULTS.arch, show_default=True, type=_choice(ARCHITECTURES),
+                     help="Network architecture of the encoder and decoder."),
+        click.option("--hidden", default=",".join(map(str, DEFAULTS.hidden)), show_default=True,
                      help="Hidden layer sizes of encoder and decoder, e.g. 500 or 200,200."),
         click.option("--activation", default=DEFAULTS.activation, show_default=True,
                      type=click.Choice(list(ACTIVATIONS)), help="Hidden nonlinearity of both nets."),
@@ -82,8 +86,9 @@ def fit_options(f):
 
 
 def settings_from(kwargs):
-    """The :class:`Config` fields among a command's keyword arguments."""
-    return {k: v for k, v in kwargs.items() if k in Config.__dataclass_fields__}
+    """The :class:`Config` fields and part options (``--binarize``, ``--flow-steps``, ...) among a
+    command's keyword arguments; options left at ``None`` are not given."""
+    return {k: v for k, v in kwargs.items() if k in Config.__dataclass_fields__ or (k in LEGACY_OPTIONS and v is not None)}
 
 
 def _resume_settings(ctx, settings, out):
@@ -92,9 +97,9 @@ def _resume_settings(ctx, settings, out):
 
     if out is None:
         raise UserError("--resume needs --out RUN_DIR, the run to continue")
-    saved = load_checkpoint(Path(out) / "checkpoint.pt")["config"]
+    saved = Config.from_dict(load_checkpoint(Path(out) / "checkpoint.pt")["config"])
     given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    return settings_from({**saved, **given})
+    return make_config(saved, **given)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,9 +131,11 @@ def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, **kwargs):
     settings = settings_from(kwargs)
     if resume:
         # a resumed run keeps its saved settings; flags given on the command line must agree with them
-        settings = _resume_settings(ctx, settings, out)
+        config = _resume_settings(ctx, settings, out)
+    else:
+        config = make_config(None, **settings)
     speed = Speed(capture=not no_capture, compile="inductor" if compile_loss else None)
-    fit_run(Config(**settings), out, resume=resume, overwrite=overwrite, quiet=quiet, speed=speed)
+    fit_run(config, out, resume=resume, overwrite=overwrite, quiet=quiet, speed=speed)
 
 
 @cli.command()
@@ -217,7 +224,7 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
         return tqdm(total=total, desc=desc, unit="item", leave=False) if show else contextlib.nullcontext(_NoBar())
 
     result = run_comparison(
-        Config(**settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, seeds=seeds,
+        make_config(None, **settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, seeds=seeds,
         eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
         progress=None if quiet else (lambda line: click.echo(line, err=True)), eval_progress=bar,
     )  # fmt: skip

@@ -30,12 +30,14 @@ from pathlib import Path
 import torch
 
 from . import plots
+from .build import make_config, resolve_device
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config
 from .data import load_dataset
 from .errors import UserError
-from .likelihoods import LIKELIHOODS, build_likelihood
+from .likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
 from .run import load_run, write_evaluation
+from .training import fit
 
 #: numbers of a run's evaluation summarized over seeds, in the order of the table and the CSV
 METRICS = (
@@ -182,7 +184,8 @@ class Comparison:
             "dynamic": "each pixel drawn as Bernoulli(gray level), afresh for each training batch and once, with a "
             "fixed seed, for the test set",
             "threshold": "each pixel thresholded at gray level 0.5",
-        }.get(self.config.binarize, "the data as given")
+        }.get(self.config.likelihood_options.get("binarize", likelihood_options("bernoulli")["binarize"]),
+              "the data as given")  # fmt: skip
         fmt = dict(L=levels, offset=self.x_dim * math.log(levels), bits=math.log2(levels), how=how)
         return title.format(**fmt), why.format(**fmt)
 
@@ -303,12 +306,11 @@ def _train(config, directory, overwrite):
 
     Returns ``(run, reused)``.
     """
-    from .training import fit
-
     checkpoint = directory / "checkpoint.pt"
     if not overwrite and checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        changed = Config.from_dict(state["config"]).differences(config)
+        saved = Config.from_dict(state["config"])
+        changed = saved.differences(config.resumed_from(saved))
         if changed:
             raise UserError(
                 f"{directory} holds a run with other settings ({', '.join(changed)} differ); "
@@ -344,7 +346,7 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
         for a progress bar during evaluation.
     :rtype: Comparison
     """
-    config = (config or Config()).replace(**settings) if settings else (config or Config())
+    config = make_config(config, **settings)
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     if eval_samples < 1:
@@ -362,9 +364,7 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
     skipped, runnable = {}, []
     for family in families:
-        likelihood = build_likelihood(
-            family, binarize=config.binarize, min_scale=config.min_scale, sigma=config.sigma
-        ).use_levels(dataset.levels)
+        likelihood = build_likelihood(family, levels=dataset.levels, **_options_for(family, config))
         try:
             likelihood.check_data(dataset.train, "the training data")
             likelihood.check_data(dataset.test, "the test data")
@@ -378,8 +378,6 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
         raise UserError("no likelihood family can model this data: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     items = min(eval_subset or len(dataset.test), len(dataset.test))
 
-    from .training import resolve_device
-
     device = resolve_device(config.device)
     comparison = Comparison(
         out=out, config=config, families=runnable, seeds=[config.seed + i for i in range(seeds)],
@@ -391,7 +389,7 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     for i, (family, seed) in enumerate(((f, s) for f in runnable for s in comparison.seeds), start=1):
         tag = f"[{i}/{total}] {family} (seed {seed})"
         say(f"{tag}: training {config.epochs} epochs on {dataset.name} ...")
-        run_config = config.replace(likelihood=family, seed=seed)
+        run_config = config.replace(likelihood=family, likelihood_options=_options_for(family, config), seed=seed)
         directory = out / family / f"seed-{seed}"
         run, reused = _train(run_config, directory, overwrite)
         t0 = time.perf_counter()
@@ -417,6 +415,12 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
         )
     comparison.write()
     return comparison
+
+
+def _options_for(family, config):
+    """The likelihood options of ``config`` that ``family`` takes (``--sigma`` goes to gaussian-fixed only)."""
+    accepted = likelihood_options(family)
+    return {k: v for k, v in config.likelihood_options.items() if k in accepted}
 
 
 def _cached_evaluation(directory, samples, items):

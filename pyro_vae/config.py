@@ -1,9 +1,45 @@
-"""Every setting of a run, saved as ``config.json`` and used to rebuild the run later."""
+"""Every setting of a run, saved as ``config.json`` and used to rebuild the run later.
+
+A :class:`Config` names one choice per axis (dataset, likelihood family, guide, objective,
+network architecture, optimizer) and carries the options of the parts it names as per-component
+dicts (:attr:`Config.likelihood_options`, :attr:`Config.guide_options`),
+so that a run folder rebuilds exactly what was trained, whatever options a user's own part takes.
+"""
 
 import dataclasses
+import math
+import numbers
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .nets import parse_hidden
+from .errors import UserError
+
+#: Flat keywords of older ``config.json`` files (and of ``fit(**settings)``) and the option dict each belongs to.
+LEGACY_OPTIONS = {
+    "binarize": "likelihood_options",
+    "min_scale": "likelihood_options",
+    "sigma": "likelihood_options",
+    "flow_steps": "guide_options",
+}
+
+
+def parse_hidden(spec):
+    """``"400"`` -> ``(400,)``, ``"200,200"`` -> ``(200, 200)``; also accepts an int or a sequence.
+
+    :raises UserError: for anything but one or more positive integers.
+    """
+    if isinstance(spec, int):
+        spec = [spec]
+    if isinstance(spec, str):
+        spec = [s for s in spec.replace(" ", "").split(",") if s]
+    try:
+        sizes = tuple(int(s) for s in spec)
+    except (TypeError, ValueError):
+        raise UserError(f"--hidden takes layer sizes like 400 or 200,200, got {spec!r}") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise UserError(f"--hidden needs at least one positive layer size, got {spec!r}")
+    return sizes
 
 
 @dataclass
@@ -12,6 +48,10 @@ class Config:
 
     The architecture defaults (784-400-20, ReLU, Adam 1e-3, batch 128) are those of
     pytorch/examples' VAE; the paper's own (500 tanh units, Adagrad 0.01, batch 100) are a flag away.
+
+    ``likelihood_options`` and ``guide_options`` hold the constructor keywords of the chosen
+    family and guide (e.g. ``{"binarize": "dynamic"}``, ``{"flow_steps": 4}``); options left out
+    take the part's own defaults, and a run records the resolved ones.
     """
 
     dataset: str = "mnist"
@@ -19,14 +59,13 @@ class Config:
     data: str = None
     test_data: str = None
     likelihood: str = "bernoulli"
-    binarize: str = "dynamic"
-    min_scale: float = 0.01
-    sigma: float = 0.1
+    likelihood_options: dict = field(default_factory=dict)
     guide: str = "diagonal"
-    flow_steps: int = None
+    guide_options: dict = field(default_factory=dict)
     objective: str = "elbo"
     particles: int = 1
     jit: bool = False
+    arch: str = "mlp"
     z_dim: int = 20
     hidden: tuple = field(default=(400,))
     activation: str = "relu"
@@ -37,11 +76,60 @@ class Config:
     seed: int = 0
     device: str = "auto"
 
-    #: settings that may differ when a run is resumed (they do not change what is computed)
+    #: The settings a resumed run may change: they do not change what is computed. The one list
+    #: that ``fit --resume``, ``compare`` and ``load_run`` consult.
     RESUMABLE = ("epochs", "device", "data_dir", "jit")
+
+    #: The largest seed: every generator seeded from it (torch, NumPy's 32-bit RandomState) accepts it.
+    MAX_SEED = 2**32 - 1
 
     def __post_init__(self):
         self.hidden = parse_hidden(self.hidden)
+        self.validate()
+        for name in ("likelihood_options", "guide_options"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, {})
+            elif not isinstance(value, dict):
+                raise UserError(f"{name} must be a dict of keyword options, got {type(value).__name__}")
+            else:
+                setattr(self, name, dict(value))
+
+    def validate(self):
+        """Check the values the CLI checks with its option types, so the Python API refuses what the CLI refuses.
+
+        :raises UserError: one line naming the setting, as ``--flag``, and the value.
+        """
+
+        def integer(name, low, high=None):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise UserError(f"--{name.replace('_', '-')} must be an integer, got {value!r}")
+            if value < low or (high is not None and value > high):
+                bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+            setattr(self, name, int(value))
+
+        for name in ("z_dim", "particles", "batch_size"):
+            integer(name, 1)
+        integer("epochs", 0)
+        integer("seed", 0, self.MAX_SEED)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive finite number, got {self.lr!r}")
+        self.lr = float(self.lr)
+        for name in ("dataset", "likelihood", "objective", "arch", "activation", "optimizer", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise UserError(f"--{name} must be a name, got {getattr(self, name)!r}")
+        if not isinstance(self.guide, str) or not self.guide:
+            raise UserError(f"--guide must be a name or FILE.py:CLASS, got {self.guide!r}")
+        for name in ("data", "test_data", "data_dir"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                raise UserError(f"--{name.replace('_', '-')} must be a non-empty path, got {value!r}")
+            # stored absolute, so that a run folder names its data wherever it is opened from
+            setattr(self, name, str(Path(value).expanduser().absolute()))
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -50,11 +138,27 @@ class Config:
 
     @classmethod
     def from_dict(cls, d):
+        """A config from ``config.json`` contents (extra keys such as ``x_dim`` are ignored).
+
+        Files written before options became per-component dicts carry them as flat keys
+        (``binarize``, ``min_scale``, ``sigma``, ``flow_steps``); they are moved into their dict.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        settings = {k: v for k, v in d.items() if k in names}
+        for key, group in LEGACY_OPTIONS.items():
+            if d.get(key) is not None and key not in (d.get(group) or {}):
+                settings[group] = {**(settings.get(group) or {}), key: d[key]}
+        return cls(**settings)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def resumed_from(self, saved):
+        """This config as the continuation of a run saved with ``saved``: options it leaves out are the saved ones."""
+        return self.replace(
+            likelihood_options={**saved.likelihood_options, **self.likelihood_options},
+            guide_options={**saved.guide_options, **self.guide_options},
+        )
 
     def differences(self, other, ignore=RESUMABLE):
         """Names of the settings in which ``other`` differs from this config."""

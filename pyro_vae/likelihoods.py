@@ -49,18 +49,12 @@ import pyro.distributions as dist
 from .distributions import ContinuousBernoulli as _ContinuousBernoulli
 from .distributions import DiscretizedLogistic as _DiscretizedLogistic
 from .errors import UserError
+from .preprocessing import DOMAINS, Binarize, Dequantize, Levels, Preparation
 from .registry import Registry
 
-LIKELIHOODS = Registry("likelihood")
+__all__ = ["DOMAINS", "LIKELIHOODS", "Likelihood", "build_likelihood", "likelihood_options"]
 
-#: Data domains a family may declare, with what they mean, for error messages and docs.
-DOMAINS = {
-    "binary": "values in {0, 1}",
-    "unit": "values in the interval [0, 1]",
-    "open-unit": "values in the open interval (0, 1)",
-    "real": "real values",
-    "levels": "the L levels k/(L-1) of quantized data (e.g. 8-bit pixels)",
-}
+LIKELIHOODS = Registry("likelihood")
 
 
 class Likelihood:
@@ -69,7 +63,11 @@ class Likelihood:
     Subclasses set :attr:`params_per_dim`, :attr:`domain` and :attr:`discrete` and implement
     :meth:`distribution` and :meth:`mean`. Options (such as ``binarize``) are constructor keywords
     and are saved in a run's ``config.json`` through :meth:`options`. The quantization of the data
-    (:attr:`levels`) is not an option but a property of the data set, given by :meth:`use_levels`.
+    (``levels``) is not an option but a property of the data set, given to the constructor by
+    whoever knows the data (:func:`build_likelihood`), and fixed from then on.
+
+    :param int levels: the data's number of levels ``L`` (values ``k/(L-1)``), ``None`` for continuous data.
+    :raises UserError: for a ``levels`` that is not an integer of at least 2.
     """
 
     #: How many decoder outputs each data dimension needs (e.g. 2 for a mean and a scale).
@@ -81,18 +79,16 @@ class Likelihood:
     #: Number of levels ``L`` of the data (values ``k / (L-1)``); ``None`` for continuous data.
     levels = None
 
-    def options(self):
-        """The constructor keywords that rebuild this family (saved in ``config.json``)."""
-        return {}
-
-    def use_levels(self, levels):
-        """Declare the data's quantization: ``levels`` values ``k/(levels-1)``, or ``None`` (continuous)."""
+    def __init__(self, levels=None):
         if levels is not None:
             if int(levels) != levels or levels < 2:
                 raise UserError(f"the number of data levels must be an integer of at least 2, got {levels}")
             levels = int(levels)
         self.levels = levels
-        return self
+
+    def options(self):
+        """The constructor keywords that rebuild this family (saved in ``config.json``), ``levels`` aside."""
+        return {}
 
     def split(self, params):
         """``(..., P * D)`` decoder outputs -> ``P`` tensors of shape ``(..., D)``."""
@@ -124,52 +120,29 @@ class Likelihood:
         """A short description of the data the family is trained and scored on (for tables)."""
         return self.scored_data()
 
-    # Data preparation ------------------------------------------------------------------------
+    # Data preparation (pyro_vae.preprocessing) -------------------------------------------------
+    def preparation(self):
+        """The :class:`~pyro_vae.preprocessing.Preparation` this family's data needs (default: checks only)."""
+        return Preparation(self.name, self.levels)
+
     def check_data(self, x, what="data"):
         """Refuse data outside the family's support with a :class:`UserError` naming ``what``."""
-        if not torch.isfinite(x).all():
-            raise UserError(f"{what} contains NaN or infinite values")
+        self._prep.check(x, what)
 
     def prepare_static(self, x):
-        """A deterministic transform applied once to a whole data set (default: none)."""
-        return x
+        """The deterministic preparation, applied once to a whole data set."""
+        return self._prep.static(x)
 
     def prepare_batch(self, x, generator=None):
-        """A random transform applied afresh each time a batch is used (default: none).
+        """The random preparation, applied afresh each time a batch is used (``generator`` fixes the draw)."""
+        return self._prep.batch(x, generator)
 
-        ``generator`` (a :class:`torch.Generator`) fixes the draw, as for a test set.
-        """
-        return x
-
-
-def _check_unit(x, what, family):
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise UserError(
-            f"{what} has values in [{x.min().item():.4g}, {x.max().item():.4g}], but the {family} likelihood "
-            "needs values in [0, 1]; rescale the data or choose a family for real values (e.g. gaussian)"
-        )
-
-
-def _check_levels(x, levels, what):
-    """The data must sit on the grid ``k/(levels-1)`` that its data set declares."""
-    _check_unit(x, what, f"{levels}-level")
-    scaled = x * (levels - 1)
-    if x.numel() and (scaled - scaled.round()).abs().max() > 1e-3:
-        raise UserError(f"{what} is declared to have {levels} levels k/{levels - 1} but has values between them")
-
-
-def is_binary(x):
-    return bool(((x == 0) | (x == 1)).all())
-
-
-def dequantize(x, levels, generator=None):
-    r"""Uniform dequantization of levels :math:`x = k/(L-1)`: :math:`y = (k + u)/L`, :math:`u \sim \mathcal{U}[0, 1)`.
-
-    ``y`` lies in :math:`[k/L, (k+1)/L)`: the :math:`L` bins tile :math:`[0, 1)`, each of width :math:`1/L`.
-    """
-    k = torch.round(x * (levels - 1))
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (k + u) / levels
+    @property
+    def _prep(self):
+        prep = self.__dict__.get("_preparation")
+        if prep is None:
+            prep = self.__dict__["_preparation"] = self.preparation()
+        return prep
 
 
 # A pmf on binary data ---------------------------------------------------------------------------
@@ -195,9 +168,10 @@ class Bernoulli(Likelihood):
     params_per_dim = 1
     domain = "binary"
     discrete = True
-    BINARIZE = ("dynamic", "threshold", "none")
+    BINARIZE = Binarize.MODES
 
-    def __init__(self, binarize="dynamic"):
+    def __init__(self, binarize="dynamic", levels=None):
+        super().__init__(levels)
         if binarize not in self.BINARIZE:
             raise UserError(f"unknown binarization {binarize!r}; choose one of: {', '.join(self.BINARIZE)}")
         self.binarize = binarize
@@ -220,20 +194,8 @@ class Bernoulli(Likelihood):
         source = f"{self.levels}-level data" if self.levels else "data"
         return f"binarized ({self.binarize}) {source}"
 
-    def check_data(self, x, what="data"):
-        super().check_data(x, what)
-        _check_unit(x, what, "bernoulli")
-        if self.binarize == "none" and not is_binary(x):
-            raise UserError(
-                f"{what} is not binary but --binarize none was given: a Bernoulli scores only 0/1 values, "
-                "so use --binarize dynamic or threshold, or a family for values in [0, 1]"
-            )
-
-    def prepare_static(self, x):
-        return (x > 0.5).to(x.dtype) if self.binarize == "threshold" else x
-
-    def prepare_batch(self, x, generator=None):
-        return torch.bernoulli(x, generator=generator) if self.binarize == "dynamic" else x
+    def preparation(self):
+        return Binarize(self.name, self.levels, self.binarize)
 
 
 # Densities ---------------------------------------------------------------------------------------
@@ -257,15 +219,11 @@ class Density(Likelihood):
             return "continuous data as given"
         return f"{self.levels}-level data, dequantized (k+u)/{self.levels}"
 
-    def check_data(self, x, what="data"):
-        super().check_data(x, what)
-        if self.levels is not None:
-            _check_levels(x, self.levels, what)
-        elif self.domain in ("unit", "open-unit"):
-            _check_unit(x, what, self.name)
+    #: clamp prepared data into [clamp, 1 - clamp] (for a density infinite at 0 and 1), or None
+    clamp = None
 
-    def prepare_batch(self, x, generator=None):
-        return dequantize(x, self.levels, generator) if self.levels is not None else x
+    def preparation(self):
+        return Dequantize(self.name, self.levels, self.domain, self.clamp)
 
 
 @LIKELIHOODS.register("continuous-bernoulli")
@@ -306,7 +264,8 @@ class ScaleFloor(Density):
     (light tails punish the pixels that a too-confident scale gets wrong). ``--min-scale`` sets it.
     """
 
-    def __init__(self, min_scale=0.01):
+    def __init__(self, min_scale=0.01, levels=None):
+        super().__init__(levels)
         if not min_scale > 0:
             raise UserError(f"the {self.name} likelihood needs --min-scale > 0, got {min_scale}")
         self.min_scale = float(min_scale)
@@ -351,7 +310,8 @@ class GaussianFixed(Density):
     params_per_dim = 1
     domain = "real"
 
-    def __init__(self, sigma=0.1):
+    def __init__(self, sigma=0.1, levels=None):
+        super().__init__(levels)
         if not sigma > 0:
             raise UserError(f"the gaussian-fixed likelihood needs --sigma > 0, got {sigma}")
         self.sigma = float(sigma)
@@ -400,6 +360,7 @@ class Beta(Density):
     params_per_dim = 2
     domain = "open-unit"
     EPS = 1e-6
+    clamp = EPS
     MIN_CONCENTRATION = 1e-3
 
     def distribution(self, params):
@@ -410,9 +371,6 @@ class Beta(Density):
         a, b = self.split(params)
         alpha, beta = self.MIN_CONCENTRATION + F.softplus(a), self.MIN_CONCENTRATION + F.softplus(b)
         return alpha / (alpha + beta)
-
-    def prepare_batch(self, x, generator=None):
-        return super().prepare_batch(x, generator).clamp(self.EPS, 1 - self.EPS)
 
 
 # A pmf on the levels of quantized data ----------------------------------------------------------
@@ -453,18 +411,32 @@ class DiscretizedLogistic(Likelihood):
     def representation(self):
         return f"{self.num_levels}-level data (exact pmf)"
 
-    def check_data(self, x, what="data"):
-        super().check_data(x, what)
-        if self.levels is None:
-            raise UserError(
-                f"the discretized-logistic likelihood needs quantized data (e.g. 8-bit pixels), but {what} "
-                "declares no number of levels; use a density such as gaussian for continuous data"
-            )
-        _check_levels(x, self.levels, what)
+    def preparation(self):
+        return Levels(self.name, self.levels)
 
 
-def build_likelihood(name, **options):
-    """The family registered as ``name``, constructed with the options it accepts."""
+def likelihood_options(name):
+    """The option keywords (and their defaults) of the family registered as ``name``, ``levels`` aside."""
+    parameters = inspect.signature(LIKELIHOODS.get(name).__init__).parameters
+    return {
+        k: p.default for k, p in parameters.items()
+        if k not in ("self", "levels") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }  # fmt: skip
+
+
+def build_likelihood(name, levels=None, **options):
+    """The family registered as ``name`` for data with ``levels`` levels, with its keyword ``options``.
+
+    Options whose value is ``None`` take the family's defaults.
+
+    :raises UserError: for an unknown family, or an option the family does not take.
+    """
     cls = LIKELIHOODS.get(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
+    accepted = likelihood_options(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    for key in options:
+        if key not in accepted:
+            flag = "--" + key.replace("_", "-")
+            takes = f" (it takes {', '.join(accepted)})" if accepted else " (it takes no options)"
+            raise UserError(f"{flag} does not apply to the {name} likelihood{takes}")
+    return cls(levels=levels, **options)

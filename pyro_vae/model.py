@@ -24,11 +24,11 @@ import pyro.distributions as dist
 
 from .guides import build_guide
 from .likelihoods import Likelihood, build_likelihood
-from .nets import MLP, parse_hidden
+from .nets import ARCHITECTURES, parse_hidden
 
 
 class VAE(nn.Module):
-    """A VAE with an MLP decoder :math:`f_\\theta` and an amortized guide :math:`q_\\phi(z \\mid x)`.
+    """A VAE: a decoder network :math:`f_\\theta`, a likelihood family and an amortized guide :math:`q_\\phi(z \\mid x)`.
 
     :param int x_dim: size of one flattened datapoint ``D``.
     :param int z_dim: latent size.
@@ -40,11 +40,15 @@ class VAE(nn.Module):
     :param dict guide_options: keyword options of the guide's constructor, e.g. ``{"flow_steps": 4}``.
     :param bool check_guide: run the guide once on a tiny batch to check its contract (see
         :func:`~pyro_vae.guides.check_guide`).
+    :param decoder: a module mapping ``(..., z_dim)`` to ``(..., likelihood.params_per_dim * x_dim)``;
+        default: built by the architecture ``arch``.
+    :param str arch: a name in :data:`~pyro_vae.nets.ARCHITECTURES` (``--arch``) that builds the decoder.
+    :raises UserError: for an unknown family, guide or architecture, or a guide that breaks the contract.
     """
 
     def __init__(
         self, x_dim, z_dim=20, hidden=(400,), activation="relu", likelihood="bernoulli", guide="diagonal",
-        guide_options=None, check_guide=True,
+        guide_options=None, check_guide=True, decoder=None, arch="mlp",
     ):  # fmt: skip
         super().__init__()
         hidden = parse_hidden(hidden)
@@ -54,7 +58,9 @@ class VAE(nn.Module):
         self.encoder = build_guide(guide, x_dim, z_dim, hidden, activation, check=check_guide,
                                    **(guide_options or {}))  # fmt: skip
         #: :math:`f_\theta`: z -> the likelihood's parameters for every data dimension
-        self.decoder = MLP(z_dim, hidden, self.likelihood.params_per_dim * x_dim, activation)
+        if decoder is None:
+            decoder = ARCHITECTURES.get(arch)(hidden, activation).decoder(z_dim, x_dim, self.likelihood.params_per_dim)
+        self.decoder = decoder
 
     def prior(self, like):
         """:math:`p(z) = \\mathcal{N}(0, I)` on the dtype and device of ``like``."""

@@ -1,15 +1,92 @@
-"""A run folder as a Python object: load a trained model, sample, reconstruct, evaluate."""
+"""A run folder: what it holds, how it is written, and the run as a Python object.
+
+A run folder holds ``config.json`` (every setting, the data's shape and the package versions),
+``metrics.jsonl`` (one JSON line per epoch), ``checkpoint.pt`` and pictures (:data:`RUN_FILES`).
+:class:`Run` is a trained VAE with its settings and metrics (load one with :func:`load_run`):
+sample, reconstruct, evaluate.
+"""
 
 import json
+import platform
+from datetime import datetime
 from pathlib import Path
 
 import torch
 
+import pyro
+
 from . import plots
+from .build import build_vae, prepare_data, resolve_device
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config
 from .errors import UserError
 from .evaluation import evaluate_terms, summarize
+
+#: Files a run folder holds; ``--overwrite`` removes exactly these.
+RUN_FILES = (
+    "config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png", "curves.png",
+    "manifold.png", "evaluation.json",
+)  # fmt: skip
+
+
+def package_versions():
+    """The versions of pyro-vae, Pyro, PyTorch, torchvision, NumPy and Python (recorded in ``config.json``)."""
+    import numpy
+    import torchvision
+
+    return {
+        "pyro_vae": __import__("pyro_vae").__version__,
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def new_run_dir(config, base="runs"):
+    """A new folder name under ``base``: ``<dataset or data file>-<likelihood>-<date>-<time>[-i]``."""
+    stem = f"{config.dataset if not config.data else Path(config.data).stem}-{config.likelihood}-"
+    stem += datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, i = Path(base) / stem, 1
+    while path.exists():
+        i += 1
+        path = Path(base) / f"{stem}-{i}"
+    return path
+
+
+def holds_run(out):
+    """True when the folder ``out`` holds (part of) a run."""
+    return any((Path(out) / f).exists() for f in ("config.json", "checkpoint.pt", "metrics.jsonl"))
+
+
+def read_metrics(path, upto_epoch=None):
+    """The records of ``metrics.jsonl`` (those of epochs up to ``upto_epoch``), ``[]`` if there is none."""
+    path = Path(path)
+    metrics = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                m = json.loads(line)
+                if upto_epoch is None or m["epoch"] <= upto_epoch:
+                    metrics.append(m)
+    return metrics
+
+
+def write_config(out, config, meta):
+    """Write ``config.json``: the settings and ``meta`` (data shape, versions), atomically."""
+    atomic_write_text(Path(out) / "config.json", json.dumps({**config.to_dict(), **meta}, indent=2) + "\n")
+
+
+def write_metrics(out, metrics):
+    """Write ``metrics.jsonl`` anew with ``metrics`` (atomically)."""
+    atomic_write_text(Path(out) / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def append_metrics(out, record):
+    """Append one epoch's record to ``metrics.jsonl``."""
+    with open(Path(out) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 class Run:
@@ -36,8 +113,6 @@ class Run:
 
     def test_data(self):
         """The test set, prepared for the likelihood exactly as during training (same fixed draw)."""
-        from .training import prepare_data
-
         return prepare_data(self.config, self.vae.likelihood, self.device)[2]
 
     def sample(self, n=64, seed=0):
@@ -97,8 +172,6 @@ class Run:
 
 def load_run(directory, device="auto"):
     """Load the run in ``directory`` (its ``config.json`` and ``checkpoint.pt``) onto ``device``."""
-    from .training import build_vae, resolve_device
-
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise UserError(f"{directory} is not a pyro-vae run folder (no config.json)")
@@ -117,11 +190,10 @@ def load_run(directory, device="auto"):
         vae.load_state_dict(state["model"])
     except RuntimeError:
         raise UserError(f"the checkpoint in {directory} does not fit the model its config.json describes") from None
-    metrics = []
-    if (directory / "metrics.jsonl").exists():
-        metrics = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_metrics(directory / "metrics.jsonl")
     return Run(directory, config, meta, vae, metrics)
 
 
 def write_evaluation(run, result):
+    """Write ``evaluation.json`` into the run folder (atomically)."""
     atomic_write_text(run.directory / "evaluation.json", json.dumps(result, indent=2) + "\n")

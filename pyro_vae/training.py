@@ -11,11 +11,8 @@ number of steps; :func:`fit` drives a :class:`Trainer` and writes the run folder
 """
 
 import contextlib
-import json
-import platform
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,30 +20,19 @@ import torch
 from tqdm.auto import tqdm
 
 import pyro
-import pyro.optim
 
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .build import build, make_config
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
-from .data import load_dataset
 from .engine import Speed, SVIStep, compile_nets
 from .errors import TrainingDiverged, UserError
 from .evaluation import evaluate
 from .model import VAE
 from .objectives import build_objective
-from .registry import Registry
+from .run import RUN_FILES, Run, append_metrics, holds_run, new_run_dir, package_versions, read_metrics
+from .run import write_config, write_metrics
 
-OPTIMIZERS = Registry("optimizer")
-OPTIMIZERS.register("adam", pyro.optim.Adam)
-OPTIMIZERS.register("adagrad", pyro.optim.Adagrad)
-
-#: Files a run folder holds; ``--overwrite`` removes exactly these.
-RUN_FILES = (
-    "config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png", "curves.png",
-    "manifold.png", "evaluation.json",
-)  # fmt: skip
-
-#: Seed offset of the fixed draw that prepares the test set (e.g. its binarization).
-TEST_PREP_SEED = 10_007
+__all__ = ["Step", "Trainer", "fit"]
 
 
 class Step(NamedTuple):
@@ -63,100 +49,6 @@ class Step(NamedTuple):
     loss: float
     #: the :class:`~pyro_vae.model.VAE` being trained (in train mode)
     vae: VAE
-
-
-def resolve_device(name):
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`UserError`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}; choose one of: auto, cpu, cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def build_vae(config, x_dim, levels=None, check=True):
-    """The :class:`~pyro_vae.model.VAE` a config describes, for data of ``x_dim`` values with ``levels`` levels.
-
-    ``check``: run its guide once on a tiny batch (clear errors for a user's guide before training).
-    """
-    from .likelihoods import build_likelihood
-
-    likelihood = build_likelihood(
-        config.likelihood, binarize=config.binarize, min_scale=config.min_scale, sigma=config.sigma
-    ).use_levels(levels)
-    return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
-               guide_options={"flow_steps": config.flow_steps}, check_guide=check)  # fmt: skip
-
-
-def prepare_data(config, likelihood, device):
-    """Load, check and prepare the data for ``likelihood`` on ``device``.
-
-    Returns ``(dataset, train, test)``: ``train`` has had the deterministic preparation applied
-    (random preparation happens per batch); ``test`` is fully prepared once with a fixed seed so
-    that test numbers are comparable across epochs and runs.
-    """
-    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
-    likelihood.use_levels(dataset.levels)
-    likelihood.check_data(dataset.train, "the training data")
-    likelihood.check_data(dataset.test, "the test data")
-    train = likelihood.prepare_static(dataset.train.to(device))
-    generator = torch.Generator(device=device).manual_seed(config.seed + TEST_PREP_SEED)
-    test = likelihood.prepare_batch(likelihood.prepare_static(dataset.test.to(device)), generator)
-    return dataset, train, test
-
-
-def package_versions():
-    import numpy
-    import torchvision
-
-    return {
-        "pyro_vae": __import__("pyro_vae").__version__,
-        "pyro": pyro.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _rng_state():
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def new_run_dir(config, base="runs"):
-    stem = f"{config.dataset if not config.data else Path(config.data).stem}-{config.likelihood}-"
-    stem += datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, i = Path(base) / stem, 1
-    while path.exists():
-        i += 1
-        path = Path(base) / f"{stem}-{i}"
-    return path
-
-
-def _holds_run(out):
-    return any((out / f).exists() for f in ("config.json", "checkpoint.pt", "metrics.jsonl"))
-
-
-def _read_metrics(path, upto_epoch):
-    metrics = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                m = json.loads(line)
-                if m["epoch"] <= upto_epoch:
-                    metrics.append(m)
-    return metrics
 
 
 class Trainer:
@@ -180,17 +72,13 @@ class Trainer:
     """
 
     def __init__(self, config=None, speed=None, **settings):
-        config = config or Config()
-        self.config = config.replace(**settings) if settings else config
         self.speed = speed or Speed()
-        self.device = resolve_device(self.config.device)
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
-        pyro.set_rng_seed(self.config.seed)
-        # validates the likelihood and guide names before any data is read
-        vae = build_vae(self.config, 1, check=False)
-        self.dataset, self.train, self.test = prepare_data(self.config, vae.likelihood, self.device)
-        self.vae = build_vae(self.config, self.dataset.x_dim, self.dataset.levels).to(self.device)
-        self.optimizer = OPTIMIZERS.get(self.config.optimizer)({"lr": self.config.lr})
+        parts = build(make_config(config, **settings))
+        #: the settings, with the options of the likelihood family and the guide written out
+        self.config = parts.config
+        self.device, self.dataset, self.train, self.test = parts.device, parts.dataset, parts.train, parts.test
+        self.vae, self.optimizer = parts.vae, parts.optimizer
         #: the :class:`~pyro_vae.objectives.Objective`, checked against the guide before training
         self.objective = build_objective(self.config, self.vae)
         self.step = SVIStep(self.vae.model, self.vae.guide, self.objective.build(), self.optimizer, self.speed,
@@ -280,7 +168,7 @@ class Trainer:
             "epoch": self.epoch,
             "model": self.vae.state_dict(),
             "optimizer": self._optimizer_state(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
 
     def _optimizer_state(self):
@@ -294,7 +182,7 @@ class Trainer:
         except RuntimeError:
             raise UserError(f"{where} does not fit this model (another configuration)") from None
         self.step.set_state(state["optimizer"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.epoch = state["epoch"]
 
 
@@ -363,9 +251,9 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         It does not change the numbers, so a run may be resumed with another.
     :returns: the trained :class:`~pyro_vae.run.Run`.
     """
-    from .run import Run
-
-    config = (config or Config()).replace(**settings) if settings else (config or Config())
+    config = make_config(config, **settings)
+    if out is not None and not str(out).strip():
+        raise UserError("--out is empty; give the run folder a name (or leave --out out for a new one under runs/)")
     out = Path(out) if out is not None else new_run_dir(config)
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
@@ -373,13 +261,14 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     if resume:
         state = load_checkpoint(out / "checkpoint.pt")
         saved = Config.from_dict(state["config"])
+        config = config.resumed_from(saved)
         changed = saved.differences(config)
         if changed:
             raise UserError(
                 f"the checkpoint in {out} is from another configuration ({', '.join(changed)} differ); "
                 "resume with the run's own settings, or start a new run"
             )
-    elif out.exists() and _holds_run(out):
+    elif out.exists() and holds_run(out):
         if not overwrite:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
         for name in RUN_FILES:
@@ -388,23 +277,22 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
 
     pyro.clear_param_store()
     trainer = Trainer(config, speed=speed)
-    vae, dataset = trainer.vae, trainer.dataset
+    config, vae, dataset = trainer.config, trainer.vae, trainer.dataset
     meta = {
         "x_dim": dataset.x_dim,
         "image_shape": list(dataset.image_shape),
         "levels": dataset.levels,
         "n_train": len(trainer.train),
         "n_test": len(trainer.test),
-        "guide_options": vae.encoder.options() if hasattr(vae.encoder, "options") else {},
         "versions": package_versions(),
     }
 
     metrics = []
     if state is not None:
         trainer.load_state_dict(state, where=f"the checkpoint in {out}")
-        metrics = _read_metrics(out / "metrics.jsonl", trainer.epoch)
-    atomic_write_text(out / "config.json", json.dumps({**config.to_dict(), **meta}, indent=2) + "\n")
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+        metrics = read_metrics(out / "metrics.jsonl", trainer.epoch)
+    write_config(out, config, meta)
+    write_metrics(out, metrics)
 
     show = not quiet and sys.stderr.isatty()
     n = len(trainer.train)
@@ -425,8 +313,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             "items_per_s": trained["items_per_s"],
         }
         metrics.append(record)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(out, record)
         save_checkpoint(out / "checkpoint.pt", trainer.state_dict())
         if on_epoch is not None:
             on_epoch(record)

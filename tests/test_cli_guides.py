@@ -64,7 +64,7 @@ def test_flow_steps_and_objective_flags_reach_the_run(tmp_path):
     args = ["--guide", "iaf", "--flow-steps", "3", "--objective", "iwae", "--particles", "3", "--epochs", "1"]
     assert main(["fit", *FAST, *args, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert (config["guide"], config["flow_steps"], config["objective"], config["particles"]) == ("iaf", 3, "iwae", 3)
+    assert (config["guide"], config["guide_options"]["flow_steps"], config["objective"], config["particles"]) == ("iaf", 3, "iwae", 3)
     assert config["guide_options"] == {"flow_steps": 3}
     assert len(load_run(out).vae.encoder.flows) == 3
 

@@ -153,13 +153,13 @@ def test_summarize_scores_densities_against_the_levels():
         elbo=torch.full((n,), 5.0), log_px=torch.tensor([6.0, 7.0, 8.0, 9.0]), reconstruction=torch.full((n,), 8.0),
         kl=torch.full((n,), 3.0), posterior_mean=torch.randn(n, 3), num_samples=10,
     )  # fmt: skip
-    density = summarize(scores, build_likelihood("gaussian").use_levels(256), x_dim)
+    density = summarize(scores, build_likelihood("gaussian", levels=256), x_dim)
     assert density["test_log_likelihood"] == 7.5 and density["reconstruction"] == 8.0 and density["kl"] == 3.0
     assert density["discrete_test_log_likelihood"] == pytest.approx(7.5 - x_dim * math.log(256))
     assert density["bits_per_dim"] == pytest.approx(8 - 7.5 / (x_dim * math.log(2)))
     assert density["elbo_bits_per_dim"] == pytest.approx(8 - 5 / (x_dim * math.log(2)))
     assert density["scored_data"] == "256 levels" and density["items"] == n and density["samples"] == 10
-    pmf = summarize(scores, build_likelihood("bernoulli").use_levels(256), x_dim)
+    pmf = summarize(scores, build_likelihood("bernoulli", levels=256), x_dim)
     assert pmf["discrete_test_log_likelihood"] == 7.5 and pmf["scored_data"] == "binarized"
     assert pmf["bits_per_dim"] == pytest.approx(bits_per_dim(7.5, x_dim))
     continuous = summarize(scores, build_likelihood("laplace"), x_dim)

@@ -10,7 +10,8 @@ import scipy.stats
 import torch
 
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import LIKELIHOODS, build_likelihood, dequantize
+from pyro_vae.likelihoods import LIKELIHOODS, build_likelihood
+from pyro_vae.preprocessing import dequantize
 
 FAMILIES = [
     "bernoulli", "continuous-bernoulli", "gaussian", "gaussian-fixed", "laplace", "beta", "discretized-logistic",
@@ -29,7 +30,7 @@ def random_params(family, generator):
 
 def data_for(family, generator, levels=256):
     """Random data in the family's support, as the training loop would hand it over."""
-    lik = build_likelihood(family).use_levels(levels)
+    lik = build_likelihood(family, levels=levels)
     v = torch.randint(0, levels, (B, D), generator=generator).double() / (levels - 1)
     if family == "bernoulli":
         return lik.prepare_batch(v, generator)
@@ -72,7 +73,7 @@ def test_registry_has_the_seven_families():
 def test_log_prob_matches_an_independent_computation(family):
     g = torch.Generator().manual_seed(FAMILIES.index(family))
     params, x = random_params(family, g), data_for(family, g)
-    lik = build_likelihood(family).use_levels(256)
+    lik = build_likelihood(family, levels=256)
     ours = lik.distribution(params).log_prob(x)
     assert ours.shape == (B, D)
     np.testing.assert_allclose(ours.numpy(), expected_log_prob(family, params, x), rtol=1e-7, atol=1e-7)
@@ -81,7 +82,7 @@ def test_log_prob_matches_an_independent_computation(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sample_and_mean_shapes_and_support(family):
     g = torch.Generator().manual_seed(7)
-    lik = build_likelihood(family).use_levels(256)
+    lik = build_likelihood(family, levels=256)
     params = random_params(family, g).float()
     d = lik.distribution(params)
     assert d.batch_shape == (B, D) and d.event_shape == ()
@@ -109,7 +110,7 @@ def test_densities_integrate_to_one(family):
 
 
 def test_discretized_family_sums_to_one_over_256_levels():
-    lik = build_likelihood("discretized-logistic").use_levels(256)
+    lik = build_likelihood("discretized-logistic", levels=256)
     params = torch.randn(3, 2 * D, generator=torch.Generator().manual_seed(3)) * 3
     levels = (torch.arange(256.0) / 255).view(256, 1, 1)
     log_p = lik.distribution(params).log_prob(levels)  # (256, 3, D)
@@ -130,7 +131,7 @@ def test_dequantize_fills_each_bin_and_repeats_with_a_generator():
 
 @pytest.mark.parametrize("family", ["continuous-bernoulli", "gaussian", "gaussian-fixed", "laplace", "beta"])
 def test_densities_are_dequantized_afresh_per_batch(family):
-    lik = build_likelihood(family).use_levels(256)
+    lik = build_likelihood(family, levels=256)
     x = torch.randint(0, 256, (50, D)).float() / 255
     a, b = lik.prepare_batch(x), lik.prepare_batch(x)
     assert not torch.equal(a, b)
@@ -138,24 +139,24 @@ def test_densities_are_dequantized_afresh_per_batch(family):
     assert lik.dequantization_nats(D) == pytest.approx(D * math.log(256))
     assert lik.scored_data() == "256 levels"
     # on continuous data the values are used as given
-    lik.use_levels(None)
+    lik = build_likelihood(family, levels=None)
     x = torch.rand(50, D) * 0.9 + 0.05
     torch.testing.assert_close(lik.prepare_batch(x), x)
     assert lik.dequantization_nats(D) == 0 and lik.scored_data() == "continuous"
 
 
 def test_beta_clamps_into_the_open_interval():
-    lik = build_likelihood("beta").use_levels(None)
+    lik = build_likelihood("beta", levels=None)
     y = lik.prepare_batch(torch.tensor([[0.0, 1.0, 0.5]]))
     assert (y > 0).all() and (y < 1).all()
     assert torch.isfinite(lik.distribution(torch.zeros(1, 6)).log_prob(y)).all()
 
 
 def test_pmfs_and_what_each_family_is_scored_on():
-    bern = build_likelihood("bernoulli").use_levels(256)
+    bern = build_likelihood("bernoulli", levels=256)
     assert bern.discrete and bern.scored_data() == "binarized" and bern.dequantization_nats(D) == 0
-    assert build_likelihood("bernoulli").use_levels(2).scored_data() == "2 levels"  # binary data: same data as the rest
-    disc = build_likelihood("discretized-logistic").use_levels(17)
+    assert build_likelihood("bernoulli", levels=2).scored_data() == "2 levels"  # binary data: same data as the rest
+    disc = build_likelihood("discretized-logistic", levels=17)
     assert disc.discrete and disc.scored_data() == "17 levels" and disc.dequantization_nats(D) == 0
     x = torch.randint(0, 17, (4, D)).float() / 16
     assert torch.equal(disc.prepare_batch(disc.prepare_static(x)), x)
@@ -181,25 +182,30 @@ def test_dequantization_bound_on_a_gaussian():
 )
 def test_data_a_family_cannot_model_is_refused(family, data, message):
     with pytest.raises(UserError, match=message):
-        build_likelihood(family).use_levels(None).check_data(data, "the training data")
+        build_likelihood(family, levels=None).check_data(data, "the training data")
 
 
 def test_off_grid_data_is_refused_when_levels_are_declared():
     with pytest.raises(UserError, match="between them"):
-        build_likelihood("laplace").use_levels(256).check_data(torch.full((2, D), 0.5), "the test data")
+        build_likelihood("laplace", levels=256).check_data(torch.full((2, D), 0.5), "the test data")
     with pytest.raises(UserError, match="at least 2"):
-        build_likelihood("gaussian").use_levels(1)
+        build_likelihood("gaussian", levels=1)
 
 
 @pytest.mark.parametrize("family", ["gaussian", "laplace"])
 def test_the_scale_floor_bounds_the_scale(family):
-    d = build_likelihood(family).use_levels(17).distribution(torch.tensor([[0.0, -200.0]]))
+    d = build_likelihood(family, levels=17).distribution(torch.tensor([[0.0, -200.0]]))
     assert d.scale.item() == pytest.approx(0.01)
     assert build_likelihood(family, min_scale=0.05).distribution(torch.tensor([[0.0, -200.0]])).scale.item() == pytest.approx(0.05)
 
 
-def test_options_are_taken_from_config_fields():
-    assert build_likelihood("gaussian-fixed", sigma=0.25, min_scale=0.5, binarize="none").sigma == 0.25
-    assert build_likelihood("laplace", sigma=0.25, min_scale=0.5).min_scale == 0.5
+def test_options_go_to_the_family_that_takes_them():
+    assert build_likelihood("gaussian-fixed", sigma=0.25).sigma == 0.25
+    assert build_likelihood("laplace", min_scale=0.5).min_scale == 0.5
+    assert build_likelihood("laplace", min_scale=None).min_scale == 0.01  # None: the family's default
+    with pytest.raises(UserError, match="--sigma does not apply to the laplace likelihood"):
+        build_likelihood("laplace", sigma=0.25, min_scale=0.5)
+    with pytest.raises(UserError, match="--binarize does not apply to the gaussian-fixed likelihood"):
+        build_likelihood("gaussian-fixed", binarize="none")
     with pytest.raises(UserError, match="sigma"):
         build_likelihood("gaussian-fixed", sigma=0.0)

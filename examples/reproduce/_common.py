@@ -97,10 +97,9 @@ def evaluation_sets(config, n_items, seed=0):
     once (e.g. one fixed dynamic binarization; the test items exactly as :func:`pyro_vae.fit`
     prepares them), on the device the model trains on; ``n_train`` is the training set's size.
     """
-    from pyro_vae.training import build_vae, prepare_data, resolve_device
+    from pyro_vae.build import load_prepared
 
-    likelihood = build_vae(config, 1).likelihood
-    _, train, test = prepare_data(config, likelihood, resolve_device(config.device))
+    _, likelihood, train, test = load_prepared(config)
     generator = torch.Generator(device=train.device).manual_seed(seed + 1)
     pick = torch.randperm(len(train), generator=generator, device=train.device)[:n_items]
     return likelihood.prepare_batch(train[pick], generator), test[:n_items], len(train)

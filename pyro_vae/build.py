@@ -1,0 +1,175 @@
+"""From a :class:`~pyro_vae.config.Config` to the parts of a run: device, data, likelihood, VAE, optimizer.
+
+The order is one way: the config's names are checked against their registries first (before any
+data is read), then the data is loaded, then the likelihood family is built once with the data's
+number of levels, then the VAE around it. :func:`resolve_config` turns flat keyword settings of
+:func:`pyro_vae.fit` (``binarize=...``, ``flow_steps=...``) into the per-component option dicts and
+records the options the built parts actually use, so a run folder rebuilds exactly what was trained.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+import pyro.optim
+
+from .config import LEGACY_OPTIONS, Config
+from .data import DATASETS, Dataset, load_dataset
+from .errors import UserError
+from .guides import guide_class
+from .likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
+from .model import VAE
+from .nets import ARCHITECTURES
+from .objectives import OBJECTIVES
+from .registry import Registry
+
+__all__ = [
+    "OPTIMIZERS", "TEST_PREP_SEED", "Parts", "build", "build_optimizer", "build_vae", "check_names",
+    "load_prepared", "make_config", "prepare_data", "resolve_device",
+]  # fmt: skip
+
+#: ``--optimizer``: :class:`pyro.optim.PyroOptim` constructors called with ``{"lr": lr}``.
+OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS.register("adam", pyro.optim.Adam)
+OPTIMIZERS.register("adagrad", pyro.optim.Adagrad)
+
+#: Seed offset of the fixed draw that prepares the test set (e.g. its binarization).
+TEST_PREP_SEED = 10_007
+
+
+def resolve_device(name):
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`UserError`."""
+    if not isinstance(name, str):
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; choose one of: auto, cpu, cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but no CUDA GPU is available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, cuda:N") from None
+
+
+def make_config(config=None, **settings):
+    """``config`` (default :class:`Config`) with keyword ``settings`` applied.
+
+    A setting that is not a field of :class:`Config` but an option of a part (``binarize``,
+    ``min_scale``, ``sigma``, ``flow_steps``) goes into that part's option dict.
+
+    :raises UserError: for a keyword that is neither.
+    """
+    config = config or Config()
+    fields = set(Config.__dataclass_fields__)
+    changes = {k: v for k, v in settings.items() if k in fields}
+    for key, value in settings.items():
+        if key in fields:
+            continue
+        group = LEGACY_OPTIONS.get(key)
+        if group is None:
+            raise UserError(f"unknown setting {key!r}; the settings are the fields of pyro_vae.Config")
+        if value is not None:
+            changes[group] = {**changes.get(group, getattr(config, group)), key: value}
+    return config.replace(**changes) if changes else config
+
+
+def check_names(config):
+    """Check every name the config gives against its registry, before any data is read.
+
+    A user's guide named as ``file.py:Name`` is imported here (that runs its file).
+
+    :raises UserError: naming the unknown choice and the known ones.
+    """
+    if not config.data:
+        DATASETS.get(config.dataset)
+    LIKELIHOODS.get(config.likelihood)
+    unknown = set(config.likelihood_options) - set(likelihood_options(config.likelihood))
+    if unknown:
+        build_likelihood(config.likelihood, **config.likelihood_options)  # raises the message for the option
+    guide_class(config.guide)
+    OBJECTIVES.get(config.objective)
+    OPTIMIZERS.get(config.optimizer)
+    ARCHITECTURES.get(config.arch)(config.hidden, config.activation)
+
+
+def build_vae(config, x_dim, levels=None, check=True):
+    """The :class:`~pyro_vae.model.VAE` a config describes, for data of ``x_dim`` values with ``levels`` levels.
+
+    ``check``: run its guide once on a tiny batch (clear errors for a user's guide before training).
+    """
+    likelihood = build_likelihood(config.likelihood, levels=levels, **config.likelihood_options)
+    return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
+               guide_options=config.guide_options, check_guide=check, arch=config.arch)  # fmt: skip
+
+
+def build_optimizer(config):
+    """The :class:`pyro.optim.PyroOptim` of ``--optimizer`` with ``--lr``."""
+    return OPTIMIZERS.get(config.optimizer)({"lr": config.lr})
+
+
+def prepare_data(config, likelihood, device, dataset=None):
+    """Check and prepare the data for ``likelihood`` on ``device`` (loading it unless ``dataset`` is given).
+
+    Returns ``(dataset, train, test)``: ``train`` has had the deterministic preparation applied
+    (random preparation happens per batch); ``test`` is fully prepared once with a fixed seed so
+    that test numbers are comparable across epochs and runs.
+
+    :raises UserError: for data outside the family's support.
+    """
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+    likelihood.check_data(dataset.train, "the training data")
+    likelihood.check_data(dataset.test, "the test data")
+    train = likelihood.prepare_static(dataset.train.to(device))
+    generator = torch.Generator(device=device).manual_seed(config.seed + TEST_PREP_SEED)
+    test = likelihood.prepare_batch(likelihood.prepare_static(dataset.test.to(device)), generator)
+    return dataset, train, test
+
+
+def load_prepared(config, device=None):
+    """Load the data of ``config``, build its likelihood family with the data's levels, and prepare the data.
+
+    For scripts that need the data as a run sees it without building a model (benchmarks, examples).
+    :returns: ``(dataset, likelihood, train, test)`` as :func:`prepare_data` gives them.
+    """
+    device = resolve_device(config.device) if device is None else torch.device(device)
+    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+    likelihood = build_likelihood(config.likelihood, levels=dataset.levels, **config.likelihood_options)
+    dataset, train, test = prepare_data(config, likelihood, device, dataset)
+    return dataset, likelihood, train, test
+
+
+class Parts(NamedTuple):
+    """What :func:`build` returns: everything a run needs before its first step."""
+
+    #: the config with the options the parts use written out (as ``config.json`` records it)
+    config: Config
+    device: torch.device
+    dataset: Dataset
+    #: the training data on the device, with the deterministic preparation applied
+    train: torch.Tensor
+    #: the test data on the device, fully prepared with a fixed draw
+    test: torch.Tensor
+    vae: VAE
+    optimizer: pyro.optim.PyroOptim
+
+
+def build(config):
+    """Build the parts of a run from ``config``: names checked, data loaded, family built with the
+    data's levels, VAE (its guide checked) on the device, optimizer.
+
+    Seeds the random number generators with ``config.seed`` first (as :func:`pyro_vae.fit` does), so
+    two builds of one config initialize the same parameters.
+    """
+    device = resolve_device(config.device)
+    check_names(config)
+    pyro.set_rng_seed(config.seed)
+    dataset, likelihood, train, test = load_prepared(config, device)
+    vae = VAE(dataset.x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
+              guide_options=config.guide_options, arch=config.arch).to(device)  # fmt: skip
+    options = vae.encoder.options() if hasattr(vae.encoder, "options") else dict(config.guide_options)
+    resolved = config.replace(likelihood_options=likelihood.options(), guide_options=options)
+    return Parts(resolved, device, dataset, train, test, vae, build_optimizer(config))
+
