@@ -454,10 +454,10 @@ def _load_pt(path, what):
         with torch.serialization.safe_globals([TensorDataset]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise UserError(f"cannot read {what} file {path}: it is not a torch file or it is damaged") from None
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        holds = f" (it holds a {found.group(1)})" if found else ""
+        if not found:
+            raise UserError(f"cannot read {what} file {path}: it is not a torch file or it is damaged") from None
+        holds = f" (it holds a {found.group(1)})"
         raise UserError(
             f"{what} file {path} holds objects other than tensors, dicts, lists or a TensorDataset{holds}, so it is "
             "not read; save the data itself: torch.save(tensor, path) or torch.save({'x_train': ..., 'x_test': ...}, path)"
@@ -494,7 +494,10 @@ def _read_file(path, what):
     except UserError:
         raise
     except ValueError as e:
-        if "allow_pickle" in str(e):
+        if "pickled data" in str(e):
+            raise UserError(f"cannot read {what} file {path}: it is not a {path.suffix} array (pickled data, or "
+                            "damaged), and pickles are not loaded: they could run code") from None  # fmt: skip
+        if "Object arrays" in str(e):
             raise UserError(f"{what} file {path} holds an object array, which cannot be data (and is not loaded: it "
                             "could run code); save a numeric array") from None  # fmt: skip
         raise UserError(f"cannot read {what} file {path}: {_first_line(e)}") from None
@@ -542,9 +545,9 @@ def interpret_array(array, what="data", path=""):
     """
     _check_shape(array, what, path)
     dtype = array.dtype
-    if dtype == np.bool_:
+    if dtype.kind == "b":
         return torch.from_numpy(array.reshape(len(array), -1).astype(np.float32)), 2, True
-    if np.issubdtype(dtype, np.integer):
+    if dtype.kind in "iu":  # not np.issubdtype(.., np.integer): timedelta64 is one
         lo, hi = int(array.min()), int(array.max())
         if lo < 0 or hi > 255:
             raise UserError(
@@ -554,7 +557,7 @@ def interpret_array(array, what="data", path=""):
         levels = 2 if hi <= 1 else 256
         x = array.reshape(len(array), -1).astype(np.float32)
         return torch.from_numpy(x if levels == 2 else x / np.float32(255)), levels, True
-    if np.issubdtype(dtype, np.floating):
+    if dtype.kind == "f":
         x = torch.from_numpy(np.ascontiguousarray(array.reshape(len(array), -1), dtype=np.float32))
         return x, detect_levels(x), False
     raise UserError(f"{what} file {path} holds {dtype} values, which cannot be data; save a bool, integer or float array")
