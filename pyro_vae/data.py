@@ -21,37 +21,42 @@ same as in the README's Data section:
 **Files.**
 
 - ``.npy``: one array of shape (N, ...), the items.
-- ``.npz``, and a ``.pt`` file holding a dict: a pair ``x_train``/``x_test`` (or ``X_train``/``X_test``, or ``train``/``test``)
-  gives the training and the test set (``--test-data`` is then refused); otherwise one array named ``x_train``,
-  ``X_train``, ``train``, ``x``, ``X`` or ``data``, or the file's only array, is the training data. Anything else is refused
-  with the list of the file's keys. In a ``--test-data`` file the array is ``x_test``, ``X_test``, ``test``, ``x``, ``X``,
-  ``data`` or the only one. Numeric labels stored beside the data (``y_train``/``y_test``; ``train_labels``/``test_labels``
-  beside ``train``/``test``; ``y`` beside ``x``; ``labels`` beside ``data``) are kept as ``Dataset.labels``/``test_labels``.
-- ``.pt``: read with ``torch.load(..., weights_only=True)``, never unsafely: a tensor; a dict (the ``.npz`` names); a
-  tuple or list ``(data,)`` or ``(data, labels)``; a ``TensorDataset`` of those. Any other object is refused.
+- ``.npz``, and a ``.pt`` file holding a dict: a pair ``x_train``/``x_test`` (or ``X_train``/``X_test``, or
+  ``train``/``test``) gives the training and the test set (``--test-data`` is then refused); otherwise one
+  array named ``x_train``, ``X_train``, ``train``, ``x``, ``X`` or ``data``, or the file's only array, is the
+  training data. Anything else is refused with the list of the file's keys. In a ``--test-data`` file the
+  array is ``x_test``, ``X_test``, ``test``, ``x``, ``X``, ``data`` or the only one. Numeric labels stored
+  beside the data (``y_train``/``y_test``; ``train_labels``/``test_labels`` beside ``train``/``test``; ``y``
+  beside ``x``; ``labels`` beside ``data``) are kept as ``Dataset.labels``/``test_labels``.
+- ``.pt``: read with ``torch.load(..., weights_only=True)``, never unsafely: a tensor; a dict (the ``.npz``
+  names); a tuple or list ``(data,)`` or ``(data, labels)``; a ``TensorDataset`` of those. Any other object is
+  refused.
 - Without a test set from the file or ``--test-data``, a fixed seeded 10% of the items is the test set.
 
 **Values.** Each array, the training and the test array separately, is read from its own dtype and values:
 
-- ``bool`` arrays, and integer arrays (uint8 or any other integer dtype) whose values are all 0 or 1: binary data,
-  values 0 and 1, 2 levels (not k/255).
+- ``bool`` arrays, and integer arrays (uint8 or any other integer dtype) whose values are all 0 or 1: binary
+  data, values 0 and 1, 2 levels (not k/255).
 - other integer arrays with values in 0..255: 8-bit levels k, used as k/255, 256 levels.
 - integer arrays with values outside 0..255: refused (save them as float32, scaled as you mean them).
-- float arrays (float16, float32, float64; bfloat16 in ``.pt``): taken as given, never rescaled. Their levels are
-  detected: 2 when every value is 0 or 1, 256 when every value is on the grid k/255, otherwise none (continuous).
+- float arrays (float16, float32, float64; bfloat16 in ``.pt``): taken as given, never rescaled. Their levels
+  are detected: 2 when every value is 0 or 1, 256 when every value is on the grid k/255, otherwise none
+  (continuous).
 - complex, object, string, datetime and other dtypes: refused.
 
-**Train and test read differently.** Two integer arrays of different levels (binary and 8-bit) are refused. A float
-array whose values lie on the grid of an integer array takes its levels; two float arrays take the finest grid
-both lie on, or none (continuous); each of these prints one line, a ``DataWarning``. A float array off the grid of an
-integer array is refused.
+**Train and test read differently.** Two integer arrays of different levels (binary and 8-bit) are refused. A
+float array whose values lie on the grid of an integer array takes its levels; two float arrays take the
+finest grid both lie on, or none (continuous); each of these prints one line, a ``DataWarning``. A float array
+off the grid of an integer array is refused.
 
-**Sizes.** An empty array, items without values (shape (N, 0)), an array of fewer than 2 dimensions, and a single
-item without a test set (a split needs 2) are refused. A ``--batch-size`` larger than the training set is not
-clamped or refused: an epoch's last batch holds the items left over, so the epoch is one batch of all N items.
+**Sizes.** An empty array, items without values (shape (N, 0)), an array of fewer than 2 dimensions, and a
+single item without a test set (a split needs 2) are refused. A ``--batch-size`` larger than the training set
+is not clamped or refused: an epoch's last batch holds the items left over, so the epoch is one batch of all N
+items.
 
-**Fingerprint.** ``Dataset.fingerprint()`` is a sha256 of the values as trained on (shape, dtype and bytes of the
-training then the test set): the same for the same values however they were stored, different when one changes.
+**Fingerprint.** ``Dataset.fingerprint()`` is a sha256 of the values as trained on (shape, dtype and bytes of
+the training then the test set): the same for the same values however they were stored, different when one
+changes.
 """
 
 import contextlib
@@ -437,12 +442,12 @@ def _contents_from_sequence(items, what, path, kind):
     items = list(items)
     if not items or len(items) > 2:
         raise UserError(f"{what} file {path} holds a {kind} of {len(items)} items; pyro-vae reads (data,) or "
-                        "(data, labels); for a train/test pair save a dict {'x_train': ..., 'x_test': ...}")  # fmt: skip
+                        "(data, labels); for a train/test pair save a dict {'x_train': ..., 'x_test': ...}")
     x = _to_numpy(items[0], what, path, f"item 0 of the {kind}")
     labels = _to_numpy(items[1], what, path, f"item 1 of the {kind}") if len(items) == 2 else None
     if labels is not None and (labels.ndim != 1 or len(labels) != len(x)):
         raise UserError(f"{what} file {path} holds a {kind} whose second item (shape {labels.shape}) is not labels "
-                        f"of shape ({len(x)},); for a train/test pair save a dict {{'x_train': ..., 'x_test': ...}}")  # fmt: skip
+                        f"of shape ({len(x)},); for a train/test pair save a dict {{'x_train': ..., 'x_test': ...}}")
     return _FileContents(x, labels=labels, x_name=f"item 0 of the {kind}")
 
 
@@ -460,7 +465,8 @@ def _load_pt(path, what):
         holds = f" (it holds a {found.group(1)})"
         raise UserError(
             f"{what} file {path} holds objects other than tensors, dicts, lists or a TensorDataset{holds}, so it is "
-            "not read; save the data itself: torch.save(tensor, path) or torch.save({'x_train': ..., 'x_test': ...}, path)"
+            "not read; save the data itself: torch.save(tensor, path) or "
+            "torch.save({'x_train': ..., 'x_test': ...}, path)"
         ) from None
     if isinstance(obj, torch.Tensor):
         return _FileContents(_to_numpy(obj, what, path))
@@ -560,7 +566,9 @@ def interpret_array(array, what="data", path=""):
     if dtype.kind == "f":
         x = torch.from_numpy(np.ascontiguousarray(array.reshape(len(array), -1), dtype=np.float32))
         return x, detect_levels(x), False
-    raise UserError(f"{what} file {path} holds {dtype} values, which cannot be data; save a bool, integer or float array")
+    raise UserError(
+        f"{what} file {path} holds {dtype} values, which cannot be data; save a bool, integer or float array"
+    )
 
 
 def detect_levels(*arrays, candidates=(2, 256)):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_vae import UserError, load_dataset
-from pyro_vae.data import DATASETS, cache_dir, data_root, seeded_split
+from pyro_vae.data import DATASETS, DataWarning, cache_dir, data_root, load_arrays, seeded_split
 
 
 def test_registry_lists_datasets():
@@ -129,7 +129,6 @@ def test_shared_frey_and_binarized_mnist(shared_copy):
 
 # What the numbers in a user's file mean (issue 11, kind 1) ---------------------------------------
 
-from pyro_vae.data import DataWarning, load_arrays  # noqa: E402
 
 RNG = np.random.RandomState(0)
 BITS = RNG.randint(0, 2, size=(40, 4, 5))  # 0/1 images
@@ -219,7 +218,7 @@ def test_object_arrays_are_refused_without_loading(tmp_path):
         load_arrays(tmp_path / "o.npz")
 
 
-def test_train_and_test_each_read_by_their_own_dtype(tmp_path, recwarn):
+def test_train_and_test_each_read_by_their_own_dtype(tmp_path):
     import warnings
 
     with warnings.catch_warnings():
@@ -234,7 +233,8 @@ def test_train_and_test_each_read_by_their_own_dtype(tmp_path, recwarn):
 
 
 def test_train_test_mismatch_reconciled_with_one_line(tmp_path):
-    with pytest.warns(DataWarning, match="^--data reads as 8-bit .* but --test-data as binary .* both are used as 8-bit"):
+    message = "^--data reads as 8-bit .* but --test-data as binary .* both are used as 8-bit"
+    with pytest.warns(DataWarning, match=message):
         d = _load(tmp_path, PIXELS.astype(np.uint8), BITS[:5].astype(np.float32))
     assert d.levels == 256 and torch.equal(d.test, torch.as_tensor(BITS[:5].reshape(5, -1) * 1.0))
     with pytest.warns(DataWarning, match="both float.*continuous"):
@@ -334,7 +334,8 @@ def test_pt_layouts(tmp_path):
 
     x, y = torch.from_numpy(PIXELS.astype(np.uint8)), torch.arange(40)
     train, test = _split(PIXELS)
-    for name, obj in [("t", x), ("tuple", (x, y)), ("list", [x]), ("ds", TensorDataset(x, y)), ("d1", {"x": x, "y": y})]:
+    layouts = [("t", x), ("tuple", (x, y)), ("list", [x]), ("ds", TensorDataset(x, y)), ("d1", {"x": x, "y": y})]
+    for name, obj in layouts:
         torch.save(obj, tmp_path / f"{name}.pt")
         d = load_arrays(tmp_path / f"{name}.pt")
         assert torch.equal(d.train, train / 255) and torch.equal(d.test, test / 255) and d.levels == 256, name
