@@ -14,14 +14,61 @@ Files found there are only read: archives that torchvision must unpack (MNIST's 
 unpacked in a copy in the cache, never next to the originals. When the files are not there, they
 are downloaded into that folder; offline, a :class:`~pyro_vae.errors.UserError` says where it
 looked and what to do.
+
+A user's own data (``--data`` / ``--test-data``, :func:`load_arrays`) is read by these rules, the
+same as in the README's Data section:
+
+**Files.**
+
+- ``.npy``: one array of shape (N, ...), the items.
+- ``.npz``, and a ``.pt`` file holding a dict: a pair ``x_train``/``x_test`` (or ``X_train``/``X_test``, or
+  ``train``/``test``) gives the training and the test set (``--test-data`` is then refused); otherwise one
+  array named ``x_train``, ``X_train``, ``train``, ``x``, ``X`` or ``data``, or the file's only array, is the
+  training data. Anything else is refused with the list of the file's keys. In a ``--test-data`` file the
+  array is ``x_test``, ``X_test``, ``test``, ``x``, ``X``, ``data`` or the only one. Numeric labels stored
+  beside the data (``y_train``/``y_test``; ``train_labels``/``test_labels`` beside ``train``/``test``; ``y``
+  beside ``x``; ``labels`` beside ``data``) are kept as ``Dataset.labels``/``test_labels``.
+- ``.pt``: read with ``torch.load(..., weights_only=True)``, never unsafely: a tensor; a dict (the ``.npz``
+  names); a tuple or list ``(data,)`` or ``(data, labels)``; a ``TensorDataset`` of those. Any other object is
+  refused.
+- Without a test set from the file or ``--test-data``, a fixed seeded 10% of the items is the test set.
+
+**Values.** Each array, the training and the test array separately, is read from its own dtype and values:
+
+- ``bool`` arrays, and integer arrays (uint8 or any other integer dtype) whose values are all 0 or 1: binary
+  data, values 0 and 1, 2 levels (not k/255).
+- other integer arrays with values in 0..255: 8-bit levels k, used as k/255, 256 levels.
+- integer arrays with values outside 0..255: refused (save them as float32, scaled as you mean them).
+- float arrays (float16, float32, float64; bfloat16 in ``.pt``): taken as given, never rescaled. Their levels
+  are detected: 2 when every value is 0 or 1, 256 when every value is on the grid k/255, otherwise none
+  (continuous).
+- complex, object, string, datetime and other dtypes: refused.
+
+**Train and test read differently.** Two integer arrays of different levels (binary and 8-bit) are refused. A
+float array whose values lie on the grid of an integer array takes its levels; two float arrays take the
+finest grid both lie on, or none (continuous); each of these prints one line, a ``DataWarning``. A float array
+off the grid of an integer array is refused.
+
+**Sizes.** An empty array, items without values (shape (N, 0)), an array of fewer than 2 dimensions, and a
+single item without a test set (a split needs 2) are refused. A ``--batch-size`` larger than the training set
+is not clamped or refused: an epoch's last batch holds the items left over, so the epoch is one batch of all N
+items.
+
+**Fingerprint.** ``Dataset.fingerprint()`` is a sha256 of the values as trained on (shape, dtype and bytes of
+the training then the test set): the same for the same values however they were stored, different when one
+changes.
 """
 
 import contextlib
 import gzip
+import hashlib
 import io
 import os
+import pickle
+import re
 import shutil
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +92,8 @@ class Dataset:
     ``k = 0, ..., L-1`` (256 for 8-bit images, 17 for ``digits``, 2 for binary data), ``None`` for
     continuous data. Likelihood families use it to dequantize (densities), to define their pmf
     (``discretized-logistic``), and to report bits per dimension against the discrete data.
+    ``labels`` / ``test_labels`` are ``(N,)`` tensors of the items' labels when the user's file
+    holds them (unused by training), else ``None``.
     """
 
     name: str
@@ -52,13 +101,34 @@ class Dataset:
     test: torch.Tensor
     image_shape: tuple
     levels: int = None
+    labels: torch.Tensor = None
+    test_labels: torch.Tensor = None
+    _fingerprint: str = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def x_dim(self):
         return self.train.shape[1]
 
+    def fingerprint(self):
+        """A hex sha256 of the data's content: the shape, dtype and bytes of ``train`` then ``test``.
+
+        Equal for the same values however they were stored (uint8 ``k`` or float ``k/255``); any changed
+        value, item or split changes it. Computed once (about 0.3 s for MNIST) and cached.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for part in (self.train, self.test):
+                t = part.detach().to("cpu").contiguous()
+                digest.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+                digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
     def to(self, device):
-        return Dataset(self.name, self.train.to(device), self.test.to(device), self.image_shape, self.levels)
+        moved = Dataset(self.name, self.train.to(device), self.test.to(device), self.image_shape, self.levels,
+                        self.labels, self.test_labels)  # fmt: skip
+        moved._fingerprint = self._fingerprint
+        return moved
 
 
 def cache_dir():
@@ -260,42 +330,255 @@ class BinarizedMNIST(DatasetSource):
         return Dataset(self.name, self._read(root, "train"), self._read(root, "test"), self.image_shape, 2)
 
 
-def _read_array(path, what):
+# The user's own files (--data / --test-data) -------------------------------------------------------
+
+#: ``.npz`` / ``.pt`` dict keys holding a training set and its test set, in this order of preference.
+PAIR_KEYS = (("x_train", "x_test"), ("X_train", "X_test"), ("train", "test"))
+#: keys of one array used as training data (with a seeded split), when no pair is in the file.
+TRAIN_KEYS = ("x_train", "X_train", "train", "x", "X", "data")
+#: keys of one array used as test data in a ``--test-data`` file.
+TEST_KEYS = ("x_test", "X_test", "test", "x", "X", "data")
+#: optional labels, kept in :attr:`Dataset.labels` / :attr:`Dataset.test_labels`.
+LABEL_KEYS = {"x_train": "y_train", "X_train": "y_train", "train": "train_labels",
+              "x_test": "y_test", "X_test": "y_test", "test": "test_labels",
+              "x": "y", "X": "y", "data": "labels"}  # fmt: skip
+
+
+class DataWarning(UserWarning):
+    """A note about how a user's data was read (e.g. train and test stored with different dtypes)."""
+
+
+def _note(message):
+    """Emit ``message`` as one :class:`DataWarning` line on stderr (no source line is shown)."""
+    warnings.warn_explicit(message, DataWarning, filename="pyro-vae", lineno=0)
+
+
+@dataclass
+class _FileContents:
+    """What one user file holds: ``x`` (N, ...) and optionally its test set and labels (NumPy arrays)."""
+
+    x: np.ndarray
+    test: np.ndarray = None
+    labels: np.ndarray = None
+    test_labels: np.ndarray = None
+    x_name: str = None  # the key or element it came from, for messages
+    test_name: str = None
+
+
+def _keys_listing(keys):
+    return ", ".join(map(str, keys)) if keys else "none"
+
+
+def _pick_keys(keys, what, path):
+    """``(train_key, test_key)`` of a ``.npz`` / dict by the documented names (:data:`PAIR_KEYS`, ...).
+
+    For ``--data`` a pair gives both; otherwise one training key (or the only array) and ``None``.
+    For ``--test-data`` one test key (or the only array). Anything else is a :class:`UserError`
+    that lists the keys.
+    """
+    keys = list(keys)
+    howto = (
+        "name the arrays x_train and x_test (or train/test, X_train/X_test), or hold a single array "
+        "(named x, data or anything)"
+    )
+    pairs = [p for p in PAIR_KEYS if p[0] in keys and p[1] in keys]
+    if len(pairs) > 1:
+        raise UserError(f"{what} file {path} holds several train/test pairs (keys: {_keys_listing(keys)}); keep one")
+    labels = set(LABEL_KEYS.values())
+    if what == "--test-data":
+        if pairs:
+            raise UserError(
+                f"{what} file {path} holds a train/test pair ({pairs[0][0]}, {pairs[0][1]}); pass it as --data alone"
+            )
+        found = [k for k in TEST_KEYS if k in keys]
+        if len(found) == 1:
+            return found[0], None
+        if not found and len(keys) == 1 and keys[0] not in labels and keys[0] not in TRAIN_KEYS:
+            return keys[0], None
+        raise UserError(f"{what} file {path} holds arrays {_keys_listing(keys)}: cannot tell which is the test "
+                        "data; name it x_test (or test, x, data), or hold a single array")  # fmt: skip
+    if pairs:
+        return pairs[0]
+    found = [k for k in TRAIN_KEYS if k in keys]
+    test_only = [k for k in keys if k in ("x_test", "X_test", "test")]
+    if len(found) == 1 and not test_only:
+        return found[0], None
+    if not found and len(keys) == 1 and keys[0] not in labels and not test_only:
+        return keys[0], None
+    raise UserError(f"{what} file {path} holds arrays {_keys_listing(keys)}: cannot tell which to train on; {howto}")
+
+
+def _contents_from_mapping(mapping, what, path):
+    """:class:`_FileContents` of a ``.npz`` archive or a ``.pt`` dict (values: arrays or tensors)."""
+    keys = [k for k in mapping.keys()]
+    if not keys:
+        raise UserError(f"{what} file {path} holds no arrays")
+    if not all(isinstance(k, str) for k in keys):
+        raise UserError(f"{what} file {path} is a dict with keys {_keys_listing(keys)}; its keys must be names "
+                        "such as x_train and x_test")  # fmt: skip
+    x_key, test_key = _pick_keys(keys, what, path)
+
+    def get(key):
+        return None if key is None or key not in mapping else _to_numpy(mapping[key], what, path, key)
+
+    label = lambda k: LABEL_KEYS.get(k) if k is not None else None  # noqa: E731
+    return _FileContents(get(x_key), get(test_key), get(label(x_key)), get(label(test_key)), x_key, test_key)
+
+
+def _to_numpy(value, what, path, name="the array"):
+    """A tensor or array as a NumPy array (bfloat16 as float32); anything else is a :class:`UserError`."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        if t.is_sparse or t.layout != torch.strided:
+            t = t.to_dense()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise UserError(f"{what} file {path}: {name} is a {type(value).__name__}, not a tensor or array")
+
+
+def _contents_from_sequence(items, what, path, kind):
+    """``(data,)`` or ``(data, labels)`` from a tuple/list of tensors or a ``TensorDataset``."""
+    items = list(items)
+    if not items or len(items) > 2:
+        raise UserError(f"{what} file {path} holds a {kind} of {len(items)} items; pyro-vae reads (data,) or "
+                        "(data, labels); for a train/test pair save a dict {'x_train': ..., 'x_test': ...}")
+    x = _to_numpy(items[0], what, path, f"item 0 of the {kind}")
+    labels = _to_numpy(items[1], what, path, f"item 1 of the {kind}") if len(items) == 2 else None
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(x)):
+        raise UserError(f"{what} file {path} holds a {kind} whose second item (shape {labels.shape}) is not labels "
+                        f"of shape ({len(x)},); for a train/test pair save a dict {{'x_train': ..., 'x_test': ...}}")
+    return _FileContents(x, labels=labels, x_name=f"item 0 of the {kind}")
+
+
+def _load_pt(path, what):
+    """A ``.pt`` file, loaded with ``weights_only=True`` (``TensorDataset`` allowed as a safe global)."""
+    from torch.utils.data import TensorDataset
+
+    try:
+        with torch.serialization.safe_globals([TensorDataset]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if not found:
+            raise UserError(f"cannot read {what} file {path}: it is not a torch file or it is damaged") from None
+        holds = f" (it holds a {found.group(1)})"
+        raise UserError(
+            f"{what} file {path} holds objects other than tensors, dicts, lists or a TensorDataset{holds}, so it is "
+            "not read; save the data itself: torch.save(tensor, path) or "
+            "torch.save({'x_train': ..., 'x_test': ...}, path)"
+        ) from None
+    if isinstance(obj, torch.Tensor):
+        return _FileContents(_to_numpy(obj, what, path))
+    if isinstance(obj, dict):
+        return _contents_from_mapping(obj, what, path)
+    if isinstance(obj, (tuple, list)):
+        return _contents_from_sequence(obj, what, path, type(obj).__name__)
+    if type(obj) is TensorDataset and isinstance(getattr(obj, "tensors", None), tuple):
+        return _contents_from_sequence(obj.tensors, what, path, "TensorDataset")
+    raise UserError(f"{what} file {path} holds a {type(obj).__name__}; pyro-vae reads a tensor, a dict of tensors "
+                    "(x_train/x_test, ...), a tuple (data, labels) or a TensorDataset")  # fmt: skip
+
+
+def _read_file(path, what):
+    """Read a user's ``.npy`` / ``.npz`` / ``.pt`` file (the rules: the module docstring) as :class:`_FileContents`.
+
+    Raises :class:`UserError` for a missing, unreadable or unsafe file, an unknown layout or suffix.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} file {path} does not exist")
+    if path.suffix not in (".npy", ".npz", ".pt"):
+        raise UserError(f"{what} file {path} must be .npy, .npz or .pt")
     try:
         if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
+            return _FileContents(np.load(path, allow_pickle=False))
+        if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                keys = list(archive.keys())
-                key = next((k for k in ("x", "data", "train") if k in keys), keys[0] if keys else None)
-                if key is None:
-                    raise UserError(f"{what} file {path} holds no arrays")
-                array = archive[key]
-        elif path.suffix == ".pt":
-            array = torch.load(path, map_location="cpu", weights_only=True)
-            array = array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-        else:
-            raise UserError(f"{what} file {path} must be .npy, .npz or .pt")
+                return _contents_from_mapping(archive, what, path)
+        return _load_pt(path, what)
     except UserError:
         raise
+    except ValueError as e:
+        if "pickled data" in str(e):
+            raise UserError(f"cannot read {what} file {path}: it is not a {path.suffix} array (pickled data, or "
+                            "damaged), and pickles are not loaded: they could run code") from None  # fmt: skip
+        if "Object arrays" in str(e):
+            raise UserError(f"{what} file {path} holds an object array, which cannot be data (and is not loaded: it "
+                            "could run code); save a numeric array") from None  # fmt: skip
+        raise UserError(f"cannot read {what} file {path}: {_first_line(e)}") from None
     except Exception as e:  # numpy/torch raise many types for a damaged file
-        raise UserError(f"cannot read {what} file {path}: {e}") from None
-    if array.ndim < 2 or len(array) == 0 or not np.issubdtype(array.dtype, np.number):
-        raise UserError(f"{what} file {path} must hold a numeric array of shape (N, ...), got shape {array.shape}")
-    return array
+        raise UserError(f"cannot read {what} file {path}: {_first_line(e)}") from None
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return "the file is damaged or not in this format" if "weights_only" in line else line
+
+
+def _read_array(path, what):
+    """The data array of a user's file (``--data``: the training array), shape ``(N, ...)``, unconverted."""
+    contents = _read_file(path, what)
+    _check_shape(contents.x, what, path)
+    return contents.x
+
+
+def _check_shape(array, what, path, name=None):
+    """Refuse arrays that cannot be N items: fewer than 2 dimensions, no items, or items without values."""
+    where = f"{what} file {path}" + (f" ({name})" if name else "")
+    if array.ndim < 2:
+        raise UserError(f"{where} must hold a numeric array of shape (N, ...), got shape {array.shape}")
+    if len(array) == 0:
+        raise UserError(f"{where} holds no items (shape {array.shape})")
+    if array[0].size == 0:
+        raise UserError(f"{where} holds items with no values (shape {array.shape})")
+
+
+#: what an interpretation is called in messages
+_KIND = {2: "binary 0/1 (2 levels)", 256: "8-bit levels k/255 (256 levels)", None: "continuous values"}
+
+
+def interpret_array(array, what="data", path=""):
+    """Read one array by its own dtype and values (the rules of the module docstring).
+
+    :param array: a NumPy array of shape ``(N, ...)``.
+    :returns: ``(x, levels, fixed)``: ``x`` a float32 tensor of shape ``(N, D)`` (items flattened
+        row-major), ``levels`` 2, 256 or ``None`` (continuous), and ``fixed`` ``True`` when the levels
+        come from an integer or bool dtype (so they are a declaration, not a guess from float values).
+    :raises UserError: for a dtype that cannot be data (complex, object, string, datetime, ...) or
+        integers outside [0, 255].
+    """
+    _check_shape(array, what, path)
+    dtype = array.dtype
+    if dtype.kind == "b":
+        return torch.from_numpy(array.reshape(len(array), -1).astype(np.float32)), 2, True
+    if dtype.kind in "iu":  # not np.issubdtype(.., np.integer): timedelta64 is one
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 255:
+            raise UserError(
+                f"{what} file {path} holds {dtype} values from {lo} to {hi}; integer arrays are read as binary 0/1 "
+                "or as 8-bit levels 0..255, so save other data as float32, scaled as you mean it"
+            )
+        levels = 2 if hi <= 1 else 256
+        x = array.reshape(len(array), -1).astype(np.float32)
+        return torch.from_numpy(x if levels == 2 else x / np.float32(255)), levels, True
+    if dtype.kind == "f":
+        x = torch.from_numpy(np.ascontiguousarray(array.reshape(len(array), -1), dtype=np.float32))
+        return x, detect_levels(x), False
+    raise UserError(
+        f"{what} file {path} holds {dtype} values, which cannot be data; save a bool, integer or float array"
+    )
 
 
 def detect_levels(*arrays, candidates=(2, 256)):
     """The quantization of float data in [0, 1]: the first ``L`` in ``candidates`` such that every
-    value is within 1e-6 of a level ``k/(L-1)`` (binary data: 2; 8-bit data stored as floats: 256),
-    else ``None`` (continuous data)."""
+    value of every array is within 1e-6 of a level ``k/(L-1)`` (binary data: 2; 8-bit data stored
+    as floats: 256), else ``None`` (continuous data, values outside [0, 1], or NaN/inf)."""
     for levels in candidates:
         ok = True
         for x in arrays:
-            if x.numel() and (x.min() < 0 or x.max() > 1):
+            if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
                 return None
             scaled = x * (levels - 1)  # float32 error here is < 1e-7 * (levels - 1)
             if x.numel() and (scaled - scaled.round()).abs().max() > 1e-6 * (levels - 1):
@@ -306,31 +589,96 @@ def detect_levels(*arrays, candidates=(2, 256)):
     return None
 
 
-def load_arrays(data, test_data=None):
-    """A user's own arrays (``--data`` / ``--test-data``): shape (N, ...); uint8 is scaled to [0, 1].
+def reconcile_levels(train, test, train_what="--data", test_what="--test-data"):
+    """The levels of a train/test pair read by :func:`interpret_array` (``(x, levels, fixed)`` each).
 
-    The levels are 256 for uint8 arrays; for float arrays they are detected (:func:`detect_levels`):
-    2 for binary data, 256 for 8-bit values stored as ``k/255``, otherwise ``None`` (continuous).
+    Equal levels are kept. A float array on the grid of an integer one takes the integer one's levels;
+    two float arrays take the finest grid both sit on (or none: continuous); either of these prints
+    one :class:`DataWarning` line. Two integer arrays of different levels (binary and 8-bit), or a
+    float array off an integer array's grid, raise :class:`UserError` saying how to fix the files.
     """
-    train = _read_array(data, "--data")
-    test = _read_array(test_data, "--test-data") if test_data else None
-    if test is None:
-        train, test = seeded_split(train)
-    if train.shape[1:] != test.shape[1:]:
-        raise UserError(f"--data items have shape {train.shape[1:]} but --test-data items {test.shape[1:]}")
-    scale = 255.0 if train.dtype == np.uint8 else 1.0
-    shape = train.shape[1:]
+    (x_a, l_a, fixed_a), (x_b, l_b, fixed_b) = train, test
+    if l_a == l_b:
+        return l_a
+    said = f"{train_what} reads as {_KIND[l_a]} but {test_what} as {_KIND[l_b]}"
+    if fixed_a and fixed_b:
+        raise UserError(f"{said} (both integer arrays): store both the same way, e.g. binarize both or keep both as "
+                        "8-bit 0..255")  # fmt: skip
+    if fixed_a or fixed_b:
+        levels, x_float, float_what = (l_a, x_b, test_what) if fixed_a else (l_b, x_a, train_what)
+        if detect_levels(x_float, candidates=(levels,)) != levels:
+            raise UserError(f"{said}, and the float values of {float_what} are not on the {levels}-level grid: save "
+                            "both with the same dtype (e.g. both float32 scaled to [0, 1])")  # fmt: skip
+        _note(f"{said}; the float values sit on the {levels}-level grid, so both are used as {_KIND[levels]}")
+        return levels
+    levels = detect_levels(x_a, x_b)
+    _note(f"{said} (both float); both are used as {_KIND[levels]}")
+    return levels
+
+
+def _image_shape(shape):
     if len(shape) == 2:
-        image_shape = tuple(shape)
-    elif len(shape) == 3 and shape[0] == 1:
-        image_shape = tuple(shape[1:])
+        return tuple(shape)
+    if len(shape) == 3 and shape[0] == 1:
+        return tuple(shape[1:])
+    d = int(np.prod(shape))
+    side = int(round(d**0.5))
+    return (side, side) if side * side == d else (1, d)
+
+
+def _labels(labels, n, what, path):
+    if labels is None or labels.dtype.kind not in "biuf":
+        return None  # labels that are not numbers (e.g. class names) are not kept
+    if labels.ndim != 1 or len(labels) != n:
+        raise UserError(f"{what} file {path} holds labels of shape {labels.shape} for {n} items; they must be (N,)")
+    return torch.as_tensor(labels)
+
+
+def load_arrays(data, test_data=None):
+    """A user's own data (``--data`` / ``--test-data``) as a :class:`Dataset`, read by the rules of
+    the module docstring.
+
+    :param data: path of a ``.npy``, ``.npz`` or ``.pt`` file of shape ``(N, ...)``, or holding a
+        train/test pair.
+    :param test_data: path of the test file, or ``None``: the test set is then the file's own
+        (``x_test``, ...) or a fixed seeded 10% split of ``data`` (which needs at least 2 items).
+    :returns: a :class:`Dataset` of float32 ``(N, D)`` tensors, ``levels`` 2, 256 or ``None``, and
+        ``labels`` / ``test_labels`` when the file holds them.
+    :raises UserError: for every file or content the rules refuse.
+    """
+    contents = _read_file(data, "--data")
+    _check_shape(contents.x, "--data", data, contents.x_name)
+    if contents.test is not None and test_data:
+        raise UserError(f"--data file {data} holds its own test set ({contents.test_name}), and --test-data "
+                        f"{test_data} was given too; drop --test-data or save the training array alone")  # fmt: skip
+    test_what, test_path = "--data", data
+    labels = _labels(contents.labels, len(contents.x), "--data", data)
+    if test_data:
+        test_contents = _read_file(test_data, "--test-data")
+        test_array, test_labels, test_what, test_path = test_contents.x, test_contents.labels, "--test-data", test_data
     else:
-        d = int(np.prod(shape))
-        side = int(round(d**0.5))
-        image_shape = (side, side) if side * side == d else (1, d)
-    train, test = _as_float(train, scale), _as_float(test, scale)
-    levels = 256 if scale == 255.0 else detect_levels(train, test)
-    return Dataset(Path(data).stem, train, test, image_shape, levels)
+        test_array, test_labels = contents.test, contents.test_labels
+    train = interpret_array(contents.x, "--data", data)
+    if test_array is None:
+        n = len(contents.x)
+        if n < 2:
+            raise UserError(f"--data file {data} holds {n} item; a train/test split needs at least 2: add items, "
+                            "or pass --test-data (it may be the same file, to fit one example)")  # fmt: skip
+        x_train, x_test = seeded_split(train[0].numpy())
+        levels = train[1]
+        if labels is not None:
+            labels, test_labels = seeded_split(labels)
+        train_x, test_x = torch.from_numpy(x_train), torch.from_numpy(x_test)
+    else:
+        _check_shape(test_array, test_what, test_path, contents.test_name if not test_data else test_contents.x_name)
+        if contents.x.shape[1:] != test_array.shape[1:]:
+            raise UserError(f"--data items have shape {contents.x.shape[1:]} but test items {test_array.shape[1:]}")
+        test = interpret_array(test_array, test_what, test_path)
+        names = ("--data", "--test-data") if test_data else (f"{contents.x_name}", f"{contents.test_name}")
+        levels = reconcile_levels(train, test, *names)
+        train_x, test_x = train[0], test[0]
+        test_labels = _labels(test_labels, len(test_array), test_what, test_path)
+    return Dataset(Path(data).stem, train_x, test_x, _image_shape(contents.x.shape[1:]), levels, labels, test_labels)
 
 
 def load_dataset(name="digits", data_dir=None, data=None, test_data=None):

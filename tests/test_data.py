@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_vae import UserError, load_dataset
-from pyro_vae.data import DATASETS, cache_dir, data_root, seeded_split
+from pyro_vae.data import DATASETS, DataWarning, cache_dir, data_root, load_arrays, seeded_split
 
 
 def test_registry_lists_datasets():
@@ -125,3 +125,327 @@ def test_shared_frey_and_binarized_mnist(shared_copy):
     bm = load_dataset("binarized-mnist", data_dir=root)
     assert bm.train.shape == (50000, 784) and bm.test.shape == (10000, 784)
     assert bm.train.sum().item() == 5118041 and bm.test.sum().item() == 1038896  # counts from the data README
+
+
+# What the numbers in a user's file mean (issue 11, kind 1) ---------------------------------------
+
+
+RNG = np.random.RandomState(0)
+BITS = RNG.randint(0, 2, size=(40, 4, 5))  # 0/1 images
+PIXELS = RNG.randint(0, 256, size=(40, 4, 5))  # 8-bit images
+PIXELS[0, 0, 0], PIXELS[0, 0, 1] = 0, 255
+
+
+def _split(source):
+    """The train/test split load_arrays makes of ``source`` (the same seeded permutation), flattened."""
+    train, test = seeded_split(np.asarray(source).reshape(len(source), -1))
+    return torch.as_tensor(train.astype(np.float32)), torch.as_tensor(test.astype(np.float32))
+
+
+def _load(tmp_path, array, test=None, **kw):
+    np.save(tmp_path / "x.npy", array)
+    if test is not None:
+        np.save(tmp_path / "t.npy", test)
+    return load_arrays(tmp_path / "x.npy", tmp_path / "t.npy" if test is not None else None, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, bool, np.int64, np.int8, np.uint16])
+def test_binary_integer_and_bool_arrays_are_binary_not_k_over_255(tmp_path, dtype):
+    d = _load(tmp_path, BITS.astype(dtype))
+    train, test = _split(BITS)
+    assert d.levels == 2
+    assert torch.equal(d.train, train) and torch.equal(d.test, test)  # values 0.0 / 1.0, not 1/255
+    assert abs(torch.cat([d.train, d.test]).mean().item() - BITS.mean()) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.int16, np.uint32])
+def test_integer_pixels_are_8_bit_levels(tmp_path, dtype):
+    d = _load(tmp_path, PIXELS.astype(dtype))
+    train, test = _split(PIXELS)
+    assert d.levels == 256 and d.train.dtype == torch.float32
+    assert torch.equal(d.train, train / 255) and torch.equal(d.test, test / 255)
+    assert torch.equal((d.train * 255).round(), train)
+
+
+@pytest.mark.parametrize("values", [np.array([-1, 0, 5]), np.array([0, 3, 256]), np.array([0, 40000])])
+def test_integers_outside_0_255_are_refused(tmp_path, values):
+    x = np.resize(values, (6, 3)).astype(np.int32)
+    with pytest.raises(UserError, match=r"int32 values from -?\d+ to \d+; integer arrays are read as binary") as e:
+        _load(tmp_path, x)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "source,levels",
+    [
+        (RNG.randn(30, 7), None),  # real values, negative too: taken as given
+        (PIXELS / 255.0, 256),  # 8-bit levels stored as floats
+        (BITS * 1.0, 2),
+        (PIXELS * 1.0, None),  # floats 0..255 are not rescaled
+        (RNG.rand(30, 7) * 0.5 + 0.25, None),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_float_arrays_are_taken_as_given(tmp_path, source, levels, dtype):
+    source = source.astype(dtype)
+    d = _load(tmp_path, source)
+    train, test = _split(source)  # float16/float64 -> float32, the values as given
+    assert torch.equal(d.train, train) and torch.equal(d.test, test)
+    assert d.levels == (None if dtype == np.float16 and levels == 256 else levels)  # float16 k/255 is off the grid
+
+
+@pytest.mark.parametrize(
+    "array,dtype_name",
+    [
+        (np.ones((4, 3), dtype=np.complex64), "complex64"),
+        (np.full((4, 3), "a"), "<U1"),
+        (np.array(["2020-01-01"] * 12, dtype="datetime64[D]").reshape(4, 3), "datetime64"),
+        (np.zeros((4, 3), dtype=np.timedelta64), "timedelta64"),
+    ],
+)
+def test_dtypes_that_cannot_be_data_are_refused(tmp_path, array, dtype_name):
+    with pytest.raises(UserError, match=f"holds {dtype_name}.* values, which cannot be data") as e:
+        _load(tmp_path, array)
+    assert "\n" not in str(e.value)
+
+
+def test_object_arrays_are_refused_without_loading(tmp_path):
+    np.save(tmp_path / "o.npy", np.array([[1, "a"], [2, "b"]], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="holds an object array, which cannot be data"):
+        load_arrays(tmp_path / "o.npy")
+    np.savez(tmp_path / "o.npz", x=np.array([[1, None]], dtype=object))
+    with pytest.raises(UserError, match="object array"):
+        load_arrays(tmp_path / "o.npz")
+
+
+def test_train_and_test_each_read_by_their_own_dtype(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # agreeing interpretations: no message
+        d = _load(tmp_path, PIXELS.astype(np.uint8), (PIXELS[:5] / 255).astype(np.float32))
+        assert d.levels == 256 and torch.equal(d.test * 255, torch.as_tensor(PIXELS[:5].reshape(5, -1) * 1.0))
+        assert torch.equal(d.train * 255, torch.as_tensor(PIXELS.reshape(40, -1) * 1.0))
+        d = _load(tmp_path, BITS.astype(np.uint8), BITS[:5].astype(np.float32))
+        assert d.levels == 2 and d.test.sum() == BITS[:5].sum()
+        d = _load(tmp_path, BITS.astype(bool), BITS[:5].astype(np.uint8))
+        assert d.levels == 2
+
+
+def test_train_test_mismatch_reconciled_with_one_line(tmp_path):
+    message = "^--data reads as 8-bit .* but --test-data as binary .* both are used as 8-bit"
+    with pytest.warns(DataWarning, match=message):
+        d = _load(tmp_path, PIXELS.astype(np.uint8), BITS[:5].astype(np.float32))
+    assert d.levels == 256 and torch.equal(d.test, torch.as_tensor(BITS[:5].reshape(5, -1) * 1.0))
+    with pytest.warns(DataWarning, match="both float.*continuous"):
+        d = _load(tmp_path, RNG.rand(20, 3).astype(np.float32), (PIXELS[:5, 0, :3] / 255).astype(np.float32))
+    assert d.levels is None
+    with pytest.warns(DataWarning, match="both float.*8-bit"):
+        d = _load(tmp_path, (PIXELS / 255).astype(np.float32), BITS[:5].astype(np.float64))
+    assert d.levels == 256
+
+
+@pytest.mark.parametrize(
+    "train,test,match",
+    [
+        (PIXELS.astype(np.uint8), BITS[:5].astype(np.uint8), "both integer arrays"),
+        (BITS.astype(bool), PIXELS[:5].astype(np.int64), "both integer arrays"),
+        (PIXELS.astype(np.uint8), PIXELS[:5].astype(np.float32), "not on the 256-level grid"),  # unscaled floats
+        (PIXELS.astype(np.uint8), RNG.rand(5, 4, 5).astype(np.float32), "not on the 256-level grid"),
+        ((PIXELS / 255).astype(np.float32), BITS[:5].astype(np.uint8), "float values of --data are not on the 2-level"),
+    ],
+)
+def test_train_test_mismatch_refused(tmp_path, train, test, match):
+    with pytest.raises(UserError, match=match) as e:
+        _load(tmp_path, train, test)
+    assert "\n" not in str(e.value)
+
+
+# User files read as users mean them (kind 4) -----------------------------------------------------
+
+KERAS = {"x_test": PIXELS[:10].astype(np.uint8), "x_train": PIXELS[10:].astype(np.uint8),
+         "y_train": np.arange(10, 40), "y_test": np.arange(10)}  # fmt: skip
+
+
+@pytest.mark.parametrize("pair", [("x_train", "x_test"), ("X_train", "X_test"), ("train", "test")])
+def test_npz_train_test_pair_taken_from_the_file(tmp_path, pair):
+    np.savez(tmp_path / "d.npz", **{pair[1]: KERAS["x_test"], pair[0]: KERAS["x_train"], "other": np.zeros(3)})
+    d = load_arrays(tmp_path / "d.npz")
+    assert torch.equal(d.train * 255, torch.as_tensor(KERAS["x_train"].reshape(30, -1) * 1.0))  # x_train trains
+    assert torch.equal(d.test * 255, torch.as_tensor(KERAS["x_test"].reshape(10, -1) * 1.0))
+    assert d.levels == 256 and d.image_shape == (4, 5)
+
+
+def test_npz_keras_layout_keeps_labels_and_refuses_a_second_test_set(tmp_path):
+    np.savez(tmp_path / "mnist.npz", **KERAS)
+    d = load_arrays(tmp_path / "mnist.npz")
+    assert d.train.shape == (30, 20) and d.test.shape == (10, 20)
+    assert d.labels.tolist() == list(range(10, 40)) and d.test_labels.tolist() == list(range(10))
+    np.save(tmp_path / "t.npy", KERAS["x_test"])
+    with pytest.raises(UserError, match="holds its own test set \\(x_test\\), and --test-data"):
+        load_arrays(tmp_path / "mnist.npz", tmp_path / "t.npy")
+    with pytest.raises(UserError, match="holds a train/test pair \\(x_train, x_test\\); pass it as --data alone"):
+        load_arrays(tmp_path / "t.npy", tmp_path / "mnist.npz")
+
+
+def test_npz_single_array_is_the_training_data_with_its_labels_split_alike(tmp_path):
+    x = np.repeat(np.arange(40, dtype=np.uint8)[:, None], 6, axis=1)  # item i holds the value i
+    np.savez(tmp_path / "a.npz", x)  # saved as arr_0
+    d = load_arrays(tmp_path / "a.npz")
+    assert (d.train.shape, d.test.shape, d.levels) == ((36, 6), (4, 6), 256)
+    np.savez(tmp_path / "b.npz", x=x, y=np.arange(40) * 10)
+    d = load_arrays(tmp_path / "b.npz")
+    assert torch.equal((d.train[:, 0] * 255).round().long() * 10, d.labels)
+    assert torch.equal((d.test[:, 0] * 255).round().long() * 10, d.test_labels)
+    np.savez(tmp_path / "c.npz", x_train=x, y_train=np.arange(40))  # a training array alone: seeded split
+    assert load_arrays(tmp_path / "c.npz").train.shape == (36, 6)
+    np.savez(tmp_path / "t.npz", x_test=x[:3], y_test=np.arange(3))
+    d = load_arrays(tmp_path / "c.npz", tmp_path / "t.npz")
+    assert d.train.shape == (40, 6) and d.test.shape == (3, 6) and d.test_labels.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "arrays,keys",
+    [
+        ({"a": BITS, "b": BITS}, "a, b"),
+        ({"x_test": BITS}, "x_test"),  # a test set without a training set
+        ({"x": BITS, "data": BITS}, "x, data"),
+        ({"x": BITS, "x_test": BITS}, "x, x_test"),
+        ({"y": np.arange(40)}, "y"),  # only labels
+    ],
+)
+def test_npz_unknown_layouts_refused_listing_the_keys(tmp_path, arrays, keys):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(UserError, match=f"holds arrays {keys}: cannot tell which to train on; name the arrays x_train"):
+        load_arrays(tmp_path / "d.npz")
+
+
+def test_npz_with_two_pairs_or_no_arrays_refused(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=BITS, x_test=BITS, train=BITS, test=BITS)
+    with pytest.raises(UserError, match="several train/test pairs"):
+        load_arrays(tmp_path / "d.npz")
+    np.savez(tmp_path / "e.npz")
+    with pytest.raises(UserError, match="holds no arrays"):
+        load_arrays(tmp_path / "e.npz")
+
+
+def test_pt_layouts(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    x, y = torch.from_numpy(PIXELS.astype(np.uint8)), torch.arange(40)
+    train, test = _split(PIXELS)
+    layouts = [("t", x), ("tuple", (x, y)), ("list", [x]), ("ds", TensorDataset(x, y)), ("d1", {"x": x, "y": y})]
+    for name, obj in layouts:
+        torch.save(obj, tmp_path / f"{name}.pt")
+        d = load_arrays(tmp_path / f"{name}.pt")
+        assert torch.equal(d.train, train / 255) and torch.equal(d.test, test / 255) and d.levels == 256, name
+        if name in ("tuple", "ds", "d1"):
+            assert torch.equal(d.labels, torch.as_tensor(seeded_split(np.arange(40))[0])), name
+    torch.save({"x_train": x[10:], "x_test": x[:10]}, tmp_path / "pair.pt")
+    d = load_arrays(tmp_path / "pair.pt")
+    assert torch.equal(d.train, torch.as_tensor(PIXELS[10:].reshape(30, -1) / 255, dtype=torch.float32))
+    torch.save(torch.from_numpy(BITS).bool(), tmp_path / "b.pt")
+    assert load_arrays(tmp_path / "b.pt").levels == 2
+    torch.save(torch.rand(20, 3).bfloat16(), tmp_path / "bf.pt")
+    assert load_arrays(tmp_path / "bf.pt").train.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "obj,match",
+    [
+        (lambda: (torch.rand(8, 3), torch.rand(4, 3)), "second item .* is not labels"),  # (train, test): say how
+        (lambda: (torch.rand(8, 3), torch.arange(8), torch.arange(8)), "tuple of 3 items"),
+        (lambda: [], "list of 0 items"),
+        (lambda: {"a": torch.rand(8, 3), "b": torch.rand(8, 3)}, "holds arrays a, b"),
+        (lambda: {1: torch.rand(8, 3)}, "its keys must be names"),
+        (lambda: {"x": [1, 2]}, "x is a list, not a tensor"),
+        (lambda: "text", "holds a str"),
+        (lambda: torch.nn.Linear(2, 2), "holds objects other than tensors.*torch.nn.modules.linear.Linear"),
+    ],
+)
+def test_pt_refusals_are_one_line_and_never_advise_unsafe_loading(tmp_path, obj, match):
+    torch.save(obj(), tmp_path / "x.pt")
+    with pytest.raises(UserError, match=match) as e:
+        load_arrays(tmp_path / "x.pt")
+    assert "\n" not in str(e.value) and "weights_only=False" not in str(e.value)
+
+
+def test_damaged_pt_refused(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="cannot read --data file .*x.pt") as e:
+        load_arrays(tmp_path / "x.pt")
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
+
+
+# Degenerate sizes (kind 7, the data part) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "array,match",
+    [
+        (np.zeros((0, 3)), "holds no items"),
+        (np.zeros((5, 0)), r"items with no values \(shape \(5, 0\)\)"),
+        (np.zeros((5, 3, 0), dtype=np.uint8), "items with no values"),
+        (np.zeros(5), r"shape \(N, ...\)"),
+        (np.zeros((1, 8), dtype=np.uint8), "holds 1 item; a train/test split needs at least 2"),
+    ],
+)
+def test_degenerate_sizes_refused(tmp_path, array, match):
+    with pytest.raises(UserError, match=match):
+        _load(tmp_path, array)
+
+
+def test_degenerate_test_file_refused_and_one_item_with_a_test_set_loads(tmp_path):
+    with pytest.raises(UserError, match="--test-data file .* holds no items"):
+        _load(tmp_path, PIXELS.astype(np.uint8), np.zeros((0, 4, 5), np.uint8))
+    np.savez(tmp_path / "e.npz", x_train=PIXELS, x_test=np.zeros((0, 4, 5)))
+    with pytest.raises(UserError, match=r"\(x_test\) holds no items"):
+        load_arrays(tmp_path / "e.npz")
+    d = _load(tmp_path, PIXELS[:1].astype(np.uint8), PIXELS[:1].astype(np.uint8))
+    assert d.train.shape == d.test.shape == (1, 20) and torch.equal(d.train, d.test)
+    d = _load(tmp_path, PIXELS[:2].astype(np.uint8))
+    assert d.train.shape == d.test.shape == (1, 20)
+
+
+def test_cli_refusals_are_one_error_line(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    np.save(tmp_path / "one.npy", PIXELS[:1].astype(np.uint8))
+    np.save(tmp_path / "c.npy", np.ones((4, 3), np.complex128))
+    for name in ("one", "c"):
+        assert main(["fit", "--data", str(tmp_path / f"{name}.npy"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --data file") and err.count("\n") == 1
+
+
+def test_batch_larger_than_the_data_runs_one_batch(tmp_path):
+    import json
+
+    import pyro_vae
+
+    np.save(tmp_path / "x.npy", BITS[:12].astype(np.uint8))
+    run = pyro_vae.fit(data=str(tmp_path / "x.npy"), batch_size=128, epochs=2, hidden=(8,), z_dim=2, device="cpu",
+                       out=tmp_path / "run", quiet=True)  # fmt: skip
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["n_train"], config["n_test"], config["levels"]) == (11, 1, 2)
+    assert len(run.metrics) == 2 and all(np.isfinite(m["test_elbo"]) for m in run.metrics)
+
+
+# The data's fingerprint --------------------------------------------------------------------------
+
+
+def test_fingerprint_follows_the_values(tmp_path):
+    a = _load(tmp_path, PIXELS.astype(np.uint8))
+    fp = a.fingerprint()
+    assert len(fp) == 64 and int(fp, 16) >= 0 and a.fingerprint() is fp  # hex sha256, cached
+    assert _load(tmp_path, (PIXELS / 255).astype(np.float32)).fingerprint() == fp  # same values, other dtype
+    assert a.to("cpu").fingerprint() == fp
+    changed = PIXELS.copy()
+    changed[17, 2, 3] = (changed[17, 2, 3] + 1) % 256
+    assert _load(tmp_path, changed.astype(np.uint8)).fingerprint() != fp
+    np.save(tmp_path / "t.npy", PIXELS[:3].astype(np.uint8))
+    d = load_arrays(tmp_path / "x.npy", tmp_path / "t.npy")  # another test set
+    assert d.fingerprint() != fp
+    swapped = type(a)(a.name, a.test, a.train, a.image_shape, a.levels)
+    assert swapped.fingerprint() != fp
+    assert load_dataset("digits").fingerprint() == load_dataset("digits").fingerprint()
