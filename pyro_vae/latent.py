@@ -384,14 +384,15 @@ def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, sa
 METHODS = ("auto", "pca", "tsne")
 
 
-def project_2d(codes, method="auto", seed=0):
+def project_2d(codes, method="auto", seed=0, tsne_options=None):
     r"""2-D coordinates of ``codes`` ``(N, z)`` for a scatter: ``(coords (N, 2), method used)``.
 
     ``z = 2``: the plane itself (``"plane"``). ``z = 1``: the unit against a fixed-seed jitter
     (``"line"``). Otherwise ``"auto"`` and ``"pca"``: the first two principal components
     (:class:`sklearn.decomposition.PCA`, linear, fast, deterministic); ``"tsne"``:
     :class:`sklearn.manifold.TSNE` (van der Maaten & Hinton 2008; perplexity
-    :math:`\min(30, (N-1)/3)`, ``random_state=seed``; slow beyond a few thousand items).
+    :math:`\min(30, (N-1)/3)`, ``random_state=seed``, PCA initialization, other keywords from
+    ``tsne_options``, e.g. ``{"max_iter": 250}``; slow beyond a few thousand items).
     """
     if method not in METHODS:
         raise UserError(f"unknown projection {method!r}: choose one of {', '.join(METHODS)}")
@@ -409,7 +410,8 @@ def project_2d(codes, method="auto", seed=0):
             raise UserError(f"t-SNE needs at least 4 items, got {n}")
         from sklearn.manifold import TSNE
 
-        tsne = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), random_state=seed, init="pca")
+        options = dict(n_components=2, perplexity=min(30.0, (n - 1) / 3), random_state=seed, init="pca")
+        tsne = TSNE(**{**options, **(tsne_options or {})})
         return tsne.fit_transform(codes), "tsne"
     if n < 2:
         raise UserError("PCA needs at least 2 items")
@@ -418,7 +420,7 @@ def project_2d(codes, method="auto", seed=0):
     return PCA(n_components=2).fit_transform(codes), "pca"
 
 
-def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0, title=None):
+def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0, title=None, tsne_options=None):
     """Write a 2-D scatter of ``codes`` (``(N, z)``, e.g. posterior means) coloured by ``labels`` as a PNG.
 
     Integer or string labels with at most 20 values get one colour each and a legend; other
@@ -429,7 +431,7 @@ def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0
     """
     from . import plots
 
-    coords, used = project_2d(codes, method, seed)
+    coords, used = project_2d(codes, method, seed, tsne_options)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (coords.shape[0],):

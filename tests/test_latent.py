@@ -227,7 +227,8 @@ def test_latent_scatter_writes_a_png(tmp_path, z, method, want):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 20)
     codes = rng.normal(size=(60, z)) + labels[:, None]
-    coords, used = latent.latent_scatter(codes, labels, tmp_path / "l.png", method=method)
+    coords, used = latent.latent_scatter(codes, labels, tmp_path / "l.png", method=method,
+                                         tsne_options={"max_iter": 250})  # fmt: skip
     assert used == want and coords.shape == (60, 2)
     if want == "plane":
         np.testing.assert_array_equal(coords, codes)
