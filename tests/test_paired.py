@@ -96,7 +96,7 @@ def test_all_pairs_orients_the_winner_first():
     first = pairs[0]
     assert first["mean"] == pytest.approx((by["iaf"] - by["diagonal"]).mean(), rel=1e-12)
     assert first["statement"].startswith(f"iaf beats diagonal by {first['mean']:.3f} ± {first['se']:.3f} nats")
-    assert first["se"] == pytest.approx(0.019, abs=0.005)  # 2 decimals of SE at 2 significant digits
+    assert first["se"] == pytest.approx(0.019, abs=0.005)  # shown with 3 decimals: the SE to 2 significant digits
     assert pairs[1]["indistinguishable"]
 
 
