@@ -48,7 +48,6 @@ Errors a user can cause raise :class:`~pyro_vae.errors.UserError`.
 """
 
 import csv
-import math
 from contextlib import contextmanager
 from pathlib import Path
 
