@@ -146,3 +146,157 @@ def save_comparison(groups, originals, strips, image_shape, path, title=None, va
                 sub.text(x, 1.04, text, transform=sub.transAxes, ha="center", va="bottom", fontsize=9)
     fig.savefig(path)
     plt.close(fig)
+
+
+# Latent-space pictures and the Pareto chart -------------------------------------------------------
+
+
+def image_grid(images, image_shape, nrow, padding=1, pad_value=1.0, value_range=(0.0, 1.0)):
+    """Rows of ``images`` (``(N, D)``, or ``(N, *image_shape)``) tiled by :func:`torchvision.utils.make_grid`.
+
+    :param image_shape: ``(H, W)`` (grayscale) or ``(C, H, W)`` with ``C`` 1 or 3.
+    :param int nrow: images per row of the grid.
+    :param value_range: ``(lo, hi)`` mapped to [0, 1] and clipped; ``None``: the data's own min and max.
+    :returns: NumPy ``(H', W')`` for grayscale, ``(H', W', 3)`` for colour, values in [0, 1].
+    """
+    from torchvision.utils import make_grid
+
+    x = images.detach().float().cpu() if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    shape = tuple(image_shape)
+    if len(shape) == 2:
+        shape = (1,) + shape
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ValueError(f"image_shape must be (H, W) or (C, H, W) with C 1 or 3, got {tuple(image_shape)}")
+    x = x.reshape(-1, *shape)
+    lo, hi = value_range if value_range is not None else (x.min().item(), x.max().item())
+    x = ((x - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+    grid = make_grid(x, nrow=nrow, padding=padding, pad_value=pad_value)  # (3, H', W') (1 channel is repeated)
+    return grid[0].numpy() if shape[0] == 1 else grid.permute(1, 2, 0).numpy()
+
+
+def save_image_rows(rows, image_shape, path, row_labels=None, title=None, value_range=(0.0, 1.0)):
+    """Save ``rows`` (``(R, S, D)``: R rows of S images, e.g. traversals or interpolations) as one PNG,
+    with an optional label left of each row (e.g. ``"z3  KL 1.25"``) and a title."""
+    rows = np.asarray(rows.detach().cpu() if isinstance(rows, torch.Tensor) else rows)
+    r, s = rows.shape[:2]
+    grid = image_grid(rows.reshape(r * s, -1), image_shape, nrow=s, padding=1, value_range=value_range)
+    height, width = grid.shape[:2]
+    k = int(np.clip(np.ceil(600 / width), 1, 8))
+    label_w = 90 if row_labels else 0
+    title_h = 30 if title else 0
+    fig_w, fig_h = width * k + label_w, height * k + title_h
+    fig = plt.figure(figsize=(fig_w / 100, fig_h / 100), dpi=100)
+    ax = fig.add_axes([label_w / fig_w, 0, width * k / fig_w, height * k / fig_h])
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if row_labels:
+        for i, text in enumerate(row_labels):
+            y = 1 - (i + 0.5) / r
+            ax.text(-0.01, y, text, transform=ax.transAxes, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.995)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_scatter(coords, labels, path, axis_labels=("z0", "z1"), title=None, max_classes=20):
+    """A scatter of ``coords`` (``(N, 2)``) coloured by ``labels`` (``(N,)`` or None) as a PNG.
+
+    At most ``max_classes`` distinct integer or string labels: one colour each and a legend;
+    otherwise numeric labels are shown on a continuous colour map with a colour bar.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    n = coords.shape[0]
+    size = float(np.clip(3000 / max(n, 1), 2, 30))
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=100)
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=size, alpha=0.7, linewidths=0)
+    else:
+        labels = np.asarray(labels)
+        classes = np.unique(labels)
+        categorical = labels.dtype.kind in "iubUSO" and len(classes) <= max_classes
+        if categorical:
+            cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+            for c, value in enumerate(classes):
+                m = labels == value
+                ax.scatter(coords[m, 0], coords[m, 1], s=size, alpha=0.7, linewidths=0, color=cmap(c % cmap.N),
+                           label=str(value))  # fmt: skip
+            ax.legend(fontsize=7, markerscale=max(1.0, 20 / size) ** 0.5, loc="best", title="label", title_fontsize=7)
+        else:
+            sc = ax.scatter(coords[:, 0], coords[:, 1], c=labels.astype(np.float64), s=size, alpha=0.7,
+                            linewidths=0, cmap="viridis")  # fmt: skip
+            fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _mean_std(values):
+    v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else 0.0)
+
+
+def pareto_front(seconds, scores):
+    """Indices of the points on the Pareto front of (less training time, higher score), by increasing time.
+
+    A point is on the front when no other point has ``seconds <=`` and ``score >=`` with one of
+    them strict. ``seconds``, ``scores``: sequences of means, one per configuration.
+    """
+    seconds, scores = np.asarray(seconds, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    front = []
+    for i in range(len(seconds)):
+        dominated = any(
+            seconds[j] <= seconds[i] and scores[j] >= scores[i] and (seconds[j] < seconds[i] or scores[j] > scores[i])
+            for j in range(len(seconds))
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (seconds[i], -scores[i]))
+
+
+def save_pareto(points, path, title=None, xlabel="training time (s)", ylabel="test log p(x) (nats per item)"):
+    """The Pareto chart of a comparison: score against training seconds, one point per configuration.
+
+    :param points: ``[{"label": str, "seconds": [s per seed], "score": [score per seed]}, ...]``
+        (scalars allowed for one seed); higher scores are better (e.g. IS :math:`\\log p(x)`, nats).
+    Points are means over seeds with error bars of one standard deviation over seeds (ddof 1; none
+    for one seed). The Pareto front (:func:`pareto_front`: nothing is both faster and better) is
+    drawn as a step line and its points are filled; the others are hollow. The time axis is
+    logarithmic when the times span more than a factor of 20. Returns the front's labels.
+    """
+    if not points:
+        raise ValueError("save_pareto needs at least one point")
+    stats = [(p["label"],) + _mean_std(p["seconds"]) + _mean_std(p["score"]) for p in points]
+    labels = [s[0] for s in stats]
+    sx, ex, sy, ey = (np.array([s[i] for s in stats]) for i in (1, 2, 3, 4))
+    front = pareto_front(sx, sy)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    colors = plt.get_cmap("tab10").colors
+    for i, label in enumerate(labels):
+        on = i in front
+        ax.errorbar(sx[i], sy[i], xerr=ex[i], yerr=ey[i], fmt="o", ms=7, capsize=3, color=colors[i % 10],
+                    mfc=colors[i % 10] if on else "white", mew=1.5, zorder=3)  # fmt: skip
+        ax.annotate(label, (sx[i], sy[i]), xytext=(6, 6), textcoords="offset points", fontsize=8,
+                    fontweight="bold" if on else "normal")  # fmt: skip
+    fx, fy = sx[front], sy[front]
+    if len(front) > 1:
+        ax.step(fx, fy, where="post", color="black", alpha=0.6, lw=1.2, zorder=2, label="Pareto front")
+    ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", lw=1.0, zorder=4,
+               label="on the front" if len(front) <= 1 else None)  # fmt: skip
+    if sx.min() > 0 and sx.max() / sx.min() > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel + " (higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(0.12)
+    ax.set_title(title or "score against training time (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return [labels[i] for i in front]

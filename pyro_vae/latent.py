@@ -1,0 +1,440 @@
+r"""Use a trained VAE's latent space: encode data, interpolate, traverse units, scatter the codes.
+
+Every function takes a :class:`~pyro_vae.model.VAE` and data already prepared as the model expects
+(``(N, D)`` today; any ``(N, *item_shape)`` batch that ``vae.encoder`` accepts as is), works in
+batches on the VAE's device, and returns NumPy arrays on the CPU. Random draws are made under a
+fixed ``seed`` inside :func:`pyro_vae.guides.preserved_rng`: a call gives the same numbers for the
+same ``seed`` (and ``batch_size``), and torch's global random state is left as it was.
+
+**Posterior moments.** For each item the guide returns :math:`q_\phi(z \mid x)`. Its per-unit mean
+:math:`m_j(x) = \mathbb{E}_q[z_j]` and variance :math:`v_j(x) = \mathrm{Var}_q[z_j]` are read from
+the distribution when it has them in closed form (``diagonal``: :math:`\mu, \sigma^2`;
+``full-rank``: :math:`\mu` and the diagonal of :math:`LL^\top`), and are otherwise Monte Carlo
+estimates from ``samples`` draws (``iaf``, ``planar`` and other flows: the sample mean and the
+unbiased sample variance; the mean's own standard error is :math:`\sqrt{v_j / K}`).
+
+**Unit ordering** (:func:`unit_kl`, :func:`traverse`). Units are ordered by their average over
+the data of :math:`\mathrm{KL}(q(z_j \mid x) \,\|\, p(z_j))`, :math:`p(z_j) = \mathcal{N}(0, 1)`,
+computed as
+
+.. math::
+
+    \mathrm{KL}\big(\mathcal{N}(m_j, v_j) \,\|\, \mathcal{N}(0, 1)\big) = \tfrac12 \left(m_j^2 + v_j - 1 - \log v_j\right)
+
+(Kingma & Welling 2013, Appendix B, one unit). This is exact when the marginal
+:math:`q(z_j \mid x)` is Gaussian (``diagonal``, ``full-rank``). For a flow guide, :math:`m_j, v_j`
+are Monte Carlo moments and the value is a lower bound on the marginal KL: among densities with
+a given mean and variance the Gaussian has the largest entropy, and
+:math:`\mathrm{KL}(q_j \| p_j) = -H(q_j) + \tfrac12 \log 2\pi + \tfrac12 (m_j^2 + v_j)`.
+
+**Intended command line** (to be wired by the CLI; the functions here are what each calls):
+
+``pyro-vae encode RUN [--split train|val|test | --data FILE] [--what mean|scale|samples] [--samples K] -o z.npy|z.csv``
+    :func:`encode` on the chosen split (default ``test``) or a user's array, then :func:`save_codes`:
+    ``z.npy`` holds ``(N, z)`` (or ``(N, K, z)`` for ``--what samples``) and ``z.labels.npy`` the
+    labels when the data has them; ``z.csv`` has the header ``z0,...,z{d-1}[,label]``.
+``pyro-vae reconstruct RUN [--split ...] [-n 16] [--sample] -o FILE.png``
+    test inputs above :func:`reconstruct` (decoder means at the posterior mean, or at one draw
+    with ``--sample``), drawn with :func:`pyro_vae.plots.save_image_rows`.
+``pyro-vae interpolate RUN --items I J [--steps 10] [--slerp] [--split ...] -o FILE.png``
+    :func:`interpolate` between items ``I`` and ``J`` of the split: one row of ``steps`` images.
+``pyro-vae traverse RUN [--item I] [--units U ...] [--top N] [--range 3] [--steps 9] -o FILE.png``
+    :func:`traverse`: one row per unit (ordered by KL over the split unless ``--units`` is
+    given), labelled with the unit and its KL in nats.
+``pyro-vae latents RUN [--split ...] [--method auto|pca|tsne] -o latents.png``
+    :func:`encode` then :func:`latent_scatter`, coloured by label when the data has labels.
+
+Errors a user can cause raise :class:`~pyro_vae.errors.UserError`.
+"""
+
+import csv
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .guides import preserved_rng
+
+#: draws per item for the Monte Carlo moments of a guide without closed-form mean or variance
+MC_SAMPLES = 256
+
+WHATS = ("mean", "scale", "samples")
+
+
+# Helpers -------------------------------------------------------------------------------------------
+
+
+def _param(vae):
+    return next(vae.parameters())
+
+
+@contextmanager
+def seeded(device, seed):
+    """Draws inside are a function of ``seed``; torch's global generators are restored afterwards."""
+    device = torch.device(device)
+    with preserved_rng(device):
+        torch.random.default_generator.manual_seed(int(seed))
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(int(seed))
+        yield
+
+
+def _as_batch(vae, x):
+    p = _param(vae)
+    return torch.as_tensor(x, dtype=p.dtype, device=p.device)
+
+
+def _check_data(x, what="x"):
+    if not hasattr(x, "shape") or len(x.shape) < 1:
+        raise UserError(f"{what} must be an array of shape (N, ...), got {type(x).__name__}")
+    if x.shape[0] < 1:
+        raise UserError(f"{what} has no items (shape {tuple(x.shape)})")
+
+
+def _batches(n, batch_size):
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def _closed_form(q, name):
+    try:
+        return getattr(q, name)
+    except NotImplementedError:
+        return None
+
+
+@torch.no_grad()
+def posterior_moments(vae, x, samples=MC_SAMPLES):
+    """Per-unit mean and variance of :math:`q_\\phi(z \\mid x)` for one batch, each ``(B, z_dim)`` (torch).
+
+    Closed form when the guide's distribution has ``mean`` and ``variance``; otherwise from
+    ``samples`` draws under the caller's random state (see the module docstring). Returns
+    ``(mean, variance, exact)``.
+    """
+    q = vae.encoder(x)
+    mean, var = _closed_form(q, "mean"), _closed_form(q, "variance")
+    if mean is not None and var is not None:
+        return mean, var, True
+    if samples < 2:
+        raise UserError(f"a guide without closed-form moments needs at least 2 samples per item, got {samples}")
+    z = q.sample((samples,))  # (K, B, z)
+    return z.mean(0), z.var(0, unbiased=True), False
+
+
+# Encoding ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode(vae, x, what="mean", samples=None, batch_size=1024, seed=0):
+    r"""Latent codes of the items of ``x`` under the guide :math:`q_\phi(z \mid x)`.
+
+    :param vae: a :class:`~pyro_vae.model.VAE` (in eval mode).
+    :param x: ``(N, *item_shape)`` data prepared as the VAE expects (torch or NumPy).
+    :param str what: ``"mean"``: :math:`\mathbb{E}_q[z]`, ``(N, z_dim)``; ``"scale"``: the marginal
+        standard deviation of each unit, :math:`\sqrt{\mathrm{Var}_q[z_j]}`, ``(N, z_dim)``;
+        ``"samples"``: ``samples`` draws per item, ``(N, K, z_dim)``.
+    :param int samples: ``K``. For ``"samples"`` the number of draws (default 1). For ``"mean"`` and
+        ``"scale"`` it is used only by guides without a closed form (flows), as the number of
+        Monte Carlo draws (default :data:`MC_SAMPLES`); the Monte Carlo mean's standard error is
+        the scale over :math:`\sqrt K`.
+    :param int batch_size: items per forward pass.
+    :param int seed: seeds the draws; the global random state is unchanged.
+    :returns: a float NumPy array (latent units, the same units as ``z``).
+    :raises UserError: an unknown ``what``, ``samples`` or ``batch_size`` below 1, empty data.
+    """
+    if what not in WHATS:
+        raise UserError(f"unknown latent quantity {what!r}: choose one of {', '.join(WHATS)}")
+    if samples is not None and samples < 1:
+        raise UserError(f"samples must be at least 1, got {samples}")
+    _check_data(x)
+    k = samples if samples is not None else (1 if what == "samples" else MC_SAMPLES)
+    out = []
+    with seeded(_param(vae).device, seed):
+        for s in _batches(x.shape[0], batch_size):
+            batch = _as_batch(vae, x[s])
+            if what == "samples":
+                z = vae.encoder(batch).sample((k,))  # (K, B, z)
+                out.append(z.transpose(0, 1).cpu())
+            else:
+                mean, var, _ = posterior_moments(vae, batch, max(k, 2))
+                out.append((mean if what == "mean" else var.sqrt()).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def reconstruct(vae, x, sample=False, batch_size=1024, seed=0):
+    r"""Decoder means :math:`\mathbb{E}[x \mid z]` at the posterior mean of each item (``sample=False``)
+    or at one draw :math:`z \sim q_\phi(z \mid x)` (``sample=True``, as :meth:`VAE.reconstruct
+    <pyro_vae.model.VAE.reconstruct>`). Returns a NumPy array ``(N, D)`` (the decoder's output shape)."""
+    z = encode(vae, x, "samples" if sample else "mean", samples=1 if sample else None,
+               batch_size=batch_size, seed=seed)  # fmt: skip
+    if sample:
+        z = z[:, 0]
+    return decode(vae, z, batch_size)
+
+
+@torch.no_grad()
+def decode(vae, z, batch_size=1024):
+    """Decoder means for codes ``z`` of shape ``(..., z_dim)`` (NumPy or torch) -> NumPy ``(..., D)``."""
+    z = _as_batch(vae, z)
+    if z.shape[-1] != vae.z_dim:
+        raise UserError(f"codes have {z.shape[-1]} units, the model has z_dim = {vae.z_dim}")
+    flat = z.reshape(-1, vae.z_dim)
+    out = torch.cat([vae.decode(flat[s]).cpu() for s in _batches(flat.shape[0], batch_size)])
+    return out.reshape(*z.shape[:-1], *out.shape[1:]).numpy()
+
+
+# Saving codes -------------------------------------------------------------------------------------
+
+
+def labels_path(path):
+    """The sibling file of a ``.npy`` code file that holds its labels: ``z.npy`` -> ``z.labels.npy``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".labels.npy")
+
+
+def save_codes(path, codes, labels=None):
+    """Write ``codes`` (``(N, z)``, or ``(N, K, z)`` for ``.npy`` only) and optional ``labels`` (``(N,)``).
+
+    ``.npy``: the array as is, labels in :func:`labels_path`. ``.csv``: a header ``z0,...,z{d-1}``
+    (plus ``label``), one row per item, floats written with ``repr`` precision.
+
+    :raises UserError: another extension, 3-D codes to CSV, labels of the wrong length.
+    """
+    path = Path(path)
+    codes = np.asarray(codes)
+    if codes.ndim not in (2, 3):
+        raise UserError(f"codes must have shape (N, z) or (N, K, z), got {codes.shape}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (codes.shape[0],):
+            raise UserError(f"labels have shape {labels.shape}, expected ({codes.shape[0]},), one per item")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        np.save(path, codes)
+        if labels is not None:
+            np.save(labels_path(path), labels)
+    elif suffix == ".csv":
+        if codes.ndim != 2:
+            raise UserError(f"a CSV holds one code per item; codes of shape {codes.shape} need a .npy file")
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([f"z{j}" for j in range(codes.shape[1])] + (["label"] if labels is not None else []))
+            for i, row in enumerate(codes):
+                w.writerow([repr(float(v)) for v in row] + ([labels[i].item()] if labels is not None else []))
+    else:
+        raise UserError(f"cannot write codes to {path.name}: use a .npy or .csv file")
+
+
+def load_codes(path):
+    """Read what :func:`save_codes` wrote: ``(codes, labels or None)``; integer-looking CSV labels become ints."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        codes = np.load(path)
+        lp = labels_path(path)
+        return codes, (np.load(lp) if lp.exists() else None)
+    if suffix == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        header, rows = rows[0], rows[1:]
+        has_labels = header[-1] == "label"
+        d = len(header) - has_labels
+        codes = np.array([[float(v) for v in r[:d]] for r in rows], dtype=np.float64).reshape(len(rows), d)
+        labels = None
+        if has_labels:
+            raw = [r[d] for r in rows]
+            try:
+                labels = np.array([int(v) for v in raw])
+            except ValueError:
+                labels = np.array(raw)
+        return codes, labels
+    raise UserError(f"cannot read codes from {path.name}: use a .npy or .csv file")
+
+
+# Interpolation ------------------------------------------------------------------------------------
+
+
+def slerp(z0, z1, t):
+    r"""Spherical linear interpolation (Shoemake 1985; for latent spaces White 2016, "Sampling generative networks").
+
+    .. math::
+
+        \mathrm{slerp}(z_0, z_1; t) = \frac{\sin((1-t)\Omega)}{\sin\Omega} z_0 + \frac{\sin(t\Omega)}{\sin\Omega} z_1,
+        \qquad \cos\Omega = \frac{z_0 \cdot z_1}{\lVert z_0 \rVert \lVert z_1 \rVert}.
+
+    ``z0``, ``z1``: ``(z,)`` arrays; ``t``: ``(T,)`` in [0, 1]. Returns ``(T, z)`` (float64). When
+    :math:`\sin\Omega \approx 0` (parallel or antiparallel codes, or a zero code) the great circle is
+    not defined and the straight line is returned.
+    """
+    z0, z1 = np.asarray(z0, dtype=np.float64), np.asarray(z1, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    n0, n1 = np.linalg.norm(z0), np.linalg.norm(z1)
+    if n0 == 0 or n1 == 0:
+        return (1 - t) * z0 + t * z1
+    omega = np.arccos(np.clip(z0 @ z1 / (n0 * n1), -1.0, 1.0))
+    so = np.sin(omega)
+    if so < 1e-6:
+        return (1 - t) * z0 + t * z1
+    return np.sin((1 - t) * omega) / so * z0 + np.sin(t * omega) / so * z1
+
+
+def interpolation_codes(z0, z1, steps=10, slerp_path=False):
+    """``steps`` codes from ``z0`` to ``z1`` (both included): ``(steps, z)``, straight or spherical."""
+    if steps < 2:
+        raise UserError(f"an interpolation needs at least 2 steps, got {steps}")
+    t = np.linspace(0.0, 1.0, steps)
+    z0, z1 = np.asarray(z0, dtype=np.float64), np.asarray(z1, dtype=np.float64)
+    return slerp(z0, z1, t) if slerp_path else (1 - t[:, None]) * z0 + t[:, None] * z1
+
+
+@torch.no_grad()
+def interpolate(vae, x_i, x_j, steps=10, slerp=False, seed=0, samples=None):
+    r"""Decoder means along a path between the posterior means of two items.
+
+    :param x_i, x_j: one item each, of shape ``item_shape`` (``(D,)`` today), prepared as the VAE expects.
+    :param int steps: images on the path, endpoints included (at least 2).
+    :param bool slerp: the spherical path of :func:`slerp` instead of the straight line.
+    :param int seed, samples: for the Monte Carlo posterior mean of flow guides (see :func:`encode`).
+    :returns: ``(codes, images)``: NumPy ``(steps, z_dim)`` and ``(steps, D)``.
+    :raises UserError: fewer than 2 steps, items of different shapes.
+    """
+    x_i, x_j = torch.as_tensor(x_i), torch.as_tensor(x_j)
+    if x_i.shape != x_j.shape:
+        raise UserError(f"the two items have different shapes {tuple(x_i.shape)} and {tuple(x_j.shape)}")
+    z = encode(vae, torch.stack([x_i, x_j]), "mean", samples=samples, seed=seed)
+    codes = interpolation_codes(z[0], z[1], steps, slerp)
+    return codes.astype(z.dtype), decode(vae, codes)
+
+
+# Traversals ---------------------------------------------------------------------------------------
+
+
+def gaussian_unit_kl(mean, var):
+    r""":math:`\tfrac12(m^2 + v - 1 - \log v)`: KL of :math:`\mathcal{N}(m, v)` from :math:`\mathcal{N}(0, 1)` per unit (nats)."""
+    return 0.5 * (mean**2 + var - 1.0 - torch.log(var))
+
+
+@torch.no_grad()
+def unit_kl(vae, data, samples=MC_SAMPLES, batch_size=1024, seed=0):
+    r"""Average over the items of ``data`` of :math:`\mathrm{KL}(q(z_j \mid x) \,\|\, \mathcal{N}(0, 1))`,
+    per unit ``j``: NumPy ``(z_dim,)`` in nats. Exact for Gaussian guides, a Monte Carlo lower
+    bound from ``samples`` draws for others (see the module docstring)."""
+    _check_data(data, "data")
+    total = torch.zeros(vae.z_dim, dtype=torch.float64)
+    with seeded(_param(vae).device, seed):
+        for s in _batches(data.shape[0], batch_size):
+            mean, var, _ = posterior_moments(vae, _as_batch(vae, data[s]), samples)
+            total += gaussian_unit_kl(mean.double(), var.double()).sum(0).cpu()
+    return (total / data.shape[0]).numpy()
+
+
+@torch.no_grad()
+def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, samples=None, seed=0):
+    r"""Latent traversals: vary one unit at a time, the others held at the code of an item.
+
+    The base code is the posterior mean of the item ``x`` (shape ``item_shape``), or 0 (the
+    prior's mean) when ``x`` is None. For each unit ``j``, ``z_j`` takes ``steps`` values evenly
+    spaced on ``[-span, span]`` (prior standard deviations, absolute, as in Higgins et al. 2017)
+    and the decoder means are returned.
+
+    :param units: unit indices in the order wanted; ``None``: all units, ordered by decreasing
+        :func:`unit_kl` over ``data`` (by index when ``data`` is None).
+    :param int top: keep only the first ``top`` units of that order.
+    :param data: ``(N, *item_shape)`` items over which the KL is averaged.
+    :returns: ``(units, images)``: NumPy ``(U,)`` ints and ``(U, steps, D)``.
+    :raises UserError: a unit out of range, ``steps`` below 2, ``span`` not positive.
+    """
+    if steps < 2:
+        raise UserError(f"a traversal needs at least 2 steps, got {steps}")
+    if not span > 0:
+        raise UserError(f"the traversal range must be positive, got {span}")
+    zd = vae.z_dim
+    if units is None:
+        order = np.argsort(-unit_kl(vae, data, samples or MC_SAMPLES, seed=seed), kind="stable") if data is not None \
+            else np.arange(zd)  # fmt: skip
+    else:
+        order = np.asarray([int(u) for u in units], dtype=np.int64)
+        bad = [int(u) for u in order if not 0 <= u < zd]
+        if bad:
+            raise UserError(f"latent unit(s) {bad} out of range: the model has units 0..{zd - 1}")
+    if top is not None:
+        if top < 1:
+            raise UserError(f"top must be at least 1, got {top}")
+        order = order[:top]
+    if x is None:
+        base = np.zeros(zd)
+    else:
+        base = encode(vae, torch.as_tensor(x)[None], "mean", samples=samples, seed=seed)[0]
+    values = np.linspace(-span, span, steps)
+    codes = np.repeat(base[None, None].astype(np.float64), len(order), 0).repeat(steps, 1)  # (U, steps, z)
+    for r, j in enumerate(order):
+        codes[r, :, j] = values
+    return order, decode(vae, codes.astype(np.float32))
+
+
+# The scatter of the codes -------------------------------------------------------------------------
+
+METHODS = ("auto", "pca", "tsne")
+
+
+def project_2d(codes, method="auto", seed=0, tsne_options=None):
+    r"""2-D coordinates of ``codes`` ``(N, z)`` for a scatter: ``(coords (N, 2), method used)``.
+
+    ``z = 2``: the plane itself (``"plane"``). ``z = 1``: the unit against a fixed-seed jitter
+    (``"line"``). Otherwise ``"auto"`` and ``"pca"``: the first two principal components
+    (:class:`sklearn.decomposition.PCA`, linear, fast, deterministic); ``"tsne"``:
+    :class:`sklearn.manifold.TSNE` (van der Maaten & Hinton 2008; perplexity
+    :math:`\min(30, (N-1)/3)`, ``random_state=seed``, PCA initialization, other keywords from
+    ``tsne_options``, e.g. ``{"max_iter": 250}``; slow beyond a few thousand items).
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown projection {method!r}: choose one of {', '.join(METHODS)}")
+    codes = np.asarray(codes, dtype=np.float64)
+    if codes.ndim != 2 or codes.shape[0] < 1:
+        raise UserError(f"codes must have shape (N, z), got {codes.shape}")
+    n, d = codes.shape
+    if d == 2:
+        return codes, "plane"
+    if d == 1:
+        jitter = np.random.default_rng(seed).uniform(-1, 1, n)
+        return np.stack([codes[:, 0], jitter], 1), "line"
+    if method == "tsne":
+        if n < 4:
+            raise UserError(f"t-SNE needs at least 4 items, got {n}")
+        from sklearn.manifold import TSNE
+
+        options = dict(n_components=2, perplexity=min(30.0, (n - 1) / 3), random_state=seed, init="pca")
+        tsne = TSNE(**{**options, **(tsne_options or {})})
+        return tsne.fit_transform(codes), "tsne"
+    if n < 2:
+        raise UserError("PCA needs at least 2 items")
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2).fit_transform(codes), "pca"
+
+
+def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0, title=None, tsne_options=None):
+    """Write a 2-D scatter of ``codes`` (``(N, z)``, e.g. posterior means) coloured by ``labels`` as a PNG.
+
+    Integer or string labels with at most 20 values get one colour each and a legend; other
+    numeric labels a continuous colour map and a colour bar. The projection is :func:`project_2d`.
+    Returns ``(coords (N, 2), method used)``.
+
+    :raises UserError: labels of the wrong length, an unknown method.
+    """
+    from . import plots
+
+    coords, used = project_2d(codes, method, seed, tsne_options)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (coords.shape[0],):
+            raise UserError(f"labels have shape {labels.shape}, expected ({coords.shape[0]},), one per item")
+    axes = {"plane": ("z0", "z1"), "line": ("z0", "jitter"), "pca": ("PC 1", "PC 2"), "tsne": ("t-SNE 1", "t-SNE 2")}
+    plots.save_scatter(coords, labels, path, axes[used], title or f"posterior means ({used})")
+    return coords, used
