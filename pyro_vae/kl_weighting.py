@@ -326,7 +326,7 @@ class KLWeighting:
         if not self.active:
             return self
         name = objective.name
-        if name not in ("elbo", "elbo-analytic"):
+        if not getattr(objective, "kl_weighting", False):
             raise UserError(
                 f"{self._flags()} weight the KL term of the ELBO, which the {name} objective does not have "
                 "(its importance weights p(x, z)/q(z|x) do not split into reconstruction and KL); "
@@ -349,7 +349,7 @@ class KLWeighting:
             q = vae.encoder(x)
             p = vae.prior(x).expand(q.batch_shape)
             try:
-                per_unit_kl(q, p, None if objective.name == "elbo-analytic" else q.sample())
+                per_unit_kl(q, p, None if getattr(objective, "analytic_kl", False) else q.sample())
             except NotImplementedError:
                 raise UserError(
                     f"--free-bits needs the KL of each latent unit, but the guide's {type(q).__name__} does not "
@@ -361,7 +361,7 @@ class KLWeighting:
         """The Pyro loss: ``objective.build()``, or a :class:`FreeBitsELBO` with the objective's particles."""
         if not self.free_bits:
             return objective.build()
-        return FreeBitsELBO(self.free_bits, analytic=objective.name == "elbo-analytic", site=self.site,
+        return FreeBitsELBO(self.free_bits, analytic=getattr(objective, "analytic_kl", False), site=self.site,
                             num_particles=objective.particles, vectorize_particles=objective.particles > 1,
                             max_plate_nesting=1)  # fmt: skip
 
