@@ -67,6 +67,11 @@ class Objective:
     min_particles = 1
     #: Pyro's compiled variant, or None
     jit_loss = None
+    #: whether the estimate splits into reconstruction and KL, so that the KL can be weighted
+    #: (``--beta``, ``--kl-warmup``, ``--free-bits``: :mod:`pyro_vae.kl_weighting`)
+    kl_weighting = False
+    #: whether the KL term is in closed form (free bits then uses the closed-form KL of each unit)
+    analytic_kl = False
 
     def __init__(self, particles=1, jit=False):
         self.particles, self.jit = int(particles), bool(jit)
@@ -117,6 +122,7 @@ class ELBO(Objective):
     """Estimator A: the Monte Carlo ELBO (``Trace_ELBO``)."""
 
     jit_loss = JitTrace_ELBO
+    kl_weighting = True
 
     def build(self):
         if self.jit:
@@ -133,6 +139,8 @@ class AnalyticELBO(Objective):
     """
 
     jit_loss = JitTraceMeanField_ELBO
+    kl_weighting = True
+    analytic_kl = True
 
     def build(self):
         if self.jit:

@@ -1,0 +1,361 @@
+r"""Experiment loggers (``--logger csv|tensorboard|mlflow``, repeatable) and the plain per-epoch line.
+
+Each logger is one class in the :data:`LOGGERS` registry with four methods, called by training:
+
+- :meth:`Logger.start` ``(run_dir, config_dict)`` once, before the first epoch (also on ``--resume``);
+- :meth:`Logger.log_epoch` ``(record)`` after each epoch, with the record written to
+  ``metrics.jsonl`` (``epoch`` and numbers: ``train_elbo``, the validation ELBO, ``seconds``, ...);
+- :meth:`Logger.log_images` ``(epoch, name, images)`` with ``images`` a float tensor ``(N, C, H, W)``
+  in :math:`[0, 1]` (decoder means for :math:`z \sim p(z)`, or test inputs above their reconstructions),
+  on the epochs :meth:`Loggers.wants_images` selects (every ``image_every`` epochs and the last);
+- :meth:`Logger.close` at the end (``failed=True`` after a diverged or interrupted run).
+
+Built in:
+
+- ``csv``: ``metrics.csv`` in the run folder, a header from the first record; a record with new
+  keys rewrites the file with the wider header (earlier rows get empty cells); a record for an
+  epoch already in the file (a resumed run) replaces that row and the ones after it.
+- ``tensorboard``: a :class:`torch.utils.tensorboard.SummaryWriter` writing to
+  ``RUN_DIR/tensorboard``: one scalar per number of the record (step = epoch), images as grids
+  (:func:`torchvision.utils.make_grid`), the config as text (JSON) and as hyperparameters (the
+  HParams plugin's session summaries, written into the same event file rather than the
+  sub-folder :meth:`~torch.utils.tensorboard.SummaryWriter.add_hparams` makes).
+  ``tensorboard --logdir runs/`` shows every run. Needs ``pip install pyro-vae[tensorboard]``.
+- ``mlflow``: an MLflow run in a local file store, ``RUN_DIR/mlruns`` (``mlflow ui
+  --backend-store-uri RUN_DIR/mlruns``), or in ``tracking_uri`` when given: the config as params
+  (nested keys joined with dots), the record's numbers as metrics (step = epoch), images as PNG
+  artifacts ``NAME/epoch_0001.png``. The process-wide tracking URI is left alone (an
+  :class:`mlflow.tracking.MlflowClient` is used). MLflow 3 keeps its file store in maintenance mode,
+  behind ``MLFLOW_ALLOW_FILE_STORE=true``: the logger sets it for its process unless the user set it
+  (set it too for ``mlflow ui``), or pass a ``tracking_uri`` such as ``sqlite:///mlflow.db`` (which
+  needs the full ``mlflow`` package). Needs ``pip install pyro-vae[mlflow]``.
+
+A missing optional package is a :class:`~pyro_vae.errors.UserError` naming the extra, raised when
+the logger is built (before training). Add a logger with ``LOGGERS.register("name", MyLogger)``.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_text
+from .errors import UserError
+from .registry import Registry
+
+LOGGERS = Registry("logger")
+
+
+def _require(module, extra, logger):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"the {logger} logger needs the optional package {extra}: pip install 'pyro-vae[{extra}]'"
+        ) from None
+
+
+def numbers(record):
+    """The entries of ``record`` that are finite-or-not real numbers (not bools), except ``epoch``."""
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def flatten(config, prefix=""):
+    """A nested config dict as one level, keys joined with dots (``versions.torch``)."""
+    flat = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def image_grid(images):
+    """``(N, C, H, W)`` images in [0, 1] as one ``(3, H', W')`` grid, about square (:func:`torchvision.utils.make_grid`)."""
+    from torchvision.utils import make_grid
+
+    images = torch.as_tensor(images).detach().float().cpu()
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    nrow = max(1, math.ceil(math.sqrt(images.shape[0])))
+    return make_grid(images.clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+
+
+class Logger:
+    """Base class: records a run's config, per-epoch numbers and images somewhere."""
+
+    def start(self, run_dir, config):
+        """Begin logging the run in ``run_dir`` whose settings are ``config`` (a dict, as in ``config.json``)."""
+
+    def log_epoch(self, record):
+        """Log one epoch's ``record`` (a dict with ``epoch`` and numbers)."""
+
+    def log_images(self, epoch, name, images):
+        """Log ``images``, a tensor ``(N, C, H, W)`` in [0, 1], as ``name`` at ``epoch``."""
+
+    def close(self, failed=False):
+        """Finish (``failed``: the run diverged or was interrupted)."""
+
+
+@LOGGERS.register("csv")
+class CSVLogger(Logger):
+    """``metrics.csv`` in the run folder: one row per epoch, one column per key of the records."""
+
+    def __init__(self, filename="metrics.csv"):
+        self.filename = filename
+        self.path, self.header, self.rows = None, None, []
+
+    def start(self, run_dir, config):
+        self.path = Path(run_dir) / self.filename
+        self.header, self.rows = None, []
+        if self.path.exists():  # a resumed run: keep what is there
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.header = list(reader.fieldnames or []) or None
+                self.rows = list(reader)
+
+    @staticmethod
+    def _cell(v):
+        if v is None:
+            return ""
+        if isinstance(v, (dict, list, tuple)):
+            return json.dumps(v)
+        return repr(v) if isinstance(v, float) else str(v)
+
+    def log_epoch(self, record):
+        row = {k: self._cell(v) for k, v in record.items()}
+        rewrite = False
+        if self.header is None:
+            self.header = list(record)
+            rewrite = True
+        new = [k for k in record if k not in self.header]
+        if new:
+            self.header += new
+            rewrite = True
+        if "epoch" in record and any(r.get("epoch") not in (None, "") and float(r["epoch"]) >= record["epoch"]
+                                     for r in self.rows):  # fmt: skip
+            self.rows = [r for r in self.rows if float(r["epoch"]) < record["epoch"]]
+            rewrite = True
+        self.rows.append(row)
+        if rewrite:
+            out = io.StringIO()
+            writer = csv.DictWriter(out, self.header, restval="", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows)
+            atomic_write_text(self.path, out.getvalue())
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.header, restval="", lineterminator="\n").writerow(row)
+
+
+@LOGGERS.register("tensorboard")
+class TensorBoardLogger(Logger):
+    """TensorBoard event files in ``RUN_DIR/<subdir>``: scalars per epoch, image grids, the config."""
+
+    def __init__(self, subdir="tensorboard"):
+        _require("tensorboard", "tensorboard", "tensorboard")
+        self.subdir = subdir
+        self.writer, self._hparams, self._declared = None, None, False
+
+    def start(self, run_dir, config):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / self.subdir))
+        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
+        self._hparams = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()
+        }
+        self._declared = False
+
+    def _declare_hparams(self, metric_names):
+        """The HParams plugin's experiment and session-start summaries, with the record's numbers as metrics."""
+        from torch.utils.tensorboard.summary import hparams
+
+        for summary in hparams(self._hparams, {name: None for name in metric_names}):
+            self.writer.file_writer.add_summary(summary)
+        self._declared = True
+
+    def log_epoch(self, record):
+        values = numbers(record)
+        if not self._declared:
+            self._declare_hparams(values)
+        epoch = int(record.get("epoch", 0))
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, global_step=epoch)
+        self.writer.flush()
+
+    def log_images(self, epoch, name, images):
+        self.writer.add_image(name, image_grid(images), global_step=int(epoch))
+        self.writer.flush()
+
+    def close(self, failed=False):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+@LOGGERS.register("mlflow")
+class MLflowLogger(Logger):
+    """An MLflow run: params = the config, metrics per epoch, image artifacts.
+
+    :param str tracking_uri: where to log; default a local file store ``RUN_DIR/mlruns``.
+    :param str experiment: the MLflow experiment's name.
+    """
+
+    def __init__(self, tracking_uri=None, experiment="pyro-vae"):
+        _require("mlflow", "mlflow", "mlflow")
+        self.tracking_uri, self.experiment = tracking_uri, experiment
+        self.client, self.run_id = None, None
+
+    def start(self, run_dir, config):
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        run_dir = Path(run_dir)
+        uri = self.tracking_uri
+        if uri is None:
+            uri = (run_dir / "mlruns").resolve().as_uri()
+            # MLflow 3.x keeps the file store in maintenance mode and refuses it unless opted in;
+            # the opt-in is per process, and the user's own setting wins
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(self.experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+        run = self.client.create_run(experiment_id, run_name=run_dir.resolve().name)
+        self.run_id = run.info.run_id
+        params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def log_epoch(self, record):
+        from mlflow.entities import Metric
+
+        now, epoch = int(time.time() * 1000), int(record.get("epoch", 0))
+        metrics = [Metric(k, v, now, epoch) for k, v in numbers(record).items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_images(self, epoch, name, images):
+        grid = (image_grid(images).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        self.client.log_image(self.run_id, grid, artifact_file=f"{name}/epoch_{int(epoch):04d}.png")
+
+    def close(self, failed=False):
+        if self.client is not None and self.run_id is not None:
+            self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+            self.run_id = None
+
+
+class Loggers(Logger):
+    """Several loggers as one; also tells the caller on which epochs to make images.
+
+    :param list loggers: :class:`Logger` instances.
+    :param int image_every: images every this many epochs (and at the last epoch); 0: only the last.
+    """
+
+    def __init__(self, loggers, image_every=5):
+        self.loggers, self.image_every = list(loggers), int(image_every)
+        if self.image_every < 0:
+            raise UserError(f"the image interval must be at least 0 epochs, got {self.image_every}")
+
+    def __bool__(self):
+        return bool(self.loggers)
+
+    def wants_images(self, epoch, last=False):
+        """Whether images should be made and logged at ``epoch`` (``last``: the run's final epoch)."""
+        if not any(type(lg).log_images is not Logger.log_images for lg in self.loggers):
+            return False
+        return last or (self.image_every > 0 and epoch % self.image_every == 0)
+
+    def start(self, run_dir, config):
+        for lg in self.loggers:
+            lg.start(run_dir, config)
+
+    def log_epoch(self, record):
+        for lg in self.loggers:
+            lg.log_epoch(record)
+
+    def log_images(self, epoch, name, images):
+        for lg in self.loggers:
+            lg.log_images(epoch, name, images)
+
+    def close(self, failed=False):
+        for lg in self.loggers:
+            lg.close(failed=failed)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        self.close(failed=kind is not None)
+
+
+def build_loggers(names, image_every=5, options=None):
+    """:class:`Loggers` for the names given (``--logger``, repeatable; duplicates ignored).
+
+    :param names: logger names, e.g. ``["csv", "tensorboard"]``.
+    :param int image_every: epochs between image grids.
+    :param dict options: per-name constructor keywords, e.g. ``{"mlflow": {"tracking_uri": "..."}}``.
+    """
+    options = options or {}
+    unique = list(dict.fromkeys(names or ()))
+    return Loggers([LOGGERS.get(name)(**options.get(name, {})) for name in unique], image_every)
+
+
+# The plain per-epoch line ---------------------------------------------------------------------
+#: how the keys of an epoch record are shown, in this order; other numbers follow as ``key value``
+_LABELS = {
+    "train_elbo": ("train ELBO", "{:9.3f}"),
+    "validation_elbo": ("validation ELBO", "{:9.3f}"),
+    "test_elbo": ("test ELBO", "{:9.3f}"),
+    "kl_weight": ("KL weight", "{:.3g}"),
+    "lr": ("lr", "{:.3g}"),
+    "seconds": (None, "{:6.2f} s"),
+    "items_per_s": (None, "{:8.0f} items/s"),
+}
+
+
+def format_epoch_line(record, epochs=None):
+    """One plain line for an epoch's ``record``: ``epoch   3/10  train ELBO  -104.212  ...  1.52 s  8123 items/s``."""
+    epoch = record.get("epoch")
+    parts = [f"epoch {epoch:3d}" + (f"/{epochs}" if epochs else "")] if epoch is not None else []
+    values = numbers(record)
+    for key, (label, fmt) in _LABELS.items():
+        if key in values:
+            parts.append((f"{label} " if label else "") + fmt.format(values.pop(key)))
+    parts += [f"{k} {v:.6g}" for k, v in values.items()]
+    return "  ".join(parts)
+
+
+class PlainProgress:
+    """Prints :func:`format_epoch_line` for each epoch record, one line, flushed (for logs, not terminals).
+
+    :param stream: where to print (default ``sys.stderr`` at call time).
+    :param int epochs: the total, shown as ``3/10``.
+    """
+
+    def __init__(self, stream=None, epochs=None):
+        self.stream, self.epochs = stream, epochs
+
+    @staticmethod
+    def wanted(quiet=False, stream=None):
+        """Whether ``fit`` should print plain lines: not ``--quiet`` and ``stream`` (stderr) not a terminal."""
+        stream = stream or sys.stderr
+        return not quiet and not (hasattr(stream, "isatty") and stream.isatty())
+
+    def __call__(self, record):
+        stream = self.stream or sys.stderr
+        stream.write(format_epoch_line(record, self.epochs) + "\n")
+        stream.flush()

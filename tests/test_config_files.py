@@ -1,0 +1,110 @@
+"""Config files: JSON, YAML, TOML, a real run's config.json, and one-line errors with file and line."""
+
+import builtins
+
+import pytest
+
+from pyro_vae import Config, UserError
+from pyro_vae.config_files import read_config_file
+
+WANT = {"likelihood": "gaussian", "hidden": [200, 200], "z_dim": 2, "lr": 0.01, "jit": True, "data_dir": None}
+
+FILES = {
+    "fit.json": '{"likelihood": "gaussian", "hidden": [200, 200], "z_dim": 2, "lr": 0.01, "jit": true,\n'
+                ' "data_dir": null}\n',
+    "fit.yaml": "likelihood: gaussian\nhidden: [200, 200]\nz_dim: 2\nlr: 0.01\njit: true\ndata_dir: null\n",
+    "fit.toml": 'likelihood = "gaussian"\nhidden = [200, 200]\nz_dim = 2\nlr = 0.01\njit = true\n',
+}  # fmt: skip
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_each_format(tmp_path, name):
+    if name.endswith(".yaml"):
+        pytest.importorskip("yaml", reason="PyYAML (the yaml extra) is not installed")
+    got = read_config_file(write(tmp_path, name, FILES[name]))
+    want = {k: v for k, v in WANT.items() if not (name.endswith(".toml") and k == "data_dir")}  # TOML has no null
+    assert got == want and type(got["lr"]) is float
+    config = Config().replace(**got)
+    assert config.hidden == (200, 200) and config.z_dim == 2
+
+
+def test_yaml_without_pyyaml_names_it(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_yaml(name, *args, **kwargs):
+        if name == "yaml":
+            raise ImportError("No module named 'yaml'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_yaml)
+    with pytest.raises(UserError, match=r"needs PyYAML: pip install 'pyro-vae\[yaml\]'"):
+        read_config_file(write(tmp_path, "a.yml", "z_dim: 2\n"))
+
+
+def test_a_real_run_config(tmp_path):
+    from pyro_vae import fit
+
+    config = Config(dataset="digits", epochs=1, hidden="16", z_dim=2, batch_size=500, seed=3)
+    fit(config, out=tmp_path / "run", quiet=True)
+    settings, ignored = read_config_file(tmp_path / "run", with_ignored=True)  # the folder: its config.json
+    assert Config.from_dict(settings) == config
+    assert settings == config.to_dict()
+    assert {"x_dim", "versions", "levels", "n_train"} <= set(ignored) and ignored["x_dim"] == 64
+    assert read_config_file(tmp_path / "run" / "config.json") == settings
+
+
+def test_run_config_from_another_version_sets_unknown_settings_aside(tmp_path):
+    p = write(tmp_path, "config.json", '{"z_dim": 3, "lr_schedule_gamma": 0.5, "versions": {"pyro-vae": "9.0"}}')
+    settings, ignored = read_config_file(p, with_ignored=True)
+    assert settings == {"z_dim": 3} and set(ignored) == {"lr_schedule_gamma", "versions"}
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("a.json", '{"z_dim": 2,\n "lr": 0.1,\n "hiden": [10]}', r"a\.json, line 3: unknown setting 'hiden'; did you mean 'hidden'\?"),
+    ("a.toml", 'z_dim = 2\nlearning_rate = 0.1\n', r"a\.toml, line 2: unknown setting 'learning_rate'; the settings are: dataset, "),
+    ("a.json", '{"z_dim": 2,\n "lr": "fast"}', r"a\.json, line 2: lr must be a number, got 'fast' \(a string\)"),
+    ("a.toml", 'z_dim = 2.5\n', r"a\.toml, line 1: z_dim must be an integer, got 2\.5 \(a number\)"),
+    ("a.json", '{"jit": 1}', r"a\.json, line 1: jit must be true or false, got 1 \(an integer\)"),
+    ("a.json", '{"z_dim": null}', r"a\.json, line 1: z_dim cannot be null"),
+    ("a.json", '{"hidden": ["a"]}', r"hidden must be a list of integers"),
+    ("a.json", '{"z_dim": 2,\n "lr": 0.1,,\n}', r"a\.json, line 2: not valid JSON \(Expecting property name"),
+    ("a.toml", 'z_dim = 2\nlr = \n', r"a\.toml, line 2: not valid TOML \(Invalid value"),
+    ("a.json", '[1, 2]', r"a\.json: a config file must be a mapping of setting names to values, got a list"),
+    ("a.ini", 'z_dim = 2', r"unknown config file type '\.ini'; use \.json, \.yaml, \.yml or \.toml"),
+])  # fmt: skip
+def test_errors_are_one_line_with_file_and_line(tmp_path, name, text, match):
+    with pytest.raises(UserError, match=match) as e:
+        read_config_file(write(tmp_path, name, text))
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_yaml_has_its_line(tmp_path):
+    pytest.importorskip("yaml", reason="PyYAML (the yaml extra) is not installed")
+    with pytest.raises(UserError, match=r"a\.yaml, line 2: not valid YAML \(mapping values are not allowed here\)") as e:
+        read_config_file(write(tmp_path, "a.yaml", "z_dim: 2 \nlr: x: 1\n"))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_unreadable_and_not_text(tmp_path):
+    with pytest.raises(UserError, match=r"config file .*nope\.json does not exist"):
+        read_config_file(tmp_path / "nope.json")
+    with pytest.raises(UserError, match="is a folder without a config.json"):
+        read_config_file(tmp_path)
+    (tmp_path / "b.json").write_bytes(b'{"z_dim": \xff}')
+    with pytest.raises(UserError, match=r"b\.json: not a text file \(not UTF-8 at byte 10\)"):
+        read_config_file(tmp_path / "b.json")
+    bad = write(tmp_path, "c.json", "{}")
+    bad.chmod(0)
+    try:
+        bad.open().close()
+    except PermissionError:
+        with pytest.raises(UserError, match=r"cannot read config file .*c\.json: Permission denied"):
+            read_config_file(bad)
+    else:
+        pytest.skip("running as root: a file without read permission is still readable")

@@ -1,0 +1,207 @@
+"""Loggers: csv, TensorBoard and MLflow read back; the plain epoch line; missing extras."""
+
+import builtins
+import csv
+import io
+import json
+
+import pytest
+import torch
+
+from pyro_vae import UserError
+from pyro_vae.loggers import (
+    LOGGERS, CSVLogger, Logger, PlainProgress, build_loggers, format_epoch_line, image_grid,
+)  # fmt: skip
+
+CONFIG = {"likelihood": "bernoulli", "z_dim": 4, "hidden": [32, 16], "lr": 0.001, "data_dir": None,
+          "versions": {"torch": "2.0", "pyro": "1.9"}}  # fmt: skip
+RECORDS = [
+    {"epoch": 1, "train_elbo": -120.5, "validation_elbo": -118.25, "seconds": 1.5},
+    {"epoch": 2, "train_elbo": -110.125, "validation_elbo": -109.0, "seconds": 1.25},
+]
+
+
+def images(n=4, c=1, h=6, w=5, seed=0):
+    return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# csv -------------------------------------------------------------------------------------------
+
+
+def test_csv_rows_and_new_columns(tmp_path):
+    lg = CSVLogger()
+    lg.start(tmp_path, CONFIG)
+    lg.log_epoch(RECORDS[0])
+    lg.log_epoch({**RECORDS[1], "kl_weight": 0.5})  # a new column
+    lg.log_epoch({"epoch": 3, "train_elbo": 1 / 3})
+    lg.close()
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert list(rows[0]) == ["epoch", "train_elbo", "validation_elbo", "seconds", "kl_weight"]
+    assert [float(r["train_elbo"]) for r in rows] == [-120.5, -110.125, 1 / 3]  # full precision
+    assert rows[0]["kl_weight"] == "" and float(rows[1]["kl_weight"]) == 0.5 and rows[2]["seconds"] == ""
+
+
+def test_csv_resume_replaces_later_epochs(tmp_path):
+    lg = CSVLogger()
+    lg.start(tmp_path, CONFIG)
+    for r in RECORDS:
+        lg.log_epoch(r)
+    resumed = CSVLogger()
+    resumed.start(tmp_path, CONFIG)
+    resumed.log_epoch({**RECORDS[1], "train_elbo": -99.0})  # epoch 2 again, after a resume from epoch 1
+    resumed.log_epoch({**RECORDS[1], "epoch": 3})
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [(int(r["epoch"]), float(r["train_elbo"])) for r in rows] == [(1, -120.5), (2, -99.0), (3, -110.125)]
+
+
+# the group, images, plain line --------------------------------------------------------------------
+
+
+def test_build_loggers_and_image_epochs(tmp_path):
+    group = build_loggers(["csv", "csv"], image_every=3)
+    assert len(group.loggers) == 1
+    assert not group.wants_images(3)  # csv logs no images: none need to be made
+
+    class Images(Logger):
+        def log_images(self, epoch, name, images):
+            pass
+
+    group = build_loggers([], image_every=3)
+    group.loggers.append(Images())
+    assert [e for e in range(1, 8) if group.wants_images(e)] == [3, 6]
+    assert group.wants_images(7, last=True)
+    with pytest.raises(UserError, match="unknown logger 'wandb'; choose one of: csv, tensorboard, mlflow"):
+        build_loggers(["wandb"])
+
+
+def test_image_grid():
+    grid = image_grid(images(n=5))  # 3 per row, 2 rows, padding 2
+    assert grid.shape == (3, 2 * 6 + 3 * 2, 3 * 5 + 4 * 2)
+    torch.testing.assert_close(grid[0, 2:8, 2:7], images(n=5)[0, 0])
+
+
+def test_format_epoch_line():
+    line = format_epoch_line({**RECORDS[0], "items_per_s": 8123.4, "kl_weight": 0.25, "active_units": 7}, epochs=10)
+    assert line == ("epoch   1/10  train ELBO  -120.500  validation ELBO  -118.250  KL weight 0.25    1.50 s  "
+                    "    8123 items/s  active_units 7")  # fmt: skip
+
+
+def test_plain_progress():
+    out = io.StringIO()
+    PlainProgress(out, epochs=2)(RECORDS[1])
+    assert out.getvalue() == "epoch   2/2  train ELBO  -110.125  validation ELBO  -109.000    1.25 s\n"
+    assert PlainProgress.wanted(False, io.StringIO())  # not a terminal
+    assert not PlainProgress.wanted(True, io.StringIO())
+
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert not PlainProgress.wanted(False, TTY())
+
+
+@pytest.mark.parametrize("name, module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
+def test_missing_extra_names_it(monkeypatch, name, module):
+    real_import = builtins.__import__
+
+    def no_module(mod, *args, **kwargs):
+        if mod == module or mod.startswith(module + "."):
+            raise ImportError(f"No module named {mod!r}")
+        return real_import(mod, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_module)
+    monkeypatch.setattr("importlib.import_module", lambda mod: no_module(mod))
+    with pytest.raises(UserError, match=rf"pip install 'pyro-vae\[{name}\]'"):
+        build_loggers([name])
+
+
+# TensorBoard ------------------------------------------------------------------------------------
+
+
+def test_tensorboard_event_files_read_back(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with build_loggers(["tensorboard"]) as group:
+        group.start(tmp_path, CONFIG)
+        for r in RECORDS:
+            group.log_epoch(r)
+        group.log_images(2, "samples", images())
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert set(tags["scalars"]) == {"train_elbo", "validation_elbo", "seconds"}
+    assert [(e.step, e.value) for e in acc.Scalars("train_elbo")] == [(1, -120.5), (2, -110.125)]
+    (img,) = acc.Images("samples")
+    assert (img.step, img.height, img.width) == (2, 2 * 6 + 3 * 2, 2 * 5 + 3 * 2)
+    import numpy as np
+    from PIL import Image
+
+    png = np.asarray(Image.open(io.BytesIO(img.encoded_image_string)))
+    want = (image_grid(images()).permute(1, 2, 0).numpy() * 255)
+    assert np.abs(png[..., :3].astype(float) - want).max() <= 1.0  # 8-bit rounding
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert json.loads(text.strip("`\n")) == CONFIG
+    # the HParams plugin's session summaries: the flattened config
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["z_dim"].number_value == 4
+    assert start.hparams["versions.torch"].string_value == "2.0"
+    assert start.hparams["hidden"].string_value == "[32, 16]"
+
+
+# MLflow -----------------------------------------------------------------------------------------
+
+
+def test_mlflow_store_read_back(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")  # restored (unset) after the test
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # the logger opts in to the file store itself
+    from mlflow.tracking import MlflowClient
+
+    run_dir = tmp_path / "run1"
+    run_dir.mkdir()
+    group = build_loggers(["mlflow"])
+    group.start(run_dir, CONFIG)
+    for r in RECORDS:
+        group.log_epoch(r)
+    group.log_images(2, "reconstructions", images())
+    group.close()
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("pyro-vae").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run1"
+    assert run.data.params["z_dim"] == "4" and run.data.params["versions.pyro"] == "1.9"
+    assert run.data.params["hidden"] == "[32, 16]" and run.data.params["data_dir"] == "None"
+    history = client.get_metric_history(run.info.run_id, "validation_elbo")
+    assert sorted((m.step, m.value) for m in history) == [(1, -118.25), (2, -109.0)]
+    path = client.download_artifacts(run.info.run_id, "reconstructions/epoch_0002.png", str(tmp_path))
+    import numpy as np
+    from PIL import Image
+
+    png = np.asarray(Image.open(path))
+    want = (image_grid(images()).permute(1, 2, 0).numpy() * 255).round()
+    assert np.array_equal(png[..., :3].astype(float), want)
+
+
+def test_mlflow_failed_run(tmp_path):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow.tracking import MlflowClient
+
+    with pytest.raises(RuntimeError):
+        with build_loggers(["mlflow"]) as group:
+            group.start(tmp_path, CONFIG)
+            raise RuntimeError("diverged")
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("pyro-vae").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_registry_has_the_three():
+    assert LOGGERS.names() == ["csv", "tensorboard", "mlflow"]
