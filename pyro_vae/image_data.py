@@ -76,6 +76,11 @@ def seeded_split(n, test_fraction=TEST_FRACTION, seed=SPLIT_SEED):
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
+def _one_line(error):
+    """An exception's message on one line (a UserError is printed as one line)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def _need(path, what):
     path = Path(path)
     if not path.exists():
@@ -144,7 +149,7 @@ def restricted_load(path):
     except UserError:
         raise
     except Exception as e:  # truncated or not a pickle
-        raise UserError(f"{path} is not a readable pickle: {type(e).__name__}: {e}") from None
+        raise UserError(f"{path} is not a readable pickle: {type(e).__name__}: {_one_line(e)}") from None
 
 
 def _key(d, name, path):
@@ -212,7 +217,7 @@ def _svhn_part(path):
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as e:
-        raise UserError(f"{path} is not a readable MATLAB file: {type(e).__name__}: {e}") from None
+        raise UserError(f"{path} is not a readable MATLAB file: {type(e).__name__}: {_one_line(e)}") from None
     if "X" not in mat or "y" not in mat:
         raise UserError(f"{path} has no 'X' and 'y' arrays; it is not an SVHN file")
     x, y = mat["X"], mat["y"].reshape(-1).astype(np.int64)
@@ -248,7 +253,7 @@ def _read_image(path, shown=None):
             img.load()
             return img.copy() if img.mode != "P" else img.convert("RGBA")
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {shown or path}: {e}") from None
+        raise UserError(f"cannot read image {shown or path}: {_one_line(e)}") from None
 
 
 def centre_crop(img, size):

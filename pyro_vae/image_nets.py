@@ -41,7 +41,6 @@ Errors: an unknown activation, a non-positive width, or an input whose trailing 
 
 import math
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -9,7 +9,7 @@ import scipy.special
 import scipy.stats
 import torch
 
-from pyro_vae.distributions import ContinuousBernoulli, DiscretizedLogistic
+from pyro_vae.distributions import ContinuousBernoulli, DiscretizedLogistic, DiscretizedLogisticMixture
 
 # Continuous Bernoulli ----------------------------------------------------------------------------
 
@@ -175,8 +175,6 @@ def test_discretized_logistic_samples_are_levels_with_the_right_frequencies():
 
 
 # Discretized mixture of logistics ----------------------------------------------------------------
-
-from pyro_vae.distributions import DiscretizedLogisticMixture  # noqa: E402
 
 
 def mixture_logpmf(k, logits, loc, scale, levels):

@@ -345,3 +345,20 @@ def test_image_patches_grid():
     p = image_patches(img, 3, 2)
     assert p.shape == (2 * 3, 2, 3, 3)
     np.testing.assert_array_equal(p[4], img[2:5, 2:5].transpose(2, 0, 1))
+
+
+def test_files_of_the_wrong_kind_are_one_line_errors(tmp_path):
+    write_cifar(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_4", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [1, 2]}, f)
+    with pytest.raises(UserError, match=r"data_batch_4: expected uint8 data of shape \(n, 3072\) and n labels, got uint8 \(2, 100\)"):
+        load_cifar10(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_4", "wb") as f:
+        pickle.dump([1, 2, 3], f)
+    with pytest.raises(UserError, match="does not hold a CIFAR batch"):
+        load_cifar10(tmp_path)
+    write_svhn(tmp_path)
+    (tmp_path / "train_32x32.mat").write_bytes(b"MATLAB 5.0 but\nnot really")
+    with pytest.raises(UserError, match="train_32x32.mat is not a readable MATLAB file") as e:
+        load_svhn(tmp_path)
+    assert "\n" not in str(e.value)
