@@ -225,3 +225,107 @@ class DiscretizedLogistic(TorchDistribution):
         for j in range(1, top + 1):
             total = total + torch.sigmoid((self.loc - (j - 0.5) / top) / self.scale)
         return total / top
+
+
+# Discretized mixture of logistics ----------------------------------------------------------------
+
+
+class DiscretizedLogisticMixture(TorchDistribution):
+    r"""A mixture of :math:`K` discretized logistics per data dimension, on the levels :math:`v_k = k/(L-1)`.
+
+    PixelCNN++ (Salimans et al. 2017, eq. 2):
+
+    .. math::
+
+        P(k) = \sum_{i=1}^{K} \pi_i \, P_{\mathrm{DL}}(k \mid \mu_i, s_i), \qquad
+        \pi = \mathrm{softmax}(\text{logits}),
+
+    where :math:`P_{\mathrm{DL}}` is :class:`DiscretizedLogistic`: the mass of the bin
+    :math:`[v_k - \delta, v_k + \delta]`, :math:`\delta = 1/(2(L-1))`, with the edge bins extended
+    to :math:`\mp\infty`, evaluated in log space (exact for any scale). The mixture is a log-sum-exp
+    over the components of :math:`\log\pi_i + \log P_{\mathrm{DL}}(k \mid \mu_i, s_i)`, so it sums to
+    one over the :math:`L` levels for every parameter value.
+
+    **Channels.** Every data dimension (each channel of each pixel) has its own :math:`K` weights,
+    locations and scales, and the dimensions are independent given the parameters. PixelCNN++
+    instead shares one set of mixture weights across the three channels of a pixel and makes the
+    green and blue means depend linearly on the red and green values (its autoregressive
+    coefficients); that ties the likelihood to RGB data and to a fixed channel order, so it is not
+    done here: a VAE decoder's output already correlates the channels through :math:`z`.
+
+    Shapes: ``logits``, ``loc`` and ``scale`` have shape ``(..., K)`` (broadcastable), the component
+    index last; the batch shape is ``(...)``, the data shape; no event dims. Values are the levels
+    themselves, ``k / (L-1)`` in [0, 1] (a value is mapped to the nearest level), as for
+    :class:`DiscretizedLogistic`.
+
+    :param logits: unnormalized log mixture weights, ``(..., K)``.
+    :param loc: :math:`\mu_i` on the scale of the data (levels in [0, 1]), ``(..., K)``.
+    :param scale: :math:`s_i > 0`, ``(..., K)``.
+    :param int num_levels: :math:`L \ge 2` (256 for 8-bit pixels).
+    :raises ValueError: for fewer than 2 levels or parameters with no component dimension.
+    """
+
+    arg_constraints = {"logits": constraints.real, "loc": constraints.real, "scale": constraints.positive}
+    support = constraints.unit_interval
+
+    def __init__(self, logits, loc, scale, num_levels=256, *, validate_args=None):
+        if int(num_levels) < 2:
+            raise ValueError(f"a discretized distribution needs at least 2 levels, got {num_levels}")
+        self.levels = int(num_levels)
+        logits, loc, scale = (torch.as_tensor(t) for t in (logits, loc, scale))
+        if min(logits.dim(), loc.dim(), scale.dim()) < 1:
+            raise ValueError("logits, loc and scale need a last dimension indexing the mixture components")
+        self.logits, self.loc, self.scale = torch.broadcast_tensors(logits, loc, scale)
+        super().__init__(self.loc.shape[:-1], validate_args=validate_args)
+
+    @property
+    def num_levels(self):
+        return self.levels
+
+    @property
+    def num_components(self):
+        return self.loc.shape[-1]
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogisticMixture, _instance)
+        batch_shape = torch.Size(batch_shape)
+        shape = batch_shape + (self.num_components,)
+        new.levels = self.levels
+        new.logits = self.logits.expand(shape)
+        new.loc = self.loc.expand(shape)
+        new.scale = self.scale.expand(shape)
+        super(DiscretizedLogisticMixture, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _components(self):
+        return DiscretizedLogistic(self.loc, self.scale, self.levels, validate_args=False)
+
+    def level_index(self, value):
+        """The level :math:`k` nearest to each value, as a float tensor."""
+        return torch.round(value * (self.levels - 1)).clamp(0, self.levels - 1)
+
+    def log_prob(self, value):
+        """:math:`\\log P(k)`, shape ``broadcast(value.shape, batch_shape)``."""
+        if self._validate_args:
+            self._validate_sample(value)
+        component_log_p = self._components().log_prob(value.unsqueeze(-1))  # (..., K)
+        return (torch.log_softmax(self.logits, dim=-1) + component_log_p).logsumexp(-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        """Levels ``k/(L-1)``: a component drawn by its weight, then a discretized logistic draw from it."""
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            logits = self.logits.expand(shape + (self.num_components,))
+            i = torch.distributions.Categorical(logits=logits).sample().unsqueeze(-1)
+            loc = self.loc.expand(logits.shape).gather(-1, i).squeeze(-1)
+            scale = self.scale.expand(logits.shape).gather(-1, i).squeeze(-1)
+            u = torch.rand(shape, dtype=loc.dtype, device=loc.device)
+            tiny = torch.finfo(u.dtype).tiny
+            y = loc + scale * (torch.log(u + tiny) - torch.log1p(-u))
+            return self.level_index(y) / (self.levels - 1)
+
+    @property
+    def mean(self):
+        r""":math:`\mathbb{E}[v] = \sum_i \pi_i\,\mathbb{E}_{\mathrm{DL}}[v \mid \mu_i, s_i]` (see :attr:`DiscretizedLogistic.mean`)."""
+        return (torch.softmax(self.logits, dim=-1) * self._components().mean).sum(-1)

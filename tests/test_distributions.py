@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 import scipy.integrate
+import scipy.special
 import scipy.stats
 import torch
 
-from pyro_vae.distributions import ContinuousBernoulli, DiscretizedLogistic
+from pyro_vae.distributions import ContinuousBernoulli, DiscretizedLogistic, DiscretizedLogisticMixture
 
 # Continuous Bernoulli ----------------------------------------------------------------------------
 
@@ -171,3 +172,95 @@ def test_discretized_logistic_samples_are_levels_with_the_right_frequencies():
     p = d.log_prob(torch.arange(17.0).unsqueeze(-1) / 16).exp().flatten().double()
     assert (freq - p).abs().max() < 0.01
     assert d.expand((4, 3)).sample().shape == (4, 3)
+
+
+# Discretized mixture of logistics ----------------------------------------------------------------
+
+
+def mixture_logpmf(k, logits, loc, scale, levels):
+    """log sum_i pi_i P_i(k) in float64 from scipy: logistic CDF differences per component, then log-sum-exp."""
+    log_pi = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    comp = discretized_logistic_logpmf(k[..., None], loc, scale, levels)  # (..., K)
+    return scipy.special.logsumexp(log_pi + comp, axis=-1)
+
+
+def random_mixture(n, K, generator, dtype=torch.float64, low=-6.0, high=-1.0):
+    logits = torch.randn(n, K, generator=generator, dtype=dtype) * 2
+    loc = torch.rand(n, K, generator=generator, dtype=dtype) * 1.4 - 0.2
+    scale = torch.exp(torch.rand(n, K, generator=generator, dtype=dtype) * (high - low) + low)
+    return logits, loc, scale
+
+
+@pytest.mark.parametrize("levels,K", [(256, 5), (17, 3), (256, 1)])
+def test_mixture_log_prob_matches_scipy(levels, K):
+    g = torch.Generator().manual_seed(3)
+    n = 2000
+    logits, loc, scale = random_mixture(n, K, g)
+    k = torch.randint(0, levels, (n,), generator=g).double()
+    k[:20], k[20:40] = 0, levels - 1
+    ours = DiscretizedLogisticMixture(logits, loc, scale, levels).log_prob(k / (levels - 1))
+    assert ours.shape == (n,)
+    expected = mixture_logpmf(k.numpy(), logits.numpy(), loc.numpy(), scale.numpy(), levels)
+    ok = expected > -30  # where float64 differences of CDFs are accurate
+    assert ok.mean() > 0.6
+    np.testing.assert_allclose(ours.numpy()[ok], expected[ok], rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("levels", [256, 17, 2])
+def test_mixture_sums_to_one_over_the_levels_per_dim(levels):
+    g = torch.Generator().manual_seed(4)
+    # batch (2, 3): a 2-pixel, 3-channel image; K = 4, scales from 1e-6 (all mass in one bin) to 50
+    logits = torch.randn(2, 3, 4, generator=g) * 3
+    loc = torch.rand(2, 3, 4, generator=g) * 2 - 0.5
+    scale = torch.tensor([1e-6, 1e-3, 0.05, 50.0]).expand(2, 3, 4)
+    d = DiscretizedLogisticMixture(logits, loc, scale, levels)
+    assert d.batch_shape == (2, 3) and d.event_shape == ()
+    values = (torch.arange(levels) / (levels - 1)).view(-1, 1, 1)  # (L, 1, 1) against batch (2, 3)
+    log_p = d.log_prob(values)
+    assert log_p.shape == (levels, 2, 3)
+    assert torch.isfinite(log_p).all() and (log_p <= 1e-6).all()
+    torch.testing.assert_close(log_p.logsumexp(0), torch.zeros(2, 3), atol=3e-6, rtol=0)
+    torch.testing.assert_close(d.mean, (log_p.exp() * values).sum(0), atol=3e-5, rtol=0)
+
+
+def test_mixture_with_one_component_is_the_discretized_logistic():
+    g = torch.Generator().manual_seed(5)
+    loc = torch.rand(50, generator=g) * 1.2 - 0.1
+    scale = torch.exp(torch.rand(50, generator=g) * 6 - 7)
+    values = (torch.arange(256.0) / 255).unsqueeze(-1)
+    mix = DiscretizedLogisticMixture(torch.randn(50, 1, generator=g), loc[:, None], scale[:, None])
+    single = DiscretizedLogistic(loc, scale, 256)
+    torch.testing.assert_close(mix.log_prob(values), single.log_prob(values), atol=1e-6, rtol=0)
+    torch.testing.assert_close(mix.mean, single.mean)
+
+
+def test_mixture_of_identical_components_is_one_component():
+    loc, scale = torch.tensor([0.3, 0.9]), torch.tensor([0.02, 0.2])
+    mix = DiscretizedLogisticMixture(torch.tensor([[0.0, 2.0, -1.0]]), loc[:, None].expand(2, 3), scale[:, None])
+    values = (torch.arange(256.0) / 255).unsqueeze(-1)
+    torch.testing.assert_close(mix.log_prob(values), DiscretizedLogistic(loc, scale).log_prob(values), atol=1e-6, rtol=1e-6)
+
+
+def test_mixture_gradients_are_finite_for_extreme_parameters():
+    logits = torch.tensor([[50.0, -50.0, 0.0], [0.0, 0.0, 0.0], [-3.0, 1.0, 2.0]], requires_grad=True)
+    loc = torch.tensor([[-2.0, 0.5, 3.0], [0.0, 1.0, 0.5], [0.2, 0.2, 0.9]], requires_grad=True)
+    scale = torch.tensor([[1e-6, 1e-3, 100.0], [1e-5, 1e-5, 1e-5], [0.01, 0.1, 1.0]], requires_grad=True)
+    x = torch.tensor([0.0, 128 / 255, 1.0, 7 / 255]).unsqueeze(-1)  # (4, 1) levels against batch (3,)
+    lp = DiscretizedLogisticMixture(logits, loc, scale).log_prob(x)
+    assert lp.shape == (4, 3)
+    lp.sum().backward()
+    for p in (logits, loc, scale):
+        assert torch.isfinite(p.grad).all()
+
+
+def test_mixture_samples_are_levels_with_the_right_frequencies():
+    d = DiscretizedLogisticMixture(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.2, 0.7]]), torch.tensor([[0.05, 0.1]]), 17)
+    x = d.sample((40000,))
+    assert x.shape == (40000, 1)
+    k = x * 16
+    torch.testing.assert_close(k, k.round())
+    freq = torch.bincount(k.round().long().flatten(), minlength=17).double() / 40000
+    p = d.log_prob(torch.arange(17.0).unsqueeze(-1) / 16).exp().flatten().double()
+    assert (freq - p).abs().max() < 0.01
+    e = d.expand((4, 3))
+    assert e.batch_shape == (4, 3) and e.sample().shape == (4, 3) and e.mean.shape == (4, 3)

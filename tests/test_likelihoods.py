@@ -15,6 +15,7 @@ from pyro_vae.preprocessing import dequantize
 
 FAMILIES = [
     "bernoulli", "continuous-bernoulli", "gaussian", "gaussian-fixed", "laplace", "beta", "discretized-logistic",
+    "discretized-logistic-mixture",
 ]  # fmt: skip
 B, D = 5, 12
 
@@ -62,10 +63,30 @@ def expected_log_prob(family, params, x):
         by_cdf = np.where(k == 255, 1.0, logistic.cdf((k + 0.5) / 255)) - np.where(k == 0, 0.0, logistic.cdf((k - 0.5) / 255))
         by_sf = np.where(k == 0, 1.0, logistic.sf((k - 0.5) / 255)) - np.where(k == 255, 0.0, logistic.sf((k + 0.5) / 255))
         return np.log(np.where(k / 255 > a, by_sf, by_cdf))  # the tail side keeps its digits
+    if family == "discretized-logistic-mixture":
+        return mixture_log_prob(p, x, build_likelihood(family).mixtures)
     raise AssertionError(family)
 
 
-def test_registry_has_the_seven_families():
+def discretized_logistic_log_pmf(k, loc, scale):
+    """log P(k) of one discretized logistic on 256 levels from scipy's CDF/SF differences (float64)."""
+    logistic = scipy.stats.logistic(loc, scale)
+    by_cdf = np.where(k == 255, 1.0, logistic.cdf((k + 0.5) / 255)) - np.where(k == 0, 0.0, logistic.cdf((k - 0.5) / 255))
+    by_sf = np.where(k == 0, 1.0, logistic.sf((k - 0.5) / 255)) - np.where(k == 255, 0.0, logistic.sf((k + 0.5) / 255))
+    with np.errstate(divide="ignore"):  # a far component underflows to -inf; log-sum-exp drops it
+        return np.log(np.where(k / 255 > loc, by_sf, by_cdf))
+
+
+def mixture_log_prob(p, x, K):
+    """Per-pixel log sum_i softmax(w)_i P(k | mu_i, s_i); p of shape (B, 3K * D) cut into 3K blocks of D."""
+    blocks = p.reshape(p.shape[0], 3 * K, -1)  # block-major, as Likelihood.split
+    w, mu, raw = blocks[:, :K], blocks[:, K : 2 * K], blocks[:, 2 * K :]
+    k = np.round(x * 255)[:, None, :]
+    comp = discretized_logistic_log_pmf(k, mu, 0.1 / 255 + softplus(raw))  # (B, K, D)
+    return scipy.special.logsumexp(scipy.special.log_softmax(w, axis=1) + comp, axis=1)
+
+
+def test_registry_has_the_eight_families():
     assert LIKELIHOODS.names() == FAMILIES
 
 
@@ -109,12 +130,51 @@ def test_densities_integrate_to_one(family):
     assert total == pytest.approx(1.0, abs=1e-6)
 
 
-def test_discretized_family_sums_to_one_over_256_levels():
-    lik = build_likelihood("discretized-logistic", levels=256)
-    params = torch.randn(3, 2 * D, generator=torch.Generator().manual_seed(3)) * 3
+@pytest.mark.parametrize("family", ["discretized-logistic", "discretized-logistic-mixture"])
+def test_discretized_family_sums_to_one_over_256_levels(family):
+    lik = build_likelihood(family, levels=256)
+    params = torch.randn(3, lik.params_per_dim * D, generator=torch.Generator().manual_seed(3)) * 3
     levels = (torch.arange(256.0) / 255).view(256, 1, 1)
     log_p = lik.distribution(params).log_prob(levels)  # (256, 3, D)
     torch.testing.assert_close(log_p.logsumexp(0), torch.zeros(3, D), atol=3e-6, rtol=0)
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_mixture_family_batch_log_likelihood_is_the_sum_over_pixels_and_channels(K):
+    """A conv decoder's (B, 3K*C, H, W) output, flattened, scores a (B, C, H, W) image batch: the
+    log-likelihood per image is the sum over channels and pixels of the independent mixture pmf."""
+    lik = build_likelihood("discretized-logistic-mixture", mixtures=K, levels=256)
+    assert lik.params_per_dim == 3 * K and lik.options() == {"mixtures": K}
+    g = torch.Generator().manual_seed(11)
+    C, H, W = 3, 4, 5
+    out = torch.randn(B, 3 * K * C, H, W, generator=g, dtype=torch.float64) * 0.7  # no underflow in scipy
+    x = torch.randint(0, 256, (B, C, H, W), generator=g).double() / 255
+    params, flat_x = out.flatten(1), x.flatten(1)
+    log_lik = lik.distribution(params).to_event(1).log_prob(flat_x)
+    assert log_lik.shape == (B,)
+    expected = mixture_log_prob(params.numpy(), flat_x.numpy(), K).sum(1)
+    np.testing.assert_allclose(log_lik.numpy(), expected, rtol=1e-9)
+    # channel c of pixel (h, w) takes its weights, locs and scales from output channels i*C + c
+    logits, loc, raw = lik.components(params)
+    assert logits.shape == (B, C * H * W, K)
+    torch.testing.assert_close(loc.unflatten(1, (C, H, W))[..., 0], out[:, K * C : K * C + C])
+    if K == 1:  # one component is the discretized logistic on the loc and scale blocks
+        single = build_likelihood("discretized-logistic", levels=256)
+        torch.testing.assert_close(log_lik, single.distribution(params[:, C * H * W :]).to_event(1).log_prob(flat_x))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True])
+def test_mixture_family_refuses_a_bad_number_of_components(bad):
+    with pytest.raises(UserError, match="--mixtures"):
+        build_likelihood("discretized-logistic-mixture", mixtures=bad)
+
+
+def test_mixture_family_needs_quantized_data():
+    lik = build_likelihood("discretized-logistic-mixture")
+    with pytest.raises(UserError, match="discretized-logistic-mixture likelihood needs quantized data"):
+        lik.check_data(torch.rand(3, 4))
+    with pytest.raises(UserError, match="between them"):
+        build_likelihood("discretized-logistic-mixture", levels=256).check_data(torch.full((3, 4), 0.5))
 
 
 # Data preparation and what the scores mean ------------------------------------------------------
