@@ -148,16 +148,18 @@ class NumPyroLoop:
         return -float(total) / self.n
 
     def test_elbo(self, test, chunk=10_000):
-        """Mean one-sample ELBO (nats per item) of the rows of ``test`` (already binarized)."""
+        """Mean one-sample ELBO (nats per item) of the rows of ``test`` (already binarized), jitted."""
         from numpyro.infer import Trace_ELBO
 
         jax = self.jax
+        if not hasattr(self, "_test_loss"):
+            self._test_loss = jax.jit(lambda key, params, x: Trace_ELBO().loss(key, params, self.model, self.guide, x))
         params = self.svi.get_params(self.state)
         x = jax.device_put(self.jnp.asarray(test.cpu().numpy()), self.jax_device)
         total, key = 0.0, jax.random.PRNGKey(1)
         for i in range(0, len(x), chunk):
             key, k = jax.random.split(key)
-            total += float(Trace_ELBO().loss(k, params, self.model, self.guide, x[i : i + chunk]))
+            total += float(self._test_loss(k, params, x[i : i + chunk]))
         return -total / len(x)
 
     def sync(self):
