@@ -6,7 +6,7 @@ faster than its framework's version of this.
 
 Usage::
 
-    python benchmarks/matmul_floor.py [--batch-size 128] [--threads 2]
+    python benchmarks/matmul_floor.py [--batch-size 128] [--threads 2] [--compile]
 """
 
 import argparse
@@ -22,6 +22,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--block", type=int, default=20)
+    p.add_argument("--compile", action="store_true", help="also torch.compile (inductor) the nets' forward+backward")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -32,16 +33,27 @@ def main(argv=None):
     bs = [torch.zeros(o, requires_grad=True) for _, o in sizes]
     x = torch.rand(b, 784)
 
-    def torch_step():
+    def forward(x):
         h = torch.relu(x @ ws[0] + bs[0])
         z = (h @ ws[1] + bs[1])[:, :20]
         h = torch.relu(z @ ws[2] + bs[2])
-        out = (h @ ws[3] + bs[3]).sum()
-        out.backward()
-        for t in ws + bs:
-            t.grad = None
+        return (h @ ws[3] + bs[3]).sum()
 
-    fns = {"torch eager": torch_step}
+    def make_step(fwd):
+        def step():
+            fwd(x).backward()
+            for t in ws + bs:
+                t.grad = None
+
+        return step
+
+    fns = {"torch eager": make_step(forward)}
+    if args.compile:  # inductor: the forward and (through AOTAutograd) the backward, compiled
+        compiled = make_step(torch.compile(forward, backend="inductor"))
+        t0 = time.perf_counter()
+        compiled()
+        print(f"torch.compile: {time.perf_counter() - t0:.1f} s")
+        fns["torch.compile (inductor), fwd+bwd"] = compiled
     try:
         import jax
         import jax.numpy as jnp
