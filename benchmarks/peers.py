@@ -118,7 +118,8 @@ class NumPyroLoop:
         """The compiled ``k``-step function for this batch size (compiled once, ahead of time, and timed)."""
         if (k, batch_size) not in self._compiled:
             t0 = time.perf_counter()
-            lowered = self._steps.lower(self.state, self.train, self._new_order(), 0, k, batch_size)
+            order = self.jax.ShapeDtypeStruct((self.n,), self.jnp.int32)  # a shape only: no key is used up
+            lowered = self._steps.lower(self.state, self.train, order, 0, k, batch_size)
             self._compiled[(k, batch_size)] = lowered.compile()
             self.compile_s += time.perf_counter() - t0
         return self._compiled[(k, batch_size)]
