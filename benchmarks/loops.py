@@ -10,7 +10,8 @@ one-sample Monte Carlo ELBO (Kingma & Welling 2013, eq. 6) summed over the batch
 - :class:`TorchVAELoop` (b): the same VAE written in plain PyTorch, the floor for any PPL;
 - :class:`ExampleLoop` (c): a loop written the way Pyro's ``examples/vae/vae.py`` and the VAE
   tutorial train: a torchvision ``DataLoader`` with ``ToTensor``, each batch copied to the device,
-  ``Trace_ELBO`` with ``pyro.optim.Adam`` through ``SVI.step`` (a float back every step).
+  ``Trace_ELBO`` with ``pyro.optim.Adam`` through ``SVI.step`` (a float back every step);
+- (d) NumPyro and (e) pythae, in :mod:`benchmarks.peers` (optional: ``pip install -e .[bench]``).
 
 Each loop has ``run(k)`` (``k`` steps, no host synchronization required by the harness) and
 ``sync()``; the harness times blocks of steps between two ``sync()`` calls.
@@ -271,4 +272,7 @@ class _DigitImages(torch.utils.data.Dataset):
         return self.transform(self.images[i]), 0
 
 
-LOOPS = {"a": PyroVAELoop, "a0": PyroVAEBaselineLoop, "b": TorchVAELoop, "c": ExampleLoop}
+from peers import NumPyroLoop, PythaeLoop, Unavailable  # noqa: E402  (d), (e): optional extra ``bench``
+
+LOOPS = {"a": PyroVAELoop, "a0": PyroVAEBaselineLoop, "b": TorchVAELoop, "c": ExampleLoop, "d": NumPyroLoop,
+         "e": PythaeLoop}  # fmt: skip

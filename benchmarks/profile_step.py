@@ -10,6 +10,12 @@
    other (each row adds one), plus Pyro's ``JitTrace_ELBO`` and, with ``--compile``,
    ``torch.compile`` of the captured loss graph; interleaved like ``speed.py``.
 3. With ``--cprofile``: the Python functions where the fast step spends its time.
+4. With ``--torch-profiler``: ``torch.profiler`` over whole steps of (a) ``Trainer.run_steps`` and (b),
+   each step's time split into batch indexing + binarization, forward (ATen operators outside the
+   backward and the optimizer), backward (the autograd engine's functions), optimizer (``Optimizer.step``
+   and ``zero_grad``), and the rest: Python between the operators (Pyro's and pyro-vae's glue, the
+   replay of the captured graph's Python, the profiler's own cost per event). Beside it, (d) NumPyro's
+   ms per step when the extra ``bench`` is installed. ``--only-torch-profiler`` skips 1 and 2.
 
 Usage::
 
@@ -190,6 +196,109 @@ def cprofile_fast(config, steps=200):
     return out.getvalue()
 
 
+DATA_OPS = {"aten::randperm", "aten::index", "aten::bernoulli", "aten::bernoulli_", "aten::to", "aten::_to_copy"}
+
+
+def _categorize(events, steps, data_ops=DATA_OPS):
+    """ms per step of each category over the top-level events of a torch.profiler trace."""
+    out = {"batch indexing + binarization": 0.0, "forward (ATen ops)": 0.0, "backward (autograd engine)": 0.0,
+           "optimizer (fused Adam + zero_grad)": 0.0}  # fmt: skip
+    for e in events:
+        if e.cpu_parent is not None:
+            continue
+        ms = e.cpu_time_total / 1e3
+        if e.name.startswith("autograd::engine::evaluate_function"):
+            out["backward (autograd engine)"] += ms
+        elif e.name.startswith("Optimizer."):
+            out["optimizer (fused Adam + zero_grad)"] += ms
+        elif e.name in data_ops:
+            out["batch indexing + binarization"] += ms
+        elif e.name.startswith("aten::") or e.name.startswith("autograd::"):
+            out["forward (ATen ops)"] += ms
+    return {k: v / steps for k, v in out.items()}
+
+
+def torch_profile(config, steps=100, block=20):
+    """``torch.profiler`` breakdown of a step of (a) and (b), and (d)'s ms per step, in one run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    a = Trainer(config)
+    a.run_steps(20)  # past the first (eager, validated) step and the capture
+    b = TorchVAELoop(config, train=a.train)
+    b.run(20)
+    loops = {"a": lambda k: a.run_steps(k), "b": b.run}
+    try:
+        from loops import NumPyroLoop, Unavailable
+
+        d = NumPyroLoop(config, train=a.train.cpu())
+        d.run(block)
+        d.sync()
+        loops["d"] = lambda k: (d.run(k), d.sync())
+    except Unavailable as e:
+        print(f"(d) skipped: {e}")
+    # unprofiled ms per step, interleaved blocks (wall-clock and CPU)
+    wall, cpu = {n: [] for n in loops}, {n: [] for n in loops}
+    for r in range(max(1, steps // block)):
+        for name, run in loops.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            run(block)
+            wall[name].append((time.perf_counter() - t0) / block * 1e3)
+            cpu[name].append((time.process_time() - c0) / block * 1e3)
+    result = {"steps": steps, "unprofiled_ms": {n: statistics.median(v) for n, v in wall.items()},
+              "unprofiled_cpu_ms": {n: statistics.median(v) for n, v in cpu.items()}, "profiled": {}}  # fmt: skip
+    # profiled: (a) and (b) alternate in windows, so a change in the machine's load hits both alike
+    windows = 4
+    events = {"a": [], "b": []}
+    totals = {"a": 0.0, "b": 0.0}
+    tables = {}
+    for w in range(windows):
+        for name in ("a", "b") if w % 2 == 0 else ("b", "a"):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                t0 = time.perf_counter()
+                loops[name](steps // windows)
+                totals[name] += (time.perf_counter() - t0) * 1e3
+            evs = list(prof.events())
+            events[name].append(_categorize(evs, steps))
+            top = [e for e in evs if e.cpu_parent is None]
+            result.setdefault("top_level_ops_per_step", {}).setdefault(name, 0.0)
+            result["top_level_ops_per_step"][name] += sum(1 for e in top if e.name.startswith("aten::")) / steps
+            if w == windows - 1:
+                tables[name] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    for name in ("a", "b"):
+        cats = {k: sum(c[k] for c in events[name]) for k in events[name][0]}
+        total = totals[name] / (windows * (steps // windows)) * 1.0
+        cats["Python between operators (+ profiler cost)"] = total - sum(cats.values())
+        cats["total (profiled)"] = total
+        result["profiled"][name] = cats
+    result["top_ops"] = tables
+    return result
+
+
+def torch_profile_markdown(tp, config):
+    names = list(tp["profiled"]["a"])
+    lines = [
+        f"torch.profiler, {tp['steps']} steps per loop, 784-{'-'.join(map(str, config.hidden))}-{config.z_dim} "
+        f"{config.activation}, batch {config.batch_size}, {config.device}, {torch.get_num_threads()} torch threads; "
+        f"load average {os.getloadavg()[0]:.2f}.",
+        "",
+        "| ms per step | (a) pyro-vae | (b) hand-written | (a) - (b) |",
+        "|---|---:|---:|---:|",
+    ]
+    pa, pb = tp["profiled"]["a"], tp["profiled"]["b"]
+    for n in names:
+        lines.append(f"| {n} | {pa[n]:.2f} | {pb[n]:.2f} | {pa[n] - pb[n]:+.2f} |")
+    un, uc = tp["unprofiled_ms"], tp["unprofiled_cpu_ms"]
+    ops = tp.get("top_level_ops_per_step", {})
+    if ops:
+        lines.append(f"| top-level ATen operators per step (count) | {ops['a']:.0f} | {ops['b']:.0f} | {ops['a'] - ops['b']:+.0f} |")
+    lines.append("| whole step without the profiler: wall-clock (CPU) | "
+                 f"{un['a']:.2f} ({uc['a']:.2f}) | {un['b']:.2f} ({uc['b']:.2f}) | {un['a'] - un['b']:+.2f} |")  # fmt: skip
+    if "d" in un:
+        lines += ["", f"(d) NumPyro, jitted, same run: {un['d']:.2f} ms per step wall-clock ({uc['d']:.2f} CPU); "
+                  f"(a)/(d) = {un['a'] / un['d']:.2f} wall-clock, {uc['a'] / uc['d']:.2f} CPU."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def markdown(report):
     c, ph, ab = report["config"], report["phases_ms"], report["ablation_ms"]
     clock = "wall-clock" if c["device"].startswith("cuda") else "CPU"
@@ -229,6 +338,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int)
     p.add_argument("--compile", nargs="?", const="inductor", default=None, help="also time torch.compile of the nets")
     p.add_argument("--cprofile", action="store_true")
+    p.add_argument("--torch-profiler", action="store_true", help="torch.profiler breakdown of (a) and (b), and (d)")
+    p.add_argument("--only-torch-profiler", action="store_true", help="only the torch.profiler breakdown")
+    p.add_argument("--profiler-steps", type=int, default=100)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--update-docs", action="store_true", help="write the tables into docs/benchmarks.md")
     args = p.parse_args(argv)
@@ -237,6 +349,20 @@ def main(argv=None):
     config = config_for(args.arch, args.batch_size, args.device, args.dataset, args.data_dir)
     report = {"config": config.to_dict(), "torch_threads": torch.get_num_threads(), "load_before": os.getloadavg(),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}  # fmt: skip
+    if args.torch_profiler or args.only_torch_profiler:
+        tp = torch_profile(config, args.profiler_steps)
+        for name, table in tp.pop("top_ops").items():
+            print(f"\n({name}) top operators by self CPU time:\n{table}")
+        report["torch_profiler"] = tp
+        table = torch_profile_markdown(tp, config)
+        print(table)
+        if args.only_torch_profiler:
+            report["load_after"] = os.getloadavg()
+            stem = f"torch-profile-{args.arch}-{args.batch_size}-{args.device}"
+            speed.write_report(args.out, stem, report, table)
+            if args.update_docs:
+                speed.update_docs(table, f"torch-profile:{args.arch}-{args.batch_size}-{args.device}")
+            return
     report["phases_ms"] = phases(config, args.rounds)
     clock = "wall-clock" if torch.device(args.device).type == "cuda" else "CPU"
     print(f"\nphases of one step, {clock} ms (medians), {args.arch}, batch {args.batch_size}:")

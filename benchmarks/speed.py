@@ -7,7 +7,9 @@ of steps of every loop, in a rotating order, so a change in the machine's load h
 A block is timed between two device synchronizations (on CUDA; the CPU is synchronous), so no
 loop is forced to synchronize per step. Reported: ms per step (median over the blocks after the
 warm-up), items/s, s/epoch (``ceil(60000 / batch) x ms/step``), peak memory, and the ratios a/b
-and c/a (a0/a too: pyro-vae's loop before this work).
+c/a, d/a and e/a (a0/a too: pyro-vae's loop before this work). (d) NumPyro and (e) pythae come from
+the optional extra ``bench`` (``pip install -e .[bench]``) and are skipped, with the reason printed,
+when it is not installed; (d)'s compile time is reported apart from its step times.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over a few steps of one loop alone; on
 the CPU the peak resident set size of a fresh process running only that loop, minus its size
@@ -34,12 +36,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loops import ARCHITECTURES, LOOPS, ROOT, config_for
+from loops import ARCHITECTURES, LOOPS, ROOT, Unavailable, config_for
 
 import pyro
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 TRAIN_SIZE = {"mnist": 60_000, "digits": 1617}
+#: the ratios reported, numerator/denominator loops: each is how many times slower the first is
+RATIOS = (("a", "b"), ("c", "a"), ("d", "a"), ("e", "a"), ("a0", "a"))
 
 
 def machine():
@@ -70,6 +74,8 @@ def machine():
 
 
 def build(name, config, args):
+    """The loop ``name`` for ``config``; raises :class:`loops.Unavailable` (with the reason) for a peer
+    loop whose package is not installed or has no backend for the device."""
     cls = LOOPS[name]
     if name == "c":
         return cls(config, num_workers=args.c_workers)
@@ -134,6 +140,9 @@ def probe(args):
     import torch._dynamo  # noqa: F401  (imported by the first torch optimizer)
     import torchvision.datasets  # noqa: F401
 
+    for peer in {"d": ("jax", "numpyro.infer"), "e": ("pythae.trainers",)}.get(args.probe, ()):
+        __import__(peer)  # a peer's imports are not its training's memory either
+
     import pyro_vae.training  # noqa: F401
 
     base = _status_mib("VmRSS")
@@ -159,11 +168,18 @@ def measure(args):
         for arch in args.archs:
             for batch_size in args.batch_sizes:
                 config = config_for(arch, batch_size, device, args.dataset, args.data_dir)
-                loops = {name: build(name, config, args) for name in args.loops}  # (a) first: it clears Pyro's store
+                loops, skipped = {}, {}
+                for name in args.loops:  # (a) first: it clears Pyro's store
+                    try:
+                        loops[name] = build(name, config, args)
+                    except Unavailable as e:
+                        skipped[name] = str(e)
+                        print(f"skipping ({name}) {LOOPS[name].label} on {device}: {e}", flush=True)
                 load = os.getloadavg()[0]
                 times, cpu_times = time_loops(loops, args.steps, args.block, args.warmup, with_cpu=True)
                 steps_per_epoch = math.ceil(TRAIN_SIZE[args.dataset] / batch_size)
-                row = {"device": device, "arch": arch, "batch_size": batch_size, "load_1min": load, "loops": {}}
+                row = {"device": device, "arch": arch, "batch_size": batch_size, "load_1min": load, "loops": {},
+                       "skipped": skipped}  # fmt: skip
                 for name, ts in times.items():
                     ms = 1e3 * statistics.median(ts)
                     row["loops"][name] = {
@@ -177,8 +193,10 @@ def measure(args):
                         "s_per_epoch": steps_per_epoch * ms / 1e3,
                         "blocks": len(ts),
                     }
+                    if hasattr(loops[name], "compile_s"):  # jitted loops: compile seconds, not in the step times
+                        row["loops"][name]["compile_s"] = loops[name].compile_s
                 del loops
-                for name in args.loops:
+                for name in row["loops"]:
                     if args.memory:
                         peak = (
                             cuda_peak(name, config, args)
@@ -189,7 +207,7 @@ def measure(args):
                 row["ratios"], row["cpu_ratios"] = {}, {}
                 for key, out in (("ms_per_step", row["ratios"]), ("cpu_ms_per_step", row["cpu_ratios"])):
                     ms = {k: v[key] for k, v in row["loops"].items()}
-                    for num, den in (("a", "b"), ("c", "a"), ("a0", "a")):
+                    for num, den in RATIOS:
                         if num in ms and den in ms:
                             out[f"{num}/{den}"] = ms[num] / ms[den]
                 results.append(row)
@@ -227,14 +245,34 @@ def markdown(report):
                 f"{v['ms_per_step']:.2f} ({q[0]:.2f}-{q[2]:.2f}) | {v['cpu_ms_per_step']:.2f} | {v['items_per_s']:,.0f} | "
                 f"{v['s_per_epoch']:.2f} | {peak} |"
             )
-    keys = list(r[0]["ratios"])
+    keys = [f"{n}/{d}" for n, d in RATIOS if any(f"{n}/{d}" in row["ratios"] for row in r)]
     lines += ["", "| device | net | batch | " + " | ".join(keys) + " | " + " | ".join(f"{k} (CPU time)" for k in keys)
               + " |", "|---|---|---:|" + "---:|" * (2 * len(keys))]  # fmt: skip
     for row in r:
         lines.append(f"| {row['device']} | {row['arch']} | {row['batch_size']} | "
-                     + " | ".join(f"{row['ratios'][k]:.2f}" for k in keys) + " | "
-                     + " | ".join(f"{row['cpu_ratios'][k]:.2f}" for k in keys) + " |")  # fmt: skip
+                     + " | ".join(_ratio(row["ratios"], k) for k in keys) + " | "
+                     + " | ".join(_ratio(row["cpu_ratios"], k) for k in keys) + " |")  # fmt: skip
+    notes = []
+    compiles = [f"{row['device']} {row['arch']} B={row['batch_size']}: {v['compile_s']:.1f} s"
+                for row in r for name, v in row["loops"].items() if "compile_s" in v]  # fmt: skip
+    if compiles:
+        notes.append("(d) NumPyro's compile time (one jitted call per number of steps, not in its step times): "
+                     + "; ".join(compiles) + ".")  # fmt: skip
+    if any("e" in row["loops"] for row in r):
+        notes.append("(e) pythae trains on **statically** binarized data (binarized once, with a fixed seed): its "
+                     "trainer iterates a fixed dataset and cannot binarize per batch. Its VAE also parameterizes "
+                     "the log-variance and uses the closed-form KL, averaged over the batch.")  # fmt: skip
+    skipped = {f"({name}) {LOOPS[name].label} on {row['device']}: {why}" for row in r
+               for name, why in row.get("skipped", {}).items()}  # fmt: skip
+    if skipped:
+        notes.append("Skipped: " + "; ".join(sorted(skipped)) + ".")
+    if notes:
+        lines += [""] + notes
     return "\n".join(lines) + "\n"
+
+
+def _ratio(ratios, key):
+    return f"{ratios[key]:.2f}" if key in ratios else "-"
 
 
 def write_report(out, stem, report, table):
@@ -263,8 +301,10 @@ def parse(argv=None):
     p.add_argument("--dataset", default="mnist", choices=sorted(TRAIN_SIZE), help="digits: a quick smoke run")
     p.add_argument("--archs", default=list(ARCHITECTURES), type=lambda s: s.split(","))
     p.add_argument("--batch-sizes", default=[128, 1024], type=lambda s: [int(b) for b in s.split(",")])
-    p.add_argument("--loops", default=["a", "b", "c", "a0"], type=lambda s: s.split(","),
-                   help="a: pyro-vae, b: hand-written PyTorch, c: Pyro example loop, a0: pyro-vae before")  # fmt: skip
+    p.add_argument("--loops", default=["a", "b", "c", "d", "e", "a0"], type=lambda s: s.split(","),
+                   help="a: pyro-vae, b: hand-written PyTorch, c: Pyro example loop, d: NumPyro (jitted epoch), "
+                        "e: pythae (static binarization), a0: pyro-vae before; d and e need the extra [bench] "
+                        "and are skipped, with the reason printed, without it")  # fmt: skip
     p.add_argument("--steps", type=int, default=60, help="timed steps per loop and setting")
     p.add_argument("--block", type=int, default=5, help="steps per timed block")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per loop first")

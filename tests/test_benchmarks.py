@@ -14,6 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import loops
+import peers
 import speed
 
 from pyro_vae.engine import trace_elbo_loss
@@ -56,7 +57,7 @@ def test_speed_script_end_to_end(tmp_path, monkeypatch):
     docs.write_text("# Benchmarks\n\nintro\n\n<!-- speed-table:start -->\nold\n<!-- speed-table:end -->\n\nmore\n")
     monkeypatch.setattr(speed, "DOCS", docs)
     argv = ["--dataset", "digits", "--archs", "relu400", "--batch-sizes", "64", "--steps", "2", "--block", "1",
-            "--warmup", "1", "--no-memory", "--out", str(tmp_path), "--update-docs"]  # fmt: skip
+            "--warmup", "1", "--no-memory", "--loops", "a,b,c,a0", "--out", str(tmp_path), "--update-docs"]  # fmt: skip
     speed.main(argv)
     report = json.loads((tmp_path / "speed.json").read_text())
     (row,) = report["results"]
@@ -94,10 +95,75 @@ def test_time_to_quality_script_end_to_end(tmp_path, monkeypatch):
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n")
     monkeypatch.setattr(speed, "DOCS", docs)
-    argv = ["--dataset", "digits", "--target", "-45", "--milestones", "-60", "--max-epochs", "3",
-            "--out", str(tmp_path), "--update-docs"]  # fmt: skip
+    argv = ["--dataset", "digits", "--targets=-45,-40", "--milestones", "-60", "--max-epochs", "3",
+            "--loops", "a,b", "--out", str(tmp_path), "--update-docs"]  # fmt: skip
     time_to_quality.main(argv)
     report = json.loads((tmp_path / "time-to-quality-relu400-128-cpu.json").read_text())
     assert set(report["loops"]) == {"a", "b"}
+    assert set(report["loops"]["a"]["reached"]) == {"-45.0", "-40.0"}
+    assert "to >= -45: epoch, training s" in docs.read_text()
     assert (tmp_path / "time-to-quality-relu400-128-cpu.md").read_text() in docs.read_text()
     assert "<!-- quality-table:start -->" in docs.read_text()
+
+
+@pytest.mark.parametrize("name", ["d", "e"])
+def test_peer_loops_run_two_steps(name):
+    """(d) NumPyro and (e) pythae, from the extra [bench], take steps (skipped when not installed)."""
+    why = peers.available()[name]
+    if why:
+        pytest.skip(f"({name}) {why}")
+    config = loops.config_for("relu400", 64, "cpu", "digits")
+    loop = loops.LOOPS[name](config)
+    loop.run(2)
+    loop.sync()
+    last = float(loop.last)
+    assert last == last and last > 0  # a finite, positive loss (negative ELBO)
+    if name == "d":
+        assert loop.compile_s > 0
+
+
+def test_peer_loops_skipped_with_reason_when_absent(monkeypatch):
+    """Without numpyro/pythae the loops raise Unavailable with an install hint, and speed.py skips them."""
+    monkeypatch.setattr(peers, "_importable", lambda module: False)
+    assert all("pip install -e .[bench]" in why for why in peers.available().values())
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_peers(name, *args, **kwargs):
+        if name.split(".")[0] in ("jax", "numpyro", "pythae"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name.split(".")[0])
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_peers)
+    config = loops.config_for("relu400", 64, "cpu", "digits")
+    for name in ("d", "e"):
+        with pytest.raises(peers.Unavailable, match=r"pip install -e \.\[bench\]"):
+            loops.LOOPS[name](config)
+
+
+def test_report_writer_has_the_peer_columns():
+    """The speed table shows d/a and e/a beside a/b and c/a, (d)'s compile time, (e)'s static binarization,
+    and the reason a loop was skipped."""
+
+    def loop(ms, label, **extra):
+        return {"label": label, "ms_per_step": ms, "ms_per_step_quartiles": [ms, ms, ms], "cpu_ms_per_step": ms,
+                "items_per_s": 128 / ms * 1e3, "s_per_epoch": 469 * ms / 1e3, **extra}  # fmt: skip
+
+    row = {"device": "cpu", "arch": "relu400", "batch_size": 128, "skipped": {},
+           "loops": {"a": loop(4.0, "pyro-vae"), "b": loop(3.6, "hand-written PyTorch"),
+                     "c": loop(9.0, "Pyro example loop"), "d": loop(1.8, "NumPyro", compile_s=2.7),
+                     "e": loop(6.0, "pythae")}}  # fmt: skip
+    row["ratios"] = row["cpu_ratios"] = {"a/b": 4.0 / 3.6, "c/a": 2.25, "d/a": 0.45, "e/a": 1.5}
+    cuda = {**row, "device": "cuda", "loops": {k: v for k, v in row["loops"].items() if k != "d"},
+            "skipped": {"d": "jax has no gpu backend here"}}  # fmt: skip
+    cuda["ratios"] = cuda["cpu_ratios"] = {"a/b": 1.1, "c/a": 3.0, "e/a": 1.5}
+    report = {"date": "today", "machine": speed.machine(), "load_before": (1.0,), "load_after": (1.0,),
+              "settings": {"steps": 2, "block": 1, "warmup": 1}, "results": [row, cuda]}  # fmt: skip
+    table = speed.markdown(report)
+    assert "| device | net | batch | a/b | c/a | d/a | e/a |" in table
+    assert "| cpu | relu400 | 128 | 1.11 | 2.25 | 0.45 | 1.50 |" in table
+    assert "| cuda | relu400 | 128 | 1.10 | 3.00 | - | 1.50 |" in table
+    assert "| cpu | relu400 | 128 | (d) NumPyro | 1.80" in table
+    assert "compile time" in table and "2.7 s" in table
+    assert "statically" in table and "jax has no gpu backend here" in table
