@@ -120,7 +120,7 @@ def cli():
 @click.pass_context
 def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, **kwargs):
     """Train a VAE and write a run folder (config, metrics, checkpoint, pictures)."""
-    from .engine import Speed
+    from .speed import Speed
     from .training import fit as fit_run
 
     settings = settings_from(kwargs)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import loops
 import speed
 
-from pyro_vae.engine import trace_elbo_loss
+from pyro_vae.speed import trace_elbo_loss
 from pyro_vae.model import VAE
 
 #: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention
