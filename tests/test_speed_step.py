@@ -25,6 +25,7 @@ SWITCHES = {
     "capture": Speed.baseline().replace(optimizer="torch", sync_every_step=False, validate_every_step=False,
                                         capture=True),
     "all": Speed(),
+    "experimental-cuda-graph": Speed(experimental_cuda_graph=True),  # CUDA only: on the CPU it changes nothing
 }
 
 
@@ -61,6 +62,15 @@ def test_compiled_nets_take_the_same_steps():
     assert list(vae.state_dict()) == list(small_vae().state_dict())  # checkpoints keep their names
     for a, b in zip(vae.parameters(), base_params):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cuda_graph_is_experimental_and_off_by_default():
+    """The CUDA-graph step has not been run on a GPU: it is behind a switch named experimental, off by default."""
+    import dataclasses
+
+    switches = {f.name: f.default for f in dataclasses.fields(Speed)}
+    assert [name for name in switches if "cuda" in name] == ["experimental_cuda_graph"]
+    assert switches["experimental_cuda_graph"] is False and Speed.baseline().experimental_cuda_graph is False
 
 
 def test_bad_optimizer_kind():
