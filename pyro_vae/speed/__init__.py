@@ -46,8 +46,8 @@ switch of :class:`Speed`:
   a GPU.
 
 Each switch keeps a seeded run's losses and parameters equal within float tolerance
-(``tests/speed/test_step.py``), and the fast step computes the same losses, gradients and draws
-as :class:`ReferenceStep` (``tests/speed/test_reference.py``); ``docs/benchmarks.md`` has what each
+(``tests/test_speed_step.py``), and the fast step computes the same losses, gradients and draws
+as :class:`ReferenceStep` (``tests/test_speed_reference.py``); ``docs/benchmarks.md`` has what each
 switch gains.
 
 :func:`trace_elbo_loss` reads Pyro internals (``Trace_ELBO._get_traces``,

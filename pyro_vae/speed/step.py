@@ -4,7 +4,7 @@ r"""One SVI step, :class:`SVIStep`, and its switches, :class:`Speed`.
 Pyro's :class:`~pyro.infer.Trace_ELBO`, ``backward``, one optimizer step) or, with
 :meth:`Speed.baseline`, :meth:`pyro.infer.SVI.step` itself. Its switches (see
 :mod:`pyro_vae.speed`) change how the step runs, never what it computes: the losses, gradients and
-random draws are those of the reference step (``tests/speed/test_reference.py``).
+random draws are those of the reference step (``tests/test_speed_reference.py``).
 """
 
 import contextlib
@@ -86,6 +86,10 @@ class SVIStep:
 
     With ``speed.sync_every_step=False`` the tensor stays on the device (no host read); otherwise
     (and on the ``"pyro"`` path, where :meth:`SVI.step` returns a float) it is on the CPU.
+
+Where Pyro's internals are missing or changed (:func:`~pyro_vae.speed.loss.pyro_internals` is
+``None``, after one :class:`~pyro_vae.speed.loss.PyroInternalsWarning`), the ``Trace_ELBO`` loss is
+Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no CUDA graph).
 
     :param model: the Pyro model.
     :param guide: the Pyro guide.
