@@ -26,7 +26,6 @@ class Config:
     flow_steps: int = None
     objective: str = "elbo"
     particles: int = 1
-    jit: bool = False
     z_dim: int = 20
     hidden: tuple = field(default=(400,))
     activation: str = "relu"
@@ -38,7 +37,7 @@ class Config:
     device: str = "auto"
 
     #: settings that may differ when a run is resumed (they do not change what is computed)
-    RESUMABLE = ("epochs", "device", "data_dir", "jit")
+    RESUMABLE = ("epochs", "device", "data_dir")
 
     def __post_init__(self):
         self.hidden = parse_hidden(self.hidden)
