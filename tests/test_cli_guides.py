@@ -98,7 +98,7 @@ def test_a_run_saved_with_the_former_jit_setting_loads_and_resumes(tmp_path):
         (["--guide", "planar", "--objective", "elbo-analytic"], "needs a closed-form KL"),
         (["--guide", "planar", "--objective", "rws", "--particles", "2"], "rws objective scores fixed"),
         (["--objective", "iwae"], "needs --particles of at least 2"),
-        (["--jit"], "No such option: --jit"),
+        (["--jit"], "No such option '--jit'"),
         (["--objective", "nope"], "Invalid value for '--objective'"),
     ],
 )

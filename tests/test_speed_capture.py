@@ -12,6 +12,7 @@ import pyro.optim
 from pyro.infer import Trace_ELBO
 
 from pyro_vae.speed import CapturedLoss, Speed, SVIStep, trace_elbo_loss
+
 from speed_helpers import batch, grads_of, run_steps, small_vae
 
 #: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention

@@ -24,6 +24,7 @@ from pyro_vae.speed import (
     pyro_internals,
     trace_elbo_loss,
 )
+
 from speed_helpers import batch, grads_of, small_vae
 
 #: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention

@@ -9,6 +9,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae.errors import UserError
 from pyro_vae.speed import Speed, SVIStep, load_pyro_optim_state, pyro_optim_state, torch_optimizer
+
 from speed_helpers import batch, run_steps, small_vae
 
 #: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention

@@ -19,6 +19,7 @@ import pyro.optim
 from pyro.infer import Trace_ELBO
 
 from pyro_vae.speed import ReferenceStep, Speed, SVIStep
+
 from speed_helpers import batch, small_vae
 
 #: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention

@@ -10,6 +10,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.errors import UserError
 from pyro_vae.speed import Speed, SVIStep, compile_nets
+
 from speed_helpers import batch, run_steps, small_vae
 
 #: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention
