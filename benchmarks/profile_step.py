@@ -47,7 +47,7 @@ from pyro.infer import SVI, JitTrace_ELBO
 from pyro.infer.util import zero_grads
 
 from pyro_vae import Speed, Trainer
-from pyro_vae.engine import trace_elbo_loss
+from pyro_vae.speed import trace_elbo_loss
 
 
 class Timer:

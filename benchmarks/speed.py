@@ -79,10 +79,10 @@ def build(name, config, args):
     cls = LOOPS[name]
     if name == "c":
         return cls(config, num_workers=args.c_workers)
-    if name == "a" and args.cuda_graph and str(config.device).startswith("cuda"):
+    if name == "a" and args.experimental_cuda_graph and str(config.device).startswith("cuda"):
         from pyro_vae import Speed
 
-        return cls(config, Speed(cuda_graph=True))
+        return cls(config, Speed(experimental_cuda_graph=True))
     return cls(config)
 
 
@@ -311,7 +311,8 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's]")
     p.add_argument("--c-workers", type=int, default=0, help="DataLoader workers of loop (c)")
     p.add_argument("--cpu-only", action="store_true", help="skip CUDA even when there is a GPU")
-    p.add_argument("--cuda-graph", action="store_true", help="on CUDA, run loop (a) with Speed(cuda_graph=True)")
+    p.add_argument("--experimental-cuda-graph", action="store_true",
+                   help="on CUDA, run loop (a) with Speed(experimental_cuda_graph=True) (not yet run on a GPU)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for speed.json / speed.md")
     p.add_argument("--update-docs", action="store_true", help="write the table into docs/benchmarks.md")
@@ -333,7 +334,7 @@ def main(argv=None):
         "machine": machine(),
         "settings": {
             k: getattr(args, k)
-            for k in ("steps", "block", "warmup", "archs", "batch_sizes", "loops", "c_workers", "dataset", "cuda_graph")
+            for k in ("steps", "block", "warmup", "archs", "batch_sizes", "loops", "c_workers", "dataset", "experimental_cuda_graph")
         },  # fmt: skip
         "load_before": os.getloadavg(),
     }

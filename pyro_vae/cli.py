@@ -65,7 +65,6 @@ def fit_options(f):
                      help="Training objective: elbo (estimator A), elbo-analytic (estimator B), iwae, rws."),
         click.option("--particles", default=DEFAULTS.particles, show_default=True, type=click.IntRange(1),
                      help="Samples K of z per datapoint and step (vectorized); iwae and rws need K >= 2."),
-        click.option("--jit", is_flag=True, help="Compile the loss with Pyro's JIT (elbo and elbo-analytic only)."),
         click.option("--optimizer", default=DEFAULTS.optimizer, show_default=True, type=_choice(OPTIMIZERS),
                      help="pyro.optim optimizer (Adagrad is the paper's)."),
         click.option("--lr", default=DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -125,7 +124,7 @@ def cli():
 @click.pass_context
 def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, **kwargs):
     """Train a VAE and write a run folder (config, metrics, checkpoint, pictures)."""
-    from .engine import Speed
+    from .speed import Speed
     from .training import fit as fit_run
 
     settings = settings_from(kwargs)

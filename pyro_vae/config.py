@@ -64,7 +64,6 @@ class Config:
     guide_options: dict = field(default_factory=dict)
     objective: str = "elbo"
     particles: int = 1
-    jit: bool = False
     arch: str = "mlp"
     z_dim: int = 20
     hidden: tuple = field(default=(400,))
@@ -78,7 +77,7 @@ class Config:
 
     #: The settings a resumed run may change: they do not change what is computed. The one list
     #: that ``fit --resume``, ``compare`` and ``load_run`` consult.
-    RESUMABLE = ("epochs", "device", "data_dir", "jit")
+    RESUMABLE = ("epochs", "device", "data_dir")
 
     #: The largest seed: every generator seeded from it (torch, NumPy's 32-bit RandomState) accepts it.
     MAX_SEED = 2**32 - 1

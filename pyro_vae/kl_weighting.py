@@ -45,13 +45,12 @@ not split into a reconstruction and a KL term), so :meth:`KLWeighting.check` ref
 **The weight is a tensor, updated in place.** :class:`KLWeight` holds a 0-dim tensor on the
 model's device that the scale messenger multiplies into the site's scale at every step; the
 schedule changes it with ``fill_`` between steps. pyro_vae's fast path captures the loss graph
-once per batch shape (:class:`pyro_vae.engine.CapturedLoss`, ``make_fx``): a real tensor that is
+once per batch shape (:class:`pyro_vae.speed.CapturedLoss`, ``make_fx``): a real tensor that is
 not an input is referenced by the graph as a constant *by identity* (as the parameters are), so an
 in-place change is seen by every replay, with no re-capture (a capture costs a trace and a
 verification run) and no host read. A Python float would have been baked into the graph at
 capture. On CUDA the tensor must live on the device (:meth:`KLWeight.to`): CUDA graphs would also
-freeze a CPU scalar. Pyro's ``--jit`` (``torch.jit.trace``) copies constants into its trace, so a
-*changing* weight is refused with ``--jit``; a constant ``--beta`` works with it.
+freeze a CPU scalar.
 
 **Free bits** cannot be written as a scale (the max is over minibatch averages):
 :class:`FreeBitsELBO` is a :class:`~pyro.infer.Trace_ELBO` whose KL term for the latent site is
@@ -332,13 +331,6 @@ class KLWeighting:
                 "(its importance weights p(x, z)/q(z|x) do not split into reconstruction and KL); "
                 "use --objective elbo or elbo-analytic"
             )
-        if objective.jit and (self.free_bits or not self.schedule.constant):
-            raise UserError(
-                f"--jit cannot be used with {'--free-bits' if self.free_bits else '--kl-warmup'}: "
-                + ("Pyro has no compiled variant of the free-bits objective"
-                   if self.free_bits else "torch.jit.trace would freeze the changing KL weight")
-                + "; drop --jit (the default captured loss is as fast)"
-            )  # fmt: skip
         if self.free_bits:
             self._check_factorized(objective, vae)
         return self

@@ -20,8 +20,7 @@ datapoint (``--particles K``) vectorized over a particle plate. For a datapoint 
   paper's Section 5, from :class:`pyro.infer.ReweightedWakeSleep`; see :class:`RWS`.
 
 Objectives that differentiate through the sample (all but ``rws``) refuse a guide without
-``rsample``. ``jit=True`` selects Pyro's compiled variant (``JitTrace_ELBO``,
-``JitTraceMeanField_ELBO``); ``iwae`` and ``rws`` have none in Pyro and refuse it.
+``rsample``.
 
 Whatever the objective, the per-epoch test metric is the one-particle ELBO and ``evaluate``
 reports the importance-sampled :math:`\log p(x)` (:mod:`pyro_vae.evaluation`), so runs compare.
@@ -32,14 +31,7 @@ import math
 import torch
 from torch.distributions import kl_divergence
 
-from pyro.infer import (
-    JitTrace_ELBO,
-    JitTraceMeanField_ELBO,
-    RenyiELBO,
-    ReweightedWakeSleep,
-    Trace_ELBO,
-    TraceMeanField_ELBO,
-)  # fmt: skip
+from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanField_ELBO
 from pyro.util import warn_if_nan
 
 from . import kl  # noqa: F401  (registers the closed-form KL of the full-rank guide)
@@ -54,10 +46,8 @@ class Objective:
     """Base class: :meth:`build` returns the Pyro loss object that :class:`~pyro.infer.SVI` minimizes.
 
     :param int particles: draws :math:`K` per datapoint (vectorized).
-    :param bool jit: use Pyro's compiled (``torch.jit``) variant of the loss.
 
-    Subclasses set :attr:`needs_rsample`, :attr:`min_particles` and :attr:`jit_loss` (the Pyro class
-    built for ``jit=True``, ``None`` if Pyro has none), and may override :meth:`check_distribution`
+    Subclasses set :attr:`needs_rsample` and :attr:`min_particles`, and may override :meth:`check_distribution`
     (further requirements on the guide) and :meth:`training_loss` (what ``svi.step`` returns -> one float).
     """
 
@@ -65,25 +55,18 @@ class Objective:
     needs_rsample = True
     #: smallest number of particles the estimator is defined for
     min_particles = 1
-    #: Pyro's compiled variant, or None
-    jit_loss = None
     #: whether the estimate splits into reconstruction and KL, so that the KL can be weighted
     #: (``--beta``, ``--kl-warmup``, ``--free-bits``: :mod:`pyro_vae.kl_weighting`)
     kl_weighting = False
     #: whether the KL term is in closed form (free bits then uses the closed-form KL of each unit)
     analytic_kl = False
 
-    def __init__(self, particles=1, jit=False):
-        self.particles, self.jit = int(particles), bool(jit)
+    def __init__(self, particles=1):
+        self.particles = int(particles)
         if self.particles < self.min_particles:
             raise UserError(
                 f"the {self.name} objective needs --particles of at least {self.min_particles}, got {self.particles}"
                 + (" (with one particle it is the ELBO: use --objective elbo)" if self.min_particles == 2 else "")
-            )
-        if self.jit and self.jit_loss is None:
-            raise UserError(
-                f"--jit is not available for the {self.name} objective: Pyro has no compiled variant of it "
-                "(--jit works with elbo and elbo-analytic)"
             )
 
     def build(self):
@@ -110,23 +93,14 @@ class Objective:
     def _vectorize(self):
         return self.particles > 1
 
-    def _jit_options(self):
-        # the tracer warns that the likelihood's shape check is frozen into the graph; it is harmless
-        # (tests/test_objectives.py checks a graph compiled on one batch size against another)
-        return dict(num_particles=self.particles, vectorize_particles=self._vectorize(), max_plate_nesting=1,
-                    ignore_jit_warnings=True)  # fmt: skip
-
 
 @OBJECTIVES.register("elbo")
 class ELBO(Objective):
     """Estimator A: the Monte Carlo ELBO (``Trace_ELBO``)."""
 
-    jit_loss = JitTrace_ELBO
     kl_weighting = True
 
     def build(self):
-        if self.jit:
-            return JitTrace_ELBO(**self._jit_options())
         return Trace_ELBO(num_particles=self.particles, vectorize_particles=self._vectorize(), max_plate_nesting=1)
 
 
@@ -138,13 +112,10 @@ class AnalyticELBO(Objective):
     silently estimate the KL by sampling (making this estimator A again).
     """
 
-    jit_loss = JitTraceMeanField_ELBO
     kl_weighting = True
     analytic_kl = True
 
     def build(self):
-        if self.jit:
-            return JitTraceMeanField_ELBO(**self._jit_options())
         return TraceMeanField_ELBO(num_particles=self.particles, vectorize_particles=self._vectorize(), max_plate_nesting=1)
 
     def check_distribution(self, q, vae):
@@ -258,4 +229,4 @@ class RWS(Objective):
 def build_objective(config, vae):
     """The :class:`Objective` a :class:`~pyro_vae.config.Config` names, checked against ``vae``'s guide."""
     cls = OBJECTIVES.get(config.objective)
-    return cls(particles=config.particles, jit=getattr(config, "jit", False)).check(vae)
+    return cls(particles=config.particles).check(vae)

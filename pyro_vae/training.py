@@ -2,9 +2,9 @@
 
 Each step takes a minibatch of :math:`M` datapoints (an index slice of the data, which lives on the
 training device and is reshuffled each epoch, on the device), prepares it for the likelihood (e.g. a
-fresh dynamic binarization, on the device) and takes one SVI step (:class:`~pyro_vae.engine.SVIStep`)
+fresh dynamic binarization, on the device) and takes one SVI step (:class:`~pyro_vae.speed.SVIStep`)
 on the objective's estimate of :math:`-\\sum_{i \\in \\text{batch}} \\mathcal{L}(\\theta, \\phi; x_i)`.
-Per-step losses stay on the device and are read once per epoch (see :mod:`pyro_vae.engine`).
+Per-step losses stay on the device and are read once per epoch (see :mod:`pyro_vae.speed`).
 
 :class:`Trainer` holds a run in memory (model, data, optimizer, step) and runs epochs or a given
 number of steps; :func:`fit` drives a :class:`Trainer` and writes the run folder.
@@ -24,7 +24,7 @@ import pyro
 from .build import build, make_config
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
-from .engine import Speed, SVIStep, compile_nets
+from .speed import Speed, SVIStep, compile_nets
 from .errors import TrainingDiverged, UserError
 from .evaluation import evaluate
 from .model import VAE
@@ -247,7 +247,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param on_step: optional callable receiving a :class:`Step` after every SVI step. A callback
         that draws random numbers (e.g. to evaluate the bound) changes the rest of the run unless it
         restores the generator state, e.g. inside :func:`torch.random.fork_rng`.
-    :param Speed speed: how each step runs (see :class:`~pyro_vae.engine.Speed`; default the fastest).
+    :param Speed speed: how each step runs (see :class:`~pyro_vae.speed.Speed`; default the fastest).
         It does not change the numbers, so a run may be resumed with another.
     :returns: the trained :class:`~pyro_vae.run.Run`.
     """

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import pyro
-from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, UserError
-from pyro_vae.engine import CapturedLoss, trace_elbo_loss
+from pyro_vae.speed import CapturedLoss, trace_elbo_loss
 from pyro_vae.kl_weighting import FreeBitsELBO, KLSchedule, KLWeight, KLWeighting, scale_sites
 from pyro_vae.objectives import OBJECTIVES
 
@@ -105,19 +105,6 @@ def test_weight_gradient_matches_direct(vae, x):
     want = torch.autograd.grad(-(log_px - 2.5 * (log_q - log_p).sum(-1)).sum(), params)
     for g, h in zip(got, want):
         torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-5)
-
-
-def test_constant_beta_with_jit(vae, x):
-    kl = KLWeighting(beta=3.0)
-    objective = OBJECTIVES.get("elbo")(jit=True)
-    kl.check(objective, vae)
-    model, guide = kl.wrap(vae.model, vae.guide)
-    loss = kl.build_loss(objective)
-    assert isinstance(loss, JitTrace_ELBO)
-    pyro_loss(loss, model, guide, x, 0)  # compiles (tracing draws random numbers of its own)
-    got = pyro_loss(loss, model, guide, x, 6)
-    _, log_px, log_q, log_p, _ = terms(vae, x, 6)
-    assert got == pytest.approx(-(log_px - 3.0 * (log_q - log_p).sum(-1)).sum().item(), rel=1e-5)
 
 
 # The schedule ---------------------------------------------------------------------------------
@@ -242,17 +229,11 @@ def test_free_bits_refused_for_guides_that_do_not_factorize(guide):
     KLWeighting(beta=2.0).check(OBJECTIVES.get("elbo")(), v)  # beta is defined for every guide
 
 
-@pytest.mark.parametrize("settings, match", [(dict(warmup_epochs=2), "freeze"), (dict(free_bits=0.5), "no compiled")])
-def test_jit_refused_with_a_changing_weight_or_free_bits(vae, settings, match):
-    with pytest.raises(UserError, match=match):
-        KLWeighting(**settings).check(OBJECTIVES.get("elbo")(jit=True), vae)
-
-
 def test_warmup_through_the_fast_step_matches_svi(x):
     """A warm-up through SVIStep's captured fast path takes the same steps as Pyro's SVI.step."""
     import pyro.optim
 
-    from pyro_vae.engine import Speed, SVIStep
+    from pyro_vae.speed import Speed, SVIStep
 
     def run(speed):
         pyro.clear_param_store()

@@ -19,7 +19,7 @@ LAYERS = [
     ("foundations", ["errors", "registry", "user_code", "config", "config_files"]),
     ("the paper", ["nets", "image_nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
                    "objectives", "kl_weighting", "evaluation", "paired"]),
-    ("speed", ["speed", "engine"]),
+    ("speed", ["speed"]),
     ("data and runs", ["image_data", "data", "build", "checkpoint", "plots", "loggers", "run", "latent", "training"]),
     ("what users run", ["comparison", "cli"]),
 ]  # fmt: skip

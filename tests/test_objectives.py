@@ -1,23 +1,13 @@
 """Objectives: each guide x objective trains; the estimators against their definitions and each other."""
 
 import math
-import warnings
 
 import pytest
 import torch
-import torch.distributions.multivariate_normal as torch_mvn
-import torch.distributions.normal as torch_normal
 
 import pyro
 import pyro.distributions as dist
-from pyro.infer import (
-    JitTrace_ELBO,
-    JitTraceMeanField_ELBO,
-    RenyiELBO,
-    ReweightedWakeSleep,
-    Trace_ELBO,
-    TraceMeanField_ELBO,
-)  # fmt: skip
+from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import OBJECTIVES, VAE, Config, Guide, UserError, build_vae, evaluate, fit, log_weights
 from pyro_vae.data import load_dataset
@@ -222,16 +212,11 @@ def test_rws_training_loss_is_the_wake_theta_loss():
 # Objective options and refusals --------------------------------------------------------------------
 
 
-def test_particle_counts_and_jit_are_checked():
+def test_particle_counts_are_checked():
     with pytest.raises(UserError, match="iwae objective needs --particles of at least 2.*use --objective elbo"):
         OBJECTIVES.get("iwae")(particles=1)
     with pytest.raises(UserError, match="rws objective needs --particles of at least 2"):
         OBJECTIVES.get("rws")(particles=1)
-    for name in ("iwae", "rws"):
-        with pytest.raises(UserError, match=f"--jit is not available for the {name} objective"):
-            OBJECTIVES.get(name)(particles=2, jit=True)
-    assert isinstance(OBJECTIVES.get("elbo")(jit=True).build(), JitTrace_ELBO)
-    assert isinstance(OBJECTIVES.get("elbo-analytic")(jit=True).build(), JitTraceMeanField_ELBO)
     elbo = OBJECTIVES.get("elbo")(particles=3).build()
     # the data plate, plus the particle plate Pyro adds when vectorizing
     assert elbo.num_particles == 3 and elbo.vectorize_particles and elbo.max_plate_nesting == 2
@@ -248,34 +233,3 @@ def test_analytic_elbo_refuses_guides_without_closed_form_kl_instead_of_sampling
         build_objective(Config(objective="elbo-analytic"), VAE(12, 3, (16,), "tanh", "bernoulli", guide))
 
 
-# JIT ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("guide, objective", [(g, "elbo") for g in GUIDES] + [(g, "elbo-analytic") for g in GUIDES[:2]])
-def test_jit_variant_computes_the_same_loss_and_gradients(monkeypatch, guide, objective, digits_batch):
-    """Compiled on a batch of 8, run on a (partial) batch of 5 with the noise fixed at zero, the Jit
-    loss and gradients equal the plain ones; the second call reuses the compiled graph."""
-
-    def zeros(shape, dtype, device):
-        return torch.zeros(shape, dtype=dtype, device=device)
-
-    monkeypatch.setattr(torch_normal, "_standard_normal", zeros)
-    monkeypatch.setattr(torch_mvn, "_standard_normal", zeros)
-    vae = fixed_vae(guide, confident=False)
-    plain = OBJECTIVES.get(objective)().build()
-    jit = OBJECTIVES.get(objective)(jit=True).build()
-    x, model, guide = digits_batch, vae.model, vae.guide  # one bound method each, as SVI holds them
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
-        jit.loss_and_grads(model, guide, x[:8])
-        results = []
-        for loss in (plain, jit):
-            for p in vae.parameters():
-                p.grad = None
-            value = loss.loss_and_grads(model, guide, x[8:13])
-            results.append((value, [p.grad.clone() for p in vae.parameters()]))
-    compiled = getattr(jit, "_loss_and_surrogate_loss", None) or jit._differentiable_loss
-    assert len(compiled.compiled) == 1
-    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
-    for g_plain, g_jit in zip(results[0][1], results[1][1]):
-        assert torch.allclose(g_plain, g_jit, rtol=1e-4, atol=1e-5)
