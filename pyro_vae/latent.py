@@ -536,6 +536,8 @@ def encode_run(run, split="test", data=None, what="mean", samples=None, labels=N
     """
     if path is not None and Path(path).suffix.lower() not in (".npy", ".csv"):
         raise UserError(f"cannot write codes to {Path(path).name}: use a .npy or .csv file")
+    if path is not None and what == "samples" and Path(path).suffix.lower() == ".csv":
+        raise UserError("a CSV holds one code per item; --what samples needs a .npy file")
     x, labels, _ = run_items(run, split, data, labels)
     codes = encode(run.vae, x, what, samples=samples, seed=seed)
     if path is not None:
