@@ -195,10 +195,27 @@ def sample(run_dir, num, output, seed, device):
     click.echo(f"wrote {num} samples to {output}")
 
 
+def compare_fit_options(f):
+    """:func:`fit_options` with the options of :data:`pyro_vae.comparison.AXES` repeatable (``--guide A --guide B``)."""
+    from .comparison import axes
+
+    repeatable = {a.field for a in axes()} - {"likelihood"}
+    params = getattr(f, "__click_params__", None)
+    if params is None:
+        params = f.__click_params__ = []
+    for p in fit_options(lambda **kwargs: None).__click_params__:
+        if p.name in repeatable:
+            p = click.Option(p.opts, multiple=True, type=p.type, metavar=p.metavar,
+                             help=f"{p.help} Repeat to compare several [default: {p.default}].")  # fmt: skip
+        params.append(p)
+    return f
+
+
 @cli.command()
 @click.option("--likelihood", "likelihoods", multiple=True, type=_choice(LIKELIHOODS),
-              help="A family to compare; repeat the option for several [default: every family that fits the data].")
-@fit_options
+              help="A family to compare; repeat the option for several [default: every family that fits the data, "
+                   "unless another setting varies].")  # fmt: skip
+@compare_fit_options
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(1),
               help="Seeds per family: --seed, --seed + 1, ...; the table shows mean ± std over them.")
 @click.option("--eval-samples", default=100, show_default=True, type=click.IntRange(1),
@@ -210,13 +227,18 @@ def sample(run_dir, num, output, seed, device):
 @click.option("--overwrite", is_flag=True,
               help="Retrain runs already in --out [default: reuse finished runs with the same settings, resume others].")
 def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet, **kwargs):
-    """Train each likelihood family with the same data, networks, optimizer, budget and seeds, and compare
-    test ELBO, log p(x), bits/dim and active units (families scored on different data are grouped apart)."""
+    """Train a grid of configurations (repeat --likelihood, --guide, --objective, --particles, --z-dim,
+    --hidden, --arch) with the same data, optimizer, budget and seeds, and compare test ELBO, log p(x),
+    bits/dim, active units and training time, with paired differences over test items (configurations
+    scored on different data are grouped apart)."""
     import contextlib
 
     from tqdm.auto import tqdm
 
+    from .comparison import axes
     from .comparison import compare as run_comparison
+
+    grid = {a.field: list(kwargs.pop(a.field)) for a in axes() if a.field in kwargs}
 
     show = not quiet and sys.stderr.isatty()
 
@@ -224,13 +246,13 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
         return tqdm(total=total, desc=desc, unit="item", leave=False) if show else contextlib.nullcontext(_NoBar())
 
     result = run_comparison(
-        make_config(None, **settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, seeds=seeds,
+        make_config(None, **settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, grid=grid, seeds=seeds,
         eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
         progress=None if quiet else (lambda line: click.echo(line, err=True)), eval_progress=bar,
     )  # fmt: skip
     if not quiet:
         click.echo(result.markdown())
-        click.echo(f"wrote {Path(out) / 'comparison.md'}, .csv, .json and .png")
+        click.echo(f"wrote {Path(out) / 'comparison.md'}, .csv, .json, .png and comparison-pareto.png")
 
 
 # The latent space of a trained run (pyro_vae.latent) ------------------------------------------------
