@@ -194,10 +194,27 @@ def sample(run_dir, num, output, seed, device):
     click.echo(f"wrote {num} samples to {output}")
 
 
+def compare_fit_options(f):
+    """:func:`fit_options` with the options of :data:`pyro_vae.comparison.AXES` repeatable (``--guide A --guide B``)."""
+    from .comparison import axes
+
+    repeatable = {a.field for a in axes()} - {"likelihood"}
+    params = getattr(f, "__click_params__", None)
+    if params is None:
+        params = f.__click_params__ = []
+    for p in fit_options(lambda **kwargs: None).__click_params__:
+        if p.name in repeatable:
+            p = click.Option(p.opts, multiple=True, type=p.type, metavar=p.metavar,
+                             help=f"{p.help} Repeat to compare several [default: {p.default}].")  # fmt: skip
+        params.append(p)
+    return f
+
+
 @cli.command()
 @click.option("--likelihood", "likelihoods", multiple=True, type=_choice(LIKELIHOODS),
-              help="A family to compare; repeat the option for several [default: every family that fits the data].")
-@fit_options
+              help="A family to compare; repeat the option for several [default: every family that fits the data, "
+                   "unless another setting varies].")  # fmt: skip
+@compare_fit_options
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(1),
               help="Seeds per family: --seed, --seed + 1, ...; the table shows mean ± std over them.")
 @click.option("--eval-samples", default=100, show_default=True, type=click.IntRange(1),
@@ -209,13 +226,18 @@ def sample(run_dir, num, output, seed, device):
 @click.option("--overwrite", is_flag=True,
               help="Retrain runs already in --out [default: reuse finished runs with the same settings, resume others].")
 def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet, **kwargs):
-    """Train each likelihood family with the same data, networks, optimizer, budget and seeds, and compare
-    test ELBO, log p(x), bits/dim and active units (families scored on different data are grouped apart)."""
+    """Train a grid of configurations (repeat --likelihood, --guide, --objective, --particles, --z-dim,
+    --hidden, --arch) with the same data, optimizer, budget and seeds, and compare test ELBO, log p(x),
+    bits/dim, active units and training time, with paired differences over test items (configurations
+    scored on different data are grouped apart)."""
     import contextlib
 
     from tqdm.auto import tqdm
 
+    from .comparison import axes
     from .comparison import compare as run_comparison
+
+    grid = {a.field: list(kwargs.pop(a.field)) for a in axes() if a.field in kwargs}
 
     show = not quiet and sys.stderr.isatty()
 
@@ -223,13 +245,147 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
         return tqdm(total=total, desc=desc, unit="item", leave=False) if show else contextlib.nullcontext(_NoBar())
 
     result = run_comparison(
-        make_config(None, **settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, seeds=seeds,
+        make_config(None, **settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, grid=grid, seeds=seeds,
         eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
         progress=None if quiet else (lambda line: click.echo(line, err=True)), eval_progress=bar,
     )  # fmt: skip
     if not quiet:
         click.echo(result.markdown())
-        click.echo(f"wrote {Path(out) / 'comparison.md'}, .csv, .json and .png")
+        click.echo(f"wrote {Path(out) / 'comparison.md'}, .csv, .json, .png and comparison-pareto.png")
+
+
+# The latent space of a trained run (pyro_vae.latent) ------------------------------------------------
+
+
+def _split_options(f):
+    """``--split`` / ``--data`` / ``--device`` / ``--seed`` of the latent commands."""
+    options = [
+        click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]),
+                     help="Which of the run's data to use (a validation split will join these)."),
+        click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
+                     help="Use your own array (.npy/.npz/.pt of items of the run's size) instead of --split."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seeds the posterior draws."),
+        click.option("--device", default="auto", show_default=True),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _output(path, suffixes):
+    if Path(path).suffix.lower() not in suffixes:
+        raise UserError(f"-o must name a {' or '.join(suffixes)} file, got {path}")
+    if not Path(path).absolute().parent.is_dir():
+        raise UserError(f"cannot write {path}: the folder {Path(path).absolute().parent} does not exist")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="z.npy (labels beside it in z.labels.npy) or z.csv (a label column).")  # fmt: skip
+@click.option("--what", default="mean", show_default=True, type=click.Choice(["mean", "scale", "samples"]),
+              help="Posterior means, per-unit standard deviations, or K draws per item.")  # fmt: skip
+@click.option("--samples", default=None, type=click.IntRange(1),
+              help="K: draws per item for --what samples [default 1]; Monte Carlo draws for a flow guide's "
+                   "mean and scale [default 256].")  # fmt: skip
+@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
+@_split_options
+def encode(run_dir, output, what, samples, labels, split, data_file, seed, device):
+    """Encode data with the run's guide q(z|x) and save the codes (and labels when known)."""
+    from .run import load_run
+
+    _output(output, (".npy", ".csv"))
+    run = load_run(run_dir, device)
+    codes, labels = run.encode(split, data_file, what, samples, labels, output, seed)
+    from .latent import labels_path
+
+    beside = "" if labels is None else (" with labels" + (f" in {labels_path(output)}" if output.lower().endswith(".npy") else ""))
+    click.echo(f"wrote {what} codes of shape {tuple(codes.shape)} to {output}{beside}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(1), help="How many items.")
+@click.option("--sample", is_flag=True, help="Decode one draw from q(z|x) instead of its mean.")
+@_split_options
+def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
+    """Save items (top row) above their reconstructions as a PNG."""
+    from .run import load_run
+
+    _output(output, (".png",))
+    run = load_run(run_dir, device)
+    recon = run.save_reconstructions(output, num, split, data_file, sample, seed)
+    click.echo(f"wrote {len(recon)} items and their reconstructions to {output}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--items", nargs=2, type=int, required=True, metavar="I J", help="The two items (indices) to join.")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(2), help="Codes on the path, ends included.")
+@click.option("--slerp", is_flag=True, help="Spherical instead of straight path.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@_split_options
+def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device):
+    """Decode the path between two items' posterior means (one row, the two items at its ends)."""
+    from .run import load_run
+
+    _output(output, (".png",))
+    run = load_run(run_dir, device)
+    run.interpolate(items[0], items[1], steps, slerp, split, data_file, output, seed)
+    click.echo(f"wrote a {steps}-step {'spherical' if slerp else 'linear'} interpolation to {output}")
+
+
+def _units(spec):
+    if spec is None:
+        return None
+    try:
+        units = [int(u) for u in spec.replace(" ", "").split(",") if u]
+    except ValueError:
+        raise UserError(f"--units takes unit indices like 0,3,5, got {spec!r}") from None
+    if not units:
+        raise UserError(f"--units takes unit indices like 0,3,5, got {spec!r}")
+    return units
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--units", default=None, help="Units to vary, e.g. 0,3,5 [default: all, ordered by their KL].")
+@click.option("--top", default=None, type=click.IntRange(1), help="Show only the first N units of that order.")
+@click.option("--range", "span", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Each unit goes from -R to R (prior standard deviations).")  # fmt: skip
+@click.option("--steps", default=9, show_default=True, type=click.IntRange(2), help="Images per unit.")
+@click.option("--item", default=None, type=click.IntRange(0),
+              help="Start from this item's posterior mean [default: the prior mean 0].")  # fmt: skip
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@_split_options
+def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device):
+    """Latent traversals: one row per unit, the others held fixed, units ordered by their KL over the data."""
+    from .run import load_run
+
+    _output(output, (".png",))
+    run = load_run(run_dir, device)
+    order, kl, _ = run.traverse(_units(units), span, steps, item, top, split, data_file, output, seed)
+    shown = ", ".join(f"z{u} ({k:.2f} nats)" for u, k in zip(order, kl))
+    click.echo(f"wrote traversals of {len(order)} units to {output}: {shown}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", default="latents.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG file to write.")  # fmt: skip
+@click.option("--method", default="auto", show_default=True, type=click.Choice(["auto", "pca", "tsne"]),
+              help="z = 2: the plane itself; else PCA (auto) or t-SNE (slow beyond a few thousand items).")  # fmt: skip
+@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
+@_split_options
+def latents(run_dir, output, method, labels, split, data_file, seed, device):
+    """Scatter the posterior means, coloured by label when the data has labels."""
+    from .run import load_run
+
+    _output(output, (".png",))
+    run = load_run(run_dir, device)
+    coords, used = run.latents(output, method, split, data_file, labels, seed)
+    click.echo(f"wrote a scatter of {len(coords)} posterior means ({used}) to {output}")
 
 
 class _NoBar:

@@ -1,4 +1,20 @@
-r"""Which likelihood family fits the data? Train several with everything else equal, and score them fairly.
+r"""Which likelihood family, guide, objective, latent size or network is better? Train a grid with everything
+else equal, and score it fairly.
+
+**Any axis.** :func:`compare` varies any of the settings in :data:`AXES` (``likelihood``, ``guide``,
+``objective``, ``particles``, ``z_dim``, ``hidden``, ``arch``, and ``beta`` once :class:`Config`
+has it): ``grid={"guide": ["diagonal", "iaf"], "objective": ["elbo", "iwae"]}`` trains every
+combination (the CLI: repeat ``--guide`` and ``--objective``). A configuration is named by its
+varying values (``iaf/iwae``) and its run folders are ``<values joined by _>/seed-<s>/``. With only
+likelihoods varying (or nothing: every family that fits the data) it is the likelihood comparison
+described below, unchanged.
+
+**Paired statistics.** Each run's per-item IS :math:`\log p(x)` is saved as ``log_px_per_item.npy``
+beside its ``evaluation.json``. Within a group scored on the same data, every pair of configurations
+gets :func:`pyro_vae.paired.paired_difference` over seeds and test items (mean, standard error
+from seeds and items, a statement "A beats B by d ± se nats"), in ``comparison.md`` and
+``comparison.json`` (``groups[i].pairs``). ``comparison-pareto.png`` plots log p(x) against
+training seconds (one file per group: ``comparison-pareto-2.png``, ... for the further groups).
 
 :func:`compare` trains one VAE per likelihood family and seed with the *same* data set, encoder,
 decoder body, latent size, optimizer, learning rate, batch size, epochs and seeds (one
@@ -18,7 +34,9 @@ families by the data they are scored on and ranks (by bits per dimension) only w
 """
 
 import csv
+import inspect
 import io
+import itertools
 import json
 import math
 import os
@@ -29,15 +47,65 @@ from pathlib import Path
 
 import torch
 
+import numpy as np
+
 from . import plots
-from .build import make_config, resolve_device
+from .build import check_names, make_config, resolve_device
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config
+from .config import parse_hidden
 from .data import load_dataset
 from .errors import UserError
+from .evaluation import evaluate_terms, summarize
+from .guides import guide_class
 from .likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
+from .objectives import OBJECTIVES
+from .paired import all_pairs
 from .run import load_run, write_evaluation
 from .training import fit
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A setting :func:`compare` may vary: the :class:`Config` field (also the keyword of ``grid`` and,
+    with ``-`` for ``_``, the CLI option that may be repeated) and how a value is written in labels."""
+
+    field: str
+    short: object = str  # value -> text, e.g. 5 -> "K5"
+    parse: object = None  # value from the CLI/API -> the Config value (None: as given)
+
+
+#: The settings ``compare`` can vary, in the order they appear in labels; adding one is one entry here
+#: (an entry whose field :class:`Config` does not have yet is ignored until it does).
+AXES = (
+    Axis("likelihood"),
+    Axis("guide"),
+    Axis("objective"),
+    Axis("particles", lambda v: f"K{v}", int),
+    Axis("z_dim", lambda v: f"z{v}", int),
+    Axis("hidden", lambda v: "h" + "-".join(map(str, parse_hidden(v))), parse_hidden),
+    Axis("arch"),
+    Axis("beta", lambda v: f"beta{v:g}", float),
+)
+
+
+def axes():
+    """The :data:`AXES` that :class:`Config` has."""
+    return [a for a in AXES if a.field in Config.__dataclass_fields__]
+
+
+#: per-item IS log p(x) (nats, on the data as prepared) of a run's evaluation, beside ``evaluation.json``
+ITEM_SCORES = "log_px_per_item.npy"
+
+
+def _text(value):
+    """A setting's value as text for tables: ``(32, 32)`` -> ``32,32``."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _folder_part(text):
+    """A value as a safe folder name part (a user guide ``file.py:Class`` -> ``file.py_Class``)."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in str(text)) or "_"
 
 #: numbers of a run's evaluation summarized over seeds, in the order of the table and the CSV
 METRICS = (
@@ -92,6 +160,10 @@ class FamilyRun:
     reused: bool = False
     #: the trained :class:`~pyro_vae.run.Run` (not saved in ``comparison.json``)
     run: object = field(default=None, repr=False)
+    #: the values of the varying settings, e.g. ``{"guide": "iaf", "objective": "iwae"}``
+    configuration: dict = field(default_factory=dict)
+    #: per-item IS log p(x) against the scored data (nats; ``log_px_per_item.npy`` minus the dequantization shift)
+    item_scores: object = field(default=None, repr=False)
 
     def metrics(self):
         r = self.result
@@ -134,6 +206,15 @@ class Comparison:
     runs: list = field(default_factory=list)
     skipped: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
+    #: the fields of the settings that vary (``["likelihood"]`` for a likelihood comparison)
+    varying: list = field(default_factory=lambda: ["likelihood"])
+    #: configuration label -> the values of the varying settings
+    configurations: dict = field(default_factory=dict)
+
+    @property
+    def column(self):
+        """The name of the table's configuration column: ``family`` for a likelihood comparison."""
+        return "family" if self.varying == ["likelihood"] else " / ".join(self.varying)
 
     # Summaries --------------------------------------------------------------------------------
     def summary(self, family):
@@ -142,6 +223,7 @@ class Comparison:
         first = runs[0].result
         row = {
             "family": family,
+            "configuration": dict(self.configurations.get(family, {})),
             "scored_data": first["scored_data"],
             "representation": first["representation"],
             "seeds": len(runs),
@@ -177,6 +259,24 @@ class Comparison:
             out.append((key, kind(key), members))
         return out
 
+    def pairs(self, rows):
+        """Paired differences of per-item log p(x) (nats against the scored data) for every pair of the
+        summary ``rows`` of one group (:func:`pyro_vae.paired.all_pairs`, best of each pair first).
+
+        Scores are ``(seeds, items)`` arrays, seed ``s`` of A paired with seed ``s`` of B; ``[]`` when
+        fewer than 2 configurations, fewer than 2 items, or a run without per-item scores.
+        """
+        scores = {}
+        for row in rows:
+            runs = sorted((r for r in self.runs if r.family == row["family"]), key=lambda r: r.seed)
+            if any(r.item_scores is None for r in runs) or [r.seed for r in runs] != list(self.seeds):
+                return []
+            scores[row["family"]] = np.stack([np.asarray(r.item_scores, dtype=np.float64) for r in runs])
+        shapes = {a.shape for a in scores.values()}
+        if len(scores) < 2 or len(shapes) != 1 or next(iter(shapes))[1] < 2:
+            return []
+        return all_pairs(scores, unit="nats", higher_is_better=True)
+
     def _group_text(self, key, kind):
         levels = int(key.split()[0]) if kind == "levels" else (self.levels or 256)
         title, why = GROUP_TEXT[kind]
@@ -191,12 +291,15 @@ class Comparison:
 
     # Writers ----------------------------------------------------------------------------------
     def to_dict(self):
-        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("likelihood", "seed")}
+        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("likelihood", "seed", *self.varying)}
         groups = []
         for key, kind, rows in self.groups():
             title, why = self._group_text(key, kind)
-            groups.append({"scored_data": key, "title": title, "why_not_ranked_with_others": why, "families": rows})
+            groups.append({"scored_data": key, "title": title, "why_not_ranked_with_others": why, "families": rows,
+                           "pairs": self.pairs(rows)})  # fmt: skip
         return {
+            "varying": self.varying,
+            "configurations": self.configurations,
             "dataset": self.dataset,
             "x_dim": self.x_dim,
             "levels": self.levels,
@@ -207,7 +310,8 @@ class Comparison:
             "groups": groups,
             "skipped": self.skipped,
             "runs": [
-                {"family": r.family, "seed": r.seed, "directory": str(r.directory), "seconds": r.seconds,
+                {"family": r.family, "configuration": r.configuration, "seed": r.seed, "directory": str(r.directory),
+                 "seconds": r.seconds,
                  "eval_seconds": r.eval_seconds, "reused": r.reused, **r.result}
                 for r in self.runs
             ],  # fmt: skip
@@ -215,14 +319,16 @@ class Comparison:
 
     def csv_text(self):
         """One row per family: ``family``, what it is scored on, its rank in its group, means and stds."""
-        columns = ["family", "scored_data", "representation", "rank_in_group", "seeds", "items", "samples"]
+        columns = ["family", *[f for f in self.varying if f != "likelihood" or self.varying != ["likelihood"]]]
+        columns += ["scored_data", "representation", "rank_in_group", "seeds", "items", "samples"]
         columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for _, _, rows in self.groups():
             for row in rows:
-                writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+                values = {**row, **{f: _text(v) for f, v in row["configuration"].items()}}
+                writer.writerow({c: ("" if values.get(c) is None else values.get(c)) for c in columns})
         return buffer.getvalue()
 
     def markdown(self):
@@ -230,12 +336,29 @@ class Comparison:
         c = self.config
         seeds = ", ".join(str(s) for s in self.seeds)
         items = self.eval_subset
+        likelihoods_only = self.varying == ["likelihood"]
+        vary = set(self.varying)
+        fixed = []
+        if not vary & {"arch", "hidden"}:
+            net = "MLP" if c.arch == "mlp" else c.arch
+            fixed.append(f"encoder and decoder {net} {self.x_dim}-{'-'.join(map(str, c.hidden))} ({c.activation})")
+        fixed += [f"{name} {_text(getattr(c, f))}" for f, name in
+                  (("likelihood", "likelihood"), ("z_dim", "latent size"), ("guide", "guide"), ("objective", "objective"),
+                   ("particles", "particles K"), ("beta", "beta")) if f not in vary and hasattr(c, f)]  # fmt: skip
+        if likelihoods_only:
+            fixed = [f for f in fixed if not f.startswith("likelihood ")]
+        varied = "; ".join(
+            f"{f} ({', '.join(dict.fromkeys(_text(v[f]) for v in self.configurations.values()))})"
+            for f in self.varying if not likelihoods_only
+        )  # fmt: skip
+        who = "every family" if likelihoods_only else "every configuration"
         lines = [
-            f"# Likelihood comparison on {self.dataset}",
+            f"# Likelihood comparison on {self.dataset}" if likelihoods_only
+            else f"# Comparison of {' × '.join(self.varying)} on {self.dataset}",
             "",
-            f"Same budget for every family: {c.epochs} epochs, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, "
-            f"encoder and decoder MLP {self.x_dim}-{'-'.join(map(str, c.hidden))} ({c.activation}), "
-            f"latent size {c.z_dim}, guide {c.guide}, objective {c.objective}; seeds {seeds}. "
+            (f"Varying: {varied}. " if varied else "")
+            + f"Same budget for {who}: {c.epochs} epochs, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, "
+            f"{', '.join(fixed)}; seeds {seeds}. "
             f"Test scores on {items} test items with {self.eval_samples} importance samples each. "
             f"Machine: {self.machine.get('summary', 'unknown')}.",
             "",
@@ -247,18 +370,25 @@ class Comparison:
         for key, kind, rows in self.groups():
             title, why = self._group_text(key, kind)
             lines += ["", f"## {title}", "", why, ""]
-            lines.append("| # | family | scored on | test ELBO | log p(x) | bits/dim | active units | seconds |")
+            lines.append(f"| # | {self.column} | scored on | test ELBO | log p(x) | bits/dim | active units | seconds |")
             lines.append("|---:|---|---|---:|---:|---:|---:|---:|")
             for row in rows:
                 cells = [_cell(row, name, digits) for name, digits in TABLE_COLUMNS]
                 lines.append(f"| {row['rank_in_group']} | {row['family']} | {row['representation']} | {' | '.join(cells)} |")
+            pairs = self.pairs(rows)
+            if pairs:
+                lines += ["", "Paired differences of log p(x) on the same test items (mean ± 1 standard error, from "
+                          "seeds and items; pyro_vae.paired; indistinguishable when within 2 SE):", ""]  # fmt: skip
+                lines += [f"- {p['statement']}" for p in pairs]
         if self.skipped:
             lines += ["", "## Not run", ""]
             lines += [f"- {family}: {reason}" for family, reason in self.skipped.items()]
         lines += [
             "",
-            "Run folders: `<family>/seed-<s>/`; per-run numbers (including the ELBO's reconstruction and KL terms "
-            "and the density-scale scores) are in `comparison.json`, one row per family in `comparison.csv`.",
+            f"Run folders: `<{'family' if likelihoods_only else '_'.join(self.varying)}>/seed-<s>/` (per-item log p(x) in "
+            f"`{ITEM_SCORES}`); log p(x) against training seconds: `comparison-pareto.png`; per-run numbers (including the ELBO's reconstruction and KL terms "
+            f"and the density-scale scores) are in `comparison.json`, one row per {'family' if likelihoods_only else 'configuration'} "
+            "in `comparison.csv`.",
         ]
         return "\n".join(lines) + "\n"
 
@@ -282,8 +412,29 @@ class Comparison:
                 run = first.run if first.run is not None else load_run(first.directory, device="cpu")
                 x = run.test_data()[:n]
                 strips.append((row["family"], run.sample(n, seed=0), run.reconstruct(x)))
+        what = "likelihood families" if self.varying == ["likelihood"] else " × ".join(self.varying)
         plots.save_comparison(bars, originals, strips, image_shape, path,
-                              title=f"{self.dataset}: likelihood families at the same budget")  # fmt: skip
+                              title=f"{self.dataset}: {what} at the same budget")  # fmt: skip
+
+    def pareto_paths(self):
+        """``comparison-pareto.png`` for the first group, ``comparison-pareto-<i>.png`` for group ``i >= 2``."""
+        return [self.out / ("comparison-pareto.png" if i == 0 else f"comparison-pareto-{i + 1}.png")
+                for i in range(len(self.groups()))]  # fmt: skip
+
+    def save_pareto(self):
+        """The Pareto charts: per group, log p(x) (nats against the scored data) against training seconds,
+        mean ± std over seeds (:func:`pyro_vae.plots.save_pareto`). Returns the paths written."""
+        paths = []
+        for path, (key, kind, rows) in zip(self.pareto_paths(), self.groups()):
+            points = []
+            for row in rows:
+                runs = [r for r in self.runs if r.family == row["family"]]
+                scores = [r.metrics()["log_likelihood"] for r in runs]
+                points.append({"label": row["family"], "seconds": [r.seconds for r in runs], "score": scores})
+            title = f"{self.dataset}, {self._group_text(key, kind)[0].lower()}: log p(x) against training time"
+            plots.save_pareto(points, path, title=title, ylabel=f"test log p(x), nats per item (K = {self.eval_samples})")
+            paths.append(path)
+        return paths
 
     def write(self):
         """Write ``comparison.md``, ``.csv``, ``.json`` and ``.png`` into :attr:`out`."""
@@ -291,6 +442,7 @@ class Comparison:
         atomic_write_text(self.out / "comparison.csv", self.csv_text())
         atomic_write_text(self.out / "comparison.json", json.dumps(self.to_dict(), indent=2) + "\n")
         self.save_chart(self.out / "comparison.png")
+        self.save_pareto()
 
 
 def machine_info(device):
@@ -328,22 +480,29 @@ def _train(config, directory, overwrite):
 
 
 def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_samples=100, eval_subset=None,
-            overwrite=False, progress=None, eval_progress=None, **settings):  # fmt: skip
-    """Train and evaluate each likelihood family with everything else equal; write the comparison.
+            overwrite=False, progress=None, eval_progress=None, grid=None, **settings):  # fmt: skip
+    """Train and evaluate a grid of configurations with everything else equal; write the comparison.
 
-    :param Config config: the shared settings (its ``likelihood`` and ``seed`` are replaced);
+    :param Config config: the shared settings (the varied fields and ``seed`` are replaced);
         keyword ``settings`` override single fields.
     :param out: the folder for the run folders and the comparison files.
-    :param likelihoods: family names; default every registered family that can model the data
-        (those that cannot, e.g. ``discretized-logistic`` on continuous data, are listed as not run).
-    :param int seeds: how many seeds per family: ``config.seed``, ``config.seed + 1``, ...
+    :param likelihoods: family names (the same as ``grid["likelihood"]``); when neither they nor any
+        other axis varies: every registered family that can model the data (those that cannot,
+        e.g. ``discretized-logistic`` on continuous data, are listed as not run). When another axis
+        varies, the likelihood is ``config.likelihood`` unless given.
+    :param dict grid: ``{field: [values]}`` for fields of :data:`AXES`, e.g.
+        ``{"guide": ["diagonal", "iaf"], "objective": ["elbo", "iwae"]}``; every combination is
+        trained. A field with one value just sets it.
+    :param int seeds: how many seeds per configuration: ``config.seed``, ``config.seed + 1``, ...
     :param int eval_samples: importance samples :math:`K` per test item.
     :param int eval_subset: evaluate on the first ``eval_subset`` test items (default: all).
     :param bool overwrite: retrain runs already in ``out`` (by default a finished run with the same
         settings is reused and an unfinished one is resumed).
-    :param progress: optional callable receiving one line of text per family run (start and end).
+    :param progress: optional callable receiving one line of text per run (start and end).
     :param eval_progress: optional factory ``(total, description) -> context manager with update(n)``
         for a progress bar during evaluation.
+    :raises UserError: an axis that cannot be varied, a bad value or combination (checked for every
+        configuration before anything is trained), a family that cannot model the data when named.
     :rtype: Comparison
     """
     config = make_config(config, **settings)
@@ -353,8 +512,12 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
         raise UserError(f"--eval-samples must be at least 1, got {eval_samples}")
     if eval_subset is not None and eval_subset < 1:
         raise UserError(f"--eval-subset must be at least 1, got {eval_subset}")
-    explicit = bool(likelihoods)
-    families = list(dict.fromkeys(likelihoods)) if likelihoods else LIKELIHOODS.names()
+    values = _grid_values(grid, likelihoods)
+    explicit = "likelihood" in values
+    if not explicit and not any(len(v) > 1 for v in values.values()):
+        values["likelihood"] = LIKELIHOODS.names()
+    values = {a.field: values[a.field] for a in axes() if a.field in values}  # in the order of AXES
+    families = values.get("likelihood", [config.likelihood])
     for family in families:
         LIKELIHOODS.get(family)  # unknown names fail before anything is trained
     out = Path(out)
@@ -376,34 +539,60 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
         runnable.append(family)
     if not runnable:
         raise UserError("no likelihood family can model this data: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    if "likelihood" in values:
+        values["likelihood"] = runnable
     items = min(eval_subset or len(dataset.test), len(dataset.test))
+
+    # The grid: the fields with several values vary; a field with one value is part of the shared settings.
+    varying = [f for f, v in values.items() if len(v) > 1]
+    if not varying:
+        varying = ["likelihood"]
+    for f, v in values.items():
+        if f not in varying:
+            config = _with(config, {f: v[0]})
+    short = {a.field: a.short for a in axes()}
+    points = [dict(zip(varying, combo)) for combo in itertools.product(*(values.get(f, [getattr(config, f)]) for f in varying))]
+    configurations = {}
+    for point in points:
+        label = "/".join(short[f](v) for f, v in point.items())
+        folder = "_".join(_folder_part(short[f](v)) for f, v in point.items())
+        run_config = _with(config, point)
+        check_names(run_config)
+        OBJECTIVES.get(run_config.objective)(run_config.particles)  # e.g. iwae with one particle: refused now
+        configurations[label] = (point, folder, run_config)
 
     device = resolve_device(config.device)
     comparison = Comparison(
-        out=out, config=config, families=runnable, seeds=[config.seed + i for i in range(seeds)],
+        out=out, config=config, families=list(configurations), seeds=[config.seed + i for i in range(seeds)],
         eval_samples=eval_samples, eval_subset=items, dataset=dataset.name, x_dim=dataset.x_dim,
-        levels=dataset.levels, skipped=skipped, machine=machine_info(device),
+        levels=dataset.levels, skipped=skipped, machine=machine_info(device), varying=varying,
+        configurations={label: {f: _jsonable(v) for f, v in p.items()} for label, (p, _, _) in configurations.items()},
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    total = len(runnable) * seeds
-    for i, (family, seed) in enumerate(((f, s) for f in runnable for s in comparison.seeds), start=1):
-        tag = f"[{i}/{total}] {family} (seed {seed})"
+    total = len(configurations) * seeds
+    jobs = ((label, s) for label in configurations for s in comparison.seeds)
+    for i, (label, seed) in enumerate(jobs, start=1):
+        point, folder, point_config = configurations[label]
+        tag = f"[{i}/{total}] {label} (seed {seed})"
         say(f"{tag}: training {config.epochs} epochs on {dataset.name} ...")
-        run_config = config.replace(likelihood=family, likelihood_options=_options_for(family, config), seed=seed)
-        directory = out / family / f"seed-{seed}"
+        run_config = point_config.replace(seed=seed)
+        directory = out / folder / f"seed-{seed}"
         run, reused = _train(run_config, directory, overwrite)
         t0 = time.perf_counter()
-        result = _cached_evaluation(directory, eval_samples, items) if reused else None
-        if result is None:
+        cached = _cached_evaluation(directory, eval_samples, items) if reused else None
+        if cached is None:
             if eval_progress is not None:
-                with eval_progress(items, f"evaluate {family}") as bar:
-                    result = run.evaluate(samples=eval_samples, subset=items, progress=bar.update)
+                with eval_progress(items, f"evaluate {label}") as bar:
+                    result, log_px = _evaluate(run, eval_samples, items, bar.update)
             else:
-                result = run.evaluate(samples=eval_samples, subset=items)
-            write_evaluation(run, result)
+                result, log_px = _evaluate(run, eval_samples, items)
+        else:
+            result, log_px = cached
         eval_seconds = time.perf_counter() - t0
         seconds = sum(m["seconds"] for m in run.metrics)
-        comparison.runs.append(FamilyRun(family, seed, directory, result, seconds, eval_seconds, reused, run))
+        item_scores = log_px - (result.get("dequantization_nats") or 0.0)
+        comparison.runs.append(FamilyRun(label, seed, directory, result, seconds, eval_seconds, reused, run,
+                                         dict(comparison.configurations[label]), item_scores))  # fmt: skip
         score = (
             f"{result['bits_per_dim']:.4f} bits/dim" if result["bits_per_dim"] is not None
             else f"log p(x) {result['test_log_likelihood']:.2f} nats"
@@ -417,6 +606,69 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     return comparison
 
 
+def _grid_values(grid, likelihoods):
+    """``{field: [values, parsed, without repeats]}`` of the axes given (``likelihoods`` joins ``grid["likelihood"]``)."""
+    known = {a.field: a for a in axes()}
+    grid = dict(grid or {})
+    unknown = [f for f in grid if f not in known]
+    if unknown:
+        raise UserError(f"compare cannot vary {', '.join(map(repr, unknown))}: the axes are {', '.join(known)}")
+    if likelihoods:
+        grid["likelihood"] = list(grid.get("likelihood") or []) + list(likelihoods)
+    values = {}
+    for f, given in grid.items():
+        if given is None:
+            continue
+        if isinstance(given, (str, int, float)) or (f == "hidden" and isinstance(given, tuple)):
+            given = [given]
+        parsed = []
+        for v in given:
+            try:
+                parsed.append(known[f].parse(v) if known[f].parse else v)
+            except (TypeError, ValueError):
+                raise UserError(f"--{f.replace('_', '-')} value {v!r} is not valid") from None
+        if parsed:
+            values[f] = list(dict.fromkeys(parsed))
+    return values
+
+
+def _with(config, point):
+    """``config`` with the settings of ``point``; a new likelihood or guide keeps only the options it takes."""
+    changes = dict(point)
+    if "likelihood" in point:
+        changes["likelihood_options"] = _options_for(point["likelihood"], config)
+    if "guide" in point:
+        changes["guide_options"] = _guide_options_for(point["guide"], config)
+    return config.replace(**changes)
+
+
+def _guide_options_for(guide, config):
+    """The guide options of ``config`` that ``guide``'s constructor takes (``--flow-steps`` goes to flows only)."""
+    cls = guide_class(guide)
+    if not isinstance(cls, type):
+        return dict(config.guide_options)
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(config.guide_options)
+    return {k: v for k, v in config.guide_options.items() if k in params}
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _evaluate(run, samples, items, progress=None):
+    """Evaluate the first ``items`` test items with ``samples`` importance samples: ``(summary, per-item
+    log p(x))``; writes ``evaluation.json`` and :data:`ITEM_SCORES` into the run folder."""
+    x = run.test_data()[:items]
+    scores = evaluate_terms(run.vae, x, num_samples=samples, progress=progress)
+    result = summarize(scores, run.vae.likelihood, x.shape[1])
+    log_px = scores.log_px.detach().double().cpu().numpy()
+    np.save(run.directory / ITEM_SCORES, log_px)
+    write_evaluation(run, result)
+    return result, log_px
+
+
 def _options_for(family, config):
     """The likelihood options of ``config`` that ``family`` takes (``--sigma`` goes to gaussian-fixed only)."""
     accepted = likelihood_options(family)
@@ -424,12 +676,16 @@ def _options_for(family, config):
 
 
 def _cached_evaluation(directory, samples, items):
-    """The ``evaluation.json`` of a reused run when it was made with the same ``samples`` and ``items``."""
+    """``(evaluation.json, per-item log p(x))`` of a reused run when it was made with the same ``samples``
+    and ``items`` and its per-item scores are there; else None (evaluate again)."""
     path = Path(directory) / "evaluation.json"
     try:
         result = json.loads(path.read_text())
+        log_px = np.load(Path(directory) / ITEM_SCORES, allow_pickle=False)
     except (OSError, ValueError):
         return None
-    if result.get("samples") == samples and result.get("items") == items and "bits_per_dim" in result:
-        return result
+    if result.get("samples") == samples and result.get("items") == items and "bits_per_dim" in result \
+            and log_px.shape == (items,) and math.isclose(float(log_px.mean()), result["test_log_likelihood"],
+                                                          rel_tol=1e-5, abs_tol=1e-6):  # fmt: skip
+        return result, log_px.astype(np.float64)  # the per-item scores of this very evaluation
     return None

@@ -438,3 +438,184 @@ def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0
     axes = {"plane": ("z0", "z1"), "line": ("z0", "jitter"), "pca": ("PC 1", "PC 2"), "tsne": ("t-SNE 1", "t-SNE 2")}
     plots.save_scatter(coords, labels, path, axes[used], title or f"posterior means ({used})")
     return coords, used
+
+
+# On a trained run (what ``pyro-vae encode/reconstruct/interpolate/traverse/latents`` call) ---------
+#
+# These take a :class:`~pyro_vae.run.Run` (duck-typed: ``run.config``, ``run.vae``, ``run.device``,
+# ``run.meta``, ``run.image_shape``; this module sits below ``run`` in the layers so that ``Run``'s
+# methods can call it) and read the data exactly as the run was trained and tested on it.
+
+#: the data splits a run's items come from (``val`` comes with the validation split)
+SPLITS = ("train", "test")
+
+
+def _prepare(run, x, what, generator_seed):
+    """``x`` ``(N, D)`` checked and fully prepared for the run's likelihood, with a fixed draw of its random part."""
+    likelihood = run.vae.likelihood
+    likelihood.check_data(x, what)
+    x = likelihood.prepare_static(x.to(run.device))
+    return likelihood.prepare_batch(x, torch.Generator(device=run.device).manual_seed(generator_seed))
+
+
+def read_labels(path, n):
+    """A user's labels file (``.npy`` of shape ``(n,)``, numbers or strings) as a NumPy array.
+
+    :raises UserError: a missing or unreadable file, another suffix, a shape other than ``(n,)``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise UserError(f"--labels must be a .npy file of shape (N,), got {path.name}")
+    if not path.exists():
+        raise UserError(f"--labels file {path} does not exist")
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises several types for a damaged or pickled file
+        raise UserError(f"cannot read --labels file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if labels.shape != (n,):
+        raise UserError(f"--labels file {path} holds shape {labels.shape}; the data has {n} items, so it must be ({n},)")
+    return labels
+
+
+def run_items(run, split="test", data=None, labels=None):
+    """The items a latent tool works on, prepared as the run saw them: ``(x, labels, description)``.
+
+    :param str split: ``"train"`` or ``"test"`` of the run's own data (ignored with ``data``). The
+        test set is prepared as for evaluation (same fixed draw of dynamic binarization or
+        dequantization noise); the training set gets a fixed draw of its own (seed ``config.seed + 10007``).
+    :param data: a user's array file (``.npy``/``.npz``/``.pt``, read by the rules of ``--data``) of
+        items of the run's size ``D``; labels stored beside it are kept.
+    :param labels: a ``.npy`` file or an array of shape ``(N,)`` that replaces the data's own labels.
+    :returns: ``x`` ``(N, D)`` on the run's device, ``labels`` (NumPy ``(N,)`` or None), e.g. ``"the test split"``.
+    :raises UserError: an unknown split, data of another size or outside the likelihood's support,
+        labels of the wrong length.
+    """
+    from .build import TEST_PREP_SEED, prepare_data
+    from .data import _labels, _read_file, interpret_array
+
+    seed = run.config.seed + TEST_PREP_SEED
+    if data is not None:
+        contents = _read_file(data, "--data")
+        x, _, _ = interpret_array(contents.x, "--data", data)
+        d = int(run.meta["x_dim"])
+        if x.shape[1] != d:
+            raise UserError(f"--data file {data} holds items of {x.shape[1]} values; the run's model takes {d}")
+        own = _labels(contents.labels, len(x), "--data", data)
+        x, what = _prepare(run, x, "the --data file", seed), f"{Path(data).name}"
+    else:
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+        dataset, train, test = prepare_data(run.config, run.vae.likelihood, run.device)
+        if split == "test":
+            x, own = test, dataset.test_labels
+        else:
+            x = run.vae.likelihood.prepare_batch(train, torch.Generator(device=run.device).manual_seed(seed))
+            own = dataset.labels
+        what = f"the {split} split"
+    own = None if own is None else np.asarray(own.cpu() if hasattr(own, "cpu") else own)
+    if labels is not None:
+        own = read_labels(labels, len(x)) if isinstance(labels, (str, Path)) else np.asarray(labels)
+        if own.shape != (len(x),):
+            raise UserError(f"labels have shape {own.shape}; {what} has {len(x)} items, so they must be ({len(x)},)")
+    return x, own, what
+
+
+def _check_png(path):
+    if path is not None and not str(path).lower().endswith(".png"):
+        raise UserError(f"-o must name a .png file, got {path}")
+
+
+def _display_range(run):
+    return run._display_range() if hasattr(run, "_display_range") else (0.0, 1.0)
+
+
+def encode_run(run, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
+    """:func:`encode` the items of :func:`run_items`; with ``path`` (``.npy``/``.csv``) also :func:`save_codes`.
+
+    :returns: ``(codes, labels)``: ``(N, z)`` (``(N, K, z)`` for ``what="samples"``) and ``(N,)`` or None.
+    """
+    if path is not None and Path(path).suffix.lower() not in (".npy", ".csv"):
+        raise UserError(f"cannot write codes to {Path(path).name}: use a .npy or .csv file")
+    if path is not None and what == "samples" and Path(path).suffix.lower() == ".csv":
+        raise UserError("a CSV holds one code per item; --what samples needs a .npy file")
+    x, labels, _ = run_items(run, split, data, labels)
+    codes = encode(run.vae, x, what, samples=samples, seed=seed)
+    if path is not None:
+        save_codes(path, codes, labels)
+    return codes, labels
+
+
+def save_reconstructions(run, path, n=16, split="test", data=None, sample=False, seed=0):
+    """Write ``path``: the first ``n`` items (top row) above their reconstructions (:func:`reconstruct`,
+    at the posterior mean, or at one draw with ``sample``). Returns the reconstructions ``(n, D)``."""
+    from . import plots
+
+    _check_png(path)
+    if n < 1:
+        raise UserError(f"-n must be at least 1, got {n}")
+    x, _, what = run_items(run, split, data)
+    x = x[:n]
+    recon = reconstruct(run.vae, x, sample=sample, seed=seed)
+    how = "one draw from q(z|x)" if sample else "the posterior mean"
+    plots.save_image_rows(np.stack([x.cpu().numpy(), recon]), run.image_shape, path, row_labels=["input", "recon"],
+                          title=f"{len(x)} items of {what} and their reconstructions at {how}",
+                          value_range=_display_range(run))  # fmt: skip
+    return recon
+
+
+def _item_index(i, n, what):
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n:
+        raise UserError(f"item {i!r} out of range: {what} has items 0..{n - 1}")
+    return int(i)
+
+
+def interpolate_run(run, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0):
+    """:func:`interpolate` between items ``i`` and ``j`` of :func:`run_items`; with ``path``, a PNG row of the
+    ``steps`` decoded images. Returns ``(codes (steps, z), images (steps, D))``."""
+    from . import plots
+
+    _check_png(path)
+    x, _, what = run_items(run, split, data)
+    i, j = _item_index(i, len(x), what), _item_index(j, len(x), what)
+    codes, images = interpolate(run.vae, x[i], x[j], steps=steps, slerp=slerp, seed=seed)
+    if path is not None:
+        rows = np.stack([np.concatenate([x[i : i + 1].cpu().numpy(), images, x[j : j + 1].cpu().numpy()])])
+        kind = "spherical (slerp)" if slerp else "linear"
+        plots.save_image_rows(rows, run.image_shape, path,
+                              title=f"items {i} and {j} of {what} (ends), {kind} path between their posterior means",
+                              value_range=_display_range(run))  # fmt: skip
+    return codes, images
+
+
+def traverse_run(run, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0):
+    """:func:`traverse` with the units ordered by :func:`unit_kl` over :func:`run_items` (unless ``units``
+    are given), from the item ``item``'s posterior mean (default: the prior mean 0). With ``path``,
+    a PNG with one row per unit labelled ``z<j>  KL <nats>``.
+
+    :returns: ``(units (U,), kl (U,) nats, images (U, steps, D))``.
+    """
+    from . import plots
+
+    _check_png(path)
+    x, _, what = run_items(run, split, data)
+    kl = unit_kl(run.vae, x, seed=seed)
+    if units is None:
+        units = np.argsort(-kl, kind="stable")
+    base = None if item is None else x[_item_index(item, len(x), what)]
+    order, images = traverse(run.vae, base, units=units, span=span, steps=steps, top=top, seed=seed)
+    if path is not None:
+        labels = [f"z{u}  KL {kl[u]:.2f}" for u in order]
+        start = "the prior mean" if item is None else f"item {item}"
+        plots.save_image_rows(images, run.image_shape, path, row_labels=labels,
+                              title=f"each unit from -{span:g} to {span:g} around {start}; KL over {what}",
+                              value_range=_display_range(run))  # fmt: skip
+    return order, kl[order], images
+
+
+def latents_run(run, path, method="auto", split="test", data=None, labels=None, seed=0, tsne_options=None):
+    """:func:`latent_scatter` of the posterior means of :func:`run_items`, coloured by their labels.
+    Returns ``(coords (N, 2), method used)``."""
+    _check_png(path)
+    x, labels, what = run_items(run, split, data, labels)
+    codes = encode(run.vae, x, "mean", seed=seed)
+    return latent_scatter(codes, labels, path, method, seed, tsne_options=tsne_options)

@@ -15,7 +15,7 @@ import torch
 
 import pyro
 
-from . import plots
+from . import latent, plots
 from .build import build_vae, prepare_data, resolve_device
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config
@@ -168,6 +168,27 @@ class Run:
             z = plots.manifold_codes(20, device=self.device)
             plots.save_grid(self.vae.decode(z), self.image_shape, d / "manifold.png", ncol=20,
                             value_range=self._display_range())  # fmt: skip
+
+    # The latent space (pyro_vae.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
+    def encode(self, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
+        """Codes and labels of the split's (or ``data`` file's) items: :func:`pyro_vae.latent.encode_run`."""
+        return latent.encode_run(self, split, data, what, samples, labels, path, seed)
+
+    def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0):
+        """Items above their reconstructions as a PNG: :func:`pyro_vae.latent.save_reconstructions`."""
+        return latent.save_reconstructions(self, path, n, split, data, sample, seed)
+
+    def interpolate(self, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0):
+        """Decoded path between items ``i`` and ``j``: :func:`pyro_vae.latent.interpolate_run`."""
+        return latent.interpolate_run(self, i, j, steps, slerp, split, data, path, seed)
+
+    def traverse(self, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0):
+        """One latent unit at a time, ordered by KL: :func:`pyro_vae.latent.traverse_run`."""
+        return latent.traverse_run(self, units, span, steps, item, top, split, data, path, seed)
+
+    def latents(self, path, method="auto", split="test", data=None, labels=None, seed=0):
+        """Scatter of the posterior means coloured by label: :func:`pyro_vae.latent.latents_run`."""
+        return latent.latents_run(self, path, method, split, data, labels, seed)
 
 
 def load_run(directory, device="auto"):

@@ -160,3 +160,110 @@ def test_console_script_and_cli_py_are_one_implementation(tmp_path):
         assert p.stderr.strip() == f"error: Invalid value for '--likelihood': 'nope' is not one of {choices}."
     p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "fit" in p.stdout and "evaluate" in p.stdout and "sample" in p.stdout
+
+
+# The latent commands: encode, reconstruct, interpolate, traverse, latents ---------------------------
+
+
+def digits_labels():
+    """Independently: the digits' classes in the order of the fixed seeded 90/10 split (seed 0, 180 test items)."""
+    from sklearn.datasets import load_digits
+
+    perm = np.random.RandomState(0).permutation(1797)
+    target = load_digits().target
+    return target[perm[180:]], target[perm[:180]]
+
+
+def test_digits_keep_their_labels():
+    from pyro_vae.data import load_dataset
+
+    dataset = load_dataset("digits")
+    train, test = digits_labels()
+    assert np.array_equal(dataset.labels.numpy(), train) and np.array_equal(dataset.test_labels.numpy(), test)
+
+
+def png_std(path):
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and min(img.shape[:2]) >= 20
+    return float(img[..., :3].std())
+
+
+def test_encode_npy_csv_samples_and_own_data(capsys, trained, tmp_path):
+    from pyro_vae import latent, load_run
+
+    run = load_run(trained, "cpu")
+    x = run.test_data()
+    with torch_no_grad():
+        loc = run.vae.encoder(x).mean.numpy()  # the diagonal guide's mean, computed directly
+    code, out, _ = run_cli(capsys, "encode", trained, "-o", tmp_path / "z.npy", "--device", "cpu")
+    assert code == 0 and "(180, 2)" in out
+    z, labels = latent.load_codes(tmp_path / "z.npy")
+    assert np.allclose(z, loc, atol=1e-6) and np.array_equal(labels, digits_labels()[1])
+
+    code, _, _ = run_cli(capsys, "encode", trained, "--split", "train", "--what", "scale", "-o", tmp_path / "s.csv")
+    z, labels = latent.load_codes(tmp_path / "s.csv")
+    assert code == 0 and z.shape == (1617, 2) and (z > 0).all() and np.array_equal(labels, digits_labels()[0])
+
+    code, _, _ = run_cli(capsys, "encode", trained, "--what", "samples", "--samples", "3", "-o", tmp_path / "k.npy")
+    assert code == 0 and np.load(tmp_path / "k.npy").shape == (180, 3, 2)
+
+    # your own file, with labels beside the data: the same items give the same codes as --split test
+    from pyro_vae.data import load_dataset
+
+    dataset = load_dataset("digits")
+    np.savez(tmp_path / "mine.npz", x=dataset.test.numpy(), y=np.arange(180) % 3)
+    code, _, _ = run_cli(capsys, "encode", trained, "--data", tmp_path / "mine.npz", "-o", tmp_path / "m.npy")
+    z, labels = latent.load_codes(tmp_path / "m.npy")
+    assert code == 0 and np.allclose(z, loc, atol=1e-6) and np.array_equal(labels, np.arange(180) % 3)
+    # --labels replaces them
+    np.save(tmp_path / "lab.npy", np.arange(180))
+    code, _, _ = run_cli(capsys, "encode", trained, "--labels", tmp_path / "lab.npy", "-o", tmp_path / "l.csv")
+    assert code == 0 and np.array_equal(latent.load_codes(tmp_path / "l.csv")[1], np.arange(180))
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
+def test_picture_commands(capsys, trained, tmp_path):
+    from pyro_vae import latent, load_run
+
+    code, out, _ = run_cli(capsys, "reconstruct", trained, "-n", "10", "-o", tmp_path / "r.png")
+    assert code == 0 and "10 items" in out and png_std(tmp_path / "r.png") > 0.05
+    code, out, _ = run_cli(capsys, "interpolate", trained, "--items", "0", "7", "--steps", "6", "--slerp",
+                           "-o", tmp_path / "i.png")  # fmt: skip
+    assert code == 0 and "6-step spherical" in out and png_std(tmp_path / "i.png") > 0.05
+    code, out, _ = run_cli(capsys, "traverse", trained, "--steps", "5", "-o", tmp_path / "t.png")
+    assert code == 0 and png_std(tmp_path / "t.png") > 0.02
+    # units ordered by their KL over the test split, against pyro_vae.latent.unit_kl
+    run = load_run(trained, "cpu")
+    kl = latent.unit_kl(run.vae, run.test_data())
+    order = np.argsort(-kl, kind="stable")
+    assert f"z{order[0]} ({kl[order[0]]:.2f} nats), z{order[1]} ({kl[order[1]]:.2f} nats)" in out
+    code, out, _ = run_cli(capsys, "traverse", trained, "--units", "1", "--item", "3", "-o", tmp_path / "t1.png")
+    assert code == 0 and "1 units" in out and "z1 (" in out
+    code, out, _ = run_cli(capsys, "latents", trained, "-o", tmp_path / "l.png", "--split", "train")
+    assert code == 0 and "1617 posterior means (plane)" in out and png_std(tmp_path / "l.png") > 0.05
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["interpolate", "{run}", "--items", "0", "180", "-o", "{tmp}/i.png"], ["item 180 out of range", "0..179"]),
+    (["traverse", "{run}", "--units", "0,5", "-o", "{tmp}/t.png"], ["[5] out of range"]),
+    (["traverse", "{run}", "--units", "a", "-o", "{tmp}/t.png"], ["--units"]),
+    (["reconstruct", "{run}", "-o", "{tmp}/r.jpg"], [".png"]),
+    (["encode", "{run}", "-o", "{tmp}/z.txt"], [".npy or .csv"]),
+    (["encode", "{run}", "--what", "samples", "-o", "{tmp}/z.csv"], [".npy"]),
+    (["encode", "{run}", "--labels", "{tmp}/short.npy", "-o", "{tmp}/z.npy"], ["(3,)", "180 items"]),
+    (["latents", "{run}", "--data", "{tmp}/wide.npy", "-o", "{tmp}/l.png"], ["65 values", "takes 64"]),
+    (["encode", "{run}", "-o", "{tmp}/nofolder/z.npy"], ["does not exist"]),
+    (["latents", "{tmp}", "-o", "{tmp}/l.png"], ["not a pyro-vae run folder"]),
+])  # fmt: skip
+def test_latent_command_errors_are_one_line(capsys, trained, tmp_path, args, fragments):
+    np.save(tmp_path / "short.npy", np.arange(3))
+    np.save(tmp_path / "wide.npy", np.zeros((4, 65), np.float32))
+    args = [a.format(run=trained, tmp=tmp_path) for a in args]
+    assert_user_error(run_cli(capsys, *args), *fragments)

@@ -134,3 +134,83 @@ def test_dataset_levels(tmp_path):
     np.save(tmp_path / "bin.npy", (np.arange(256).reshape(16, 16) % 2).astype(np.float64))
     np.save(tmp_path / "real.npy", np.linspace(-1, 1, 256).reshape(16, 16))
     assert [load_arrays(tmp_path / f"{n}.npy").levels for n in ("u8", "f8", "bin", "real")] == [256, 256, 2, None]
+
+
+@pytest.mark.slow
+def test_compare_a_guide_by_objective_grid_with_paired_differences(tmp_path, capsys):
+    """2 guides x 2 objectives x 2 seeds on digits: run folders by the varying settings, one table, and the
+    paired standard error in comparison.json against an independent computation from the saved per-item scores."""
+    out = tmp_path / "grid"
+    args = ["compare", "--dataset", "digits", "--guide", "diagonal", "--guide", "iaf", "--objective", "elbo",
+            "--objective", "iwae", "--particles", "2", "--epochs", "1", "--seeds", "2", "--hidden", "16",
+            "--z-dim", "2", "--batch-size", "256", "--eval-samples", "3", "--eval-subset", "25", "--device", "cpu",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    labels = ["diagonal/elbo", "diagonal/iwae", "iaf/elbo", "iaf/iwae"]
+    for label in labels:
+        guide, objective = label.split("/")
+        for seed in (0, 1):
+            run_dir = out / f"{guide}_{objective}" / f"seed-{seed}"
+            config = json.loads((run_dir / "config.json").read_text())
+            assert (config["guide"], config["objective"], config["particles"], config["seed"]) == (guide, objective, 2, seed)
+            assert config["likelihood"] == "bernoulli" and config["z_dim"] == 2
+            scores = np.load(run_dir / "log_px_per_item.npy")
+            evaluation = json.loads((run_dir / "evaluation.json").read_text())
+            assert scores.shape == (25,) and scores.mean() == pytest.approx(evaluation["test_log_likelihood"], rel=1e-6)
+
+    data = json.loads((out / "comparison.json").read_text())
+    assert data["varying"] == ["guide", "objective"] and sorted(data["configurations"]) == labels
+    assert "guide" not in data["settings"] and data["settings"]["particles"] == 2
+    [group] = data["groups"]
+    assert sorted(row["family"] for row in group["families"]) == labels
+    pairs = group["pairs"]
+    assert len(pairs) == 6
+    for pair in pairs:
+        # independent: d_si = a_si - b_si; SE^2 = var_s(mean_i d)/S + var_i(mean_s d)/N (ddof 1)
+        def scores(label):
+            folder = label.replace("/", "_")
+            return np.stack([np.load(out / folder / f"seed-{s}" / "log_px_per_item.npy").astype(np.float64) for s in (0, 1)])
+
+        d = scores(pair["a"]) - scores(pair["b"])
+        se = math.sqrt(np.var(d.mean(1), ddof=1) / 2 + np.var(d.mean(0), ddof=1) / 25)
+        assert pair["mean"] == pytest.approx(d.mean(), abs=1e-9) and pair["mean"] >= 0
+        assert pair["se"] == pytest.approx(se, rel=1e-9)
+        assert pair["n_seeds"] == 2 and pair["n_items"] == 25
+        assert pair["statement"].startswith(pair["a"]) and "nats" in pair["statement"]
+
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("# Comparison of guide × objective on digits")
+    assert "| # | guide / objective |" in md
+    table = [line for line in md.splitlines() if line.startswith("| ") and "|---" not in line and "guide /" not in line]
+    assert sorted(line.split(" | ")[1] for line in table) == labels
+    assert sum(line.startswith("- ") and "nats" in line for line in md.splitlines()) == 6
+    with open(out / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["guide"], r["objective"]) for r in rows) == sorted(tuple(label.split("/")) for label in labels)
+    for name in ("comparison.png", "comparison-pareto.png"):
+        png = matplotlib.image.imread(out / name)
+        assert png[..., :3].std() > 0.05
+
+    # run again: reused, with the per-item scores read back
+    result = compare(Config(dataset="digits", epochs=1, hidden=(16,), z_dim=2, batch_size=256, particles=2,
+                            device="cpu"), out, grid={"guide": ["diagonal", "iaf"], "objective": ["elbo", "iwae"]},
+                     seeds=2, eval_samples=3, eval_subset=25)  # fmt: skip
+    assert all(r.reused for r in result.runs)
+    assert json.loads((out / "comparison.json").read_text())["groups"][0]["pairs"] == pairs
+
+
+@pytest.mark.parametrize("grid,message", [
+    ({"activation": ["relu", "tanh"]}, "cannot vary 'activation'"),
+    ({"objective": ["elbo", "iwae"]}, "iwae objective needs --particles of at least 2"),
+    ({"guide": ["diagonal", "nope"]}, "nope"),
+])  # fmt: skip
+def test_compare_grid_refusals_before_training(tmp_path, grid, message):
+    with pytest.raises(UserError, match=message):
+        compare(Config(**TINY), tmp_path / "x", grid=grid)
+    assert not (tmp_path / "x").exists()
+
+
+def test_compare_cli_repeated_axis_bad_value_is_one_line(tmp_path, capsys):
+    assert main(["compare", "--dataset", "digits", "--z-dim", "2", "--z-dim", "0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "z-dim" in err and err.count("\n") == 1
