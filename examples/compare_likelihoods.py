@@ -24,7 +24,7 @@ def main(args):
         seeds=args.seeds,
         eval_samples=args.samples,
         eval_subset=args.subset,
-        overwrite=True,
+        overwrite=args.overwrite,  # by default a finished run with the same settings is reused
         progress=print,  # one line per family: its training, then its score
         # the settings shared by every family (any field of pyro_vae.Config)
         dataset=args.dataset,
@@ -56,6 +56,7 @@ if __name__ == "__main__":
     p.add_argument("--samples", type=int, default=1000, help="importance samples per test image")
     p.add_argument("--subset", type=int, default=1000, help="evaluate on the first N test images")
     p.add_argument("--out", default="runs/compare-likelihoods")
+    p.add_argument("--overwrite", action="store_true", help="retrain the runs already in --out")
     p.add_argument("--smoke", action="store_true", help="a few seconds' run on the bundled 8x8 digits (for CI)")
     args = p.parse_args()
     if args.smoke:

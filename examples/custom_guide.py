@@ -19,7 +19,7 @@ submodules. The model, its site names and the training loop do not change. Three
 Each is trained next to the built-in diagonal guide (same data, nets, budget and seed) and scored
 on the same test numbers, printed and saved in ``guides.json`` under ``--out``::
 
-    python examples/custom_guide.py                       # digits, 20 epochs each (about a minute)
+    python examples/custom_guide.py                       # digits, 20 epochs each
     python examples/custom_guide.py --dataset mnist --data-dir ~/data --hidden 400 --z-dim 10 --epochs 5
     python examples/custom_guide.py --smoke               # 1 epoch each, seconds (what the tests run)
 
