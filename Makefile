@@ -3,11 +3,12 @@
 #   make test   creates .venv if needed, installs the test extras, runs the test suite
 #   make docs   installs the docs extras and builds the Sphinx site (docs/_build/html), warnings as errors
 #   make examples  runs every example and reproduction in its smoke mode (a few seconds each)
+#   make lint   installs the lint extras and runs ruff check (rules in pyproject.toml)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test install docs examples clean
+.PHONY: demo test install docs examples lint clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +30,13 @@ $(VENV)/.docs-installed: $(VENV)/.installed setup.cfg
 docs: $(VENV)/.docs-installed
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs built: docs/_build/html/index.html"
+
+$(VENV)/.lint-installed: $(VENV)/.installed setup.cfg
+	$(PIP) -e ".[lint]"
+	touch $@
+
+lint: $(VENV)/.lint-installed
+	$(PY) -m ruff check .
 
 examples: install
 	$(PY) -m pytest -q -m examples tests/test_example_smoke.py

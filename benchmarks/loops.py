@@ -222,8 +222,8 @@ class ExampleLoop:
     def __init__(self, config, num_workers=0, seed=0):
         from torchvision import datasets, transforms
 
-        from pyro_vae.data import data_root
         from pyro_vae.build import resolve_device
+        from pyro_vae.data import data_root
 
         self.device = resolve_device(config.device)
         if config.dataset == "mnist":

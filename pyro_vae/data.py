@@ -114,7 +114,8 @@ class Dataset:
         """A hex sha256 of the data's content: the shape, dtype and bytes of ``train`` then ``test``.
 
         Equal for the same values however they were stored (uint8 ``k`` or float ``k/255``); any changed
-        value, item or split changes it. Computed once (about 0.3 s for MNIST) and cached.
+        value, item or split changes it. Computed once and cached (its cost on MNIST: docs/benchmarks.md,
+        "Measurements cited by the code").
         """
         if self._fingerprint is None:
             digest = hashlib.sha256()

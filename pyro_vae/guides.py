@@ -1,32 +1,13 @@
 r"""Guides: the amortized variational posterior :math:`q_\phi(z \mid x)` (the "encoder").
 
-**The guide contract** (also in ``docs/guides.md``). A guide is a :class:`torch.nn.Module`, best
-derived from :class:`Guide`:
+**The guide contract** is written once, in the docstring of :class:`Guide` (the documentation
+includes it from there): what the constructor receives, what a call returns, how the nets are
+registered, and what each objective needs of the distribution.
 
-1. *Constructor.* ``Guide(x_dim, z_dim, hidden, activation, **options)``: ``x_dim`` is the
-   flattened data size ``D``, ``z_dim`` the latent size, ``hidden`` a tuple of hidden layer
-   sizes (e.g. ``(400,)``), ``activation`` a name from :data:`pyro_vae.nets.ACTIVATIONS`. Options
-   of its own are keywords with defaults; the one the CLI passes is ``flow_steps``
-   (``--flow-steps``), given only when the user sets it.
-2. *Call.* ``guide(x)`` on a batch of shape ``(B, D)`` returns a
-   :class:`pyro.distributions.Distribution` over ``z`` with ``batch_shape == (B,)`` and
-   ``event_shape == (z_dim,)`` (one datapoint's latent vector is one event: use ``.to_event(1)``
-   on elementwise families). It must not call ``pyro.sample`` itself: :meth:`VAE.guide
-   <pyro_vae.model.VAE.guide>` samples the site ``"z"`` from it inside the ``"data"`` plate (and,
-   at evaluation, inside a ``"particles"`` plate, so the distribution is expanded to
-   ``(K, B)``; the families of :mod:`pyro.distributions` and their transforms handle that).
-   The objectives ``elbo``, ``elbo-analytic`` and ``iwae`` need a reparameterized sample
-   (``has_rsample``, Kingma & Welling 2013, Section 2.4); ``rws`` does not, but it scores fixed,
-   detached draws, so ``log_prob`` must work on a value the guide did not just sample.
-3. *Parameters.* Every learnable part is a submodule or an ``nn.Parameter`` of the guide, so that
-   ``pyro.module("encoder", guide)`` registers all of it with Pyro's parameter store and the
-   optimizer trains it (nets kept in a plain Python list would silently not be trained).
-
-A guide is chosen by a registered name (``GUIDES.register("mine", MyGuide)`` in Python; then
-``guide="mine"``), by ``path/to/file.py:Name`` or ``package.module:Name``, or given to
-:class:`~pyro_vae.model.VAE` as a class or instance. :func:`build_guide` builds it and
-:func:`check_guide` runs it once on a tiny batch so that a broken guide fails with a clear
-:class:`~pyro_vae.errors.UserError` before any training.
+:func:`build_guide` builds a guide from a registered name, a ``file.py:Name`` or
+``package.module:Name`` spec, a class or an instance; :func:`check_guide` runs it once on a tiny
+batch so that a broken guide fails with a clear :class:`~pyro_vae.errors.UserError` before any
+training.
 
 Built in: ``diagonal`` (the paper's), ``full-rank``, ``iaf`` (Kingma et al. 2016) and ``planar``
 (Rezende & Mohamed 2015).
@@ -51,22 +32,48 @@ GUIDES = Registry("guide")
 
 
 class Guide(nn.Module):
-    r"""Base class of amortized guides :math:`q_\phi(z \mid x)`.
+    r"""Base class of amortized guides :math:`q_\phi(z \mid x)`; its docstring is the guide contract.
 
-    The contract (see also ``docs/guides.md``):
+    A guide is a :class:`torch.nn.Module`, best derived from this class:
 
-    - ``__init__(x_dim, z_dim, hidden, activation, **options)``: data size, latent size, hidden
-      layer sizes (tuple), activation name; own options as keywords with defaults (the CLI's
-      ``--flow-steps`` arrives as ``flow_steps``).
-    - ``forward(x)`` for ``x`` of shape ``(B, x_dim)`` returns a distribution over ``z`` with
-      ``batch_shape (B,)`` and ``event_shape (z_dim,)``, reparameterized (``has_rsample``) for
-      the ``elbo``, ``elbo-analytic`` and ``iwae`` objectives. It does not call ``pyro.sample``:
-      the VAE samples site ``"z"`` from it.
-    - all learnable parts are submodules or parameters, registered by
-      ``pyro.module("encoder", guide)`` in :meth:`pyro_vae.model.VAE.guide`.
+    1. **Constructor** ``__init__(self, x_dim, z_dim, hidden, activation, **options)``. ``x_dim``
+       is the flattened data size :math:`D`, ``z_dim`` the latent size :math:`J`, ``hidden`` a
+       tuple of hidden layer sizes (``--hidden``, e.g. ``(400,)``), ``activation`` a name from
+       :data:`pyro_vae.nets.ACTIVATIONS` (``--activation``). Options of its own are keywords with
+       defaults; :meth:`options` returns their values, which a run records as ``guide_options``
+       in its ``config.json`` and :func:`~pyro_vae.run.load_run` passes back. The CLI passes
+       ``flow_steps=K`` only when ``--flow-steps`` is given (and refuses it for a constructor
+       without that keyword). Call ``super().__init__(x_dim, z_dim, hidden, activation)``, which
+       sets ``self.x_dim`` and ``self.z_dim``.
+    2. **Call** ``forward(self, x)`` with ``x`` of shape ``(B, x_dim)`` returns a
+       :class:`pyro.distributions.Distribution` over :math:`z` with ``batch_shape == (B,)`` and
+       ``event_shape == (z_dim,)`` (one datapoint's latent vector is one event: use
+       ``.to_event(1)`` on elementwise families). It must not call ``pyro.sample`` itself:
+       :meth:`VAE.guide <pyro_vae.model.VAE.guide>` samples the site ``"z"`` from it inside the
+       ``"data"`` plate (and, at evaluation, inside a ``"particles"`` plate, so the distribution
+       is expanded to ``(K, B)``; the families of :mod:`pyro.distributions` and their transforms
+       handle that). What the objectives need of it:
 
-    Register a subclass with ``GUIDES.register("name", MyGuide)`` or pass
-    ``guide="path/to/file.py:MyGuide"`` (CLI: ``--guide``).
+       - ``elbo``, ``elbo-analytic`` and ``iwae`` differentiate through the draw, so the
+         distribution must be reparameterized (``has_rsample``, :math:`z = g_\phi(\epsilon, x)`;
+         Kingma & Welling 2013, Section 2.4).
+       - ``rws`` does not need that, but it scores *fixed* (detached) draws: ``log_prob`` must
+         work on a value the distribution did not just sample.
+       - ``elbo-analytic`` needs ``torch.distributions.kl_divergence(q, prior)`` to exist for the
+         family (register one with :func:`torch.distributions.kl.register_kl` if you know it).
+    3. **Parameters.** Every learnable part is a submodule or an ``nn.Parameter`` of the guide:
+       :meth:`VAE.guide <pyro_vae.model.VAE.guide>` calls ``pyro.module("encoder", guide)``, which
+       registers exactly those with Pyro's parameter store, so the optimizer trains them (nets
+       kept in a plain Python list or dict would silently not be trained).
+
+    **Using it.** On the command line, with no registration: ``--guide path/to/file.py:MyGuide``
+    (the file is run as a fresh module) or ``--guide package.module:MyGuide``; ``config.json``
+    keeps the spec as given, so reload from the same working directory or give an absolute path.
+    In Python: ``GUIDES.register("mine", MyGuide)``, then ``guide="mine"`` like a built-in name (a
+    run so trained reloads only in a process that registered the same name);
+    ``guide="file.py:MyGuide"`` and ``VAE(..., guide=MyGuide)`` (a class or an instance) work too.
+    :func:`check_guide` builds and runs the guide once on a tiny batch before any training, so
+    that each breach of this contract is a one-line :class:`~pyro_vae.errors.UserError`.
     """
 
     def __init__(self, x_dim, z_dim, hidden, activation="tanh"):
@@ -117,8 +124,8 @@ class FullRankGuide(Guide):
     :math:`z(z-1)/2` strictly lower entries of :math:`M`. Row :math:`i` of :math:`M` sets the
     correlations of :math:`z_i` with :math:`z_{<i}` and :math:`\sigma_i` its scale, so the two are
     decoupled; the entries of :math:`M` start at zero, so training starts from the ``diagonal``
-    guide. (Measured on MNIST after one epoch, seeds 0 and 1: test ELBO -128.9 and -129.4 nats,
-    against -134.5 and -135.0 for an unconstrained, randomly initialized lower triangle.) Sampling is :math:`z = \mu + L \epsilon`, and
+    guide, which trains better than a randomly initialized lower triangle (measured: docs/benchmarks.md,
+    "Measurements cited by the code"). Sampling is :math:`z = \mu + L \epsilon`, and
 
     .. math::
 

@@ -259,10 +259,9 @@ class ScaleFloor(Density):
 
     On dequantized 8-bit data the floor also caps the density of a constant pixel (MNIST's
     background) at :math:`1/(0.01\sqrt{2\pi})`, about 1.9 nats below the :math:`\log 256` of the
-    uniform bin it is spread over. A smaller floor is not better at small budgets, though: on
-    MNIST after 2 epochs (784-400-20, batch 256, seed 0; K = 100 on 1000 test images) the gaussian
-    family scored 5.24 bits/dim with the floor 0.01 and 5.85 with a floor of :math:`0.1/256`
-    (light tails punish the pixels that a too-confident scale gets wrong). ``--min-scale`` sets it.
+    uniform bin it is spread over. A smaller floor is not better at small budgets, though: light
+    tails punish the pixels that a too-confident scale gets wrong (measured on MNIST: docs/benchmarks.md,
+    "Measurements cited by the code"). ``--min-scale`` sets it.
     """
 
     def __init__(self, min_scale=0.01, levels=None):

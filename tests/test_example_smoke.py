@@ -29,11 +29,9 @@ EXAMPLES_RUN = {
     "reproduce/figure2.py": (SMOKE, ["figure2_mnist.png", "figure2_frey.png", "figure2.json"]),
     "reproduce/figure4_5.py": (SMOKE, ["figure4.png", "figure5.png", "figure4_5.json"]),
     "reproduce/iwae_table1.py": (SMOKE, ["table1.png", "table1.md", "table1.json"]),
-    "compare_likelihoods.py": (SMOKE, ["comparison.png", "comparison.json"]),
+    "compare_likelihoods.py": (SMOKE, ["comparison.md", "comparison.csv", "comparison.json", "comparison.png"]),
     "first_fit.py": (SMOKE, ["more-samples.png", "checkpoint.pt"]),
-    "low_rank_guide.py": (SMOKE, ["diagonal/checkpoint.pt", "low-rank-mvn/checkpoint.pt"]),
-    # examples of other branches of the project, listed so that they run here once merged
-    "custom_guide.py": (SMOKE, ["residual-cli/config.json"]),
+    "custom_guide.py": (SMOKE, ["guides.json", "low-rank-mvn/checkpoint.pt", "residual-cli/config.json"]),
     "vae_in_pyro.py": (["--epochs", "1"], []),
 }
 
@@ -78,6 +76,28 @@ def test_example_runs_in_smoke_mode(name, tmp_path, monkeypatch, shared_copy):
             samples = [p["samples"] for p in r["curve"]]
             assert samples == sorted(set(samples)) and samples[-1] == r["samples"] == r["epochs"] * r["n_train"]
             assert all(math.isfinite(p["train_bound"]) and math.isfinite(p["test_bound"]) for p in r["curve"])
+    if name == "compare_likelihoods.py":
+        # the library's ranking: the pmf on the levels and the dequantized density share one group, the
+        # Bernoulli (scored on binarized pixels) is in a group of its own
+        result = json.loads((out / "comparison.json").read_text())
+        groups = {g["scored_data"]: [r["family"] for r in g["families"]] for g in result["groups"]}
+        assert groups.get("binarized") == ["bernoulli"]
+        (levels,) = (families for key, families in groups.items() if key != "binarized")
+        assert sorted(levels) == ["discretized-logistic", "gaussian"]
+        for g in result["groups"]:
+            bits = [r["bits_per_dim_mean"] for r in g["families"]]
+            assert bits == sorted(bits)  # ranked by bits/dim within the group
+    if name == "custom_guide.py":
+        results = json.loads((out / "guides.json").read_text())
+        assert set(results) == {
+            "diagonal (built in), elbo", "low-rank-mvn, elbo", "residual, elbo", "mixture, rws K=5",
+            "residual (CLI), elbo",
+        }  # fmt: skip
+        for result in results.values():
+            # importance sampling from the same guide: log p(x) >= ELBO up to the estimates' noise
+            assert math.isfinite(result["test_elbo"]) and result["test_log_likelihood"] >= result["test_elbo"] - 0.5
+            assert -64 * math.log(2) < result["test_elbo"] < 0  # beats coin flips for the 64 binary pixels
+        assert not (out / "mixture-elbo" / "config.json").exists()  # refused before training
     if name == "reproduce/iwae_table1.py":
         result = json.loads((out / "table1.json").read_text())
         assert result["models"], "the VAE row at least must run"
