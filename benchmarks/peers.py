@@ -218,8 +218,8 @@ class PythaeLoop:
         try:
             from pythae.data.datasets import BaseDataset
             from pythae.models import VAE, VAEConfig
-            from pythae.models.nn import BaseDecoder, BaseEncoder
             from pythae.models.base.base_utils import ModelOutput
+            from pythae.models.nn import BaseDecoder, BaseEncoder
             from pythae.trainers import BaseTrainer, BaseTrainerConfig
         except ImportError as e:
             raise Unavailable(f"pythae not installed ({e.name}); pip install -e .[bench]") from None
@@ -230,6 +230,7 @@ class PythaeLoop:
             if name.startswith("pythae"):
                 logging.getLogger(name).setLevel(logging.WARNING)
         from loops import mlp
+
         from pyro_vae.training import resolve_device
 
         self.device = resolve_device(config.device)

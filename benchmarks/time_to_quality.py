@@ -31,7 +31,6 @@ import speed
 from loops import ROOT, NumPyroLoop, PyroVAELoop, TorchVAELoop, Unavailable, config_for
 from speed import machine
 
-
 LABELS = {"a": "pyro-vae", "b": "hand-written PyTorch", "d": "NumPyro (jit, fori_loop)"}
 
 

@@ -12,7 +12,6 @@ from .build import OPTIMIZERS, build_vae  # noqa: E402
 from .comparison import Comparison, compare  # noqa: E402
 from .config import Config  # noqa: E402
 from .data import DATASETS, Dataset, DatasetSource, load_dataset  # noqa: E402
-from .speed import Speed  # noqa: E402
 from .errors import TrainingDiverged, UserError  # noqa: E402
 from .evaluation import evaluate, log_weights  # noqa: E402
 from .guides import GUIDES, DiagonalGuide, FullRankGuide, Guide, IAFGuide, PlanarGuide  # noqa: E402
@@ -21,6 +20,7 @@ from .model import VAE  # noqa: E402
 from .nets import ARCHITECTURES  # noqa: E402
 from .objectives import OBJECTIVES, Objective  # noqa: E402
 from .run import Run, load_run  # noqa: E402
+from .speed import Speed  # noqa: E402
 from .training import Trainer, fit  # noqa: E402
 
 __all__ = [

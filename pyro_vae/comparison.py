@@ -45,15 +45,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from . import plots
 from .build import check_names, make_config, resolve_device
 from .checkpoint import atomic_write_text, load_checkpoint
-from .config import Config
-from .config import parse_hidden
+from .config import Config, parse_hidden
 from .data import load_dataset
 from .errors import UserError
 from .evaluation import evaluate_terms, summarize

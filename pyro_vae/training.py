@@ -24,13 +24,22 @@ import pyro
 from .build import build, make_config
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
-from .speed import Speed, SVIStep, compile_nets
 from .errors import TrainingDiverged, UserError
 from .evaluation import evaluate
 from .model import VAE
 from .objectives import build_objective
-from .run import RUN_FILES, Run, append_metrics, holds_run, new_run_dir, package_versions, read_metrics
-from .run import write_config, write_metrics
+from .run import (
+    RUN_FILES,
+    Run,
+    append_metrics,
+    holds_run,
+    new_run_dir,
+    package_versions,
+    read_metrics,
+    write_config,
+    write_metrics,
+)
+from .speed import Speed, SVIStep, compile_nets
 
 __all__ = ["Step", "Trainer", "fit"]
 
