@@ -61,11 +61,22 @@ def _public_by_module():
     """
     import inspect
 
+    import importlib
+    import pkgutil
+
     public = {}
     for name in pyro_vae.__all__:
         obj = getattr(pyro_vae, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             public.setdefault(obj.__module__, []).append(name)
+    # a subpackage that re-exports them in its __all__ (pyro_vae.speed) leaves them out too
+    for info in pkgutil.iter_modules(pyro_vae.__path__, "pyro_vae."):
+        if info.ispkg:
+            package = importlib.import_module(info.name)
+            for name in getattr(package, "__all__", []):
+                obj = getattr(package, name)
+                if getattr(pyro_vae, name, None) is obj:
+                    public.setdefault(info.name, []).append(name)
     return public
 
 

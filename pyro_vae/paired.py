@@ -46,7 +46,7 @@ import numpy as np
 
 from .errors import UserError
 
-#: |mean| below this many standard errors: "indistinguishable"
+#: A mean paired difference within this many standard errors is "indistinguishable".
 THRESHOLD_SE = 2.0
 
 

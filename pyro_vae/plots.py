@@ -262,12 +262,14 @@ def pareto_front(seconds, scores):
 def save_pareto(points, path, title=None, xlabel="training time (s)", ylabel="test log p(x) (nats per item)"):
     """The Pareto chart of a comparison: score against training seconds, one point per configuration.
 
-    :param points: ``[{"label": str, "seconds": [s per seed], "score": [score per seed]}, ...]``
-        (scalars allowed for one seed); higher scores are better (e.g. IS :math:`\\log p(x)`, nats).
     Points are means over seeds with error bars of one standard deviation over seeds (ddof 1; none
     for one seed). The Pareto front (:func:`pareto_front`: nothing is both faster and better) is
     drawn as a step line and its points are filled; the others are hollow. The time axis is
-    logarithmic when the times span more than a factor of 20. Returns the front's labels.
+    logarithmic when the times span more than a factor of 20.
+
+    :param points: ``[{"label": str, "seconds": [s per seed], "score": [score per seed]}, ...]``
+        (scalars allowed for one seed); higher scores are better (e.g. IS :math:`\\log p(x)`, nats).
+    :returns: the labels of the points on the front.
     """
     if not points:
         raise ValueError("save_pareto needs at least one point")
