@@ -59,9 +59,8 @@ def _public_by_module():
     They are documented once, on the ``pyro_vae`` page (with their module path as the canonical
     name), and left out of their module's page, so that every name has one target.
     """
-    import inspect
-
     import importlib
+    import inspect
     import pkgutil
 
     public = {}

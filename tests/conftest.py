@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shared_data_dir():
     """``shared/data`` beside the checkout (or $PYRO_VAE_SHARED_DATA), if it exists."""
-    for candidate in (os.environ.get("PYRO_VAE_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"):
+    for candidate in (os.environ.get("PYRO_VAE_SHARED_DATA"), ROOT.parent / "shared" / "data"):
         if candidate and (Path(candidate) / "README.md").exists():
             return Path(candidate)
     return None

@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pyro_vae import load_run
 from pyro_vae.cli import main
 from pyro_vae.likelihoods import LIKELIHOODS
 
@@ -267,3 +269,109 @@ def test_latent_command_errors_are_one_line(capsys, trained, tmp_path, args, fra
     np.save(tmp_path / "wide.npy", np.zeros((4, 65), np.float32))
     args = [a.format(run=trained, tmp=tmp_path) for a in args]
     assert_user_error(run_cli(capsys, *args), *fragments)
+
+
+# --guide, --flow-steps, --objective and --particles --------------------------------------------------
+# The CLI's --guide, --flow-steps, --objective and --particles, and its one-line errors.
+
+USER_GUIDE = textwrap.dedent(
+    """
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import pyro.distributions as dist
+    from pyro_vae import Guide
+
+
+    class TwoLayerGuide(Guide):
+        def __init__(self, x_dim, z_dim, hidden, activation="tanh"):
+            super().__init__(x_dim, z_dim, hidden, activation)
+            self.body = nn.Sequential(nn.Linear(x_dim, 24), nn.Tanh(), nn.Linear(24, 24), nn.Tanh())
+            self.loc = nn.Linear(24, z_dim)
+            self.scale = nn.Linear(24, z_dim)
+
+        def forward(self, x):
+            h = self.body(x)
+            return dist.Normal(self.loc(h), F.softplus(self.scale(h)) + 1e-4).to_event(1)
+
+
+    class Broken(TwoLayerGuide):
+        def forward(self, x):
+            return self.loc(self.body(x))
+    """
+)
+
+FAST_CLI_GUIDES = ["--dataset", "digits", "--hidden", "16", "--z-dim", "3", "--quiet"]
+
+
+@pytest.fixture
+def guide_file(tmp_path):
+    path = tmp_path / "my_guides.py"
+    path.write_text(USER_GUIDE)
+    return path
+
+
+def test_user_guide_from_a_file_trains_and_evaluates_through_the_cli(tmp_path, guide_file, capsys):
+    out = tmp_path / "run"
+    spec = f"{guide_file}:TwoLayerGuide"
+    assert main(["fit", *FAST_CLI_GUIDES, "--guide", spec, "--epochs", "2", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["guide"] == spec
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["test_elbo"] > metrics[0]["test_elbo"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--samples", "5", "--subset", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_log_likelihood"] >= result["test_elbo"] - 0.5
+    assert type(load_run(out).vae.encoder).__name__ == "TwoLayerGuide"
+
+
+def test_flow_steps_and_objective_flags_reach_the_run(tmp_path):
+    out = tmp_path / "run"
+    args = ["--guide", "iaf", "--flow-steps", "3", "--objective", "iwae", "--particles", "3", "--epochs", "1"]
+    assert main(["fit", *FAST_CLI_GUIDES, *args, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["guide"], config["guide_options"]["flow_steps"], config["objective"], config["particles"]) == ("iaf", 3, "iwae", 3)
+    assert config["guide_options"] == {"flow_steps": 3}
+    assert len(load_run(out).vae.encoder.flows) == 3
+
+
+def test_a_run_saved_with_the_former_jit_setting_loads_and_resumes(tmp_path):
+    """``--jit`` is gone (it added nothing over the captured loss); a run whose config.json and checkpoint
+    still carry ``"jit": true`` loads and resumes, the setting ignored."""
+    import torch
+
+    out = tmp_path / "run"
+    assert main(["fit", *FAST_CLI_GUIDES, "--epochs", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "jit": True}))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["config"] = {**state["config"], "jit": True}
+    torch.save(state, out / "checkpoint.pt")
+    assert load_run(out).config.epochs == 1
+    assert main(["fit", *FAST_CLI_GUIDES, "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert "jit" not in json.loads((out / "config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--guide", "{file}:Broken"], "returned a Tensor, not a distribution"),
+        (["--guide", "{dir}/nowhere.py:G"], "nowhere.py does not exist"),
+        (["--guide", "{file}:Missing"], "has no 'Missing'; it defines: Broken, TwoLayerGuide"),
+        (["--guide", "nope"], "unknown guide 'nope'; choose one of: diagonal, full-rank, iaf, planar"),
+        (["--flow-steps", "3"], "--flow-steps does not apply to the diagonal guide"),
+        (["--guide", "planar", "--objective", "elbo-analytic"], "needs a closed-form KL"),
+        (["--guide", "planar", "--objective", "rws", "--particles", "2"], "rws objective scores fixed"),
+        (["--objective", "iwae"], "needs --particles of at least 2"),
+        (["--jit"], "No such option '--jit'"),
+        (["--objective", "nope"], "Invalid value for '--objective'"),
+    ],
+)
+def test_guide_and_objective_mistakes_are_one_line_errors(tmp_path, guide_file, capsys, args, message):
+    args = [a.format(file=guide_file, dir=tmp_path) for a in args]
+    code = main(["fit", *FAST_CLI_GUIDES, "--epochs", "1", "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
