@@ -397,16 +397,18 @@ def _one_line(e):
 def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs, threads):
     """A spawned rank: reports a failure as one line on ``messages`` and exits non-zero."""
     code = 0
+    # as torchrun sets them, for user code (a custom guide, say) that asks which rank it runs on
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     try:
         _run_rank(rank, world_size, rank, f"tcp://127.0.0.1:{port}", config, out, precision, fit_kwargs, threads)
     except UserError as e:
-        messages.put((rank, "user", _one_line(e)))
+        messages.send(("user", _one_line(e)))
         code = 2
     except TrainingDiverged as e:
-        messages.put((rank, "diverged", _one_line(e)))
+        messages.send(("diverged", _one_line(e)))
         code = 1
     except BaseException as e:  # a collective that failed or timed out, a rank's crash
-        messages.put((rank, "error", _one_line(e)))
+        messages.send(("error", _one_line(e)))
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
@@ -420,11 +422,11 @@ def _spawn(world_size, config, out, precision, fit_kwargs):
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
-    messages = context.SimpleQueue()
+    pipes = [context.Pipe(duplex=False) for _ in range(world_size)]  # (read, write): one line back per rank
     port = _free_port()
     threads = max(1, torch.get_num_threads() // world_size)
     processes = [
-        context.Process(target=_worker, args=(rank, world_size, port, messages, config, out, precision, fit_kwargs,
+        context.Process(target=_worker, args=(rank, world_size, port, pipes[rank][1], config, out, precision, fit_kwargs,
                                               threads), name=f"pyro-vae-rank-{rank}")  # fmt: skip
         for rank in range(world_size)
     ]
@@ -451,16 +453,18 @@ def _spawn(world_size, config, out, precision, fit_kwargs):
                 p.join()
     if failed is None:
         return
-    reports = []
-    while not messages.empty():
-        reports.append(messages.get())
+    reports = {}
+    for r, (read, _) in enumerate(pipes):
+        if read.poll():
+            reports[r] = read.recv()
     rank, code = failed
     # a user's mistake or a divergence explains the others' broken collectives: report it first
-    for kind in ("user", "diverged", "error"):
-        for r, k, text in sorted(reports, key=lambda m: m[0] != rank):
-            if k == kind:
-                error = TrainingDiverged if kind == "diverged" else UserError
-                raise error(text if kind != "error" else f"rank {r} of {world_size} failed: {text}")
+    for r in sorted(reports, key=lambda r: r != rank):
+        kind, text = reports[r]
+        if kind in ("user", "diverged"):
+            raise (TrainingDiverged if kind == "diverged" else UserError)(text)
+    if rank in reports:
+        raise UserError(f"rank {rank} of {world_size} failed: {reports[rank][1]}")
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
     raise UserError(f"rank {rank} of {world_size} {how}; the other ranks were stopped")
 
