@@ -117,13 +117,13 @@ def test_plain_trace_elbo_detection():
     assert not is_plain_trace_elbo(JitTrace_ELBO())
 
 
-def run_steps(speed, n=6, elbo=None, lr=1e-2):
+def run_steps(speed, n=6, elbo=None, lr=1e-2, device="cpu"):
     """``n`` steps from a fixed init on fixed batches; returns (losses, final params)."""
     pyro.clear_param_store()
-    vae = small_vae()
+    vae = small_vae().to(device)
     step = SVIStep(vae.model, vae.guide, elbo or Trace_ELBO(max_plate_nesting=1), pyro.optim.Adam({"lr": lr}), speed)
     pyro.set_rng_seed(11)
-    losses = [step(batch(seed=20 + i)).item() for i in range(n)]
+    losses = [step(batch(seed=20 + i).to(device)).item() for i in range(n)]
     return losses, [p.detach().clone() for p in vae.parameters()], step
 
 
@@ -139,33 +139,40 @@ SWITCHES = {
 }
 
 
-@pytest.mark.parametrize("name", SWITCHES)
-def test_each_switch_takes_the_same_steps(name):
-    base_losses, base_params, _ = run_steps(Speed.baseline())
-    losses, params, step = run_steps(SWITCHES[name])
-    assert step.path == ("svi" if SWITCHES[name].optimizer == "pyro" else "torch")
+@pytest.mark.parametrize("name", [*SWITCHES, "cuda-graph"])
+def test_each_switch_takes_the_same_steps(name, device):
+    if name == "cuda-graph" and device != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    n = 10 if name == "cuda-graph" else 6  # cuda-graph: 3 warm-up steps, then the captured graph replays
+    base_losses, base_params, _ = run_steps(Speed.baseline(), n=n, device=device)
+    speed = SWITCHES.get(name) or Speed(cuda_graph=True)
+    losses, params, step = run_steps(speed, n=n, device=device)
+    if name == "cuda-graph":
+        assert step._graph is not None and step._graph.graph is not None
+    assert step.path == ("svi" if speed.optimizer == "pyro" else "torch")
     assert losses == pytest.approx(base_losses, rel=1e-5)
     assert losses[-1] < losses[0]  # it trains
     for a, b in zip(params, base_params):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_captured_loss_replays_the_same_values_gradients_and_draws():
+def test_captured_loss_replays_the_same_values_gradients_and_draws(device):
     """Per batch shape one graph; each replay equals Pyro's eager loss from the same random state,
     in value and gradient, and leaves the generator where the eager loss leaves it."""
-    vae = small_vae()
+    vae = small_vae().to(device)
     elbo = Trace_ELBO(max_plate_nesting=1)
     params = list(vae.parameters())
     captured = CapturedLoss(lambda x: trace_elbo_loss(elbo, vae.model, vae.guide, x))
     with pyro.validation_enabled(False):
         for n in (16, 16, 7, 16):
-            x = batch(n, seed=n)
+            x = batch(n, seed=n).to(device)
+            rng_state = torch.cuda.get_rng_state if device == "cuda" else torch.get_rng_state
             pyro.set_rng_seed(4)
             eager = trace_elbo_loss(elbo, vae.model, vae.guide, x)
-            g_eager, after_eager = grads_of(eager, params), torch.get_rng_state()
+            g_eager, after_eager = grads_of(eager, params), rng_state()
             pyro.set_rng_seed(4)
             replayed = captured(x)
-            g_replayed, after_replay = grads_of(replayed, params), torch.get_rng_state()
+            g_replayed, after_replay = grads_of(replayed, params), rng_state()
             assert replayed.item() == pytest.approx(eager.item(), rel=1e-6)
             for a, b in zip(g_replayed, g_eager):
                 assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -174,7 +181,7 @@ def test_captured_loss_replays_the_same_values_gradients_and_draws():
                 params[0].add_(0.01)
     assert sorted(key[0] for key in captured.graphs) == [(7, 64), (16, 64)]
     captured.MAX_SHAPES = 2
-    assert captured(batch(5)) is None  # no room for a third shape: the caller runs it eagerly
+    assert captured(batch(5).to(device)) is None  # no room for a third shape: the caller runs it eagerly
 
 
 def guide_branching_on_values(vae):
