@@ -150,8 +150,10 @@ def _metrics(run_dir):
 
 @pytest.mark.slow
 def test_two_process_fit_reaches_the_one_process_test_elbo(tmp_path):
-    """Noise: the 1-process fits with seeds 0 and 1 (the seed-to-seed spread, about 0.5 nats at
-    10 epochs) bound the gap; the 2-process run must lie within 3 nats of seed 0's (measured gap ~1)."""
+    """Noise: two 1-process fits with seeds 0 and 1 give the seed-to-seed spread of the test ELBO
+    (measured 0.27 nats at 10 epochs: -26.35 and -26.62); the 2-process run (a different stream of
+    draws, so another sample of that noise) must lie within max(1 nat, 3 spreads) of the seed-0
+    one-process run (measured: -26.20, a gap of 0.15 nats)."""
     settings = dict(TINY, epochs=10, binarize="dynamic", hidden=(64,))
     one = fit(make_config(None, **settings), tmp_path / "one", quiet=True)
     two = fit(make_config(None, **settings), tmp_path / "two", devices=2, quiet=True)
@@ -159,7 +161,7 @@ def test_two_process_fit_reaches_the_one_process_test_elbo(tmp_path):
     one_elbo, two_elbo, seed_elbo = (r.metrics[-1]["test_elbo"] for r in (one, two, other_seed))
     spread = abs(one_elbo - seed_elbo)
     print(f"test ELBO: 1 process {one_elbo:.3f}, 2 processes {two_elbo:.3f}, 1 process seed 1 {seed_elbo:.3f}")
-    assert abs(two_elbo - one_elbo) < max(3.0, 3 * spread), (one_elbo, two_elbo, seed_elbo)
+    assert abs(two_elbo - one_elbo) < max(1.0, 3 * spread), (one_elbo, two_elbo, seed_elbo)
     assert len(two.metrics) == 10 and sorted(os.listdir(two.directory)) == sorted(os.listdir(one.directory))
 
 
