@@ -47,6 +47,7 @@ it is refused (CPU bfloat16 matmuls are slower than float32 on most CPUs, and no
 """
 
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
@@ -375,6 +376,8 @@ def _run_rank(rank, world_size, local_rank, init_method, config, out, precision,
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"rank {rank} needs GPU {local_rank} but this node has {torch.cuda.device_count()}")
         torch.cuda.set_device(local_rank)
+        if device.index is not None and world_size > 1:  # --device cuda:K names one GPU; each rank takes its own
+            config = dataclasses.replace(config, device=f"cuda:{local_rank}")
     if threads:
         torch.set_num_threads(threads)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=init_method, rank=rank,
