@@ -415,7 +415,8 @@ def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    if code:  # a failed rank leaves at once: its exit handlers may wait on a broken collective
+        os._exit(code)
 
 
 def _spawn(world_size, config, out, precision, fit_kwargs):
