@@ -162,7 +162,7 @@ def _status_mib(key):
 
 
 def measure(args):
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
+    devices = ([] if args.cuda_only else ["cpu"]) + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
     results = []
     for device in devices:
         for arch in args.archs:
@@ -313,6 +313,7 @@ def parse(argv=None):
     p.add_argument("--cpu-only", action="store_true", help="skip CUDA even when there is a GPU")
     p.add_argument("--experimental-cuda-graph", action="store_true",
                    help="on CUDA, run loop (a) with Speed(experimental_cuda_graph=True) (not yet run on a GPU)")
+    p.add_argument("--cuda-only", action="store_true", help="skip the CPU (benchmarks/gpu_check.sh)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for speed.json / speed.md")
     p.add_argument("--update-docs", action="store_true", help="write the table into docs/benchmarks.md")

@@ -121,11 +121,15 @@ def cli():
 @click.option("--no-capture", is_flag=True,
               help="Run Pyro's tracing every step instead of replaying the loss captured as a graph "
                    "(for a guide whose structure changes between batches).")  # fmt: skip
+@click.option("--devices", default=1, show_default=True, type=click.IntRange(1),
+              help="Data-parallel processes on this node (DDP): one per GPU, or CPU processes (see docs/scaling.md).")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="bf16: the networks under autocast, the ELBO in fp32 (CUDA only).")
 @click.pass_context
-def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, **kwargs):
+def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, precision, **kwargs):
     """Train a VAE and write a run folder (config, metrics, checkpoint, pictures)."""
+    from .distributed import fit as fit_run
     from .speed import Speed
-    from .training import fit as fit_run
 
     settings = settings_from(kwargs)
     if resume:
@@ -134,7 +138,8 @@ def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, **kwargs):
     else:
         config = make_config(None, **settings)
     speed = Speed(capture=not no_capture, compile="inductor" if compile_loss else None)
-    fit_run(config, out, resume=resume, overwrite=overwrite, quiet=quiet, speed=speed)
+    fit_run(config, out, resume=resume, overwrite=overwrite, quiet=quiet, speed=speed, devices=devices,
+            precision=precision)
 
 
 @cli.command()

@@ -80,6 +80,10 @@ class Trainer:
         ``SVI.step``). It never changes what is computed, so it is not part of the config.
     """
 
+    #: data-parallel hooks (see :class:`~pyro_vae.distributed.DistributedTrainer`): this process's
+    #: rank and the number of processes; one process trains alone
+    rank, world_size = 0, 1
+
     def __init__(self, config=None, speed=None, **settings):
         self.speed = speed or Speed()
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
@@ -109,6 +113,15 @@ class Trainer:
     def steps_per_epoch(self):
         return -(-len(self.train) // self.config.batch_size)
 
+    def shard(self, order):
+        """Hook for data parallelism: this process's index batches of an epoch in ``order``, and the
+        number of items all processes train on. One process: ``order`` cut into minibatches."""
+        return [order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)], len(order)
+
+    def reduce(self, losses):
+        """Hook for data parallelism: the step losses summed over processes (one process: as they are)."""
+        return losses
+
     def _batch(self, order, i):
         return self.vae.likelihood.prepare_batch(self.train[order[i : i + self.config.batch_size]])
 
@@ -126,18 +139,18 @@ class Trainer:
         epoch, n, device = self.epoch + 1, len(self.train), self.device
         self.vae.train()
         t0 = time.perf_counter()
-        order = torch.randperm(n, device=device)
+        batches, n = self.shard(torch.randperm(n, device=device))
         losses = []
         with self._own_params():
-            for step, i in enumerate(range(0, n, self.config.batch_size), start=1):
-                x = self._batch(order, i)
+            for step, index in enumerate(batches, start=1):
+                x = self.vae.likelihood.prepare_batch(self.train[index])
                 loss = self.step(x)
                 if self.speed.sync_every_step and not torch.isfinite(loss):
                     _diverged(loss.item(), epoch, step)
                 losses.append(loss)
                 if progress is not None:
                     progress(x.shape[0], loss)
-        losses = torch.stack(losses).cpu()  # the epoch's one host read (it waits for the device)
+        losses = self.reduce(torch.stack(losses)).cpu()  # the epoch's one host read (it waits for the device)
         seconds = time.perf_counter() - t0
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
@@ -243,7 +256,7 @@ class _ProgressBar:
 
 
 def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
-        speed=None, **settings):  # fmt: skip
+        speed=None, rank=0, make_trainer=None, **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     :param Config config: the settings; keyword arguments override single fields.
@@ -258,6 +271,10 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         restores the generator state, e.g. inside :func:`torch.random.fork_rng`.
     :param Speed speed: how each step runs (see :class:`~pyro_vae.speed.Speed`; default the fastest).
         It does not change the numbers, so a run may be resumed with another.
+    :param int rank: data parallelism (:mod:`pyro_vae.distributed`): this process's rank; only rank 0
+        writes the run folder.
+    :param make_trainer: ``(config, speed=) -> Trainer`` (default :class:`Trainer`), e.g. a
+        :class:`~pyro_vae.distributed.DistributedTrainer`.
     :returns: the trained :class:`~pyro_vae.run.Run`.
     """
     config = make_config(config, **settings)
@@ -280,12 +297,14 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     elif out.exists() and holds_run(out):
         if not overwrite:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        for name in RUN_FILES:
+        for name in RUN_FILES if rank == 0 else ():
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    lead = rank == 0  # data parallelism: only rank 0 writes the run folder
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
 
     pyro.clear_param_store()
-    trainer = Trainer(config, speed=speed)
+    trainer = (make_trainer or Trainer)(config, speed=speed)
     config, vae, dataset = trainer.config, trainer.vae, trainer.dataset
     meta = {
         "x_dim": dataset.x_dim,
@@ -300,10 +319,11 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     if state is not None:
         trainer.load_state_dict(state, where=f"the checkpoint in {out}")
         metrics = read_metrics(out / "metrics.jsonl", trainer.epoch)
-    write_config(out, config, meta)
-    write_metrics(out, metrics)
+    if lead:
+        write_config(out, config, meta)
+        write_metrics(out, metrics)
 
-    show = not quiet and sys.stderr.isatty()
+    show = lead and not quiet and sys.stderr.isatty()
     n = len(trainer.train)
     for epoch in range(trainer.epoch + 1, config.epochs + 1):
         bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
@@ -322,8 +342,9 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             "items_per_s": trained["items_per_s"],
         }
         metrics.append(record)
-        append_metrics(out, record)
-        save_checkpoint(out / "checkpoint.pt", trainer.state_dict())
+        if lead:
+            append_metrics(out, record)
+            save_checkpoint(out / "checkpoint.pt", trainer.state_dict())
         if on_epoch is not None:
             on_epoch(record)
         if show:
@@ -336,6 +357,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     if trainer.param_store_state is not None:  # leave the trained parameters in Pyro's store, as SVI would
         pyro.get_param_store().set_state(trainer.param_store_state)
     run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
+    if not lead:
+        return run
     run.write_pictures(trainer.test)
     if not quiet:
         last = metrics[-1] if metrics else None

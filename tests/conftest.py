@@ -56,3 +56,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _devices():
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=_devices())
+def device(request):
+    """``"cpu"``, and also ``"cuda"`` where CUDA is available: for device-independent numerical tests
+    (``benchmarks/gpu_check.sh`` runs them on a GPU)."""
+    return request.param

@@ -33,12 +33,12 @@ def grads_of(loss, params):
     return torch.autograd.grad(loss, params)
 
 
-def run_steps(speed, n=6, elbo=None, lr=1e-2):
-    """``n`` steps from a fixed init on fixed batches; returns (losses, final params)."""
+def run_steps(speed, n=6, elbo=None, lr=1e-2, device="cpu"):
+    """``n`` steps from a fixed init on fixed batches on ``device``; returns (losses, final params)."""
     pyro.clear_param_store()
-    vae = small_vae()
+    vae = small_vae().to(device)
     step = SVIStep(vae.model, vae.guide, elbo or Trace_ELBO(max_plate_nesting=1), pyro.optim.Adam({"lr": lr}), speed)
     pyro.set_rng_seed(11)
-    losses = [step(batch(seed=20 + i)).item() for i in range(n)]
+    losses = [step(batch(seed=20 + i).to(device)).item() for i in range(n)]
     return losses, [p.detach().clone() for p in vae.parameters()], step
 

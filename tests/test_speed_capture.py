@@ -19,22 +19,23 @@ from speed_helpers import batch, grads_of, run_steps, small_vae
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_captured_loss_replays_the_same_values_gradients_and_draws():
+def test_captured_loss_replays_the_same_values_gradients_and_draws(device):
     """Per batch shape one graph; each replay equals Pyro's eager loss from the same random state,
     in value and gradient, and leaves the generator where the eager loss leaves it."""
-    vae = small_vae()
+    vae = small_vae().to(device)
     elbo = Trace_ELBO(max_plate_nesting=1)
     params = list(vae.parameters())
+    rng_state = torch.cuda.get_rng_state if device == "cuda" else torch.get_rng_state
     captured = CapturedLoss(lambda x: trace_elbo_loss(elbo, vae.model, vae.guide, x))
     with pyro.validation_enabled(False):
         for n in (16, 16, 7, 16):
-            x = batch(n, seed=n)
+            x = batch(n, seed=n).to(device)
             pyro.set_rng_seed(4)
             eager = trace_elbo_loss(elbo, vae.model, vae.guide, x)
-            g_eager, after_eager = grads_of(eager, params), torch.get_rng_state()
+            g_eager, after_eager = grads_of(eager, params), rng_state()
             pyro.set_rng_seed(4)
             replayed = captured(x)
-            g_replayed, after_replay = grads_of(replayed, params), torch.get_rng_state()
+            g_replayed, after_replay = grads_of(replayed, params), rng_state()
             assert replayed.item() == pytest.approx(eager.item(), rel=1e-6)
             for a, b in zip(g_replayed, g_eager):
                 assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -43,7 +44,7 @@ def test_captured_loss_replays_the_same_values_gradients_and_draws():
                 params[0].add_(0.01)
     assert sorted(key[0] for key in captured.graphs) == [(7, 64), (16, 64)]
     captured.MAX_SHAPES = 2
-    assert captured(batch(5)) is None  # no room for a third shape: the caller runs it eagerly
+    assert captured(batch(5).to(device)) is None  # no room for a third shape: the caller runs it eagerly
 
 
 def guide_branching_on_values(vae):

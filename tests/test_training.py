@@ -16,8 +16,8 @@ from pyro_vae.training import Step
 SMALL = dict(dataset="digits", hidden=(64,), z_dim=4, batch_size=64, device="cpu", quiet=True)
 
 
-def test_training_improves_test_elbo(tmp_path):
-    run = fit(out=tmp_path / "run", epochs=12, **SMALL)
+def test_training_improves_test_elbo(tmp_path, device):
+    run = fit(out=tmp_path / "run", epochs=12, **{**SMALL, "device": device})
     first, last = run.metrics[0]["test_elbo"], run.metrics[-1]["test_elbo"]
     assert last > first + 4.0, (first, last)
     # a per-datapoint bound of 64 binary pixels: between 64 log(1/2) (a coin flip per pixel) and 0
@@ -51,11 +51,12 @@ def test_seeded_run_is_repeatable(tmp_path):
     assert key(c) != key(a)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    full = fit(out=tmp_path / "full", epochs=4, **SMALL)
-    fit(out=tmp_path / "part", epochs=2, **SMALL)
+def test_resume_equals_uninterrupted(tmp_path, device):
+    small = {**SMALL, "device": device}
+    full = fit(out=tmp_path / "full", epochs=4, **small)
+    fit(out=tmp_path / "part", epochs=2, **small)
     pyro.clear_param_store()
-    resumed = fit(out=tmp_path / "part", epochs=4, resume=True, **SMALL)
+    resumed = fit(out=tmp_path / "part", epochs=4, resume=True, **small)
     key = lambda run: [(m["epoch"], m["train_elbo"], m["test_elbo"]) for m in run.metrics]  # noqa: E731
     assert key(resumed) == key(full)
     saved = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
