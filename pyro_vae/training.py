@@ -461,8 +461,8 @@ def _kept(where, out, interrupted=False):
         if interrupted:
             return f"the checkpoint of epoch {epoch} in {out} is kept; continue with: {resume_command(out)}"
         return f"the last good checkpoint, of epoch {epoch}, in {out} is kept"
+    old = " (the previous run in it is unchanged)" if where != out else ""
     shutil.rmtree(out / ".staging", ignore_errors=True)
-    old = " (the previous run in it is unchanged)" if holds_run(out) else ""
     if interrupted:
         return f"no checkpoint was written{old}; start again"
     return f"no checkpoint was written{old}; start again with --overwrite and a smaller --lr"
