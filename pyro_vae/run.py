@@ -26,8 +26,8 @@ from .checkpoint import atomic_write_text, load_checkpoint, refuse_symlink
 from .config import Config
 from .data import interpret_array
 from .errors import UserError
-from .user_code import is_import_spec
 from .evaluation import evaluate_terms, summarize
+from .user_code import is_import_spec
 
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (

@@ -32,8 +32,18 @@ from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .evaluation import evaluate
 from .model import VAE
 from .objectives import build_objective
-from .run import RUN_FILES, Run, RunLock, holds_run, new_run_dir, package_versions, read_metrics, resume_command
-from .run import write_config, write_metrics
+from .run import (
+    RUN_FILES,
+    Run,
+    RunLock,
+    holds_run,
+    new_run_dir,
+    package_versions,
+    read_metrics,
+    resume_command,
+    write_config,
+    write_metrics,
+)
 
 __all__ = ["Step", "Trainer", "fit"]
 
@@ -398,43 +408,49 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks)
     show = not quiet and sys.stderr.isatty()
     n = len(trainer.train)
     warned = False
-    for epoch in range(trainer.epoch + 1, config.epochs + 1):
-        bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
-        try:
-            hook = _OnStep(on_step, epoch, (epoch - 1) * n, vae) if on_step is not None else None
-            trained = trainer.train_epoch(_chain(_ProgressBar(bar) if show else None, hook))
-            record = {
-                "epoch": epoch,
-                "train_elbo": trained["train_elbo"],
-                "test_elbo": trainer.test_elbo(),
-                "seconds": trained["seconds"],
-                "items_per_s": trained["items_per_s"],
-            }
-        except TrainingDiverged as e:
-            raise TrainingDiverged(f"{e}; {_kept(where, out)}") from None
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(f"interrupted in epoch {epoch}; {_kept(where, out, interrupted=True)}") from None
-        finally:
-            bar.close()
-        metrics.append(record)
-        write_metrics(where, metrics)
-        save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
-        if where != out:
-            _swap_in(where, out)
-            where = out
-        if not warned and max(abs(record["train_elbo"]), abs(record["test_elbo"])) > ABSURD_ELBO:
-            warned = True
-            print(f"warning: epoch {epoch}'s ELBO is {record['train_elbo']:.3g} nats per item (train), "
-                  f"{record['test_elbo']:.3g} (test): absurdly large; check the data's scale and the likelihood",
-                  file=sys.stderr)  # fmt: skip
-        if on_epoch is not None:
-            on_epoch(record)
-        if show:
-            tqdm.write(
-                f"epoch {epoch:3d}  train ELBO {record['train_elbo']:9.3f}  test ELBO {record['test_elbo']:9.3f}  "
-                f"{record['seconds']:6.2f} s  {record['items_per_s']:8.0f} items/s",
-                file=sys.stderr,
-            )
+    epoch = trainer.epoch
+    try:
+        for epoch in range(trainer.epoch + 1, config.epochs + 1):
+            bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
+            try:
+                hook = _OnStep(on_step, epoch, (epoch - 1) * n, vae) if on_step is not None else None
+                trained = trainer.train_epoch(_chain(_ProgressBar(bar) if show else None, hook))
+                record = {
+                    "epoch": epoch,
+                    "train_elbo": trained["train_elbo"],
+                    "test_elbo": trainer.test_elbo(),
+                    "seconds": trained["seconds"],
+                    "items_per_s": trained["items_per_s"],
+                }
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"{e}; {_kept(where, out)}") from None
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(f"interrupted in epoch {epoch}; {_kept(where, out, interrupted=True)}") from None
+            finally:
+                bar.close()
+            metrics.append(record)
+            write_metrics(where, metrics)
+            save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
+            if where != out:
+                _swap_in(where, out)
+                where = out
+            if not warned and max(abs(record["train_elbo"]), abs(record["test_elbo"])) > ABSURD_ELBO:
+                warned = True
+                print(f"warning: epoch {epoch}'s ELBO is {record['train_elbo']:.3g} nats per item (train), "
+                      f"{record['test_elbo']:.3g} (test): absurdly large; check the data's scale and the likelihood",
+                      file=sys.stderr)  # fmt: skip
+            if on_epoch is not None:
+                on_epoch(record)
+            if show:
+                tqdm.write(
+                    f"epoch {epoch:3d}  train ELBO {record['train_elbo']:9.3f}  test ELBO {record['test_elbo']:9.3f}  "
+                    f"{record['seconds']:6.2f} s  {record['items_per_s']:8.0f} items/s",
+                    file=sys.stderr,
+                )
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:  # between epochs: while writing the checkpoint, metrics or in on_epoch
+        raise TrainingInterrupted(f"interrupted after epoch {epoch}'s training; {_kept(where, out, interrupted=True)}") from None
 
     if not (where / "checkpoint.pt").exists():  # --epochs 0: the untrained model, at epoch 0
         save_checkpoint(where / "checkpoint.pt", trainer.state_dict())

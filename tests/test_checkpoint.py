@@ -29,7 +29,10 @@ def test_checkpoint_round_trip_and_damage(tmp_path):
         ({k: v for k, v in {"format": FORMAT, **good_state()}.items() if k != "model"}, "lacks model"),
         ({"format": FORMAT, **good_state(), "epoch": "3"}, "epoch entry has the wrong type"),
         ({"format": FORMAT, **good_state(), "model": {"w": "text"}}, "model entry has the wrong type"),
-        ({"format": FORMAT, **good_state(), "model": {"w": torch.tensor([1.0, float("nan")])}}, "parameter w holds NaN"),
+        (
+            {"format": FORMAT, **good_state(), "model": {"w": torch.tensor([1.0, float("nan")])}},
+            "parameter w holds NaN",
+        ),
         ([1, 2], "not a pyro-vae checkpoint"),
     ]:
         torch.save(damage, path)

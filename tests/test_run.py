@@ -112,7 +112,7 @@ def _interrupt(step):
     raise KeyboardInterrupt
 
 
-def test_lock_changed_data_fewer_epochs_and_interrupt_message(tmp_path):
+def test_lock_changed_data_fewer_epochs_and_interrupt_message(tmp_path, capsys):
     x = (np.random.RandomState(0).rand(300, 16) > 0.5).astype(np.float32)
     np.save(tmp_path / "d.npy", x)
     settings = {**TINY, "dataset": "mnist", "data": str(tmp_path / "d.npy")}
@@ -131,6 +131,16 @@ def test_lock_changed_data_fewer_epochs_and_interrupt_message(tmp_path):
                            f"pyro-vae fit --out {out} --resume"  # fmt: skip
     code = main(["fit", "--out", str(out), "--resume", "--epochs", "3", "--quiet"])
     assert code == 0 and load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
+    if not torch.cuda.is_available():  # a run trained on CUDA continues on this CPU-only machine, with a note
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        state["config"]["device"] = "cuda"
+        torch.save(state, out / "checkpoint.pt")
+        config = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+        capsys.readouterr()
+        assert main(["fit", "--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+        assert capsys.readouterr().err.startswith("note: the run was trained with --device cuda; no CUDA GPU here")
+        assert json.loads((out / "config.json").read_text())["device"] == "cpu"
     x[0, 0] = 1 - x[0, 0]
     np.save(tmp_path / "d.npy", x)
     with pytest.raises(UserError, match="the data differs"):
@@ -164,7 +174,9 @@ def test_divergence_in_the_last_update_is_caught(tmp_path):
 
 def test_untrusted_guide_code_is_not_run(tmp_path, capsys):
     marker = tmp_path / "marker"
-    (tmp_path / "guide.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom pyro_vae import DiagonalGuide as G\n")
+    (tmp_path / "guide.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom pyro_vae import DiagonalGuide as G\n"
+    )
     spec = f"{tmp_path / 'guide.py'}:G"
     fit(out=tmp_path / "run", epochs=1, guide=spec, **TINY)
     marker.unlink()
