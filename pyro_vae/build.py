@@ -25,7 +25,7 @@ from .registry import Registry
 
 __all__ = [
     "OPTIMIZERS", "TEST_PREP_SEED", "Parts", "build", "build_optimizer", "build_vae", "check_names",
-    "load_prepared", "make_config", "prepare_data", "resolve_device",
+    "load_prepared", "make_config", "prepare_data", "resolve_device", "fusable_optimizer", "speed_for",
 ]  # fmt: skip
 
 #: ``--optimizer``: :class:`pyro.optim.PyroOptim` constructors called with ``{"lr": lr}``.
@@ -107,6 +107,36 @@ def build_vae(config, x_dim, levels=None, check=True):
 def build_optimizer(config):
     """The :class:`pyro.optim.PyroOptim` of ``--optimizer`` with ``--lr``."""
     return OPTIMIZERS.get(config.optimizer)({"lr": config.lr})
+
+
+def fusable_optimizer(optimizer):
+    """Whether the fast path (one torch optimizer over all parameters, :class:`~pyro_vae.engine.Speed`'s
+    ``"fused"``/``"foreach"``/``"torch"``) reproduces ``optimizer`` exactly.
+
+    Only a plain :class:`pyro.optim.PyroOptim` of a :class:`torch.optim.Optimizer` with one dict of
+    arguments and no gradient clipping does: a learning-rate scheduler
+    (:class:`pyro.optim.PyroLRScheduler`, e.g. ``pyro.optim.ExponentialLR``, stepped by the user),
+    per-parameter arguments given as a callable, ``clip_args`` or a subclass run on Pyro's own path
+    (``Speed(optimizer="pyro")``), never replaced by something else.
+    """
+    import inspect
+
+    constructor = getattr(optimizer, "pt_optim_constructor", None)
+    return (
+        type(optimizer) is pyro.optim.PyroOptim
+        and not callable(optimizer.pt_optim_args)
+        and not optimizer.pt_clip_args
+        and inspect.isclass(constructor)
+        and issubclass(constructor, torch.optim.Optimizer)
+    )
+
+
+def speed_for(speed, optimizer):
+    """``speed`` with ``optimizer="pyro"`` when the fast path cannot reproduce ``optimizer`` exactly
+    (see :func:`fusable_optimizer`); otherwise ``speed`` as it is."""
+    if speed.optimizer != "pyro" and not fusable_optimizer(optimizer):
+        return speed.replace(optimizer="pyro")
+    return speed
 
 
 def prepare_data(config, likelihood, device, dataset=None):

@@ -10,6 +10,8 @@ import torch
 from .errors import UserError
 
 FORMAT = "pyro-vae-checkpoint/1"
+#: the entries every checkpoint holds (besides ``format``)
+KEYS = ("config", "epoch", "model", "optimizer", "rng")
 
 
 def _umask():
@@ -18,9 +20,37 @@ def _umask():
     return mask
 
 
+def refuse_symlink(path):
+    """:class:`UserError` when ``path`` is a symbolic link: files in a run folder are never written through one
+    (a received run folder could point ``evaluation.json`` or a picture at any file of the user's)."""
+    if os.path.islink(path):
+        raise UserError(f"{path} is a symbolic link; pyro-vae does not write through links in a run folder "
+                        "(remove the link and try again)")  # fmt: skip
+
+
+def clean_temp_files(folder):
+    """Remove temporary files an interrupted atomic write left in ``folder`` (``.NAME.*.tmp``).
+
+    Call it only while holding the folder's lock (no other process is writing there).
+    :returns: the number of files removed.
+    """
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write(path, write):
-    """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``."""
+    """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``.
+
+    The rename replaces ``path`` itself, never a file a link at ``path`` points to; a link there is
+    refused (:func:`refuse_symlink`). An interrupted write leaves the old file and, at worst, a
+    ``.NAME.*.tmp`` file (:func:`clean_temp_files`).
+    """
     path = Path(path)
+    refuse_symlink(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -70,4 +100,16 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a pyro-vae checkpoint (expected format {FORMAT})")
+    missing = [k for k in KEYS if k not in state]
+    if missing:
+        raise UserError(f"checkpoint {path} is damaged: it lacks {', '.join(missing)}; retrain the run")
+    types = {"config": dict, "epoch": int, "model": dict, "optimizer": dict, "rng": dict}
+    wrong = [k for k, t in types.items() if not isinstance(state[k], t)]
+    if wrong or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise UserError(f"checkpoint {path} is damaged: its {', '.join(wrong) or 'model'} entry has the wrong type; "
+                        "retrain the run")  # fmt: skip
+    bad = [name for name, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"checkpoint {path} is damaged: parameter {bad[0]} holds NaN or infinite values; "
+                        "retrain the run (with a smaller --lr if it diverged)")  # fmt: skip
     return state

@@ -4,6 +4,7 @@ Errors a user can cause print one line, ``error: ...``, and exit with code 2; a 
 run exits with code 1 and keeps its last good checkpoint.
 """
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from click.core import ParameterSource
 from .build import OPTIMIZERS, make_config
 from .config import LEGACY_OPTIONS, Config
 from .data import DATASETS
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS, likelihood_options
 from .nets import ACTIVATIONS, ARCHITECTURES
@@ -96,9 +97,23 @@ def _resume_settings(ctx, settings, out):
 
     if out is None:
         raise UserError("--resume needs --out RUN_DIR, the run to continue")
+    import torch
+
     saved = Config.from_dict(load_checkpoint(Path(out) / "checkpoint.pt")["config"])
     given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if "device" not in given and saved.device.startswith("cuda") and not torch.cuda.is_available():
+        click.echo(f"note: the run was trained with --device {saved.device}; no CUDA GPU here, so it continues "
+                   "on the CPU (give --device to choose)", err=True)  # fmt: skip
+        given["device"] = "cpu"
     return make_config(saved, **given)
+
+
+def trust_options(f):
+    """``--trust-guide`` and ``--guide``: allow a run folder's guide code to run (see :func:`~pyro_vae.run.load_run`)."""
+    f = click.option("--guide", "guide", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
+                     help="Allow the run's guide code by naming it again, exactly as its config.json does.")(f)
+    return click.option("--trust-guide", is_flag=True,
+                        help="Run the guide code (file.py:Name or module:Name) the run folder names.")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,19 +163,25 @@ def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, p
               help="Importance samples K per test item.")  # fmt: skip
 @click.option("--subset", default=None, type=click.IntRange(1), help="Use only the first N test items.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seeds the draws of z: the same seed gives the same numbers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def evaluate(run_dir, samples, subset, device, as_json):
+@trust_options
+def evaluate(run_dir, samples, subset, device, seed, as_json, trust_guide, guide):
     """Test ELBO (with its reconstruction and KL terms), importance-sampled log-likelihood, bits/dim
     and active units of a trained run."""
     from tqdm.auto import tqdm
 
     from .run import load_run, write_evaluation
 
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     n = min(subset or run.meta["n_test"], run.meta["n_test"])
     with tqdm(total=n, desc="evaluate", unit="item", disable=as_json or not sys.stderr.isatty(), leave=False) as bar:
-        result = run.evaluate(samples=samples, subset=subset, progress=bar.update)
-    write_evaluation(run, result)
+        result = run.evaluate(samples=samples, subset=subset, progress=bar.update, seed=seed)
+    try:
+        write_evaluation(run, result)
+    except UserError as e:  # a read-only run folder, a full disk: the numbers still count
+        click.echo(f"note: {e}; the results are printed only", err=True)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -186,15 +207,18 @@ def evaluate(run_dir, samples, subset, device, as_json):
 @click.option("-n", "--num", default=64, show_default=True, type=click.IntRange(1), help="How many samples.")
 @click.option("-o", "--output", default="samples.png", show_default=True, type=click.Path(dir_okay=False),
               help="PNG file to write.")  # fmt: skip
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
 @click.option("--device", default="auto", show_default=True)
-def sample(run_dir, num, output, seed, device):
+@trust_options
+def sample(run_dir, num, output, seed, device, trust_guide, guide):
     """Draw z from the prior and save the decoder means as a PNG grid."""
     from .run import load_run
 
     if not output.lower().endswith(".png"):
         raise UserError(f"-o must name a .png file, got {output}")
-    run = load_run(run_dir, device)
+    if not Path(output).parent.is_dir():
+        raise UserError(f"cannot write {output}: the folder {Path(output).parent} does not exist")
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     run.save_samples(output, n=num, seed=seed)
     click.echo(f"wrote {num} samples to {output}")
 
@@ -404,8 +428,14 @@ def main(argv=None):
         cli.main(args=argv, prog_name="pyro-vae", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as e:  # click turns a KeyboardInterrupt into Abort
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, TrainingInterrupted):
+            click.echo(f"error: {cause}", err=True)
+        elif isinstance(cause, KeyboardInterrupt):
+            click.echo("interrupted", err=True)
+        else:
+            click.echo("aborted", err=True)
         return 130
     except click.ClickException as e:  # bad flags, missing arguments
         click.echo(f"error: {e.format_message()}", err=True)
@@ -416,9 +446,16 @@ def main(argv=None):
     except TrainingDiverged as e:
         click.echo(f"error: {e}", err=True)
         return 1
-    except KeyboardInterrupt:
-        click.echo("interrupted; the last completed epoch's checkpoint is kept (resume with --resume)", err=True)
+    except TrainingInterrupted as e:
+        click.echo(f"error: {e}", err=True)
         return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except OSError as e:  # the backstop: places that write files turn their errors into UserError first
+        what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        click.echo(f"error: {what}" + (f": {e.filename}" if e.filename else ""), err=True)
+        return 2
     return 0
 
 

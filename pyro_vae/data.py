@@ -68,6 +68,7 @@ import pickle
 import re
 import shutil
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -318,8 +319,12 @@ class BinarizedMNIST(DatasetSource):
         name = f"binarized_mnist_{split}.amat"
         for path, opener in ((folder / name, open), (folder / (name + ".gz"), gzip.open)):
             if path.exists():
-                with opener(path, "rb") as f:
-                    text = f.read()
+                try:
+                    with opener(path, "rb") as f:
+                        text = f.read()
+                except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a cut file, EOFError
+                    raise UserError(f"{path} is damaged or not a gzip file ({type(e).__name__}: {e}); "
+                                    "delete it and download it again") from None  # fmt: skip
                 break
         else:
             if not _download(self.URL.format(split), folder, name):

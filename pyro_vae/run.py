@@ -6,21 +6,28 @@ A run folder holds ``config.json`` (every setting, the data's shape and the pack
 sample, reconstruct, evaluate.
 """
 
+import contextlib
+import errno
 import json
+import os
 import platform
+import shlex
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import pyro
 
 from . import latent, plots
 from .build import build_vae, prepare_data, resolve_device
-from .checkpoint import atomic_write_text, load_checkpoint
+from .checkpoint import atomic_write_text, load_checkpoint, refuse_symlink
 from .config import Config
+from .data import interpret_array
 from .errors import UserError
 from .evaluation import evaluate_terms, summarize
+from .user_code import is_import_spec
 
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
@@ -61,15 +68,32 @@ def holds_run(out):
 
 
 def read_metrics(path, upto_epoch=None):
-    """The records of ``metrics.jsonl`` (those of epochs up to ``upto_epoch``), ``[]`` if there is none."""
+    """The records of ``metrics.jsonl`` (those of epochs up to ``upto_epoch``), ``[]`` if there is none.
+
+    Metrics are a record, not the model: a damaged file (a partial last line, which a full disk or
+    a kill during an append by older versions leaves, or bytes that are not JSON) never blocks a
+    run. Lines that are not a JSON object with an integer ``epoch`` are skipped, as are repeated
+    and out-of-order epochs; :func:`write_metrics` then writes the repaired file.
+    """
     path = Path(path)
     metrics = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                m = json.loads(line)
-                if upto_epoch is None or m["epoch"] <= upto_epoch:
-                    metrics.append(m)
+    if not path.exists():
+        return metrics
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    for line in text.splitlines():
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if not (isinstance(m, dict) and type(m.get("epoch")) is int and m["epoch"] >= 1):
+            continue
+        if metrics and m["epoch"] <= metrics[-1]["epoch"]:
+            continue
+        if upto_epoch is None or m["epoch"] <= upto_epoch:
+            metrics.append(m)
     return metrics
 
 
@@ -84,9 +108,70 @@ def write_metrics(out, metrics):
 
 
 def append_metrics(out, record):
-    """Append one epoch's record to ``metrics.jsonl``."""
-    with open(Path(out) / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one epoch's record to ``metrics.jsonl``: the whole file is rewritten atomically with the
+    new line, so a crash or a full disk never leaves a partial line."""
+    write_metrics(out, [*read_metrics(Path(out) / "metrics.jsonl"), record])
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``RUN/.lock``, :func:`fcntl.flock`), held while a run trains.
+
+    A second ``fit`` or ``fit --resume`` on the same folder is refused while the first holds it. The
+    operating system releases the lock when its process ends, however it ends, so a lock file left
+    by a killed process is stale and taken over (the file itself stays; it holds the holder's pid).
+
+    :raises UserError: when another process holds the lock.
+    """
+
+    def __init__(self, folder):
+        self.path = Path(folder) / ".lock"
+        self._fd = None
+
+    def acquire(self):
+        import fcntl
+
+        refuse_symlink(self.path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = f" (process {holder})" if holder else ""
+                raise UserError(f"{self.path.parent} is in use by another pyro-vae run{who}; wait for it to finish "
+                                "or choose another --out") from None  # fmt: skip
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def resume_command(out):
+    """The command that continues the run in ``out`` (for messages)."""
+    return f"pyro-vae fit --out {shlex.quote(str(out))} --resume"
+
+
+def write_file_checked(path, write, what):
+    """Write a file of a run folder, refusing links; an :class:`OSError` (read-only folder, full disk)
+    becomes a one-line :class:`UserError` naming ``what``."""
+    refuse_symlink(path)
+    try:
+        write(path)
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from None
 
 
 class Run:
@@ -112,24 +197,85 @@ class Run:
         return next(self.vae.parameters()).device
 
     def test_data(self):
-        """The test set, prepared for the likelihood exactly as during training (same fixed draw)."""
-        return prepare_data(self.config, self.vae.likelihood, self.device)[2]
+        """The test set, prepared for the likelihood exactly as during training (same fixed draw).
+
+        :raises UserError: when the run's data file (``config.json``'s ``data``/``test_data``) is
+            gone, or now holds data of another width than the run was trained on.
+        """
+        for key in ("data", "test_data"):
+            path = getattr(self.config, key)
+            if path and not Path(path).exists():
+                raise UserError(f"the run's data file {path} (recorded as {key} in {self.directory / 'config.json'}) "
+                                "is missing; put it back there to evaluate the run")  # fmt: skip
+        test = prepare_data(self.config, self.vae.likelihood, self.device)[2]
+        if test.shape[1] != self.vae.x_dim:
+            raise UserError(f"the run's data now has {test.shape[1]} values per item but the run was trained on "
+                            f"{self.vae.x_dim}; the data file changed since training")  # fmt: skip
+        return test
 
     def sample(self, n=64, seed=0):
-        """Decoder means for ``n`` draws from the prior, shape ``(n, D)``, on the CPU."""
+        """Decoder means for ``n`` draws from the prior, shape ``(n, D)``, on the CPU.
+
+        :raises UserError: unless ``n`` is a positive integer and ``seed`` an integer in ``[0, 2**64)``.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(f"the number of samples must be a positive integer, got {n!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise UserError(f"the seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return self.vae.sample(n, generator=generator).cpu()
 
-    def reconstruct(self, x):
-        """Decoder means for one draw from :math:`q(z \\mid x)` for each row of ``x``, on the CPU."""
-        return self.vae.reconstruct(torch.as_tensor(x, dtype=torch.float32, device=self.device)).cpu()
+    def as_input(self, x):
+        """``x`` as the encoder takes it: a float tensor ``(N, D)`` on the run's device.
 
-    def evaluate(self, samples=1000, subset=None, progress=None):
+        Accepts what training accepted: items in any layout whose values number ``D`` (``(N, D)``,
+        ``(N, H, W)``, ``(N, C, H, W)``, ...). A NumPy array is read by the rules of ``--data``
+        (:func:`~pyro_vae.data.interpret_array`: uint8 ``0..255`` scaled to ``[0, 1]``, 0/1
+        integers as binary); a tensor of an integer dtype likewise; a float tensor is taken as it is
+        (values as the run's prepared data, e.g. in ``[0, 1]``). One item may be given without the
+        leading ``N``.
+
+        :raises UserError: for another number of values per item, or values the rules refuse.
+        """
+        d = self.vae.x_dim
+        shape = tuple(getattr(x, "shape", ()))
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            t = x.detach()
+        else:
+            array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            if array.dtype.kind not in "biuf":
+                raise UserError(f"the run takes numeric arrays, got dtype {array.dtype}")
+            if array.ndim >= 1 and array.size == d and (array.ndim == 1 or array.shape[0] != 1):
+                array = array[None]
+            if array.ndim < 2 or array.shape[0] == 0:
+                raise UserError(f"the run takes items of {d} values, shape (N, {d}) or (N, *{self.image_shape}); "
+                                f"got shape {shape}")  # fmt: skip
+            if array.dtype.kind == "f":
+                t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            else:
+                t = interpret_array(array, "input")[0]
+        if t.dim() >= 1 and t.numel() == d and (t.dim() == 1 or t.shape[0] != 1):
+            t = t.reshape(1, d)
+        if t.dim() < 2 or t.shape[0] == 0 or t[0].numel() != d:
+            raise UserError(f"the run takes items of {d} values, shape (N, {d}) or (N, *{self.image_shape}); "
+                            f"got shape {shape}")  # fmt: skip
+        return t.reshape(len(t), d).to(device=self.device, dtype=torch.float32)
+
+    def reconstruct(self, x):
+        """Decoder means for one draw from :math:`q(z \\mid x)` for each item of ``x``, shape ``(N, D)``, on the CPU.
+
+        ``x`` in any layout and dtype training accepts (see :meth:`as_input`).
+        """
+        return self.vae.reconstruct(self.as_input(x)).cpu()
+
+    def evaluate(self, samples=1000, subset=None, progress=None, seed=None):
         """Test ELBO, its two terms, importance-sampled log-likelihood (nats per item), bits per
         dimension and active units (see :mod:`pyro_vae.evaluation`).
 
         :param int samples: importance samples ``K`` per item.
         :param int subset: use only the first ``subset`` test items.
+        :param int seed: seeds the draws of :math:`z` (the same seed gives the same numbers; the
+            global random state is left as it was). ``None``: the current random state.
         :returns: dict with ``test_elbo``, ``test_log_likelihood``, ``samples``, ``items``,
             ``reconstruction``, ``kl``, ``bits_per_dim``, ``active_units`` and the other keys of
             :func:`~pyro_vae.evaluation.summarize`.
@@ -138,10 +284,16 @@ class Run:
             raise UserError(f"--samples must be at least 1, got {samples}")
         if subset is not None and subset < 1:
             raise UserError(f"--subset must be at least 1, got {subset}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+            raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
         x = self.test_data()
         if subset is not None:
             x = x[:subset]
-        scores = evaluate_terms(self.vae, x, num_samples=samples, progress=progress)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext():
+            if seed is not None:
+                pyro.set_rng_seed(seed)
+            scores = evaluate_terms(self.vae, x, num_samples=samples, progress=progress)
         return summarize(scores, self.vae.likelihood, x.shape[1])
 
     # Pictures ------------------------------------------------------------------------------------
@@ -150,7 +302,16 @@ class Run:
         return (0.0, 1.0) if self.vae.likelihood.domain != "real" or not self.config.data else None
 
     def save_samples(self, path, n=64, seed=0):
-        plots.save_grid(self.sample(n, seed), self.image_shape, path, value_range=self._display_range())
+        """Save ``n`` samples as a PNG grid at ``path``.
+
+        :raises UserError: for a missing folder, a link at ``path``, or a write that fails.
+        """
+        images = self.sample(n, seed)
+        parent = Path(path).parent
+        if not parent.is_dir():
+            raise UserError(f"cannot write {path}: the folder {parent} does not exist")
+        write_file_checked(Path(path), lambda p: plots.save_grid(images, self.image_shape, p,
+                                                                  value_range=self._display_range()), "samples")
 
     def write_pictures(self, test):
         """``samples.png``, ``reconstructions.png``, ``curves.png`` and, for a 2-D latent space, ``manifold.png``."""
@@ -160,18 +321,28 @@ class Run:
         x = test[:16]
         pairs = torch.cat([x.cpu(), self.reconstruct(x)])
         title = "test inputs (top) and reconstructions (bottom)"
-        plots.save_grid(pairs, self.image_shape, d / "reconstructions.png", ncol=len(x), title=title,
-                        value_range=self._display_range())  # fmt: skip
+        write_file_checked(d / "reconstructions.png", lambda p: plots.save_grid(
+            pairs, self.image_shape, p, ncol=len(x), title=title, value_range=self._display_range()), "picture")
         if self.metrics:
-            plots.save_curves(self.metrics, d / "curves.png", title=f"{self.config.likelihood} VAE on {self.config.dataset}")
+            curves_title = f"{self.config.likelihood} VAE on {self.config.dataset}"
+            write_file_checked(d / "curves.png", lambda p: plots.save_curves(self.metrics, p, title=curves_title),
+                               "picture")  # fmt: skip
         if self.config.z_dim == 2:
             z = plots.manifold_codes(20, device=self.device)
-            plots.save_grid(self.vae.decode(z), self.image_shape, d / "manifold.png", ncol=20,
-                            value_range=self._display_range())  # fmt: skip
+            write_file_checked(d / "manifold.png", lambda p: plots.save_grid(
+                self.vae.decode(z), self.image_shape, p, ncol=20, value_range=self._display_range()), "picture")
 
     # The latent space (pyro_vae.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
-    def encode(self, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
-        """Codes and labels of the split's (or ``data`` file's) items: :func:`pyro_vae.latent.encode_run`."""
+    def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
+        """Posterior codes of the items ``x`` (any layout and dtype training accepts, see :meth:`as_input`),
+        or of a split's or ``data`` file's items.
+
+        With ``x``: posterior means (``what``: ``mean``, ``scale`` or ``samples``), a tensor of shape
+        ``(N, z_dim)`` (``(N, K, z_dim)`` for samples) on the CPU. Without: ``(codes, labels)`` as
+        :func:`pyro_vae.latent.encode_run` gives them (NumPy), also saved to ``path`` when given.
+        """
+        if x is not None:
+            return torch.as_tensor(latent.encode(self.vae, self.as_input(x), what, samples=samples, seed=seed))
         return latent.encode_run(self, split, data, what, samples, labels, path, seed)
 
     def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0):
@@ -191,22 +362,68 @@ class Run:
         return latent.latents_run(self, path, method, split, data, labels, seed)
 
 
-def load_run(directory, device="auto"):
-    """Load the run in ``directory`` (its ``config.json`` and ``checkpoint.pt``) onto ``device``."""
+def check_guide_trusted(config, directory, trust_guide=False, guide=None):
+    """Refuse to run code a run folder names as its guide unless the user allows it.
+
+    A guide given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
+    built. A run folder received from someone else could name any file or module; opening it
+    (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or
+    the user names the same guide again (``guide``, ``--guide`` on the command line).
+
+    :raises UserError: one line, saying how to allow it.
+    """
+    spec = config.guide
+    if not (isinstance(spec, str) and is_import_spec(spec)) or trust_guide or guide == spec:
+        return
+    raise UserError(
+        f"the run in {directory} names its guide as code, {spec}; opening it would run that code. If you trust it, "
+        f"pass --trust-guide (or --guide {shlex.quote(spec)}; in Python load_run(..., trust_guide=True))"
+    )
+
+
+def load_run(directory, device="auto", trust_guide=False, guide=None):
+    """Load the run in ``directory`` (its ``config.json`` and ``checkpoint.pt``) onto ``device``.
+
+    :param device: ``"auto"`` (CUDA when available, else the CPU, whatever the run was trained on),
+        ``"cpu"`` or ``"cuda"``. Checkpoints are read onto that device, so a run trained on a GPU
+        opens on a machine without one.
+    :param bool trust_guide: allow running the code a run names as its guide (``file.py:Name`` or
+        ``module:Name``); see :func:`check_guide_trusted`. ``guide``: the same spec, named again.
+    :raises UserError: for a folder that is not a run, a damaged ``config.json`` or checkpoint, or
+        an untrusted guide.
+    """
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise UserError(f"{directory} is not a pyro-vae run folder (no config.json)")
+    where = directory / "config.json"
     try:
-        meta = json.loads((directory / "config.json").read_text())
+        meta = json.loads(where.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"it holds a JSON {type(meta).__name__}, not an object")
         config = Config.from_dict(meta)
-        x_dim = int(meta["x_dim"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{directory / 'config.json'} is damaged ({e})") from None
-    device = resolve_device(device)
+        x_dim, n_test = int(meta["x_dim"]), int(meta["n_test"])
+        image_shape = [int(v) for v in meta["image_shape"]]
+        levels = meta.get("levels")
+        if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2):
+            raise ValueError(f"levels must be a whole number of at least 2 or null, got {levels!r}")
+        if x_dim < 1 or n_test < 1 or int(np.prod(image_shape)) != x_dim:
+            raise ValueError(f"image_shape {image_shape} does not hold x_dim = {x_dim} values")
+    except OSError as e:
+        raise UserError(f"cannot read {where}: {e.strerror or e}") from None
+    except UserError as e:
+        raise UserError(f"{where} is damaged ({e})") from None
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
+        raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); retrain the run") from None
+    check_guide_trusted(config, directory, trust_guide, guide)
+    device = resolve_device(device or "auto")
     state = load_checkpoint(directory / "checkpoint.pt", map_location=device)
-    if Config.from_dict(state["config"]).differences(config):
+    try:
+        saved = Config.from_dict(state["config"])
+    except (UserError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"the checkpoint in {directory} is damaged (its config: {e}); retrain the run") from None
+    if saved.differences(config):
         raise UserError(f"the checkpoint in {directory} is from another configuration than its config.json")
-    vae = build_vae(config, x_dim, meta.get("levels")).to(device)
+    vae = build_vae(config, x_dim, levels).to(device)
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError:
@@ -216,5 +433,12 @@ def load_run(directory, device="auto"):
 
 
 def write_evaluation(run, result):
-    """Write ``evaluation.json`` into the run folder (atomically)."""
-    atomic_write_text(run.directory / "evaluation.json", json.dumps(result, indent=2) + "\n")
+    """Write ``evaluation.json`` into the run folder (atomically, never through a link).
+
+    :raises UserError: when it cannot be written (a read-only folder, a full disk), one line.
+    """
+    path = run.directory / "evaluation.json"
+    try:
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None

@@ -11,6 +11,9 @@ number of steps; :func:`fit` drives a :class:`Trainer` and writes the run folder
 """
 
 import contextlib
+import errno
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,21 +24,22 @@ from tqdm.auto import tqdm
 
 import pyro
 
-from .build import build, make_config
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .build import build, make_config, speed_for
+from .checkpoint import clean_temp_files, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .evaluation import evaluate
 from .model import VAE
 from .objectives import build_objective
 from .run import (
     RUN_FILES,
     Run,
-    append_metrics,
+    RunLock,
     holds_run,
     new_run_dir,
     package_versions,
     read_metrics,
+    resume_command,
     write_config,
     write_metrics,
 )
@@ -77,7 +81,9 @@ class Trainer:
 
     :param Config config: the settings; keyword arguments override single fields.
     :param Speed speed: how the step is run (default: the fastest; :meth:`Speed.baseline` is
-        ``SVI.step``). It never changes what is computed, so it is not part of the config.
+        ``SVI.step``). It never changes what is computed, so it is not part of the config: an
+        optimizer the fast path cannot reproduce exactly (a learning-rate scheduler, per-parameter
+        arguments, clipping; see :func:`~pyro_vae.build.fusable_optimizer`) runs on Pyro's own path.
     """
 
     #: data-parallel hooks (see :class:`~pyro_vae.distributed.DistributedTrainer`): this process's
@@ -85,9 +91,9 @@ class Trainer:
     rank, world_size = 0, 1
 
     def __init__(self, config=None, speed=None, **settings):
-        self.speed = speed or Speed()
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
         parts = build(make_config(config, **settings))
+        self.speed = speed_for(speed or Speed(), parts.optimizer)
         #: the settings, with the options of the likelihood family and the guide written out
         self.config = parts.config
         self.device, self.dataset, self.train, self.test = parts.device, parts.dataset, parts.train, parts.test
@@ -155,6 +161,13 @@ class Trainer:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             _diverged(losses[bad[0, 0]].item(), epoch, bad[0, 0].item() + 1)
+        # the last step's update is not seen by any loss of this epoch: check the parameters it left
+        for name, p in self.vae.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(
+                    f"the parameters became NaN or infinite ({name}) in the update of epoch {epoch}, step "
+                    f"{len(losses)} (its loss was still finite); training stopped (try a smaller --lr)"
+                )
         self.epoch = epoch
         return {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
                 "items_per_s": n / seconds}  # fmt: skip
@@ -255,15 +268,62 @@ class _ProgressBar:
             self.bar.set_postfix(loss=f"{loss.item() / items:.2f}", refresh=False)
 
 
+#: a train or test ELBO beyond this many nats per item (in absolute value) is reported as absurd
+ABSURD_ELBO = 1e7
+
+
+def _swap_in(staging, out):
+    """Replace the run files in ``out`` by those in ``staging`` (each by an atomic rename), then remove ``staging``."""
+    for name in RUN_FILES:
+        if not (staging / name).exists():
+            (out / name).unlink(missing_ok=True)
+    for name in RUN_FILES:
+        if (staging / name).exists():
+            (staging / name).replace(out / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_folder(out):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"cannot create the run folder {out}: a file of that name (or of a parent's) exists") from None
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {out}: {e.strerror or e}") from None
+    if not out.is_dir():
+        raise UserError(f"cannot create the run folder {out}: a file of that name exists")
+
+
+def _io_error(e, out):
+    if e.errno == errno.ENOSPC:
+        return UserError(f"the disk is full (writing to {out}); free space and continue with: {resume_command(out)}")
+    where = e.filename or out
+    return UserError(f"cannot write to the run folder {out}: {e.strerror or e} ({where})")
+
+
 def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
         speed=None, rank=0, make_trainer=None, **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
+    The run folder is locked while the run trains (``RUN/.lock``): a second ``fit`` or ``fit
+    --resume`` on it is refused. ``metrics.jsonl``, ``config.json`` and ``checkpoint.pt`` are each
+    written whole and atomically; temporary files a killed run left are removed. Pyro's global
+    parameter store is neither cleared nor filled: the run keeps its parameters in a store of its
+    own (see :class:`Trainer`), so a user's own Pyro parameters survive and a new model's
+    ``pyro.module`` starts fresh.
+
+    With ``epochs=0`` the run folder holds the untrained model (its checkpoint at epoch 0, pictures
+    drawn from it) and empty metrics: a baseline that loads, evaluates and resumes like any run.
+
     :param Config config: the settings; keyword arguments override single fields.
     :param out: the run folder; default a new folder under ``runs/``.
     :param bool resume: continue the run in ``out`` from its checkpoint (settings other than
-        ``epochs``, ``device`` and ``data_dir`` must match the saved ones).
-    :param bool overwrite: replace a run already in ``out``.
+        ``epochs``, ``device`` and ``data_dir`` must match the saved ones, the data must be the same,
+        by :meth:`~pyro_vae.data.Dataset.fingerprint`, and ``epochs`` at least those already run).
+    :param bool overwrite: replace a run already in ``out``. The new settings are checked (names,
+        data, guide, device) before anything in ``out`` is touched, and the old run's files are
+        replaced only once the new run has written its first checkpoint (it trains in
+        ``out/.staging`` until then): a refused or interrupted ``overwrite`` keeps the old run.
     :param bool quiet: no progress bar and no summary line.
     :param on_epoch: optional callable receiving each epoch's metrics dict.
     :param on_step: optional callable receiving a :class:`Step` after every SVI step. A callback
@@ -276,6 +336,11 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param make_trainer: ``(config, speed=) -> Trainer`` (default :class:`Trainer`), e.g. a
         :class:`~pyro_vae.distributed.DistributedTrainer`.
     :returns: the trained :class:`~pyro_vae.run.Run`.
+    :raises UserError: for bad settings, a folder in use, changed data, unwritable folders (one line).
+    :raises TrainingDiverged: when a loss or a parameter becomes NaN or infinite; the message says
+        whether a checkpoint is kept.
+    :raises TrainingInterrupted: (a :class:`KeyboardInterrupt`) on Ctrl-C, saying which checkpoint is
+        kept and how to resume.
     """
     config = make_config(config, **settings)
     if out is not None and not str(out).strip():
@@ -283,8 +348,25 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     out = Path(out) if out is not None else new_run_dir(config)
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
-    state = None
+    locks = []  # the run folder's lock, once taken
+    try:
+        return _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank, make_trainer)
+    except OSError as e:  # a read-only folder, a full disk, a name too long
+        raise _io_error(e, out) from None
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank=0, make_trainer=None):
+    lead = rank == 0  # data parallelism: only rank 0 writes the run folder
+    state, saved_meta, replacing = None, {}, False
     if resume:
+        if not (out / "checkpoint.pt").exists():
+            load_checkpoint(out / "checkpoint.pt")  # raises the message
+        if lead:
+            locks.append(RunLock(out).acquire())
+            clean_temp_files(out)
         state = load_checkpoint(out / "checkpoint.pt")
         saved = Config.from_dict(state["config"])
         config = config.resumed_from(saved)
@@ -294,71 +376,110 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
                 f"the checkpoint in {out} is from another configuration ({', '.join(changed)} differ); "
                 "resume with the run's own settings, or start a new run"
             )
+        if config.epochs < state["epoch"]:
+            raise UserError(f"the run in {out} has run {state['epoch']} epochs; --epochs is the total, so give at "
+                            f"least {state['epoch']} to continue it")  # fmt: skip
+        try:
+            saved_meta = json.loads((out / "config.json").read_text())
+            saved_meta = saved_meta if isinstance(saved_meta, dict) else {}
+        except (OSError, ValueError):
+            saved_meta = {}
     elif out.exists() and holds_run(out):
         if not overwrite:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        for name in RUN_FILES if rank == 0 else ():
-            (out / name).unlink(missing_ok=True)
-    lead = rank == 0  # data parallelism: only rank 0 writes the run folder
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
+        replacing = True
 
-    pyro.clear_param_store()
-    trainer = (make_trainer or Trainer)(config, speed=speed)
+    trainer = (make_trainer or Trainer)(config, speed=speed)  # checks every setting, loads the data, builds the guide
     config, vae, dataset = trainer.config, trainer.vae, trainer.dataset
+    fingerprint = dataset.fingerprint()
+    if resume and saved_meta.get("data_fingerprint") not in (None, fingerprint):
+        raise UserError(f"the data differs from the data the run in {out} was trained on (its fingerprint changed); "
+                        "resume with the same data, or start a new run")  # fmt: skip
+    if not resume and lead:
+        _make_folder(out)
+        locks.append(RunLock(out).acquire())
+        clean_temp_files(out)
+        if holds_run(out) and not overwrite:  # another run finished there while this one was being built
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        replacing = replacing or holds_run(out)
+    where = out
+    if replacing and lead:  # train beside the old run until the first checkpoint
+        where = out / ".staging"
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir()
     meta = {
         "x_dim": dataset.x_dim,
         "image_shape": list(dataset.image_shape),
         "levels": dataset.levels,
         "n_train": len(trainer.train),
         "n_test": len(trainer.test),
+        "data_fingerprint": fingerprint,
         "versions": package_versions(),
     }
 
     metrics = []
     if state is not None:
         trainer.load_state_dict(state, where=f"the checkpoint in {out}")
-        metrics = read_metrics(out / "metrics.jsonl", trainer.epoch)
+        metrics = read_metrics(out / "metrics.jsonl", trainer.epoch)  # skips a partial line older versions left
     if lead:
-        write_config(out, config, meta)
-        write_metrics(out, metrics)
+        write_config(where, config, meta)
+        write_metrics(where, metrics)
 
     show = lead and not quiet and sys.stderr.isatty()
     n = len(trainer.train)
-    for epoch in range(trainer.epoch + 1, config.epochs + 1):
-        bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
-        try:
-            hook = _OnStep(on_step, epoch, (epoch - 1) * n, vae) if on_step is not None else None
-            trained = trainer.train_epoch(_chain(_ProgressBar(bar) if show else None, hook))
-        except TrainingDiverged as e:
-            raise TrainingDiverged(f"{e}; the last good checkpoint in {out} is kept") from None
-        finally:
-            bar.close()
-        record = {
-            "epoch": epoch,
-            "train_elbo": trained["train_elbo"],
-            "test_elbo": trainer.test_elbo(),
-            "seconds": trained["seconds"],
-            "items_per_s": trained["items_per_s"],
-        }
-        metrics.append(record)
-        if lead:
-            append_metrics(out, record)
-            save_checkpoint(out / "checkpoint.pt", trainer.state_dict())
-        if on_epoch is not None:
-            on_epoch(record)
-        if show:
-            tqdm.write(
-                f"epoch {epoch:3d}  train ELBO {record['train_elbo']:9.3f}  test ELBO {record['test_elbo']:9.3f}  "
-                f"{record['seconds']:6.2f} s  {record['items_per_s']:8.0f} items/s",
-                file=sys.stderr,
-            )
+    warned = False
+    epoch = trainer.epoch
+    try:
+        for epoch in range(trainer.epoch + 1, config.epochs + 1):
+            bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
+            try:
+                hook = _OnStep(on_step, epoch, (epoch - 1) * n, vae) if on_step is not None else None
+                trained = trainer.train_epoch(_chain(_ProgressBar(bar) if show else None, hook))
+                record = {
+                    "epoch": epoch,
+                    "train_elbo": trained["train_elbo"],
+                    "test_elbo": trainer.test_elbo(),
+                    "seconds": trained["seconds"],
+                    "items_per_s": trained["items_per_s"],
+                }
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"{e}; {_kept(where, out)}") from None
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(f"interrupted in epoch {epoch}; {_kept(where, out, interrupted=True)}") from None
+            finally:
+                bar.close()
+            metrics.append(record)
+            if lead:
+                write_metrics(where, metrics)
+                save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
+                if where != out:
+                    _swap_in(where, out)
+                    where = out
+            if lead and not warned and max(abs(record["train_elbo"]), abs(record["test_elbo"])) > ABSURD_ELBO:
+                warned = True
+                print(f"warning: epoch {epoch}'s ELBO is {record['train_elbo']:.3g} nats per item (train), "
+                      f"{record['test_elbo']:.3g} (test): absurdly large; check the data's scale and the likelihood",
+                      file=sys.stderr)  # fmt: skip
+            if on_epoch is not None:
+                on_epoch(record)
+            if show:
+                tqdm.write(
+                    f"epoch {epoch:3d}  train ELBO {record['train_elbo']:9.3f}  test ELBO {record['test_elbo']:9.3f}  "
+                    f"{record['seconds']:6.2f} s  {record['items_per_s']:8.0f} items/s",
+                    file=sys.stderr,
+                )
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:  # between epochs: while writing the checkpoint, metrics or in on_epoch
+        raise TrainingInterrupted(f"interrupted after epoch {epoch}'s training; {_kept(where, out, interrupted=True)}") from None
 
-    if trainer.param_store_state is not None:  # leave the trained parameters in Pyro's store, as SVI would
-        pyro.get_param_store().set_state(trainer.param_store_state)
     run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
     if not lead:
         return run
+    if not (where / "checkpoint.pt").exists():  # --epochs 0: the untrained model, at epoch 0
+        save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
+    if where != out:
+        _swap_in(where, out)
     run.write_pictures(trainer.test)
     if not quiet:
         last = metrics[-1] if metrics else None
@@ -367,3 +488,20 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         )
         print(f"{config.likelihood} VAE on {dataset.name}: {summary}; run folder {out}")
     return run
+
+
+def _kept(where, out, interrupted=False):
+    """What a stopped run leaves: the checkpoint kept (and how to resume), or that none was written."""
+    if where == out and (out / "checkpoint.pt").exists():
+        try:
+            epoch = load_checkpoint(out / "checkpoint.pt")["epoch"]
+        except UserError:
+            epoch = "?"
+        if interrupted:
+            return f"the checkpoint of epoch {epoch} in {out} is kept; continue with: {resume_command(out)}"
+        return f"the last good checkpoint, of epoch {epoch}, in {out} is kept"
+    old = " (the previous run in it is unchanged)" if where != out else ""
+    shutil.rmtree(out / ".staging", ignore_errors=True)
+    if interrupted:
+        return f"no checkpoint was written{old}; start again"
+    return f"no checkpoint was written{old}; start again with --overwrite and a smaller --lr"

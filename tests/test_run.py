@@ -1,0 +1,237 @@
+"""Run folders under faults: the global Pyro store, schedulers, --epochs 0, --overwrite, the lock,
+changed data, divergence from the last update, untrusted guides, input layouts, seeds, Ctrl-C."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+import pyro
+import pyro.optim
+from pyro.infer import SVI, Trace_ELBO
+
+import pyro_vae
+from pyro_vae import OPTIMIZERS, TrainingDiverged, UserError, fit, load_run
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.cli import main
+from pyro_vae.engine import Speed
+from pyro_vae.errors import TrainingInterrupted
+from pyro_vae.run import RunLock
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+TINY = dict(dataset="digits", hidden=(16,), z_dim=3, batch_size=256, device="cpu", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A one-epoch run on digits stored as (N, 1, 8, 8) uint8 levels."""
+    folder = tmp_path_factory.mktemp("trained")
+    images = (load_digits().images[:, None] / 16 * 255).round().astype(np.uint8)
+    np.save(folder / "digits.npy", images)
+    pyro.set_rng_seed(0)
+    fit(out=folder / "run", epochs=1, **{**TINY, "dataset": "mnist", "data": str(folder / "digits.npy")})
+    return folder
+
+
+def test_fit_leaves_the_global_param_store_alone(tmp_path):
+    pyro.param("my_loc", torch.tensor(2.5))
+    fit(out=tmp_path / "run", epochs=1, **TINY)
+    assert pyro.param("my_loc").item() == 2.5
+    assert list(pyro.get_param_store().keys()) == ["my_loc"]  # the run's parameters are in its own store
+    # a user's own SVI loop on a fresh VAE trains its own parameters
+    pyro.clear_param_store()
+    vae = pyro_vae.VAE(64, 3, (16,), likelihood="bernoulli")
+    x = torch.as_tensor(load_digits().data[:256] > 8, dtype=torch.float32)
+    before = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step(x) for _ in range(60)]
+    after = vae.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1 * abs(np.mean(losses[:10]))
+
+
+def test_lr_scheduler_runs_on_pyros_path_and_changes_the_rate(tmp_path):
+    made = []
+
+    def adam_decay(args):
+        made.append(pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": args, "gamma": 0.1}))
+        return made[-1]
+
+    OPTIMIZERS.register("adam-decay-test", adam_decay)
+    try:
+        lrs = []
+
+        def step_schedule(record):
+            made[-1].step()
+            lrs.append({o.optimizer.param_groups[0]["lr"] for o in made[-1].optim_objs.values()})
+
+        ours = fit(out=tmp_path / "a", epochs=3, optimizer="adam-decay-test", lr=1e-2, on_epoch=step_schedule, **TINY)
+        assert [len(s) for s in lrs] == [1, 1, 1] and [s.pop() for s in lrs] == pytest.approx([1e-3, 1e-4, 1e-5])
+        made.clear()
+        pyros = fit(out=tmp_path / "b", epochs=3, optimizer="adam-decay-test", lr=1e-2, speed=Speed.baseline(),
+                    on_epoch=lambda r: made[-1].step(), **TINY)  # fmt: skip
+        plain = fit(out=tmp_path / "c", epochs=3, optimizer="adam", lr=1e-2, **TINY)
+    finally:
+        OPTIMIZERS._entries.pop("adam-decay-test", None)
+    a = [m["train_elbo"] for m in ours.metrics]
+    assert a == pytest.approx([m["train_elbo"] for m in pyros.metrics], rel=1e-5)
+    assert a[0] == pytest.approx(plain.metrics[0]["train_elbo"], rel=1e-5)  # the same first epoch
+    assert a[2] != pytest.approx(plain.metrics[2]["train_elbo"], rel=1e-4)  # then the schedule shows
+
+
+def test_epochs_0_is_a_loadable_untrained_run(tmp_path):
+    fit(out=tmp_path / "run", epochs=0, **TINY)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 0
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
+    assert (tmp_path / "run" / "samples.png").exists()
+    run = load_run(tmp_path / "run", "cpu")
+    assert run.metrics == [] and np.isfinite(run.evaluate(samples=2, subset=20, seed=0)["test_elbo"])
+
+
+def test_overwrite_checks_first_and_keeps_the_old_run_until_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    fit(out=out, epochs=1, **TINY)
+    old = {name: (out / name).read_bytes() for name in ("config.json", "metrics.jsonl", "checkpoint.pt")}
+    for bad, words in [(dict(guide="missing.py:G"), "missing.py"), (dict(device="cuda:99" if torch.cuda.is_available()
+                       else "cuda"), "cuda"), (dict(data=str(tmp_path / "none.npy")), "none.npy")]:  # fmt: skip
+        with pytest.raises(UserError, match=words):
+            fit(out=out, epochs=1, overwrite=True, **{**TINY, **bad})
+        assert {name: (out / name).read_bytes() for name in old} == old
+    with pytest.raises(KeyboardInterrupt, match="no checkpoint was written \\(the previous run in it is unchanged\\)"):
+        fit(out=out, epochs=1, overwrite=True, on_step=_interrupt, **TINY)
+    assert {name: (out / name).read_bytes() for name in old} == old and not (out / ".staging").exists()
+    fit(out=out, epochs=2, overwrite=True, **{**TINY, "seed": 5})
+    assert json.loads((out / "config.json").read_text())["seed"] == 5
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def _interrupt(step):
+    raise KeyboardInterrupt
+
+
+def test_lock_changed_data_fewer_epochs_and_interrupt_message(tmp_path, capsys):
+    x = (np.random.RandomState(0).rand(300, 16) > 0.5).astype(np.float32)
+    np.save(tmp_path / "d.npy", x)
+    settings = {**TINY, "dataset": "mnist", "data": str(tmp_path / "d.npy")}
+    out = tmp_path / "run"
+    fit(out=out, epochs=2, **settings)
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["data_fingerprint"]) == 64
+    with RunLock(out), pytest.raises(UserError, match="in use by another pyro-vae run"):
+        fit(out=out, epochs=3, resume=True, **settings)
+    with pytest.raises(UserError, match="has run 2 epochs"):
+        fit(out=out, epochs=1, resume=True, **settings)
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    with pytest.raises(TrainingInterrupted) as e:
+        fit(out=out, epochs=4, resume=True, on_step=_interrupt, **settings)
+    assert str(e.value) == f"interrupted in epoch 3; the checkpoint of epoch 2 in {out} is kept; continue with: " \
+                           f"pyro-vae fit --out {out} --resume"  # fmt: skip
+    code = main(["fit", "--out", str(out), "--resume", "--epochs", "3", "--quiet"])
+    assert code == 0 and load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
+    if not torch.cuda.is_available():  # a run trained on CUDA continues on this CPU-only machine, with a note
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        state["config"]["device"] = "cuda"
+        torch.save(state, out / "checkpoint.pt")
+        config = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+        capsys.readouterr()
+        assert main(["fit", "--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+        assert capsys.readouterr().err.startswith("note: the run was trained with --device cuda; no CUDA GPU here")
+        assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+    x[0, 0] = 1 - x[0, 0]
+    np.save(tmp_path / "d.npy", x)
+    with pytest.raises(UserError, match="the data differs"):
+        fit(out=out, epochs=4, resume=True, **settings)
+
+
+def test_divergence_in_the_last_update_is_caught(tmp_path):
+    """An update that leaves NaN parameters after the epoch's last loss (one step per epoch) is caught."""
+
+    def poison(at_epoch):
+        def on_step(step):  # runs after the step's update: stands in for an update that overflowed
+            if step.epoch == at_epoch:
+                with torch.no_grad():
+                    next(step.vae.decoder.parameters())[0].fill_(float("nan"))
+
+        return on_step
+
+    one_step = {**TINY, "batch_size": 5000}
+    with pytest.raises(TrainingDiverged) as e:
+        fit(out=tmp_path / "a", epochs=2, on_step=poison(1), **one_step)
+    assert "in the update of epoch 1, step 1" in str(e.value)
+    assert str(e.value).endswith("no checkpoint was written; start again with --overwrite and a smaller --lr")
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    with pytest.raises(TrainingDiverged) as e:
+        fit(out=tmp_path / "b", epochs=3, on_step=poison(2), **one_step)
+    assert "in the update of epoch 2, step 1" in str(e.value)
+    assert str(e.value).endswith(f"the last good checkpoint, of epoch 1, in {tmp_path / 'b'} is kept")
+    state = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_untrusted_guide_code_is_not_run(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    (tmp_path / "guide.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom pyro_vae import DiagonalGuide as G\n"
+    )
+    spec = f"{tmp_path / 'guide.py'}:G"
+    fit(out=tmp_path / "run", epochs=1, guide=spec, **TINY)
+    marker.unlink()
+    with pytest.raises(UserError, match="would run that code. If you trust it, pass --trust-guide"):
+        load_run(tmp_path / "run")
+    assert main(["sample", str(tmp_path / "run"), "-n", "4", "-o", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--trust-guide" in err and not marker.exists()
+    # allowed: the file runs (once per process: it was run by fit above, so the module is reused)
+    assert load_run(tmp_path / "run", trust_guide=True).sample(2).shape == (2, 64)
+    assert main(["sample", str(tmp_path / "run"), "-n", "4", "-o", str(tmp_path / "s.png"), "--guide", spec]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), "--samples", "2", "--trust-guide"]) == 0
+    assert (tmp_path / "s.png").exists()
+
+
+def test_reconstruct_and_encode_take_the_training_layout(trained):
+    run = load_run(trained / "run", "cpu")
+    images = np.load(trained / "digits.npy")[:8]  # (8, 1, 8, 8) uint8
+    as_floats = torch.as_tensor(images.reshape(8, 64) / 255.0, dtype=torch.float32)
+    for layout in (images, images[:, 0], images.reshape(8, 64), torch.as_tensor(images)):
+        assert torch.allclose(run.encode(layout), run.encode(as_floats))
+        torch.manual_seed(1)
+        a = run.reconstruct(layout)
+        torch.manual_seed(1)
+        assert torch.equal(a, run.reconstruct(as_floats)) and a.shape == (8, 64)
+    assert run.encode(images[0]).shape == (1, 3)  # one item without N
+    for bad in (torch.zeros(2, 5), np.zeros((2, 8, 9)), np.array(["a", "b"])):
+        with pytest.raises(UserError):
+            run.reconstruct(bad)
+    for n in (-1, 0, 2.5, True):
+        with pytest.raises(UserError, match="positive integer"):
+            run.sample(n)
+
+
+def test_evaluate_seed_and_unwritable_evaluation(trained, tmp_path, capsys):
+    run = load_run(trained / "run", "cpu")
+    a, b = run.evaluate(samples=3, subset=50, seed=7), run.evaluate(samples=3, subset=50, seed=7)
+    c = run.evaluate(samples=3, subset=50, seed=8)
+    assert a == b and a["test_log_likelihood"] != c["test_log_likelihood"]
+    folder = tmp_path / "run"
+    shutil.copytree(trained / "run", folder)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (folder / "evaluation.json").symlink_to(victim)
+    args = ["evaluate", str(folder), "--samples", "3", "--subset", "50", "--seed", "7", "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == a and victim.read_text() == "mine"
+    assert captured.err.startswith("note: ") and "symbolic link" in captured.err
+    assert main(["sample", str(folder), "-o", str(tmp_path / "missing" / "s.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # the run's data file moved away: the message names it
+    shutil.move(trained / "digits.npy", tmp_path / "moved.npy")
+    try:
+        with pytest.raises(UserError, match="the run's data file .*digits.npy .* is missing"):
+            run.evaluate(samples=2)
+    finally:
+        shutil.move(tmp_path / "moved.npy", trained / "digits.npy")
