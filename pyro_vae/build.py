@@ -110,7 +110,7 @@ def build_optimizer(config):
 
 
 def fusable_optimizer(optimizer):
-    """Whether the fast path (one torch optimizer over all parameters, :class:`~pyro_vae.engine.Speed`'s
+    """Whether the fast path (one torch optimizer over all parameters, :class:`~pyro_vae.speed.Speed`'s
     ``"fused"``/``"foreach"``/``"torch"``) reproduces ``optimizer`` exactly.
 
     Only a plain :class:`pyro.optim.PyroOptim` of a :class:`torch.optim.Optimizer` with one dict of

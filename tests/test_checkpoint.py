@@ -91,7 +91,7 @@ def test_metrics_are_written_whole_and_damaged_files_are_repaired(tmp_path):
 
 
 def test_fusable_optimizers():
-    from pyro_vae.engine import Speed
+    from pyro_vae.speed import Speed
 
     adam = pyro.optim.Adam({"lr": 1e-3})
     assert fusable_optimizer(adam) and speed_for(Speed(), adam).optimizer == "fused"

@@ -17,9 +17,9 @@ import pyro_vae
 from pyro_vae import OPTIMIZERS, TrainingDiverged, UserError, fit, load_run
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import main
-from pyro_vae.engine import Speed
 from pyro_vae.errors import TrainingInterrupted
 from pyro_vae.run import RunLock
+from pyro_vae.speed import Speed
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 TINY = dict(dataset="digits", hidden=(16,), z_dim=3, batch_size=256, device="cpu", quiet=True)
