@@ -1,7 +1,9 @@
 """A run folder: what it holds, how it is written, and the run as a Python object.
 
 A run folder holds ``config.json`` (every setting, the data's shape and the package versions),
-``metrics.jsonl`` (one JSON line per epoch), ``checkpoint.pt`` and pictures (:data:`RUN_FILES`).
+``metrics.jsonl`` (one JSON line per epoch: ``train_elbo``, ``valid_elbo``, ...), ``checkpoint.pt``
+(the last epoch), ``best.pt`` (the epoch with the best validation ELBO), ``final.json`` (the test
+ELBO, scored once at the end), pictures and the loggers' outputs (:data:`RUN_FILES`).
 :class:`Run` is a trained VAE with its settings and metrics (load one with :func:`load_run`):
 sample, reconstruct, evaluate.
 """
@@ -25,8 +27,11 @@ from .evaluation import evaluate_terms, summarize
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png", "curves.png",
-    "manifold.png", "evaluation.json",
+    "manifold.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns",
 )  # fmt: skip
+
+#: ``load_run(checkpoint=...)`` / ``--checkpoint``: the file of each choice
+CHECKPOINTS = {"best": "best.pt", "last": "checkpoint.pt"}
 
 
 def package_versions():
@@ -102,6 +107,10 @@ class Run:
     def __init__(self, directory, config, meta, vae, metrics):
         self.directory = Path(directory)
         self.config, self.meta, self.vae, self.metrics = config, meta, vae.eval(), metrics
+        #: ``final.json`` (test ELBO of best.pt and of the last epoch, best epoch), ``None`` if absent
+        self.final = None
+        #: which checkpoint the model is from: ``"best"`` or ``"last"``
+        self.checkpoint = "last"
 
     @property
     def image_shape(self):
@@ -170,8 +179,16 @@ class Run:
                             value_range=self._display_range())  # fmt: skip
 
 
-def load_run(directory, device="auto"):
-    """Load the run in ``directory`` (its ``config.json`` and ``checkpoint.pt``) onto ``device``."""
+def load_run(directory, device="auto", checkpoint="best"):
+    """Load the run in ``directory`` (its ``config.json`` and a checkpoint) onto ``device``.
+
+    :param str checkpoint: ``"best"`` (default): ``best.pt``, the epoch with the best validation
+        ELBO; ``"last"``: ``checkpoint.pt``, the last epoch. A run written before ``best.pt``
+        existed falls back to ``checkpoint.pt``.
+    :raises UserError: an unknown ``checkpoint``, a folder that is not a run, a damaged file.
+    """
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise UserError(f"{directory} is not a pyro-vae run folder (no config.json)")
@@ -182,7 +199,10 @@ def load_run(directory, device="auto"):
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{directory / 'config.json'} is damaged ({e})") from None
     device = resolve_device(device)
-    state = load_checkpoint(directory / "checkpoint.pt", map_location=device)
+    path = directory / CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not path.exists() and (directory / "checkpoint.pt").exists():
+        path = directory / "checkpoint.pt"  # a run from before best.pt
+    state = load_checkpoint(path, map_location=device)
     if Config.from_dict(state["config"]).differences(config):
         raise UserError(f"the checkpoint in {directory} is from another configuration than its config.json")
     vae = build_vae(config, x_dim, meta.get("levels")).to(device)
@@ -191,7 +211,14 @@ def load_run(directory, device="auto"):
     except RuntimeError:
         raise UserError(f"the checkpoint in {directory} does not fit the model its config.json describes") from None
     metrics = read_metrics(directory / "metrics.jsonl")
-    return Run(directory, config, meta, vae, metrics)
+    run = Run(directory, config, meta, vae, metrics)
+    run.checkpoint = "best" if path.name == "best.pt" else "last"
+    if (directory / "final.json").exists():
+        try:
+            run.final = json.loads((directory / "final.json").read_text())
+        except ValueError:
+            raise UserError(f"{directory / 'final.json'} is damaged") from None
+    return run
 
 
 def write_evaluation(run, result):

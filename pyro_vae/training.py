@@ -11,6 +11,9 @@ number of steps; :func:`fit` drives a :class:`Trainer` and writes the run folder
 """
 
 import contextlib
+import dataclasses
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,10 +30,14 @@ from .config import Config
 from .engine import Speed, SVIStep, compile_nets
 from .errors import TrainingDiverged, UserError
 from .evaluation import evaluate
+from .kl_weighting import KLWeighting
+from .loggers import Loggers, PlainProgress, build_loggers, format_epoch_line
 from .model import VAE
 from .objectives import build_objective
 from .run import RUN_FILES, Run, append_metrics, holds_run, new_run_dir, package_versions, read_metrics
 from .run import write_config, write_metrics
+from .schedules import LRSchedule
+from .checkpoint import atomic_write_text
 
 __all__ = ["Step", "Trainer", "fit"]
 
@@ -74,14 +81,28 @@ class Trainer:
     def __init__(self, config=None, speed=None, **settings):
         self.speed = speed or Speed()
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
-        parts = build(make_config(config, **settings))
+        config = make_config(config, **settings)
+        #: the learning rate of every step (--lr-schedule, --lr-warmup; see pyro_vae.schedules)
+        self.schedule = LRSchedule(config)
+        if not self.schedule.constant and self.speed.cuda_graph:
+            self.speed = dataclasses.replace(self.speed, cuda_graph=False)  # a graph would freeze the lr
+        if config.clip_norm is not None and self.speed.optimizer != "pyro":
+            # the fused step has no hook between backward and step: Pyro's own path clips (GlobalClipOptim)
+            self.speed = dataclasses.replace(self.speed, optimizer="pyro")
+        parts = build(config)
         #: the settings, with the options of the likelihood family and the guide written out
         self.config = parts.config
         self.device, self.dataset, self.train, self.test = parts.device, parts.dataset, parts.train, parts.test
         self.vae, self.optimizer = parts.vae, parts.optimizer
+        #: the validation data on the device (``None`` when the training data is too small to split)
+        self.valid = parts.valid
         #: the :class:`~pyro_vae.objectives.Objective`, checked against the guide before training
         self.objective = build_objective(self.config, self.vae)
-        self.step = SVIStep(self.vae.model, self.vae.guide, self.objective.build(), self.optimizer, self.speed,
+        #: --beta, --kl-warmup, --free-bits (the training objective; metrics stay the true ELBO)
+        self.kl = KLWeighting(beta=self.config.beta, warmup_epochs=self.config.kl_warmup,
+                              free_bits=self.config.free_bits).check(self.objective, self.vae)  # fmt: skip
+        model, guide = self.kl.wrap(self.vae.model, self.vae.guide)
+        self.step = SVIStep(model, guide, self.kl.build_loss(self.objective), self.optimizer, self.speed,
                             to_scalar=self.objective.training_loss)  # fmt: skip
         if self.speed.compile and not self.step.captures:  # else the step compiles its captured loss graph
             compile_nets(self.vae, self.speed.compile)
@@ -122,6 +143,8 @@ class Trainer:
         with self._own_params():
             for step, i in enumerate(range(0, n, self.config.batch_size), start=1):
                 x = self._batch(order, i)
+                kl_weight = self.kl.update(epoch, step, self.steps_per_epoch)
+                lr = self.schedule.apply(self.step)
                 loss = self.step(x)
                 if self.speed.sync_every_step and not torch.isfinite(loss):
                     _diverged(loss.item(), epoch, step)
@@ -134,8 +157,18 @@ class Trainer:
         if len(bad):
             _diverged(losses[bad[0, 0]].item(), epoch, bad[0, 0].item() + 1)
         self.epoch = epoch
-        return {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
-                "items_per_s": n / seconds}  # fmt: skip
+        record = {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
+                  "items_per_s": n / seconds}  # fmt: skip
+        if not self.schedule.constant:
+            record["lr"] = lr  # the last step's
+        if self.kl.active:
+            record["kl_weight"] = kl_weight  # the last step's; train_elbo is then the training objective
+        return record
+
+    def end_epoch(self, valid_elbo=None):
+        """Step the epoch-level learning-rate schedule (``plateau`` on ``valid_elbo``); :func:`fit`
+        calls it after each epoch's validation, before the checkpoint."""
+        self.schedule.end_epoch(valid_elbo)
 
     def run_steps(self, num_steps):
         """``num_steps`` SVI steps through the shuffled training data (a fresh order after each pass).
@@ -151,14 +184,27 @@ class Trainer:
                     self._order, self._position = torch.randperm(len(self.train), device=self.device), 0
                 x = self._batch(self._order, self._position)
                 self._position += self.config.batch_size
+                t, per = self.schedule.steps, self.steps_per_epoch
+                self.kl.update(t // per + 1, t % per + 1, per)
+                self.schedule.apply(self.step)
                 losses.append(self.step(x))
         return torch.stack(losses) if losses else torch.zeros(0)
 
     def test_elbo(self):
-        """The mean test ELBO (one draw per item, nats per item), as ``metrics.jsonl`` records it."""
+        """The mean test ELBO (one draw per item, nats per item), as ``final.json`` records it."""
         self.vae.eval()
         with self._own_params():
             elbo, _ = evaluate(self.vae, self.test, num_samples=1)
+        return elbo.mean().item()
+
+    def valid_elbo(self):
+        """The mean validation ELBO (one draw per item, nats per item; the true ELBO, beta = 1), as
+        ``metrics.jsonl`` records it each epoch; ``None`` without a validation set."""
+        if self.valid is None:
+            return None
+        self.vae.eval()
+        with self._own_params():
+            elbo, _ = evaluate(self.vae, self.valid, num_samples=1)
         return elbo.mean().item()
 
     def state_dict(self):
@@ -168,6 +214,7 @@ class Trainer:
             "epoch": self.epoch,
             "model": self.vae.state_dict(),
             "optimizer": self._optimizer_state(),
+            "schedule": self.schedule.state_dict(),
             "rng": rng_state(),
         }
 
@@ -184,6 +231,10 @@ class Trainer:
         self.step.set_state(state["optimizer"])
         set_rng_state(state["rng"])
         self.epoch = state["epoch"]
+        if state.get("schedule") is not None:
+            self.schedule.load_state_dict(state["schedule"], epochs=self.config.epochs)
+        else:  # a checkpoint from before schedules: the constant learning rate
+            self.schedule.steps = self.epoch * self.steps_per_epoch
 
 
 def _diverged(value, epoch, step):
@@ -234,7 +285,7 @@ class _ProgressBar:
 
 
 def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
-        speed=None, **settings):  # fmt: skip
+        speed=None, loggers=None, log_images_every=5, **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     :param Config config: the settings; keyword arguments override single fields.
@@ -242,14 +293,26 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param bool resume: continue the run in ``out`` from its checkpoint (settings other than
         ``epochs``, ``device`` and ``data_dir`` must match the saved ones).
     :param bool overwrite: replace a run already in ``out``.
-    :param bool quiet: no progress bar and no summary line.
+    :param bool quiet: no progress bar, no per-epoch lines and no summary line. When stderr is not a
+        terminal (batch jobs, notebooks) each epoch prints one plain line there instead of a bar.
     :param on_epoch: optional callable receiving each epoch's metrics dict.
     :param on_step: optional callable receiving a :class:`Step` after every SVI step. A callback
         that draws random numbers (e.g. to evaluate the bound) changes the rest of the run unless it
         restores the generator state, e.g. inside :func:`torch.random.fork_rng`.
     :param Speed speed: how each step runs (see :class:`~pyro_vae.engine.Speed`; default the fastest).
         It does not change the numbers, so a run may be resumed with another.
-    :returns: the trained :class:`~pyro_vae.run.Run`.
+    :param loggers: logger names (``["csv", "tensorboard", "mlflow"]``, see :mod:`pyro_vae.loggers`)
+        or a :class:`~pyro_vae.loggers.Loggers`: each epoch's record, the config as hyperparameters,
+        and images (samples, validation reconstructions) every ``log_images_every`` epochs and at the last.
+    :returns: the trained :class:`~pyro_vae.run.Run` (the model of the last epoch; ``run.final``
+        holds what ``final.json`` holds).
+
+    Each epoch records the validation ELBO (``valid_elbo``; the true ELBO whatever ``beta``) and
+    keeps ``best.pt``, the state of the epoch with the best one so far, beside ``checkpoint.pt``
+    (the last epoch). With ``config.early_stopping = P`` training stops after ``P`` epochs without a
+    better validation ELBO. The test set is scored once, at the end: ``final.json`` holds
+    ``test_elbo`` (of ``best.pt``), ``test_elbo_last``, ``best_epoch``, ``best_valid_elbo``,
+    ``epochs`` (run) and ``stopped_early``.
     """
     config = make_config(config, **settings)
     if out is not None and not str(out).strip():
@@ -272,7 +335,10 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         if not overwrite:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
         for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+            if (out / name).is_dir():  # logger folders (tensorboard, mlruns)
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
     pyro.clear_param_store()
@@ -284,6 +350,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         "levels": dataset.levels,
         "n_train": len(trainer.train),
         "n_test": len(trainer.test),
+        "n_valid": len(trainer.valid) if trainer.valid is not None else 0,
         "versions": package_versions(),
     }
 
@@ -294,9 +361,59 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     write_config(out, config, meta)
     write_metrics(out, metrics)
 
+    if not isinstance(loggers, Loggers):
+        loggers = build_loggers(loggers or (), log_images_every)
+    plain = PlainProgress(epochs=config.epochs) if PlainProgress.wanted(quiet) else None
+    if loggers:
+        loggers.start(out, {**config.to_dict(), **meta})
+    best = _best(metrics)
+    stopped_early = False
+    try:
+        _train_epochs(trainer, out, metrics, best, loggers, plain, quiet, on_epoch, on_step)
+    except BaseException:
+        if loggers:
+            loggers.close(failed=True)
+        raise
+    stopped_early = bool(config.early_stopping) and trainer.epoch < config.epochs
+    if loggers:
+        loggers.close()
+
+    if trainer.param_store_state is not None:  # leave the trained parameters in Pyro's store, as SVI would
+        pyro.get_param_store().set_state(trainer.param_store_state)
+    final = _final(trainer, out, metrics, stopped_early)
+    run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
+    run.final = final
+    run.write_pictures(trainer.test)
+    if not quiet:
+        summary = (
+            f"test ELBO {final['test_elbo']:.3f} nats/item (best epoch {final['best_epoch']} by validation; "
+            f"last epoch {final['test_elbo_last']:.3f}) after {final['epochs']} epochs"
+            + (" (stopped early)" if stopped_early else "")
+            if metrics else "no epochs run"
+        )
+        print(f"{config.likelihood} VAE on {dataset.name}: {summary}; run folder {out}")
+    return run
+
+
+def _best(metrics):
+    """``{"epoch", "valid_elbo"}`` of the best epoch in ``metrics`` so far (the last one when there is
+    no validation set; ``None`` for no epochs)."""
+    best = None
+    for m in metrics:
+        v = m.get("valid_elbo")
+        if best is None or v is None or best["valid_elbo"] is None or v > best["valid_elbo"]:
+            best = {"epoch": m["epoch"], "valid_elbo": v}
+    return best
+
+
+def _train_epochs(trainer, out, metrics, best, loggers, plain, quiet, on_epoch, on_step):
+    """The epoch loop of :func:`fit`: train, validate, record, checkpoint (``best.pt`` too), log."""
+    config, vae = trainer.config, trainer.vae
     show = not quiet and sys.stderr.isatty()
     n = len(trainer.train)
     for epoch in range(trainer.epoch + 1, config.epochs + 1):
+        if config.early_stopping and best is not None and trainer.epoch - best["epoch"] >= config.early_stopping:
+            break
         bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
         try:
             hook = _OnStep(on_step, epoch, (epoch - 1) * n, vae) if on_step is not None else None
@@ -305,33 +422,64 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             raise TrainingDiverged(f"{e}; the last good checkpoint in {out} is kept") from None
         finally:
             bar.close()
+        valid_elbo = trainer.valid_elbo()
+        trainer.end_epoch(valid_elbo)
         record = {
             "epoch": epoch,
             "train_elbo": trained["train_elbo"],
-            "test_elbo": trainer.test_elbo(),
+            "valid_elbo": valid_elbo,
             "seconds": trained["seconds"],
             "items_per_s": trained["items_per_s"],
+            **{k: trained[k] for k in ("lr", "kl_weight") if k in trained},
         }
         metrics.append(record)
         append_metrics(out, record)
-        save_checkpoint(out / "checkpoint.pt", trainer.state_dict())
+        state = trainer.state_dict()
+        save_checkpoint(out / "checkpoint.pt", state)
+        if best is None or valid_elbo is None or best["valid_elbo"] is None or valid_elbo > best["valid_elbo"]:
+            best = {"epoch": epoch, "valid_elbo": valid_elbo}
+            save_checkpoint(out / "best.pt", state)
+        if loggers:
+            loggers.log_epoch(record)
+            if loggers.wants_images(epoch, last=epoch == config.epochs):
+                _log_images(trainer, loggers, epoch)
         if on_epoch is not None:
             on_epoch(record)
         if show:
-            tqdm.write(
-                f"epoch {epoch:3d}  train ELBO {record['train_elbo']:9.3f}  test ELBO {record['test_elbo']:9.3f}  "
-                f"{record['seconds']:6.2f} s  {record['items_per_s']:8.0f} items/s",
-                file=sys.stderr,
-            )
+            tqdm.write(format_epoch_line(record, config.epochs), file=sys.stderr)
+        elif plain is not None:
+            plain(record)
 
-    if trainer.param_store_state is not None:  # leave the trained parameters in Pyro's store, as SVI would
-        pyro.get_param_store().set_state(trainer.param_store_state)
-    run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
-    run.write_pictures(trainer.test)
-    if not quiet:
-        last = metrics[-1] if metrics else None
-        summary = (
-            f"test ELBO {last['test_elbo']:.3f} nats/item after {last['epoch']} epochs" if last else "no epochs run"
-        )
-        print(f"{config.likelihood} VAE on {dataset.name}: {summary}; run folder {out}")
-    return run
+
+def _log_images(trainer, loggers, epoch):
+    """Samples from the prior and validation items above their reconstructions, as ``(N, C, H, W)``
+    in [0, 1]; the random generators are restored afterwards, so logging never changes the run."""
+    vae, shape = trainer.vae, (1, *trainer.dataset.image_shape)
+    devices = [trainer.device] if trainer.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), trainer._own_params(), torch.no_grad():
+        vae.eval()
+        generator = torch.Generator(device=trainer.device).manual_seed(trainer.config.seed)
+        samples = vae.sample(64, generator=generator)
+        x = (trainer.valid if trainer.valid is not None else trainer.test)[:16]
+        pairs = torch.cat([x, vae.reconstruct(x)])
+    for name, images in (("samples", samples), ("reconstructions", pairs)):
+        loggers.log_images(epoch, name, images.float().cpu().clamp(0, 1).reshape(-1, *shape))
+
+
+def _final(trainer, out, metrics, stopped_early):
+    """Score the test set once, with ``best.pt`` and with the last epoch; write ``final.json``."""
+    best = _best(metrics)
+    final = {"epochs": trainer.epoch, "stopped_early": stopped_early, "best_epoch": None, "best_valid_elbo": None,
+             "test_elbo": None, "test_elbo_last": None}  # fmt: skip
+    if best is not None and (out / "best.pt").exists():
+        final["test_elbo_last"] = trainer.test_elbo()
+        final.update(best_epoch=best["epoch"], best_valid_elbo=best["valid_elbo"])
+        if best["epoch"] == trainer.epoch:
+            final["test_elbo"] = final["test_elbo_last"]
+        else:
+            last = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
+            trainer.vae.load_state_dict(load_checkpoint(out / "best.pt", map_location=trainer.device)["model"])
+            final["test_elbo"] = trainer.test_elbo()
+            trainer.vae.load_state_dict(last)
+    atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
+    return final

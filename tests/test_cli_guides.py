@@ -51,11 +51,11 @@ def test_user_guide_from_a_file_trains_and_evaluates_through_the_cli(tmp_path, g
     config = json.loads((out / "config.json").read_text())
     assert config["guide"] == spec
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["test_elbo"] > metrics[0]["test_elbo"]
+    assert metrics[-1]["valid_elbo"] > metrics[0]["valid_elbo"]
     capsys.readouterr()
     assert main(["evaluate", str(out), "--samples", "5", "--subset", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["test_log_likelihood"] >= result["test_elbo"] - 0.5
+    assert result["test_log_likelihood"] >= result["valid_elbo"] - 0.5
     assert type(load_run(out).vae.encoder).__name__ == "TwoLayerGuide"
 
 

@@ -428,7 +428,7 @@ def test_batch_larger_than_the_data_runs_one_batch(tmp_path):
                        out=tmp_path / "run", quiet=True)  # fmt: skip
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["n_train"], config["n_test"], config["levels"]) == (11, 1, 2)
-    assert len(run.metrics) == 2 and all(np.isfinite(m["test_elbo"]) for m in run.metrics)
+    assert len(run.metrics) == 2 and all(np.isfinite(m["valid_elbo"]) for m in run.metrics)
 
 
 # The data's fingerprint --------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_an_evaluating_callback_inside_fork_rng_leaves_training_unchanged(tmp_pa
     assert len(bounds) == 2 * math.ceil(plain.meta["n_train"] / 256)
     assert all(math.isfinite(b) for b in bounds)
     for a, b in zip(plain.metrics, hooked.metrics):
-        assert a["train_elbo"] == b["train_elbo"] and a["test_elbo"] == b["test_elbo"]
+        assert a["train_elbo"] == b["train_elbo"] and a["valid_elbo"] == b["valid_elbo"]
     for p, q in zip(plain.vae.parameters(), hooked.vae.parameters()):
         assert torch.equal(p, q)
 
