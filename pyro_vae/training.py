@@ -315,6 +315,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     ``epochs`` (run) and ``stopped_early``.
     """
     config = make_config(config, **settings)
+    if not isinstance(loggers, Loggers):  # built first: a missing optional package fails before any work
+        loggers = build_loggers(loggers or (), log_images_every)
     if out is not None and not str(out).strip():
         raise UserError("--out is empty; give the run folder a name (or leave --out out for a new one under runs/)")
     out = Path(out) if out is not None else new_run_dir(config)
@@ -361,8 +363,6 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     write_config(out, config, meta)
     write_metrics(out, metrics)
 
-    if not isinstance(loggers, Loggers):
-        loggers = build_loggers(loggers or (), log_images_every)
     plain = PlainProgress(epochs=config.epochs) if PlainProgress.wanted(quiet) else None
     if loggers:
         loggers.start(out, {**config.to_dict(), **meta})

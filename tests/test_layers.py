@@ -20,7 +20,7 @@ LAYERS = [
     ("the paper", ["nets", "image_nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
                    "objectives", "kl_weighting", "evaluation", "paired"]),
     ("speed", ["speed", "engine"]),
-    ("data and runs", ["image_data", "data", "build", "checkpoint", "plots", "loggers", "run", "latent", "training"]),
+    ("data and runs", ["image_data", "data", "schedules", "build", "checkpoint", "plots", "loggers", "run", "latent", "training"]),
     ("what users run", ["comparison", "cli"]),
 ]  # fmt: skip
 ORDER = [name for _, names in LAYERS for name in names]
