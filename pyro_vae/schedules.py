@@ -16,7 +16,7 @@ The epoch-level schedules are PyTorch's :mod:`torch.optim.lr_scheduler`, stepped
 ``step``        :class:`~torch.optim.lr_scheduler.StepLR`               ``--lr-step`` (10 epochs), ``--lr-gamma`` (0.1)
 ``exponential`` :class:`~torch.optim.lr_scheduler.ExponentialLR`        ``--lr-gamma`` (0.95 per epoch)
 ``cosine``      :class:`~torch.optim.lr_scheduler.CosineAnnealingLR`    to 0 over the run's ``--epochs``
-``plateau``     :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau`    on the validation ELBO (``mode="max"``):
+``plateau``     :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau`    on the validation ELBO (``mode="max"``, strictly better):
                                                                          ``--lr-gamma`` (0.1) after ``--lr-step``
                                                                          (10) epochs without improvement
 =============== ======================================================= =====================================
@@ -38,6 +38,8 @@ for it, so such runs take Pyro's own path (``SVI.step``) with :class:`GlobalClip
 :class:`~pyro.optim.PyroOptim` that clips across its parameters (Pyro's own ``clip_args`` clip
 each parameter tensor separately).
 """
+
+import warnings
 
 import torch
 
@@ -97,8 +99,10 @@ class LRSchedule:
         elif self.kind == "cosine":
             self.scheduler = sched.CosineAnnealingLR(self._proxy, T_max=max(config.epochs, 1))
         elif self.kind == "plateau":
+            # absolute threshold 0: "better" is strictly greater (a relative one misjudges negative ELBOs)
             self.scheduler = sched.ReduceLROnPlateau(self._proxy, mode="max", factor=self.lr_gamma,
-                                                     patience=self.lr_step)  # fmt: skip
+                                                     patience=self.lr_step, threshold=0.0,
+                                                     threshold_mode="abs")  # fmt: skip
         else:
             raise UserError(f"unknown --lr-schedule {self.kind!r}")
         #: steps taken so far (for the warm-up), counted over the whole run
@@ -142,11 +146,13 @@ class LRSchedule:
         """Step the epoch-level scheduler (``plateau`` on the validation ELBO)."""
         if self.scheduler is None:
             return
-        if self.kind == "plateau":
-            if valid_elbo is not None:
-                self.scheduler.step(valid_elbo)
-        else:
-            self.scheduler.step()
+        with warnings.catch_warnings():  # the proxy optimizer never steps; torch would warn of the order
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            if self.kind == "plateau":
+                if valid_elbo is not None:
+                    self.scheduler.step(valid_elbo)
+            else:
+                self.scheduler.step()
 
     def state_dict(self):
         return {"steps": self.steps, "lr": self.epoch_lr,

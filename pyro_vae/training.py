@@ -228,13 +228,20 @@ class Trainer:
             self.vae.load_state_dict(state["model"])
         except RuntimeError:
             raise UserError(f"{where} does not fit this model (another configuration)") from None
-        self.step.set_state(state["optimizer"])
-        set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         if state.get("schedule") is not None:
             self.schedule.load_state_dict(state["schedule"], epochs=self.config.epochs)
         else:  # a checkpoint from before schedules: the constant learning rate
             self.schedule.steps = self.epoch * self.steps_per_epoch
+        optimizer = state["optimizer"]
+        if not self.schedule.constant:
+            # the saved groups hold the last step's lr, and loading them (possibly inside the first
+            # step, which builds the optimizer) would use it for the next step: give them the next one's
+            lr = self.schedule.lr()
+            optimizer = {name: {**s, "param_groups": [{**g, "lr": lr} for g in s["param_groups"]]}
+                         for name, s in optimizer.items()}  # fmt: skip
+        self.step.set_state(optimizer)
+        set_rng_state(state["rng"])
 
 
 def _diverged(value, epoch, step):
