@@ -188,3 +188,36 @@ def test_kl_weight_in_training_and_true_elbo_in_metrics():
 def test_kl_weighting_is_refused_where_undefined():
     with pytest.raises(UserError, match="--beta weight the KL term"):
         Trainer(Config(beta=2.0, objective="iwae", particles=2, **TINY))
+
+
+# Logging from fit -------------------------------------------------------------------------------
+def test_fit_prints_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    run = fit(out=tmp_path / "r", epochs=2, **TINY)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert f"valid ELBO {run.metrics[1]['valid_elbo']:9.3f}" in lines[1]
+    fit(out=tmp_path / "q", epochs=1, quiet=True, **TINY)
+    assert capsys.readouterr().err == ""
+
+
+def test_fit_with_csv_and_tensorboard_loggers(tmp_path):
+    run = fit(out=tmp_path / "r", epochs=2, quiet=True, loggers=["csv"], log_images_every=1, **TINY)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "r" / "metrics.csv").open()))
+    assert [float(r["valid_elbo"]) for r in rows] == [m["valid_elbo"] for m in run.metrics]
+    tensorboard = pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert tensorboard
+    run = fit(out=tmp_path / "t", epochs=3, quiet=True, loggers=["tensorboard"], log_images_every=2, **TINY)
+    acc = EventAccumulator(str(tmp_path / "t" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("valid_elbo")] == pytest.approx(
+        [(m["epoch"], m["valid_elbo"]) for m in run.metrics], rel=1e-6)
+    assert [e.step for e in acc.Images("samples")] == [2, 3] and [e.step for e in acc.Images("reconstructions")] == [2, 3]
+    # logging images does not change the run
+    plain = fit(out=tmp_path / "p", epochs=3, quiet=True, **TINY)
+    assert [m["valid_elbo"] for m in plain.metrics] == [m["valid_elbo"] for m in run.metrics]
+    fit(out=tmp_path / "t", epochs=1, quiet=True, overwrite=True, **TINY)
+    assert not (tmp_path / "t" / "tensorboard").exists()  # --overwrite removes the loggers' outputs
