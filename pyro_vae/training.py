@@ -396,7 +396,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             f"test ELBO {final['test_elbo']:.3f} nats/item (best epoch {final['best_epoch']} by validation; "
             f"last epoch {final['test_elbo_last']:.3f}) after {final['epochs']} epochs"
             + (" (stopped early)" if stopped_early else "")
-            if metrics else "no epochs run"
+            if metrics and final["test_elbo"] is not None else "no epochs run" if not metrics else "no best.pt"
         )
         print(f"{config.likelihood} VAE on {dataset.name}: {summary}; run folder {out}")
     return run
