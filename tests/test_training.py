@@ -134,7 +134,7 @@ def test_one_short_epoch_on_mnist(shared_copy, tmp_path):
     run = fit(out=tmp_path / "mnist", dataset="mnist", data_dir=str(root), epochs=1, batch_size=500, hidden=(200,),
               z_dim=10, device="cpu", quiet=True)  # fmt: skip
     (m,) = run.metrics
-    assert run.meta["n_train"] == 60000 and run.meta["n_test"] == 10000
+    assert run.meta["n_train"] == 55000 and run.meta["n_valid"] == 5000 and run.meta["n_test"] == 10000
     # one epoch lands far above a coin flip per pixel (784 log 2 = 543 nats) on the binarized test set
     assert -250 < m["valid_elbo"] < -100, m
 
