@@ -131,6 +131,9 @@ def test_corrupt_checkpoint(capsys, trained, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(trained, broken)
     (broken / "checkpoint.pt").write_bytes(b"garbage")
+    assert_user_error(run_cli(capsys, "evaluate", broken, "--checkpoint", "last"), "corrupt")
+    assert_user_error(run_cli(capsys, "sample", broken, "--checkpoint", "last"), "corrupt")
+    (broken / "best.pt").write_bytes(b"garbage")  # what evaluate and sample read by default
     assert_user_error(run_cli(capsys, "evaluate", broken), "corrupt")
     assert_user_error(run_cli(capsys, "sample", broken), "corrupt")
     assert_user_error(run_cli(capsys, "fit", "--out", broken, "--resume", "--epochs", "3"), "corrupt")
