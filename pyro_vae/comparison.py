@@ -323,11 +323,11 @@ def _train(config, directory, overwrite):
                 f"{directory} holds a run of {state['epoch']} epochs, more than --epochs {config.epochs}; "
                 "pass --overwrite to retrain it, or choose another --out"
             )
-        fit(config, directory, resume=True, quiet=True)
+        run = fit(config, directory, resume=True, quiet=True)
     else:
-        fit(config, directory, overwrite=True, quiet=True)
+        run = fit(config, directory, overwrite=True, quiet=True)
     # every family is scored with its best.pt (by validation ELBO), whether trained now or reused
-    return load_run(directory, config.device), False
+    return (load_run(directory, config.device) if (directory / "best.pt").exists() else run), False
 
 
 def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_samples=100, eval_subset=None,
