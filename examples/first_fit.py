@@ -31,7 +31,7 @@ def main(args):
     )
     for m in run.metrics:
         print(
-            f"epoch {m['epoch']:2d}: train ELBO {m['train_elbo']:8.2f}, test ELBO {m['test_elbo']:8.2f} nats "
+            f"epoch {m['epoch']:2d}: train ELBO {m['train_elbo']:8.2f}, validation ELBO {m['valid_elbo']:8.2f} nats "
             f"({m['items_per_s']:.0f} images/s)"
         )
 

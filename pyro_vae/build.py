@@ -14,7 +14,7 @@ import torch
 import pyro.optim
 
 from .config import LEGACY_OPTIONS, Config
-from .data import DATASETS, Dataset, load_dataset
+from .data import DATASETS, Dataset, load_dataset, with_validation
 from .errors import UserError
 from .guides import guide_class
 from .likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
@@ -22,10 +22,11 @@ from .model import VAE
 from .nets import ARCHITECTURES
 from .objectives import OBJECTIVES
 from .registry import Registry
+from .schedules import GlobalClipOptim
 
 __all__ = [
-    "OPTIMIZERS", "TEST_PREP_SEED", "Parts", "build", "build_optimizer", "build_vae", "check_names",
-    "load_prepared", "make_config", "prepare_data", "resolve_device", "fusable_optimizer", "speed_for",
+    "OPTIMIZERS", "TEST_PREP_SEED", "VALID_PREP_SEED", "Parts", "build", "build_optimizer", "build_vae", "check_names",
+    "fusable_optimizer", "load_prepared", "make_config", "prepare_data", "prepare_valid", "resolve_device", "speed_for",
 ]  # fmt: skip
 
 #: ``--optimizer``: :class:`pyro.optim.PyroOptim` constructors called with ``{"lr": lr}``.
@@ -35,14 +36,23 @@ OPTIMIZERS.register("adagrad", pyro.optim.Adagrad)
 
 #: Seed offset of the fixed draw that prepares the test set (e.g. its binarization).
 TEST_PREP_SEED = 10_007
+#: Seed offset of the fixed draw that prepares the validation set.
+VALID_PREP_SEED = 20_011
 
 
 def resolve_device(name):
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`UserError`."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`UserError`;
+    ``mps`` (Apple GPUs) where :func:`torch.backends.mps.is_available`, a :class:`UserError` elsewhere."""
     if not isinstance(name, str):
-        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise UserError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError("--device mps was given but this PyTorch has no usable MPS (Apple GPU) backend; "
+                            "use --device cpu or auto")  # fmt: skip
+        return torch.device("mps")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise UserError(f"unknown device {name!r}; choose one of: auto, cpu, cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -105,8 +115,28 @@ def build_vae(config, x_dim, levels=None, check=True):
 
 
 def build_optimizer(config):
-    """The :class:`pyro.optim.PyroOptim` of ``--optimizer`` with ``--lr``."""
-    return OPTIMIZERS.get(config.optimizer)({"lr": config.lr})
+    """The :class:`pyro.optim.PyroOptim` of ``--optimizer`` with ``--lr`` (and ``--weight-decay``),
+    wrapped in :class:`~pyro_vae.schedules.GlobalClipOptim` for ``--clip-norm``.
+
+    :raises UserError: ``--weight-decay`` for an optimizer whose constructor takes no ``weight_decay``.
+    """
+    args = {"lr": config.lr}
+    if config.weight_decay:
+        args["weight_decay"] = config.weight_decay
+    optim = OPTIMIZERS.get(config.optimizer)(args)
+    if config.weight_decay:
+        import inspect
+
+        constructor = getattr(optim, "pt_optim_constructor", None)
+        try:
+            takes = constructor is not None and "weight_decay" in inspect.signature(constructor).parameters
+        except (TypeError, ValueError):
+            takes = False
+        if not takes:
+            raise UserError(f"--weight-decay: the {config.optimizer} optimizer takes no weight_decay argument")
+    if config.clip_norm is not None:
+        optim = GlobalClipOptim(optim, config.clip_norm)
+    return optim
 
 
 def fusable_optimizer(optimizer):
@@ -143,19 +173,32 @@ def prepare_data(config, likelihood, device, dataset=None):
     """Check and prepare the data for ``likelihood`` on ``device`` (loading it unless ``dataset`` is given).
 
     Returns ``(dataset, train, test)``: ``train`` has had the deterministic preparation applied
-    (random preparation happens per batch); ``test`` is fully prepared once with a fixed seed so
-    that test numbers are comparable across epochs and runs.
+    (random preparation happens per batch; the validation items of :func:`~pyro_vae.data.with_validation`
+    are not in it); ``test`` is fully prepared once with a fixed seed so
+    that test numbers are comparable across epochs and runs. The validation set
+    (``dataset.valid``) is prepared the same way with its own seed: :func:`prepare_valid`.
 
     :raises UserError: for data outside the family's support.
     """
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+    dataset = with_validation(dataset, None if config.data else config.dataset)
     likelihood.check_data(dataset.train, "the training data")
     likelihood.check_data(dataset.test, "the test data")
     train = likelihood.prepare_static(dataset.train.to(device))
     generator = torch.Generator(device=device).manual_seed(config.seed + TEST_PREP_SEED)
     test = likelihood.prepare_batch(likelihood.prepare_static(dataset.test.to(device)), generator)
     return dataset, train, test
+
+
+def prepare_valid(config, likelihood, device, dataset):
+    """The validation set of ``dataset`` prepared like the test set (fixed draw, seed
+    ``config.seed + VALID_PREP_SEED``), or ``None`` when it has none."""
+    if dataset.valid is None:
+        return None
+    likelihood.check_data(dataset.valid, "the validation data")
+    generator = torch.Generator(device=device).manual_seed(config.seed + VALID_PREP_SEED)
+    return likelihood.prepare_batch(likelihood.prepare_static(dataset.valid.to(device)), generator)
 
 
 def load_prepared(config, device=None):
@@ -166,6 +209,7 @@ def load_prepared(config, device=None):
     """
     device = resolve_device(config.device) if device is None else torch.device(device)
     dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+    dataset = with_validation(dataset, None if config.data else config.dataset)
     likelihood = build_likelihood(config.likelihood, levels=dataset.levels, **config.likelihood_options)
     dataset, train, test = prepare_data(config, likelihood, device, dataset)
     return dataset, likelihood, train, test
@@ -184,6 +228,8 @@ class Parts(NamedTuple):
     test: torch.Tensor
     vae: VAE
     optimizer: pyro.optim.PyroOptim
+    #: the validation data on the device, prepared like the test set (its own fixed draw)
+    valid: torch.Tensor = None
 
 
 def build(config):
@@ -201,5 +247,6 @@ def build(config):
               guide_options=config.guide_options, arch=config.arch).to(device)  # fmt: skip
     options = vae.encoder.options() if hasattr(vae.encoder, "options") else dict(config.guide_options)
     resolved = config.replace(likelihood_options=likelihood.options(), guide_options=options)
-    return Parts(resolved, device, dataset, train, test, vae, build_optimizer(config))
+    valid = prepare_valid(config, likelihood, device, dataset)
+    return Parts(resolved, device, dataset, train, test, vae, build_optimizer(config), valid)
 

@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from .build import OPTIMIZERS, make_config
-from .config import LEGACY_OPTIONS, Config
+from .config import LEGACY_OPTIONS, LR_SCHEDULES, Config
 from .data import DATASETS
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .guides import GUIDES
@@ -70,6 +70,28 @@ def fit_options(f):
                      help="pyro.optim optimizer (Adagrad is the paper's)."),
         click.option("--lr", default=DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      help="Learning rate."),
+        click.option("--weight-decay", default=DEFAULTS.weight_decay, show_default=True, type=click.FloatRange(min=0),
+                     help="L2 penalty of the optimizer (its weight_decay argument)."),
+        click.option("--clip-norm", default=None, type=click.FloatRange(min=0, min_open=True),
+                     help="Clip the global gradient norm to this before each step (runs Pyro's own SVI.step path) "
+                          "[default: no clipping]."),
+        click.option("--lr-schedule", default=DEFAULTS.lr_schedule, show_default=True, type=click.Choice(LR_SCHEDULES),
+                     help="Learning-rate schedule per epoch (torch.optim.lr_scheduler); plateau watches the "
+                          "validation ELBO; cosine anneals to 0 over --epochs."),
+        click.option("--lr-step", default=None, type=click.IntRange(1),
+                     help="Epochs: the step size of --lr-schedule step, the patience of plateau [default: 10]."),
+        click.option("--lr-gamma", default=None, type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+                     help="Decay factor of step, exponential and plateau [default: 0.1, 0.95 per epoch, 0.1]."),
+        click.option("--lr-warmup", default=DEFAULTS.lr_warmup, show_default=True, type=click.IntRange(0),
+                     help="Steps of linear learning-rate warm-up from lr/STEPS to lr."),
+        click.option("--beta", default=DEFAULTS.beta, show_default=True, type=click.FloatRange(min=0),
+                     help="Weight of the KL term (beta-VAE); metrics still report the true ELBO (beta = 1)."),
+        click.option("--kl-warmup", default=DEFAULTS.kl_warmup, show_default=True, type=click.FloatRange(min=0),
+                     help="Epochs of linear KL warm-up from 0 to --beta (per step)."),
+        click.option("--free-bits", default=DEFAULTS.free_bits, show_default=True, type=click.FloatRange(min=0),
+                     help="Free bits: nats per latent unit the KL is not penalized below (diagonal guide)."),
+        click.option("--early-stopping", default=None, type=click.IntRange(1), metavar="PATIENCE",
+                     help="Stop after PATIENCE epochs without a better validation ELBO [default: never]."),
         click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(1),
                      help="Minibatch size M."),
         click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(0),
@@ -77,8 +99,9 @@ def fit_options(f):
         click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int,
                      help="Seeds initialization, shuffling and noise; a CPU run repeats exactly."),
         click.option("--device", default=DEFAULTS.device, show_default=True,
-                     help="auto (CUDA when available), cpu or cuda."),
-        click.option("--quiet", is_flag=True, help="No progress bar and no summary line."),
+                     help="auto (CUDA when available), cpu, cuda or mps (Apple GPUs, where PyTorch offers it)."),
+        click.option("--quiet", is_flag=True,
+                     help="No progress bar, no per-epoch lines (printed when stderr is not a terminal), no summary."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -140,21 +163,46 @@ def cli():
               help="Data-parallel processes on this node (DDP): one per GPU, or CPU processes (see docs/scaling.md).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="bf16: the networks under autocast, the ELBO in fp32 (CUDA only).")
+@click.option("--logger", "logger_names", multiple=True, type=click.Choice(["csv", "tensorboard", "mlflow"]),
+              help="Log scalars, images and the config; repeat for several (tensorboard and mlflow are extras).")
+@click.option("--log-images-every", default=5, show_default=True, type=click.IntRange(0), metavar="N",
+              help="Log samples and reconstructions every N epochs and at the last (0: the last only).")
+@click.option("--config", "config_file", type=click.Path(), default=None, metavar="FILE",
+              help="Start from the settings in a JSON, YAML or TOML file (or a run folder); flags override it.")
+@click.option("--print-config", is_flag=True, help="Print the resolved settings as JSON and exit.")
 @click.pass_context
-def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, precision, **kwargs):
-    """Train a VAE and write a run folder (config, metrics, checkpoint, pictures)."""
+def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, precision, logger_names,
+        log_images_every, config_file, print_config, **kwargs):  # fmt: skip
+    """Train a VAE and write a run folder (config, metrics, checkpoints, pictures)."""
     from .distributed import fit as fit_run
     from .speed import Speed
 
     settings = settings_from(kwargs)
     if resume:
+        if config_file:
+            raise UserError("--config and --resume exclude each other: a resumed run keeps its saved settings")
         # a resumed run keeps its saved settings; flags given on the command line must agree with them
         config = _resume_settings(ctx, settings, out)
+    elif config_file:
+        config = _file_settings(ctx, settings, config_file)
     else:
         config = make_config(None, **settings)
+    if print_config:
+        click.echo(json.dumps(config.to_dict(), indent=2))
+        return
     speed = Speed(capture=not no_capture, compile="inductor" if compile_loss else None)
     fit_run(config, out, resume=resume, overwrite=overwrite, quiet=quiet, speed=speed, devices=devices,
-            precision=precision)
+            precision=precision, loggers=list(logger_names), log_images_every=log_images_every)  # fmt: skip
+
+
+def _file_settings(ctx, settings, path):
+    """The settings of the file ``path`` (:func:`~pyro_vae.config_files.read_config_file`), overridden by
+    the flags given on the command line (click's ``ParameterSource.COMMANDLINE``)."""
+    from .config_files import read_config_file
+
+    base = make_config(None, **read_config_file(path))
+    given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    return make_config(base, **given)
 
 
 @cli.command()
@@ -166,15 +214,17 @@ def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, p
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seeds the draws of z: the same seed gives the same numbers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
+              help="best.pt (the best validation ELBO) or checkpoint.pt (the last epoch).")
 @trust_options
-def evaluate(run_dir, samples, subset, device, seed, as_json, trust_guide, guide):
+def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_guide, guide):
     """Test ELBO (with its reconstruction and KL terms), importance-sampled log-likelihood, bits/dim
     and active units of a trained run."""
     from tqdm.auto import tqdm
 
     from .run import load_run, write_evaluation
 
-    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
     n = min(subset or run.meta["n_test"], run.meta["n_test"])
     with tqdm(total=n, desc="evaluate", unit="item", disable=as_json or not sys.stderr.isatty(), leave=False) as bar:
         result = run.evaluate(samples=samples, subset=subset, progress=bar.update, seed=seed)
@@ -209,8 +259,10 @@ def evaluate(run_dir, samples, subset, device, seed, as_json, trust_guide, guide
               help="PNG file to write.")  # fmt: skip
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
 @click.option("--device", default="auto", show_default=True)
+@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
+              help="best.pt (the best validation ELBO) or checkpoint.pt (the last epoch).")
 @trust_options
-def sample(run_dir, num, output, seed, device, trust_guide, guide):
+def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
     """Draw z from the prior and save the decoder means as a PNG grid."""
     from .run import load_run
 
@@ -218,7 +270,7 @@ def sample(run_dir, num, output, seed, device, trust_guide, guide):
         raise UserError(f"-o must name a .png file, got {output}")
     if not Path(output).parent.is_dir():
         raise UserError(f"cannot write {output}: the folder {Path(output).parent} does not exist")
-    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
     run.save_samples(output, n=num, seed=seed)
     click.echo(f"wrote {num} samples to {output}")
 

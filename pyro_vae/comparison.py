@@ -454,7 +454,7 @@ def machine_info(device):
 def _train(config, directory, overwrite):
     """Train ``config`` into ``directory``, reusing or extending a run already there with the same settings.
 
-    Returns ``(run, reused)``.
+    Returns ``(run, reused)``, the run loaded from its ``best.pt`` (the best validation ELBO).
     """
     checkpoint = directory / "checkpoint.pt"
     if not overwrite and checkpoint.exists():
@@ -473,8 +473,11 @@ def _train(config, directory, overwrite):
                 f"{directory} holds a run of {state['epoch']} epochs, more than --epochs {config.epochs}; "
                 "pass --overwrite to retrain it, or choose another --out"
             )
-        return fit(config, directory, resume=True, quiet=True), False
-    return fit(config, directory, overwrite=True, quiet=True), False
+        run = fit(config, directory, resume=True, quiet=True)
+    else:
+        run = fit(config, directory, overwrite=True, quiet=True)
+    # every family is scored with its best.pt (by validation ELBO), whether trained now or reused
+    return (load_run(directory, config.device) if (directory / "best.pt").exists() else run), False
 
 
 def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_samples=100, eval_subset=None,

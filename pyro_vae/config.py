@@ -23,6 +23,9 @@ LEGACY_OPTIONS = {
     "flow_steps": "guide_options",
 }
 
+#: ``--lr-schedule`` choices (built in :mod:`pyro_vae.schedules`)
+LR_SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
+
 
 def parse_hidden(spec):
     """``"400"`` -> ``(400,)``, ``"200,200"`` -> ``(200, 200)``; also accepts an int or a sequence.
@@ -74,10 +77,30 @@ class Config:
     epochs: int = 10
     seed: int = 0
     device: str = "auto"
+    #: weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO
+    beta: float = 1.0
+    #: epochs of linear KL warm-up from 0 to ``beta`` (Bowman et al. 2016; Sonderby et al. 2016)
+    kl_warmup: float = 0
+    #: free bits lambda, nats per latent unit (Kingma et al. 2016); 0: none
+    free_bits: float = 0.0
+    #: learning-rate schedule: none, step, exponential, cosine or plateau (see pyro_vae.schedules)
+    lr_schedule: str = "none"
+    #: epochs: the step size of ``step``, the patience of ``plateau`` (None: 10)
+    lr_step: int = None
+    #: the factor of ``step``, ``exponential`` and ``plateau`` (None: 0.1, 0.95, 0.1)
+    lr_gamma: float = None
+    #: steps of linear learning-rate warm-up (0: none)
+    lr_warmup: int = 0
+    #: L2 penalty of the optimizer (its ``weight_decay`` argument); 0: none
+    weight_decay: float = 0.0
+    #: clip the global gradient norm to this before each step (None: no clipping)
+    clip_norm: float = None
+    #: stop after this many epochs without a better validation ELBO (None: never)
+    early_stopping: int = None
 
     #: The settings a resumed run may change: they do not change what is computed. The one list
     #: that ``fit --resume``, ``compare`` and ``load_run`` consult.
-    RESUMABLE = ("epochs", "device", "data_dir")
+    RESUMABLE = ("epochs", "device", "data_dir", "early_stopping")
 
     #: The largest seed: every generator seeded from it (torch, NumPy's 32-bit RandomState) accepts it.
     MAX_SEED = 2**32 - 1
@@ -116,6 +139,30 @@ class Config:
         if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive finite number, got {self.lr!r}")
         self.lr = float(self.lr)
+        def real(name, low, strict=False, none=False):
+            value = getattr(self, name)
+            if value is None and none:
+                return
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+            if value < low or (strict and value == low):
+                raise UserError(f"--{name.replace('_', '-')} must be {'above' if strict else 'at least'} {low:g}, got {value!r}")
+            setattr(self, name, float(value))
+
+        real("beta", 0)
+        real("kl_warmup", 0)
+        real("free_bits", 0)
+        real("weight_decay", 0)
+        real("clip_norm", 0, strict=True, none=True)
+        real("lr_gamma", 0, strict=True, none=True)
+        integer("lr_warmup", 0)
+        for name in ("lr_step", "early_stopping"):
+            if getattr(self, name) is not None:
+                integer(name, 1)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_gamma is not None and self.lr_schedule != "none" and self.lr_gamma >= 1 and self.lr_schedule != "cosine":
+            raise UserError(f"--lr-gamma must be below 1 (a decay factor), got {self.lr_gamma:g}")
         for name in ("dataset", "likelihood", "objective", "arch", "activation", "optimizer", "device"):
             if not isinstance(getattr(self, name), str):
                 raise UserError(f"--{name} must be a name, got {getattr(self, name)!r}")

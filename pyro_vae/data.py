@@ -96,6 +96,10 @@ class Dataset:
     ``labels`` / ``test_labels`` are ``(N,)`` tensors of the items' labels when the user's file
     holds them or the data set has them (``digits``, ``mnist``, ``fashion-mnist``: the class 0..9),
     else ``None``; unused by training, used by the latent tools (``pyro-vae encode``, ``latents``).
+
+    ``valid`` (with ``valid_labels``) is the validation set that training scores every epoch and
+    selects ``best.pt`` by; ``None`` until :func:`with_validation` carves it from ``train`` (or the
+    source has its own, as binarized MNIST's official validation file).
     """
 
     name: str
@@ -105,6 +109,8 @@ class Dataset:
     levels: int = None
     labels: torch.Tensor = None
     test_labels: torch.Tensor = None
+    valid: torch.Tensor = None
+    valid_labels: torch.Tensor = None
     _fingerprint: str = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -112,7 +118,8 @@ class Dataset:
         return self.train.shape[1]
 
     def fingerprint(self):
-        """A hex sha256 of the data's content: the shape, dtype and bytes of ``train`` then ``test``.
+        """A hex sha256 of the data's content: the shape, dtype and bytes of ``train`` then ``test``
+        (then ``valid``, when there is one).
 
         Equal for the same values however they were stored (uint8 ``k`` or float ``k/255``); any changed
         value, item or split changes it. Computed once and cached (its cost on MNIST: docs/benchmarks.md,
@@ -120,7 +127,7 @@ class Dataset:
         """
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            for part in (self.train, self.test):
+            for part in (self.train, self.test) + ((self.valid,) if self.valid is not None else ()):
                 t = part.detach().to("cpu").contiguous()
                 digest.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
                 digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
@@ -129,7 +136,8 @@ class Dataset:
 
     def to(self, device):
         moved = Dataset(self.name, self.train.to(device), self.test.to(device), self.image_shape, self.levels,
-                        self.labels, self.test_labels)  # fmt: skip
+                        self.labels, self.test_labels,
+                        None if self.valid is None else self.valid.to(device), self.valid_labels)  # fmt: skip
         moved._fingerprint = self._fingerprint
         return moved
 
@@ -172,6 +180,9 @@ class DatasetSource:
 
     #: (H, W) of one image, for pictures
     image_shape = None
+    #: the validation set is the last this many training items (the common protocol), else a
+    #: seeded :data:`VALID_FRACTION` of them (see :func:`with_validation`)
+    validation_last = None
 
     def load(self, data_dir=None):
         raise NotImplementedError
@@ -207,6 +218,7 @@ class _TorchvisionMNIST(DatasetSource):
 
     image_shape = (28, 28)
     folder = None  # torchvision's folder name under the root, e.g. "MNIST"
+    validation_last = 5000  # 55000 / 5000, the common protocol
 
     def _torchvision_class(self):
         raise NotImplementedError
@@ -308,7 +320,8 @@ class FreyFace(DatasetSource):
 class BinarizedMNIST(DatasetSource):
     """Larochelle's fixed binarization of MNIST (Larochelle & Murray 2011): 50000 train, 10000 test.
 
-    The validation split (10000) is not used for training. Files are ``.amat`` text or ``.amat.gz``.
+    The official validation split (10000, ``binarized_mnist_valid.amat``) is :attr:`Dataset.valid`.
+    Files are ``.amat`` text or ``.amat.gz``.
     """
 
     image_shape = (28, 28)
@@ -338,7 +351,8 @@ class BinarizedMNIST(DatasetSource):
 
     def load(self, data_dir=None):
         root = data_root(data_dir)
-        return Dataset(self.name, self._read(root, "train"), self._read(root, "test"), self.image_shape, 2)
+        return Dataset(self.name, self._read(root, "train"), self._read(root, "test"), self.image_shape, 2,
+                       valid=self._read(root, "valid"))  # fmt: skip
 
 
 # The user's own files (--data / --test-data) -------------------------------------------------------
@@ -690,6 +704,44 @@ def load_arrays(data, test_data=None):
         train_x, test_x = train[0], test[0]
         test_labels = _labels(test_labels, len(test_array), test_what, test_path)
     return Dataset(Path(data).stem, train_x, test_x, _image_shape(contents.x.shape[1:]), levels, labels, test_labels)
+
+
+#: the share of the training items that :func:`with_validation` sets aside, when the source has no rule
+VALID_FRACTION = 0.1
+#: the seed of that split (another permutation than the train/test split's)
+VALID_SPLIT_SEED = SPLIT_SEED + 1
+
+
+def with_validation(dataset, name=None):
+    """``dataset`` with a validation set carved from its training items, unless it has one.
+
+    - a registered dataset with :attr:`DatasetSource.validation_last` (MNIST, Fashion-MNIST): the
+      last 5000 training items (55000 / 5000);
+    - otherwise (and for a user's ``--data``, ``name=None``): a seeded :data:`VALID_FRACTION` of the
+      training items (a fixed permutation, :data:`VALID_SPLIT_SEED`); with fewer than 2 training
+      items there is no validation set (``valid`` stays ``None``).
+
+    Labels follow their items. The data is not copied where slicing suffices.
+    """
+    if dataset.valid is not None:
+        return dataset
+    n = len(dataset.train)
+    last = getattr(DATASETS.get(name), "validation_last", None) if name is not None else None
+    if last is not None and n > last:
+        keep, held = torch.arange(n - last), torch.arange(n - last, n)
+    elif n >= 2:
+        perm = torch.from_numpy(np.random.RandomState(VALID_SPLIT_SEED).permutation(n))
+        n_valid = max(1, int(round(n * VALID_FRACTION)))
+        keep, held = perm[n_valid:].sort().values, perm[:n_valid].sort().values
+    else:
+        return dataset
+
+    def pick(t, index):
+        return None if t is None else t[index]
+
+    return Dataset(dataset.name, dataset.train[keep], dataset.test, dataset.image_shape, dataset.levels,
+                   pick(dataset.labels, keep), dataset.test_labels, dataset.train[held],
+                   pick(dataset.labels, held))  # fmt: skip
 
 
 def load_dataset(name="digits", data_dir=None, data=None, test_data=None):

@@ -318,6 +318,7 @@ def build_loggers(names, image_every=5, options=None):
 #: how the keys of an epoch record are shown, in this order; other numbers follow as ``key value``
 _LABELS = {
     "train_elbo": ("train ELBO", "{:9.3f}"),
+    "valid_elbo": ("valid ELBO", "{:9.3f}"),
     "validation_elbo": ("validation ELBO", "{:9.3f}"),
     "test_elbo": ("test ELBO", "{:9.3f}"),
     "kl_weight": ("KL weight", "{:.3g}"),

@@ -48,11 +48,14 @@ def save_grid(x, image_shape, path, ncol=None, title=None, value_range=(0.0, 1.0
 
 
 def save_curves(metrics, path, title=None):
-    """Train and test ELBO (nats per datapoint) by epoch."""
+    """Train and validation ELBO (nats per datapoint) by epoch (test ELBO for runs from before validation)."""
     epochs = [m["epoch"] for m in metrics]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(epochs, [m["train_elbo"] for m in metrics], "o-", ms=3, label="train ELBO")
-    ax.plot(epochs, [m["test_elbo"] for m in metrics], "s-", ms=3, label="test ELBO")
+    held = "valid_elbo" if any(m.get("valid_elbo") is not None for m in metrics) else "test_elbo"
+    values = [m.get(held) for m in metrics]
+    ax.plot(epochs, [float("nan") if v is None else v for v in values], "s-", ms=3,
+            label="validation ELBO" if held == "valid_elbo" else "test ELBO")  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO per datapoint (nats)")
     ax.grid(alpha=0.3)

@@ -1,7 +1,9 @@
 """A run folder: what it holds, how it is written, and the run as a Python object.
 
 A run folder holds ``config.json`` (every setting, the data's shape and the package versions),
-``metrics.jsonl`` (one JSON line per epoch), ``checkpoint.pt`` and pictures (:data:`RUN_FILES`).
+``metrics.jsonl`` (one JSON line per epoch: ``train_elbo``, ``valid_elbo``, ...), ``checkpoint.pt``
+(the last epoch), ``best.pt`` (the epoch with the best validation ELBO), ``final.json`` (the test
+ELBO, scored once at the end), pictures and the loggers' outputs (:data:`RUN_FILES`).
 :class:`Run` is a trained VAE with its settings and metrics (load one with :func:`load_run`):
 sample, reconstruct, evaluate.
 """
@@ -32,8 +34,11 @@ from .user_code import is_import_spec
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png", "curves.png",
-    "manifold.png", "evaluation.json",
+    "manifold.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns",
 )  # fmt: skip
+
+#: ``load_run(checkpoint=...)`` / ``--checkpoint``: the file of each choice
+CHECKPOINTS = {"best": "best.pt", "last": "checkpoint.pt"}
 
 
 def package_versions():
@@ -187,6 +192,10 @@ class Run:
     def __init__(self, directory, config, meta, vae, metrics):
         self.directory = Path(directory)
         self.config, self.meta, self.vae, self.metrics = config, meta, vae.eval(), metrics
+        #: ``final.json`` (test ELBO of best.pt and of the last epoch, best epoch), ``None`` if absent
+        self.final = None
+        #: which checkpoint the model is from: ``"best"`` or ``"last"``
+        self.checkpoint = "last"
 
     @property
     def image_shape(self):
@@ -381,17 +390,22 @@ def check_guide_trusted(config, directory, trust_guide=False, guide=None):
     )
 
 
-def load_run(directory, device="auto", trust_guide=False, guide=None):
-    """Load the run in ``directory`` (its ``config.json`` and ``checkpoint.pt``) onto ``device``.
+def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None):
+    """Load the run in ``directory`` (its ``config.json`` and a checkpoint) onto ``device``.
 
     :param device: ``"auto"`` (CUDA when available, else the CPU, whatever the run was trained on),
         ``"cpu"`` or ``"cuda"``. Checkpoints are read onto that device, so a run trained on a GPU
         opens on a machine without one.
+    :param str checkpoint: ``"best"`` (default): ``best.pt``, the epoch with the best validation
+        ELBO; ``"last"``: ``checkpoint.pt``, the last epoch. A run written before ``best.pt``
+        existed falls back to ``checkpoint.pt``.
     :param bool trust_guide: allow running the code a run names as its guide (``file.py:Name`` or
         ``module:Name``); see :func:`check_guide_trusted`. ``guide``: the same spec, named again.
-    :raises UserError: for a folder that is not a run, a damaged ``config.json`` or checkpoint, or
+    :raises UserError: for an unknown ``checkpoint``, a folder that is not a run, a damaged ``config.json`` or checkpoint, or
         an untrusted guide.
     """
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise UserError(f"{directory} is not a pyro-vae run folder (no config.json)")
@@ -416,7 +430,10 @@ def load_run(directory, device="auto", trust_guide=False, guide=None):
         raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); retrain the run") from None
     check_guide_trusted(config, directory, trust_guide, guide)
     device = resolve_device(device or "auto")
-    state = load_checkpoint(directory / "checkpoint.pt", map_location=device)
+    path = directory / CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not path.exists() and (directory / "checkpoint.pt").exists():
+        path = directory / "checkpoint.pt"  # a run from before best.pt
+    state = load_checkpoint(path, map_location=device)
     try:
         saved = Config.from_dict(state["config"])
     except (UserError, ValueError, KeyError, TypeError) as e:
@@ -429,7 +446,14 @@ def load_run(directory, device="auto", trust_guide=False, guide=None):
     except RuntimeError:
         raise UserError(f"the checkpoint in {directory} does not fit the model its config.json describes") from None
     metrics = read_metrics(directory / "metrics.jsonl")
-    return Run(directory, config, meta, vae, metrics)
+    run = Run(directory, config, meta, vae, metrics)
+    run.checkpoint = "best" if path.name == "best.pt" else "last"
+    if (directory / "final.json").exists():
+        try:
+            run.final = json.loads((directory / "final.json").read_text())
+        except ValueError:
+            raise UserError(f"{directory / 'final.json'} is damaged") from None
+    return run
 
 
 def write_evaluation(run, result):

@@ -11,6 +11,7 @@ number of steps; :func:`fit` drives a :class:`Trainer` and writes the run folder
 """
 
 import contextlib
+import dataclasses
 import errno
 import json
 import shutil
@@ -25,10 +26,12 @@ from tqdm.auto import tqdm
 import pyro
 
 from .build import build, make_config, speed_for
-from .checkpoint import clean_temp_files, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import atomic_write_text, clean_temp_files, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .evaluation import evaluate
+from .kl_weighting import KLWeighting
+from .loggers import Loggers, PlainProgress, build_loggers, format_epoch_line
 from .model import VAE
 from .objectives import build_objective
 from .run import (
@@ -43,6 +46,7 @@ from .run import (
     write_config,
     write_metrics,
 )
+from .schedules import LRSchedule
 from .speed import Speed, SVIStep, compile_nets
 
 __all__ = ["Step", "Trainer", "fit"]
@@ -92,15 +96,29 @@ class Trainer:
 
     def __init__(self, config=None, speed=None, **settings):
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
-        parts = build(make_config(config, **settings))
+        config = make_config(config, **settings)
+        #: the learning rate of every step (--lr-schedule, --lr-warmup; see pyro_vae.schedules)
+        self.schedule = LRSchedule(config)
+        parts = build(config)
         self.speed = speed_for(speed or Speed(), parts.optimizer)
+        if not self.schedule.constant and self.speed.experimental_cuda_graph:
+            self.speed = dataclasses.replace(self.speed, experimental_cuda_graph=False)  # a graph would freeze the lr
+        if config.clip_norm is not None and self.speed.optimizer != "pyro":
+            # the fused step has no hook between backward and step: Pyro's own path clips (GlobalClipOptim)
+            self.speed = dataclasses.replace(self.speed, optimizer="pyro")
         #: the settings, with the options of the likelihood family and the guide written out
         self.config = parts.config
         self.device, self.dataset, self.train, self.test = parts.device, parts.dataset, parts.train, parts.test
         self.vae, self.optimizer = parts.vae, parts.optimizer
+        #: the validation data on the device (``None`` when the training data is too small to split)
+        self.valid = parts.valid
         #: the :class:`~pyro_vae.objectives.Objective`, checked against the guide before training
         self.objective = build_objective(self.config, self.vae)
-        self.step = SVIStep(self.vae.model, self.vae.guide, self.objective.build(), self.optimizer, self.speed,
+        #: --beta, --kl-warmup, --free-bits (the training objective; metrics stay the true ELBO)
+        self.kl = KLWeighting(beta=self.config.beta, warmup_epochs=self.config.kl_warmup,
+                              free_bits=self.config.free_bits).check(self.objective, self.vae)  # fmt: skip
+        model, guide = self.kl.wrap(self.vae.model, self.vae.guide)
+        self.step = SVIStep(model, guide, self.kl.build_loss(self.objective), self.optimizer, self.speed,
                             to_scalar=self.objective.training_loss)  # fmt: skip
         if self.speed.compile and not self.step.captures:  # else the step compiles its captured loss graph
             compile_nets(self.vae, self.speed.compile)
@@ -150,6 +168,8 @@ class Trainer:
         with self._own_params():
             for step, index in enumerate(batches, start=1):
                 x = self.vae.likelihood.prepare_batch(self.train[index])
+                kl_weight = self.kl.update(epoch, step, self.steps_per_epoch)
+                lr = self.schedule.apply(self.step)
                 loss = self.step(x)
                 if self.speed.sync_every_step and not torch.isfinite(loss):
                     _diverged(loss.item(), epoch, step)
@@ -169,8 +189,18 @@ class Trainer:
                     f"{len(losses)} (its loss was still finite); training stopped (try a smaller --lr)"
                 )
         self.epoch = epoch
-        return {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
-                "items_per_s": n / seconds}  # fmt: skip
+        record = {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
+                  "items_per_s": n / seconds}  # fmt: skip
+        if not self.schedule.constant:
+            record["lr"] = lr  # the last step's
+        if self.kl.active:
+            record["kl_weight"] = kl_weight  # the last step's; train_elbo is then the training objective
+        return record
+
+    def end_epoch(self, valid_elbo=None):
+        """Step the epoch-level learning-rate schedule (``plateau`` on ``valid_elbo``); :func:`fit`
+        calls it after each epoch's validation, before the checkpoint."""
+        self.schedule.end_epoch(valid_elbo)
 
     def run_steps(self, num_steps):
         """``num_steps`` SVI steps through the shuffled training data (a fresh order after each pass).
@@ -186,14 +216,27 @@ class Trainer:
                     self._order, self._position = torch.randperm(len(self.train), device=self.device), 0
                 x = self._batch(self._order, self._position)
                 self._position += self.config.batch_size
+                t, per = self.schedule.steps, self.steps_per_epoch
+                self.kl.update(t // per + 1, t % per + 1, per)
+                self.schedule.apply(self.step)
                 losses.append(self.step(x))
         return torch.stack(losses) if losses else torch.zeros(0)
 
     def test_elbo(self):
-        """The mean test ELBO (one draw per item, nats per item), as ``metrics.jsonl`` records it."""
+        """The mean test ELBO (one draw per item, nats per item), as ``final.json`` records it."""
         self.vae.eval()
         with self._own_params():
             elbo, _ = evaluate(self.vae, self.test, num_samples=1)
+        return elbo.mean().item()
+
+    def valid_elbo(self):
+        """The mean validation ELBO (one draw per item, nats per item; the true ELBO, beta = 1), as
+        ``metrics.jsonl`` records it each epoch; ``None`` without a validation set."""
+        if self.valid is None:
+            return None
+        self.vae.eval()
+        with self._own_params():
+            elbo, _ = evaluate(self.vae, self.valid, num_samples=1)
         return elbo.mean().item()
 
     def state_dict(self):
@@ -203,6 +246,7 @@ class Trainer:
             "epoch": self.epoch,
             "model": self.vae.state_dict(),
             "optimizer": self._optimizer_state(),
+            "schedule": self.schedule.state_dict(),
             "rng": rng_state(),
         }
 
@@ -216,9 +260,20 @@ class Trainer:
             self.vae.load_state_dict(state["model"])
         except RuntimeError:
             raise UserError(f"{where} does not fit this model (another configuration)") from None
-        self.step.set_state(state["optimizer"])
-        set_rng_state(state["rng"])
         self.epoch = state["epoch"]
+        if state.get("schedule") is not None:
+            self.schedule.load_state_dict(state["schedule"], epochs=self.config.epochs)
+        else:  # a checkpoint from before schedules: the constant learning rate
+            self.schedule.steps = self.epoch * self.steps_per_epoch
+        optimizer = state["optimizer"]
+        if not self.schedule.constant:
+            # the saved groups hold the last step's lr, and loading them (possibly inside the first
+            # step, which builds the optimizer) would use it for the next step: give them the next one's
+            lr = self.schedule.lr()
+            optimizer = {name: {**s, "param_groups": [{**g, "lr": lr} for g in s["param_groups"]]}
+                         for name, s in optimizer.items()}  # fmt: skip
+        self.step.set_state(optimizer)
+        set_rng_state(state["rng"])
 
 
 def _diverged(value, epoch, step):
@@ -276,7 +331,10 @@ def _swap_in(staging, out):
     """Replace the run files in ``out`` by those in ``staging`` (each by an atomic rename), then remove ``staging``."""
     for name in RUN_FILES:
         if not (staging / name).exists():
-            (out / name).unlink(missing_ok=True)
+            if (out / name).is_dir() and not (out / name).is_symlink():  # logger folders (tensorboard, mlruns)
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
     for name in RUN_FILES:
         if (staging / name).exists():
             (staging / name).replace(out / name)
@@ -302,7 +360,7 @@ def _io_error(e, out):
 
 
 def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
-        speed=None, rank=0, make_trainer=None, **settings):  # fmt: skip
+        speed=None, rank=0, make_trainer=None, loggers=None, log_images_every=5, **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     The run folder is locked while the run trains (``RUN/.lock``): a second ``fit`` or ``fit
@@ -324,7 +382,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         data, guide, device) before anything in ``out`` is touched, and the old run's files are
         replaced only once the new run has written its first checkpoint (it trains in
         ``out/.staging`` until then): a refused or interrupted ``overwrite`` keeps the old run.
-    :param bool quiet: no progress bar and no summary line.
+    :param bool quiet: no progress bar, no per-epoch lines and no summary line. When stderr is not a
+        terminal (batch jobs, notebooks) each epoch prints one plain line there instead of a bar.
     :param on_epoch: optional callable receiving each epoch's metrics dict.
     :param on_step: optional callable receiving a :class:`Step` after every SVI step. A callback
         that draws random numbers (e.g. to evaluate the bound) changes the rest of the run unless it
@@ -335,22 +394,37 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         writes the run folder.
     :param make_trainer: ``(config, speed=) -> Trainer`` (default :class:`Trainer`), e.g. a
         :class:`~pyro_vae.distributed.DistributedTrainer`.
-    :returns: the trained :class:`~pyro_vae.run.Run`.
+    :param loggers: logger names (``["csv", "tensorboard", "mlflow"]``, see :mod:`pyro_vae.loggers`)
+        or a :class:`~pyro_vae.loggers.Loggers`: each epoch's record, the config as hyperparameters,
+        and images (samples, validation reconstructions) every ``log_images_every`` epochs and at the last.
+    :returns: the trained :class:`~pyro_vae.run.Run` (the model of the last epoch; ``run.final``
+        holds what ``final.json`` holds).
     :raises UserError: for bad settings, a folder in use, changed data, unwritable folders (one line).
     :raises TrainingDiverged: when a loss or a parameter becomes NaN or infinite; the message says
         whether a checkpoint is kept.
     :raises TrainingInterrupted: (a :class:`KeyboardInterrupt`) on Ctrl-C, saying which checkpoint is
         kept and how to resume.
+
+    Each epoch records the validation ELBO (``valid_elbo``; the true ELBO whatever ``beta``) and
+    keeps ``best.pt``, the state of the epoch with the best one so far, beside ``checkpoint.pt``
+    (the last epoch). With ``config.early_stopping = P`` training stops after ``P`` epochs without a
+    better validation ELBO. The test set is scored once, at the end: ``final.json`` holds
+    ``test_elbo`` (of ``best.pt``), ``test_elbo_last``, ``best_epoch``, ``best_valid_elbo``,
+    ``epochs`` (run) and ``stopped_early``.
     """
     config = make_config(config, **settings)
+    if not isinstance(loggers, Loggers):  # built first: a missing optional package fails before any work
+        loggers = build_loggers(loggers or (), log_images_every)
     if out is not None and not str(out).strip():
         raise UserError("--out is empty; give the run folder a name (or leave --out out for a new one under runs/)")
     out = Path(out) if out is not None else new_run_dir(config)
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
+    if not isinstance(loggers, Loggers):  # built first: a missing optional package fails before any work
+        loggers = build_loggers(loggers or (), log_images_every)
     locks = []  # the run folder's lock, once taken
     try:
-        return _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank, make_trainer)
+        return _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank, make_trainer, loggers)
     except OSError as e:  # a read-only folder, a full disk, a name too long
         raise _io_error(e, out) from None
     finally:
@@ -358,7 +432,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             lock.release()
 
 
-def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank=0, make_trainer=None):
+def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank=0, make_trainer=None,
+         loggers=None):  # fmt: skip
     lead = rank == 0  # data parallelism: only rank 0 writes the run folder
     state, saved_meta, replacing = None, {}, False
     if resume:
@@ -414,6 +489,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
         "n_train": len(trainer.train),
         "n_test": len(trainer.test),
         "data_fingerprint": fingerprint,
+        "n_valid": len(trainer.valid) if trainer.valid is not None else 0,
         "versions": package_versions(),
     }
 
@@ -426,52 +502,83 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
         write_metrics(where, metrics)
 
     show = lead and not quiet and sys.stderr.isatty()
+    plain = PlainProgress(epochs=config.epochs) if lead and PlainProgress.wanted(quiet) else None
+    loggers = loggers if lead else None
+    started = False  # loggers start in the run folder itself, so after a staged --overwrite's first swap
     n = len(trainer.train)
+    best = _best(metrics)
     warned = False
     epoch = trainer.epoch
     try:
         for epoch in range(trainer.epoch + 1, config.epochs + 1):
+            if config.early_stopping and best is not None and trainer.epoch - best["epoch"] >= config.early_stopping:
+                break
             bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", disable=not show, leave=False)
             try:
                 hook = _OnStep(on_step, epoch, (epoch - 1) * n, vae) if on_step is not None else None
                 trained = trainer.train_epoch(_chain(_ProgressBar(bar) if show else None, hook))
-                record = {
-                    "epoch": epoch,
-                    "train_elbo": trained["train_elbo"],
-                    "test_elbo": trainer.test_elbo(),
-                    "seconds": trained["seconds"],
-                    "items_per_s": trained["items_per_s"],
-                }
+                valid_elbo = trainer.valid_elbo()
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e}; {_kept(where, out)}") from None
             except KeyboardInterrupt:
                 raise TrainingInterrupted(f"interrupted in epoch {epoch}; {_kept(where, out, interrupted=True)}") from None
             finally:
                 bar.close()
+            trainer.end_epoch(valid_elbo)
+            record = {
+                "epoch": epoch,
+                "train_elbo": trained["train_elbo"],
+                "valid_elbo": valid_elbo,
+                "seconds": trained["seconds"],
+                "items_per_s": trained["items_per_s"],
+                **{k: trained[k] for k in ("lr", "kl_weight") if k in trained},
+            }
             metrics.append(record)
+            improved = best is None or valid_elbo is None or best["valid_elbo"] is None or valid_elbo > best["valid_elbo"]
+            if improved:
+                best = {"epoch": epoch, "valid_elbo": valid_elbo}
             if lead:
                 write_metrics(where, metrics)
-                save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
+                state = trainer.state_dict()
+                save_checkpoint(where / "checkpoint.pt", state)
+                if improved:
+                    save_checkpoint(where / "best.pt", state)
                 if where != out:
                     _swap_in(where, out)
                     where = out
-            if lead and not warned and max(abs(record["train_elbo"]), abs(record["test_elbo"])) > ABSURD_ELBO:
+            if lead and not warned and max(abs(record["train_elbo"]), abs(valid_elbo or 0.0)) > ABSURD_ELBO:
                 warned = True
                 print(f"warning: epoch {epoch}'s ELBO is {record['train_elbo']:.3g} nats per item (train), "
-                      f"{record['test_elbo']:.3g} (test): absurdly large; check the data's scale and the likelihood",
+                      f"{valid_elbo:.3g} (validation): absurdly large; check the data's scale and the likelihood",
                       file=sys.stderr)  # fmt: skip
+            if loggers:
+                if not started:
+                    loggers.start(out, {**config.to_dict(), **meta})
+                    started = True
+                loggers.log_epoch(record)
+                if loggers.wants_images(epoch, last=epoch == config.epochs):
+                    _log_images(trainer, loggers, epoch)
             if on_epoch is not None:
                 on_epoch(record)
             if show:
-                tqdm.write(
-                    f"epoch {epoch:3d}  train ELBO {record['train_elbo']:9.3f}  test ELBO {record['test_elbo']:9.3f}  "
-                    f"{record['seconds']:6.2f} s  {record['items_per_s']:8.0f} items/s",
-                    file=sys.stderr,
-                )
+                tqdm.write(format_epoch_line(record, config.epochs), file=sys.stderr)
+            elif plain is not None:
+                plain(record)
     except TrainingInterrupted:
+        if started:
+            loggers.close(failed=True)
         raise
     except KeyboardInterrupt:  # between epochs: while writing the checkpoint, metrics or in on_epoch
+        if started:
+            loggers.close(failed=True)
         raise TrainingInterrupted(f"interrupted after epoch {epoch}'s training; {_kept(where, out, interrupted=True)}") from None
+    except BaseException:
+        if started:
+            loggers.close(failed=True)
+        raise
+    stopped_early = bool(config.early_stopping) and trainer.epoch < config.epochs
+    if started:
+        loggers.close()
 
     run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
     if not lead:
@@ -480,11 +587,14 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
         save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
     if where != out:
         _swap_in(where, out)
+    run.final = final = _final(trainer, out, metrics, stopped_early)
     run.write_pictures(trainer.test)
     if not quiet:
-        last = metrics[-1] if metrics else None
         summary = (
-            f"test ELBO {last['test_elbo']:.3f} nats/item after {last['epoch']} epochs" if last else "no epochs run"
+            f"test ELBO {final['test_elbo']:.3f} nats/item (best epoch {final['best_epoch']} by validation; "
+            f"last epoch {final['test_elbo_last']:.3f}) after {final['epochs']} epochs"
+            + (" (stopped early)" if stopped_early else "")
+            if metrics and final["test_elbo"] is not None else "no epochs run" if not metrics else "no best.pt"
         )
         print(f"{config.likelihood} VAE on {dataset.name}: {summary}; run folder {out}")
     return run
@@ -505,3 +615,48 @@ def _kept(where, out, interrupted=False):
     if interrupted:
         return f"no checkpoint was written{old}; start again"
     return f"no checkpoint was written{old}; start again with --overwrite and a smaller --lr"
+
+
+def _best(metrics):
+    """``{"epoch", "valid_elbo"}`` of the best epoch in ``metrics`` so far (the last one when there is
+    no validation set; ``None`` for no epochs)."""
+    best = None
+    for m in metrics:
+        v = m.get("valid_elbo")
+        if best is None or v is None or best["valid_elbo"] is None or v > best["valid_elbo"]:
+            best = {"epoch": m["epoch"], "valid_elbo": v}
+    return best
+
+
+def _log_images(trainer, loggers, epoch):
+    """Samples from the prior and validation items above their reconstructions, as ``(N, C, H, W)``
+    in [0, 1]; the random generators are restored afterwards, so logging never changes the run."""
+    vae, shape = trainer.vae, (1, *trainer.dataset.image_shape)
+    devices = [trainer.device] if trainer.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), trainer._own_params(), torch.no_grad():
+        vae.eval()
+        generator = torch.Generator(device=trainer.device).manual_seed(trainer.config.seed)
+        samples = vae.sample(64, generator=generator)
+        x = (trainer.valid if trainer.valid is not None else trainer.test)[:16]
+        pairs = torch.cat([x, vae.reconstruct(x)])
+    for name, images in (("samples", samples), ("reconstructions", pairs)):
+        loggers.log_images(epoch, name, images.float().cpu().clamp(0, 1).reshape(-1, *shape))
+
+
+def _final(trainer, out, metrics, stopped_early):
+    """Score the test set once, with ``best.pt`` and with the last epoch; write ``final.json``."""
+    best = _best(metrics)
+    final = {"epochs": trainer.epoch, "stopped_early": stopped_early, "best_epoch": None, "best_valid_elbo": None,
+             "test_elbo": None, "test_elbo_last": None}  # fmt: skip
+    if best is not None and (out / "best.pt").exists():
+        final["test_elbo_last"] = trainer.test_elbo()
+        final.update(best_epoch=best["epoch"], best_valid_elbo=best["valid_elbo"])
+        if best["epoch"] == trainer.epoch:
+            final["test_elbo"] = final["test_elbo_last"]
+        else:
+            last = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
+            trainer.vae.load_state_dict(load_checkpoint(out / "best.pt", map_location=trainer.device)["model"])
+            final["test_elbo"] = trainer.test_elbo()
+            trainer.vae.load_state_dict(last)
+    atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
+    return final

@@ -55,7 +55,7 @@ def test_speed_flags_change_how_not_what(capsys, tmp_path, monkeypatch):
         assert run_cli(capsys, "fit", *FAST, "--epochs", "2", "--out", out, "--quiet", *flags)[0] == 0
         metrics[tuple(flags)] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(metrics[()], metrics[("--no-capture",)]):
-        assert a["test_elbo"] == pytest.approx(b["test_elbo"], rel=1e-5)
+        assert a["valid_elbo"] == pytest.approx(b["valid_elbo"], rel=1e-5)
 
     import pyro_vae.training
 
@@ -133,6 +133,9 @@ def test_corrupt_checkpoint(capsys, trained, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(trained, broken)
     (broken / "checkpoint.pt").write_bytes(b"garbage")
+    assert_user_error(run_cli(capsys, "evaluate", broken, "--checkpoint", "last"), "corrupt")
+    assert_user_error(run_cli(capsys, "sample", broken, "--checkpoint", "last"), "corrupt")
+    (broken / "best.pt").write_bytes(b"garbage")  # what evaluate and sample read by default
     assert_user_error(run_cli(capsys, "evaluate", broken), "corrupt")
     assert_user_error(run_cli(capsys, "sample", broken), "corrupt")
     assert_user_error(run_cli(capsys, "fit", "--out", broken, "--resume", "--epochs", "3"), "corrupt")
@@ -317,7 +320,7 @@ def test_user_guide_from_a_file_trains_and_evaluates_through_the_cli(tmp_path, g
     config = json.loads((out / "config.json").read_text())
     assert config["guide"] == spec
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["test_elbo"] > metrics[0]["test_elbo"]
+    assert metrics[-1]["valid_elbo"] > metrics[0]["valid_elbo"]
     capsys.readouterr()
     assert main(["evaluate", str(out), "--samples", "5", "--subset", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -375,3 +378,45 @@ def test_guide_and_objective_mistakes_are_one_line_errors(tmp_path, guide_file, 
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert message in err
+
+
+# Issue 13: --config, --print-config, --device mps, --checkpoint, the training flags ---------------
+def test_config_file_with_overrides_and_print_config(capsys, tmp_path):
+    (tmp_path / "fit.json").write_text(json.dumps({"dataset": "digits", "z_dim": 3, "hidden": [32, 16], "beta": 2.0}))
+    code, out, err = run_cli(capsys, "fit", "--config", tmp_path / "fit.json", "--z-dim", "5", "--lr-schedule",
+                             "cosine", "--print-config")  # fmt: skip
+    assert code == 0, err
+    resolved = json.loads(out)
+    assert resolved["z_dim"] == 5 and resolved["hidden"] == [32, 16] and resolved["beta"] == 2.0
+    assert resolved["lr_schedule"] == "cosine" and resolved["dataset"] == "digits" and resolved["lr"] == 1e-3
+    code, out, err = run_cli(capsys, "fit", "--config", tmp_path / "nope.toml", "--print-config")
+    assert code == 2 and "does not exist" in err
+
+
+def test_device_mps_is_refused_in_one_line_without_it(capsys, tmp_path):
+    import torch
+
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    code, out, err = run_cli(capsys, "fit", *FAST[:-2], "--device", "mps", "--epochs", "1", "--out", tmp_path / "r")
+    assert code == 2 and err.strip().count("\n") == 0 and "--device mps" in err
+
+
+def test_training_flags_and_checkpoint_choice(capsys, tmp_path):
+    out = tmp_path / "r"
+    code, _, err = run_cli(capsys, "fit", *FAST, "--epochs", "2", "--out", out, "--quiet", "--beta", "0.5",
+                           "--lr-schedule", "step", "--lr-step", "1", "--lr-gamma", "0.5", "--lr-warmup", "3",
+                           "--weight-decay", "1e-5", "--clip-norm", "10", "--early-stopping", "5")  # fmt: skip
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert (config["beta"], config["lr_schedule"], config["lr_step"], config["lr_gamma"], config["lr_warmup"],
+            config["weight_decay"], config["clip_norm"], config["early_stopping"]) == (0.5, "step", 1, 0.5, 3, 1e-5, 10.0, 5)  # fmt: skip
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == pytest.approx([1e-3, 5e-4]) and all(r["kl_weight"] == 0.5 for r in records)
+    for choice in ("best", "last"):
+        code, text, err = run_cli(capsys, "evaluate", out, "--samples", "5", "--subset", "20", "--json",
+                                  "--checkpoint", choice, "--device", "cpu")  # fmt: skip
+        assert code == 0, err
+    assert run_cli(capsys, "sample", out, "-o", tmp_path / "s.png", "--checkpoint", "last", "--device", "cpu")[0] == 0
+    code, _, err = run_cli(capsys, "evaluate", out, "--checkpoint", "first")
+    assert code == 2

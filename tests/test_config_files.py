@@ -60,9 +60,9 @@ def test_a_real_run_config(tmp_path):
 
 
 def test_run_config_from_another_version_sets_unknown_settings_aside(tmp_path):
-    p = write(tmp_path, "config.json", '{"z_dim": 3, "lr_schedule_gamma": 0.5, "versions": {"pyro-vae": "9.0"}}')
+    p = write(tmp_path, "config.json", '{"z_dim": 3, "prior_mixture_components": 0.5, "versions": {"pyro-vae": "9.0"}}')
     settings, ignored = read_config_file(p, with_ignored=True)
-    assert settings == {"z_dim": 3} and set(ignored) == {"lr_schedule_gamma", "versions"}
+    assert settings == {"z_dim": 3} and set(ignored) == {"prior_mixture_components", "versions"}
 
 
 @pytest.mark.parametrize("name, text, match", [

@@ -54,17 +54,18 @@ def test_binarized_mnist_amat_parsing(tmp_path):
     rng = np.random.RandomState(0)
     folder = tmp_path / "binarized_mnist"
     folder.mkdir()
-    bits = {s: rng.randint(0, 2, size=(n, 784)) for s, n in (("train", 5), ("test", 3))}
+    bits = {s: rng.randint(0, 2, size=(n, 784)) for s, n in (("train", 5), ("test", 3), ("valid", 2))}
     for split, x in bits.items():
         text = "".join(" ".join(map(str, row)) + "\n" for row in x).encode()
-        if split == "train":
-            (folder / "binarized_mnist_train.amat").write_bytes(text)
+        if split != "test":
+            (folder / f"binarized_mnist_{split}.amat").write_bytes(text)
         else:
             with gzip.open(folder / "binarized_mnist_test.amat.gz", "wb") as f:
                 f.write(text)
     d = load_dataset("binarized-mnist", data_dir=tmp_path)
     assert torch.equal(d.train, torch.tensor(bits["train"], dtype=torch.float32))
     assert torch.equal(d.test, torch.tensor(bits["test"], dtype=torch.float32))
+    assert torch.equal(d.valid, torch.tensor(bits["valid"], dtype=torch.float32))  # the official validation file
     (folder / "binarized_mnist_train.amat").write_bytes(b"0 1 2\n")
     with pytest.raises(UserError, match="not a binarized MNIST"):
         load_dataset("binarized-mnist", data_dir=tmp_path)
@@ -123,7 +124,7 @@ def test_shared_frey_and_binarized_mnist(shared_copy):
     frey = load_dataset("frey", data_dir=root)
     assert frey.train.shape == (1769, 560) and frey.test.shape == (196, 560) and frey.image_shape == (28, 20)
     bm = load_dataset("binarized-mnist", data_dir=root)
-    assert bm.train.shape == (50000, 784) and bm.test.shape == (10000, 784)
+    assert bm.train.shape == (50000, 784) and bm.test.shape == (10000, 784) and bm.valid.shape == (10000, 784)
     assert bm.train.sum().item() == 5118041 and bm.test.sum().item() == 1038896  # counts from the data README
 
 
@@ -427,8 +428,9 @@ def test_batch_larger_than_the_data_runs_one_batch(tmp_path):
     run = pyro_vae.fit(data=str(tmp_path / "x.npy"), batch_size=128, epochs=2, hidden=(8,), z_dim=2, device="cpu",
                        out=tmp_path / "run", quiet=True)  # fmt: skip
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (config["n_train"], config["n_test"], config["levels"]) == (11, 1, 2)
-    assert len(run.metrics) == 2 and all(np.isfinite(m["test_elbo"]) for m in run.metrics)
+    # 12 items: 1 for the test set, then 1 of the 11 for validation
+    assert (config["n_train"], config["n_valid"], config["n_test"], config["levels"]) == (10, 1, 1, 2)
+    assert len(run.metrics) == 2 and all(np.isfinite(m["valid_elbo"]) for m in run.metrics)
 
 
 # The data's fingerprint --------------------------------------------------------------------------

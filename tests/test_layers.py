@@ -20,8 +20,8 @@ LAYERS = [
     ("the paper", ["nets", "image_nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
                    "objectives", "kl_weighting", "evaluation", "paired"]),
     ("speed", ["speed"]),
-    ("data and runs", ["image_data", "data", "build", "checkpoint", "plots", "loggers", "latent", "run", "training",
-                       "distributed"]),
+    ("data and runs", ["image_data", "data", "schedules", "build", "checkpoint", "plots", "loggers", "latent", "run",
+                       "training", "distributed"]),
     ("what users run", ["comparison", "cli"]),
 ]  # fmt: skip
 ORDER = [name for _, names in LAYERS for name in names]

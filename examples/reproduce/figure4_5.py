@@ -107,7 +107,7 @@ def train(args, name, z_dim, settings, n_train, out):
     last = run.metrics[-1]
     common.say(
         f"{setup['title']:9s} z={z_dim:<3d} lr={lr:<5g} {epochs * n_train:>9,d} samples: "
-        f"test ELBO {last['test_elbo']:9.2f} nats ({seconds:.0f} s)"
+        f"test ELBO {run.final['test_elbo_last']:9.2f} nats ({seconds:.0f} s)"
     )
     record = {
         "dataset": name,
@@ -118,7 +118,8 @@ def train(args, name, z_dim, settings, n_train, out):
         "samples": epochs * n_train,
         "seconds": seconds,
         "train_elbo": last["train_elbo"],
-        "test_elbo": last["test_elbo"],
+        "test_elbo": run.final["test_elbo_last"],  # the last epoch's model, as the paper's curves
+        "valid_elbo": last["valid_elbo"],
         "run_dir": str(run.directory),
     }
     return run, record
