@@ -19,7 +19,7 @@ from .errors import UserError
 from .guides import guide_class
 from .likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
 from .model import VAE
-from .nets import ARCHITECTURES
+from .nets import build_architecture
 from .objectives import OBJECTIVES
 from .registry import Registry
 
@@ -91,17 +91,19 @@ def check_names(config):
     guide_class(config.guide)
     OBJECTIVES.get(config.objective)
     OPTIMIZERS.get(config.optimizer)
-    ARCHITECTURES.get(config.arch)(config.hidden, config.activation)
+    build_architecture(config.arch, config.hidden, config.activation, config.channels)
 
 
 def build_vae(config, x_dim, levels=None, check=True):
-    """The :class:`~pyro_vae.model.VAE` a config describes, for data of ``x_dim`` values with ``levels`` levels.
+    """The :class:`~pyro_vae.model.VAE` a config describes, for items of ``x_dim`` values (or of shape
+    ``x_dim``, e.g. ``(C, H, W)``) with ``levels`` levels.
 
     ``check``: run its guide once on a tiny batch (clear errors for a user's guide before training).
     """
     likelihood = build_likelihood(config.likelihood, levels=levels, **config.likelihood_options)
     return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
-               guide_options=config.guide_options, check_guide=check, arch=config.arch)  # fmt: skip
+               guide_options=config.guide_options, check_guide=check, arch=config.arch,
+               channels=config.channels)  # fmt: skip
 
 
 def build_optimizer(config):
@@ -119,7 +121,8 @@ def prepare_data(config, likelihood, device, dataset=None):
     :raises UserError: for data outside the family's support.
     """
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+        dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data, config.layout,
+                               config.image_size)  # fmt: skip
     likelihood.check_data(dataset.train, "the training data")
     likelihood.check_data(dataset.test, "the test data")
     train = likelihood.prepare_static(dataset.train.to(device))
@@ -135,7 +138,8 @@ def load_prepared(config, device=None):
     :returns: ``(dataset, likelihood, train, test)`` as :func:`prepare_data` gives them.
     """
     device = resolve_device(config.device) if device is None else torch.device(device)
-    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data, config.layout,
+                           config.image_size)  # fmt: skip
     likelihood = build_likelihood(config.likelihood, levels=dataset.levels, **config.likelihood_options)
     dataset, train, test = prepare_data(config, likelihood, device, dataset)
     return dataset, likelihood, train, test
@@ -167,8 +171,8 @@ def build(config):
     check_names(config)
     pyro.set_rng_seed(config.seed)
     dataset, likelihood, train, test = load_prepared(config, device)
-    vae = VAE(dataset.x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
-              guide_options=config.guide_options, arch=config.arch).to(device)  # fmt: skip
+    vae = VAE(dataset.item_shape, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
+              guide_options=config.guide_options, arch=config.arch, channels=config.channels).to(device)  # fmt: skip
     options = vae.encoder.options() if hasattr(vae.encoder, "options") else dict(config.guide_options)
     resolved = config.replace(likelihood_options=likelihood.options(), guide_options=options)
     return Parts(resolved, device, dataset, train, test, vae, build_optimizer(config))

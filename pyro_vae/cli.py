@@ -35,8 +35,12 @@ def fit_options(f):
                      help="Registered dataset (ignored with --data)."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                      help="Folder holding the data files [default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae]."),
-        click.option("--data", type=click.Path(dir_okay=False), default=None,
-                     help="Train on your own array: .npy, .npz or .pt of shape (N, ...)."),
+        click.option("--data", type=click.Path(), default=None,
+                     help="Train on your own array (.npy, .npz or .pt of shape (N, ...)) or folder of PNG/JPEG images."),
+        click.option("--layout", default=None, type=click.Choice(["nchw", "nhwc"]),
+                     help="How a 4-d --data array holds its images, when its shape leaves it open [default: detected]."),
+        click.option("--image-size", default=None, metavar="H[,W]",
+                     help="Resize the images of a --data folder to H x W (one number: square)."),
         click.option("--test-data", type=click.Path(dir_okay=False), default=None,
                      help="Test array for --data [default: a fixed 10% split of --data]."),
         click.option("--binarize", default=None, type=click.Choice(Binarize.MODES),
@@ -50,8 +54,12 @@ def fit_options(f):
                           f"[default: {likelihood_options('gaussian-fixed')['sigma']}]."),
         click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1),
                      help="Latent size; 2 also draws the latent manifold."),
-        click.option("--arch", default=DEFAULTS.arch, show_default=True, type=_choice(ARCHITECTURES),
-                     help="Network architecture of the encoder and decoder."),
+        click.option("--arch", default=DEFAULTS.arch, show_default=True, metavar="NAME|FILE.py:CLASS|MODULE:CLASS",
+                     help=f"Network architecture of the encoder and decoder: {', '.join(ARCHITECTURES.names())}, "
+                          "or your own class (see docs/guides.md)."),
+        click.option("--channels", default=",".join(map(str, DEFAULTS.channels)), show_default=True,
+                     help="Convolution widths of the conv and resnet nets, from the image inwards (the decoder "
+                          "uses them reversed)."),
         click.option("--hidden", default=",".join(map(str, DEFAULTS.hidden)), show_default=True,
                      help="Hidden layer sizes of encoder and decoder, e.g. 500 or 200,200."),
         click.option("--activation", default=DEFAULTS.activation, show_default=True,
@@ -78,6 +86,9 @@ def fit_options(f):
                      help="Seeds initialization, shuffling and noise; a CPU run repeats exactly."),
         click.option("--device", default=DEFAULTS.device, show_default=True,
                      help="auto (CUDA when available), cpu or cuda."),
+        click.option("--stream", is_flag=True,
+                     help="Keep the data in host memory and stream minibatches to the device through a DataLoader "
+                          "[default: automatic when the data would not fit on the device]."),
         click.option("--quiet", is_flag=True, help="No progress bar and no summary line."),
     ]  # fmt: skip
     for option in reversed(options):

@@ -7,6 +7,7 @@ sample, reconstruct, evaluate.
 """
 
 import json
+import math
 import platform
 from datetime import datetime
 from pathlib import Path
@@ -142,7 +143,7 @@ class Run:
         if subset is not None:
             x = x[:subset]
         scores = evaluate_terms(self.vae, x, num_samples=samples, progress=progress)
-        return summarize(scores, self.vae.likelihood, x.shape[1])
+        return summarize(scores, self.vae.likelihood, math.prod(x.shape[1:]))
 
     # Pictures ------------------------------------------------------------------------------------
     def _display_range(self):
@@ -158,7 +159,7 @@ class Run:
         torch.manual_seed(self.config.seed)
         self.save_samples(d / "samples.png")
         x = test[:16]
-        pairs = torch.cat([x.cpu(), self.reconstruct(x)])
+        pairs = torch.cat([x.cpu().reshape(len(x), -1), self.reconstruct(x)])
         title = "test inputs (top) and reconstructions (bottom)"
         plots.save_grid(pairs, self.image_shape, d / "reconstructions.png", ncol=len(x), title=title,
                         value_range=self._display_range())  # fmt: skip
@@ -178,7 +179,7 @@ def load_run(directory, device="auto"):
     try:
         meta = json.loads((directory / "config.json").read_text())
         config = Config.from_dict(meta)
-        x_dim = int(meta["x_dim"])
+        x_dim = tuple(meta["item_shape"]) if meta.get("item_shape") else int(meta["x_dim"])  # item shape since images
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{directory / 'config.json'} is damaged ({e})") from None
     device = resolve_device(device)

@@ -280,6 +280,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     config, vae, dataset = trainer.config, trainer.vae, trainer.dataset
     meta = {
         "x_dim": dataset.x_dim,
+        "item_shape": list(dataset.item_shape),
         "image_shape": list(dataset.image_shape),
         "levels": dataset.levels,
         "n_train": len(trainer.train),
