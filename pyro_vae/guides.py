@@ -344,7 +344,7 @@ def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, body=None, *
             if key not in params and not takes_any:
                 flag = "--" + key.replace("_", "-")
                 raise UserError(f"{flag} does not apply to the {label} guide (it takes no {key} option)")
-        if body is not None and ("body" in params or takes_any):
+        if body is not None and "body" in params:
             options = {**options, "body": body}
         try:
             guide = cls(x_dim, z_dim, tuple(hidden), activation, **options)
@@ -363,6 +363,8 @@ def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, body=None, *
         raise UserError(f"the guide {label} must be a torch.nn.Module (derive it from pyro_vae.Guide)")
     if isinstance(guide, Guide):
         guide.input_shape = x_shape
+        if "body" in options:  # it was given the body: it takes the items as they are
+            guide.flatten_input = False
     if check:
         check_guide(guide, x_shape, z_dim, label)
     return guide

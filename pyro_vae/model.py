@@ -68,6 +68,9 @@ class VAE(nn.Module):
         architecture = build_architecture(arch, hidden, activation, channels)
         label = arch if isinstance(arch, str) else None
         body = architecture.encoder(self.x_shape)  # None for mlp: the guide builds its MLP (parameters as before)
+        if body is not None:  # a user's --arch file fails here, clearly, before a guide is put on it
+            check_architecture(architecture, self.x_shape, z_dim, self.likelihood.params_per_dim, label,
+                               nets=(None, body))  # fmt: skip
         #: :math:`q_\phi(z \mid x)`, built and checked once on a tiny batch (:func:`~pyro_vae.guides.build_guide`)
         self.encoder = build_guide(guide, self.x_shape, z_dim, hidden, activation, check=check_guide, body=body,
                                    **(guide_options or {}))  # fmt: skip
@@ -75,7 +78,7 @@ class VAE(nn.Module):
             decoder = architecture.decoder(z_dim, self.x_shape, self.likelihood.params_per_dim)
             # run the nets once on a tiny batch: a user's --arch file fails here, clearly
             check_architecture(architecture, self.x_shape, z_dim, self.likelihood.params_per_dim, label,
-                               nets=(decoder, body))  # fmt: skip
+                               nets=(decoder, None))  # fmt: skip
         #: :math:`f_\theta`: z -> the likelihood's parameters for every data dimension
         self.decoder = decoder
 

@@ -216,7 +216,8 @@ def check_architecture(arch, x_shape, z_dim, params_per_dim, label=None, batch=2
     ``(batch, params_per_dim * D)``; the encoder is ``None`` or a module with an integer ``out_dim``
     mapping ``(batch, *x_shape)`` to ``(batch, out_dim)``. Random generators are left as they were.
 
-    ``nets``: ``(decoder, encoder)`` already built by ``arch`` (checked instead of building them).
+    ``nets``: ``(decoder, encoder)`` already built by ``arch`` (checked instead of building them; a
+    ``None`` decoder is not checked).
 
     :returns: ``(decoder, encoder)``, the modules built.
     :raises UserError: one line naming the architecture and the breach.
@@ -234,16 +235,18 @@ def check_architecture(arch, x_shape, z_dim, params_per_dim, label=None, batch=2
     for what, net in (("decoder", decoder), ("encoder", encoder)):
         if net is not None and not isinstance(net, nn.Module):
             raise UserError(f"{where}: its {what} is a {type(net).__name__}, not a torch.nn.Module")
-    if not any(True for _ in decoder.parameters()):
+    if decoder is not None and not any(True for _ in decoder.parameters()):
         raise UserError(f"{where}: its decoder has no learnable parameters")
-    p = next(decoder.parameters())
+    p = next(decoder.parameters()) if decoder is not None else torch.zeros(())
     with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []), torch.no_grad():
-        try:
-            out = decoder(torch.zeros(batch, z_dim, dtype=p.dtype, device=p.device))
-        except Exception as e:
-            raise UserError(f"{where}: its decoder failed on codes of shape ({batch}, {z_dim}): "
-                            f"{type(e).__name__}: {e}") from None  # fmt: skip
-        if tuple(out.shape) != (batch, params_per_dim * d):
+        out = None
+        if decoder is not None:
+            try:
+                out = decoder(torch.zeros(batch, z_dim, dtype=p.dtype, device=p.device))
+            except Exception as e:
+                raise UserError(f"{where}: its decoder failed on codes of shape ({batch}, {z_dim}): "
+                                f"{type(e).__name__}: {e}") from None  # fmt: skip
+        if out is not None and tuple(out.shape) != (batch, params_per_dim * d):
             raise UserError(f"{where}: its decoder maps codes ({batch}, {z_dim}) to {tuple(out.shape)}; expected "
                             f"({batch}, {params_per_dim * d}) = (batch, params_per_dim * D), flattened")  # fmt: skip
         if encoder is not None:
