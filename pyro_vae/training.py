@@ -103,6 +103,11 @@ class Trainer:
     def _batch(self, order, i):
         return self.vae.likelihood.prepare_batch(self.train[order[i : i + self.config.batch_size]])
 
+    def _batches(self, order):
+        """The epoch's prepared minibatches in ``order`` (streamed through a DataLoader with ``--stream``)."""
+        for x in self.train.batches(order, self.config.batch_size):
+            yield self.vae.likelihood.prepare_batch(x)
+
     def train_epoch(self, progress=None):
         """One pass over the training data in a fresh random order.
 
@@ -120,8 +125,7 @@ class Trainer:
         order = torch.randperm(n, device=device)
         losses = []
         with self._own_params():
-            for step, i in enumerate(range(0, n, self.config.batch_size), start=1):
-                x = self._batch(order, i)
+            for step, x in enumerate(self._batches(order), start=1):
                 loss = self.step(x)
                 if self.speed.sync_every_step and not torch.isfinite(loss):
                     _diverged(loss.item(), epoch, step)

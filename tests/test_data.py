@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import pyro
+
 from pyro_vae import UserError, load_dataset
 from pyro_vae.data import DATASETS, DataWarning, cache_dir, data_root, load_arrays, seeded_split
 
@@ -546,3 +548,39 @@ def test_image_folder_with_resize_and_classes(tmp_path):
     assert sorted(torch.cat([d.labels, d.test_labels]).tolist()) == [0] * 5 + [1] * 5
     with pytest.raises(UserError, match="--image-size applies to a folder"):
         load_dataset("digits", image_size=(6, 4))
+
+
+# 8-bit data stored as uint8; streaming through a DataLoader (issue 12) ---------------------------
+
+
+def test_8_bit_training_data_is_stored_as_uint8_with_identical_values():
+    from pyro_vae.build import TrainingData
+
+    x = torch.randint(0, 256, (50, 3, 4, 4)).float() / 255
+    stored = TrainingData(x, "cpu")
+    assert stored.x.dtype == torch.uint8 and stored.nbytes == x.numel()
+    idx = torch.randperm(50)[:7]
+    assert torch.equal(stored[idx], x[idx])  # bit for bit: k / 255 in float32
+    cont = TrainingData(x + 1e-3, "cpu")  # off the grid: kept as float32
+    assert cont.x.dtype == torch.float32 and torch.equal(cont[idx], x[idx] + 1e-3)
+    order = torch.randperm(50)
+    streamed = TrainingData(x, "cpu", stream=True)
+    for a, b in zip(stored.batches(order, 16), streamed.batches(order, 16)):
+        assert torch.equal(a, b)
+    assert [len(b) for b in streamed.batches(order, 16)] == [16, 16, 16, 2]
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "discretized-logistic"])
+def test_streamed_and_device_resident_training_give_the_same_losses(tmp_path, likelihood):
+    from pyro_vae.training import Trainer
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (90, 3, 5, 5), dtype=np.uint8))
+    settings = dict(data=str(tmp_path / "x.npy"), likelihood=likelihood, hidden=(8,), z_dim=2, batch_size=16,
+                    device="cpu", seed=3)  # fmt: skip
+    records = []
+    for stream in (False, True):
+        pyro.clear_param_store()
+        trainer = Trainer(**settings, stream=stream)
+        assert trainer.train.x.dtype == torch.uint8 and trainer.train.stream == stream
+        records.append([trainer.train_epoch()["train_elbo"] for _ in range(2)] + [trainer.test_elbo()])
+    assert records[0] == records[1]  # the same numbers, to the last bit
