@@ -169,3 +169,19 @@ def test_conv_fit_on_patches_writes_colour_pictures_of_the_right_size(tmp_path):
 
     run = load_run(out, "cpu")  # a conv run folder rebuilds its nets from the recorded item shape
     assert run.vae.x_shape == (3, 32, 32) and run.sample(2).shape == (2, 3072)
+
+
+def test_cli_refuses_an_ambiguous_layout_and_an_unknown_arch_in_one_line(tmp_path, capsys):
+    import numpy as np
+
+    from pyro_vae.cli import main
+
+    np.save(tmp_path / "x.npy", np.zeros((10, 3, 8, 3), dtype=np.uint8))
+    base = ["fit", "--data", str(tmp_path / "x.npy"), "--epochs", "0", "--device", "cpu", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data file") and "say which with --layout nchw|nhwc" in err and err.count("\n") == 1
+    assert main(base + ["--layout", "nchw", "--arch", "cnn", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown architecture 'cnn'; choose one of: mlp, conv, resnet" in capsys.readouterr().err
+    assert main(base + ["--layout", "nchw", "--arch", "conv", "--channels", "2,0", "--out", str(tmp_path / "c")]) == 2
+    assert "--channels needs at least one positive size" in capsys.readouterr().err
