@@ -134,6 +134,7 @@ class TorchVAELoop:
         self.device = resolve_device(config.device)
         if train is None:
             train = load_prepared(config.replace(likelihood="bernoulli"), self.device)[2]
+        train = train.reshape(len(train), -1)  # items keep their shape (1, 28, 28); these loops use vectors
         self.train, self.batch_size = train, config.batch_size
         torch.manual_seed(seed)
         self.vae = TorchVAE(train.shape[1], config.z_dim, config.hidden, config.activation).to(self.device)

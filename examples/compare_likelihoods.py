@@ -17,7 +17,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae import plots  # noqa: E402
@@ -63,8 +62,8 @@ def main(args):
     fig, axes = plt.subplots(1, len(runs), figsize=(3 * len(runs), 3.3), squeeze=False)
     for ax, (name, run) in zip(axes[0], runs.items()):
         side = 8
-        images = np.clip(run.sample(side * side).numpy().reshape(-1, *run.image_shape), 0, 1)
-        ax.imshow(np.ma.masked_invalid(plots.tile(images, side)), cmap="gray", vmin=0, vmax=1)
+        grid = plots.image_grid(run.sample(side * side), run.image_shape, nrow=side)  # colour for colour data
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
         ax.set_title(name, fontsize=10)
         ax.set_axis_off()
     fig.tight_layout()
