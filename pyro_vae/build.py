@@ -205,6 +205,10 @@ class TrainingData:
         """Bytes the stored items take."""
         return self.x.numel() * self.x.element_size()
 
+    def tensor(self):
+        """Every item as float32 on the device (the whole set at once, as before 8-bit storage)."""
+        return self._float(self.x.to(self.device))
+
     def _float(self, x):
         return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
 
