@@ -84,6 +84,8 @@ class Guide(nn.Module):
         shape = self.input_shape
         if self.flatten_input and shape and len(shape) > 1 and tuple(x.shape[-len(shape):]) == tuple(shape):
             x = x.flatten(-len(shape))
+        elif self.flatten_input and x.dim() > 2 and math.prod(x.shape[1:]) == self.x_dim:
+            x = x.reshape(len(x), self.x_dim)  # items of a run saved before they kept their shape
         return super().__call__(x, *args, **kwargs)
 
     def _trunk(self, body, hidden, out_dim, activation):

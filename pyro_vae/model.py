@@ -87,6 +87,8 @@ class VAE(nn.Module):
         k = len(self.x_shape)
         if k > 1 and tuple(x.shape[-k:]) == self.x_shape:
             return x.flatten(-k)
+        if x.dim() > 2 and math.prod(x.shape[1:]) == self.x_dim:  # a run saved before items kept their shape
+            return x.reshape(len(x), self.x_dim)
         return x
 
     def prior(self, like):
