@@ -109,6 +109,7 @@ class TorchVAE(nn.Module):
         self.decoder = mlp((z_dim,) + tuple(hidden) + (x_dim,), activation)
 
     def loss(self, x):
+        x = x.reshape(len(x), -1)  # items (1, H, W) as vectors
         loc, raw_scale = self.encoder(x).chunk(2, dim=-1)
         scale = F.softplus(raw_scale) + MIN_SCALE
         z = loc + torch.randn_like(loc) * scale
@@ -135,6 +136,8 @@ class TorchVAELoop:
         self.device = resolve_device(config.device)
         if train is None:
             train = load_prepared(config.replace(likelihood="bernoulli"), self.device)[2]
+        train = train.tensor() if hasattr(train, "tensor") else train  # a Trainer's TrainingData
+        train = train.reshape(len(train), -1)  # items keep their shape (1, 28, 28); these loops use vectors
         self.train, self.batch_size = train, config.batch_size
         torch.manual_seed(seed)
         self.vae = TorchVAE(train.shape[1], config.z_dim, config.hidden, config.activation).to(self.device)

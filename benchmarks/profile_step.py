@@ -115,7 +115,8 @@ def phases(config, rounds, block=5):
 
     def nets(name, encoder, decoder, x):
         with torch.no_grad():  # forward only, for the share of the nets in the forward pass
-            t(f"{name} nets forward", lambda: decoder(encoder(x).chunk(2, dim=-1)[0]))
+            flat = x.reshape(len(x), -1)  # the MLPs take items (1, H, W) as vectors
+            t(f"{name} nets forward", lambda: decoder(encoder(flat).chunk(2, dim=-1)[0]))
 
     loops = {
         "a0": (step_a0, a0.vae.encoder.net, a0.vae.decoder),

@@ -19,7 +19,7 @@ from .errors import UserError
 from .guides import guide_class
 from .likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
 from .model import VAE
-from .nets import ARCHITECTURES
+from .nets import build_architecture
 from .objectives import OBJECTIVES
 from .registry import Registry
 from .schedules import GlobalClipOptim
@@ -101,17 +101,19 @@ def check_names(config):
     guide_class(config.guide)
     OBJECTIVES.get(config.objective)
     OPTIMIZERS.get(config.optimizer)
-    ARCHITECTURES.get(config.arch)(config.hidden, config.activation)
+    build_architecture(config.arch, config.hidden, config.activation, config.channels)
 
 
 def build_vae(config, x_dim, levels=None, check=True):
-    """The :class:`~pyro_vae.model.VAE` a config describes, for data of ``x_dim`` values with ``levels`` levels.
+    """The :class:`~pyro_vae.model.VAE` a config describes, for items of ``x_dim`` values (or of shape
+    ``x_dim``, e.g. ``(C, H, W)``) with ``levels`` levels.
 
     ``check``: run its guide once on a tiny batch (clear errors for a user's guide before training).
     """
     likelihood = build_likelihood(config.likelihood, levels=levels, **config.likelihood_options)
     return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
-               guide_options=config.guide_options, check_guide=check, arch=config.arch)  # fmt: skip
+               guide_options=config.guide_options, check_guide=check, arch=config.arch,
+               channels=config.channels)  # fmt: skip
 
 
 def build_optimizer(config):
@@ -169,23 +171,24 @@ def speed_for(speed, optimizer):
     return speed
 
 
-def prepare_data(config, likelihood, device, dataset=None):
+def prepare_data(config, likelihood, device, dataset=None, train_device=None):
     """Check and prepare the data for ``likelihood`` on ``device`` (loading it unless ``dataset`` is given).
 
     Returns ``(dataset, train, test)``: ``train`` has had the deterministic preparation applied
     (random preparation happens per batch; the validation items of :func:`~pyro_vae.data.with_validation`
-    are not in it); ``test`` is fully prepared once with a fixed seed so
+    are not in it), on ``train_device`` (default ``device``); ``test`` is fully prepared once with a fixed seed so
     that test numbers are comparable across epochs and runs. The validation set
     (``dataset.valid``) is prepared the same way with its own seed: :func:`prepare_valid`.
 
     :raises UserError: for data outside the family's support.
     """
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+        dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data, config.layout,
+                               config.image_size)  # fmt: skip
     dataset = with_validation(dataset, None if config.data else config.dataset)
     likelihood.check_data(dataset.train, "the training data")
     likelihood.check_data(dataset.test, "the test data")
-    train = likelihood.prepare_static(dataset.train.to(device))
+    train = likelihood.prepare_static(dataset.train.to(device if train_device is None else train_device))
     generator = torch.Generator(device=device).manual_seed(config.seed + TEST_PREP_SEED)
     test = likelihood.prepare_batch(likelihood.prepare_static(dataset.test.to(device)), generator)
     return dataset, train, test
@@ -201,18 +204,116 @@ def prepare_valid(config, likelihood, device, dataset):
     return likelihood.prepare_batch(likelihood.prepare_static(dataset.valid.to(device)), generator)
 
 
-def load_prepared(config, device=None):
+def load_prepared(config, device=None, train_device=None):
     """Load the data of ``config``, build its likelihood family with the data's levels, and prepare the data.
 
     For scripts that need the data as a run sees it without building a model (benchmarks, examples).
     :returns: ``(dataset, likelihood, train, test)`` as :func:`prepare_data` gives them.
     """
     device = resolve_device(config.device) if device is None else torch.device(device)
-    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data, config.layout,
+                           config.image_size)  # fmt: skip
     dataset = with_validation(dataset, None if config.data else config.dataset)
     likelihood = build_likelihood(config.likelihood, levels=dataset.levels, **config.likelihood_options)
-    dataset, train, test = prepare_data(config, likelihood, device, dataset)
+    dataset, train, test = prepare_data(config, likelihood, device, dataset, train_device)
     return dataset, likelihood, train, test
+
+
+#: Fraction of the GPU's free memory the training set may take before it is streamed instead.
+STREAM_BUDGET = 0.5
+
+
+def should_stream(config, dataset, device):
+    """``--stream``, or automatically: on a GPU when the training set (as uint8 for 8-bit data, else
+    float32) would take more than :data:`STREAM_BUDGET` of the device's free memory."""
+    if config.stream:
+        return True
+    if device.type != "cuda":
+        return False
+    bytes_per_value = 1 if dataset.levels in (2, 256) else 4
+    free, _ = torch.cuda.mem_get_info(device)
+    return dataset.train.numel() * bytes_per_value > STREAM_BUDGET * free
+
+
+class TrainingData:
+    """The prepared training set, stored compactly, handed out in prepared float32 minibatches.
+
+    **8-bit storage.** When every value is a level ``k / 255`` (8-bit and binary data, after the
+    deterministic preparation), the items are stored as uint8 ``k`` and each minibatch is converted
+    back as ``k / 255`` in float32 (a correctly rounded division, the values the data was read as):
+    4x less memory than float32, the same numbers.
+
+    **Streaming.** With ``stream`` the items stay in host memory (pinned when the device is a GPU)
+    and :meth:`batches` moves each minibatch to the device through a :class:`torch.utils.data.DataLoader`
+    (``workers`` background processes, pinned memory). The order of the items is the same
+    ``order`` either way, the loader uses a generator of its own (so it draws nothing from torch's
+    global generators), and the random preparation (e.g. dynamic binarization) runs on the device
+    after the transfer, as without streaming: a seeded run gives the same losses both ways.
+
+    :param torch.Tensor x: the training items, deterministic preparation applied, ``(N, *item_shape)``.
+    :param torch.device device: where minibatches are used.
+    """
+
+    def __init__(self, x, device, stream=False, workers=0):
+        self.device, self.stream, self.workers = torch.device(device), bool(stream), int(workers)
+        u8 = None
+        if x.dtype == torch.float32 and x.numel():
+            k = (x * 255).round()
+            if bool(((k >= 0) & (k <= 255)).all()) and torch.equal(k / 255, x):
+                u8 = k.to(torch.uint8)
+        #: the stored items: uint8 ``k`` (``x = k / 255``) or float32 as given
+        self.x = u8 if u8 is not None else x
+        self.x = self.x.cpu() if self.stream else self.x.to(self.device)
+        if self.stream and self.device.type == "cuda":
+            self.x = self.x.pin_memory()
+
+    def __len__(self):
+        return len(self.x)
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    @property
+    def nbytes(self):
+        """Bytes the stored items take."""
+        return self.x.numel() * self.x.element_size()
+
+    def tensor(self):
+        """Every item as float32 on the device (the whole set at once, as before 8-bit storage)."""
+        return self._float(self.x.to(self.device))
+
+    def _float(self, x):
+        return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
+
+    def __getitem__(self, index):
+        """The items ``index`` (e.g. a tensor of indices) as float32 on the device."""
+        if self.stream:
+            index = index.cpu() if isinstance(index, torch.Tensor) else index
+            return self._float(self.x[index].to(self.device, non_blocking=True))
+        return self._float(self.x[index])
+
+    def batches(self, order, batch_size=None):
+        """The minibatches ``order[i : i + batch_size]``, ``i = 0, batch_size, ...``, as float32 on the device.
+
+        With ``batch_size=None``, ``order`` is already a sequence of index batches (e.g. one process's
+        shards of data-parallel training).
+        """
+        chunks = list(order.split(batch_size)) if batch_size is not None else list(order)
+        if not self.stream:
+            for index in chunks:
+                yield self[index]
+            return
+        from torch.utils.data import DataLoader
+
+        chunks = [index.cpu() for index in chunks]
+        loader = DataLoader(chunks, batch_size=None, collate_fn=self._gather, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", generator=torch.Generator())  # fmt: skip
+        for x in loader:
+            yield self._float(x.to(self.device, non_blocking=True))
+
+    def _gather(self, index):
+        return self.x[index]
 
 
 class Parts(NamedTuple):
@@ -222,8 +323,9 @@ class Parts(NamedTuple):
     config: Config
     device: torch.device
     dataset: Dataset
-    #: the training data on the device, with the deterministic preparation applied
-    train: torch.Tensor
+    #: the training data with the deterministic preparation applied (:class:`TrainingData`: uint8 for
+    #: 8-bit data, on the device or streamed from host memory)
+    train: "TrainingData"
     #: the test data on the device, fully prepared with a fixed draw
     test: torch.Tensor
     vae: VAE
@@ -242,9 +344,14 @@ def build(config):
     device = resolve_device(config.device)
     check_names(config)
     pyro.set_rng_seed(config.seed)
-    dataset, likelihood, train, test = load_prepared(config, device)
-    vae = VAE(dataset.x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
-              guide_options=config.guide_options, arch=config.arch).to(device)  # fmt: skip
+    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data, config.layout,
+                           config.image_size)  # fmt: skip
+    stream = should_stream(config, dataset, device)
+    likelihood = build_likelihood(config.likelihood, levels=dataset.levels, **config.likelihood_options)
+    dataset, train, test = prepare_data(config, likelihood, device, dataset, torch.device("cpu") if stream else None)
+    train = TrainingData(train, device, stream=stream)
+    vae = VAE(dataset.item_shape, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
+              guide_options=config.guide_options, arch=config.arch, channels=config.channels).to(device)  # fmt: skip
     options = vae.encoder.options() if hasattr(vae.encoder, "options") else dict(config.guide_options)
     resolved = config.replace(likelihood_options=likelihood.options(), guide_options=options)
     valid = prepare_valid(config, likelihood, device, dataset)

@@ -400,7 +400,8 @@ class Comparison:
                 continue
             bars.append((self._group_text(key, kind)[0], [(r["family"], r["bits_per_dim_mean"], r["bits_per_dim_std"]) for r in rows]))
         strips = []
-        dataset = load_dataset(self.config.dataset, self.config.data_dir, self.config.data, self.config.test_data)
+        dataset = load_dataset(self.config.dataset, self.config.data_dir, self.config.data, self.config.test_data,
+                               self.config.layout, self.config.image_size)  # fmt: skip
         image_shape = dataset.image_shape
         n = 8
         originals = dataset.test[:n]
@@ -525,7 +526,8 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     say = progress or (lambda line: None)
 
     # Check every family against the data before training any of them.
-    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data)
+    dataset = load_dataset(config.dataset, config.data_dir, config.data, config.test_data, config.layout,
+                           config.image_size)  # fmt: skip
     skipped, runnable = {}, []
     for family in families:
         likelihood = build_likelihood(family, levels=dataset.levels, **_options_for(family, config))

@@ -45,6 +45,24 @@ def parse_hidden(spec):
     return sizes
 
 
+def parse_widths(spec, flag="--channels", example="32,64,128,256"):
+    """``"32,64"`` -> ``(32, 64)``; also an int or a sequence of positive integers.
+
+    :raises UserError: for anything but one or more positive integers, naming ``flag``.
+    """
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
+    if isinstance(spec, str):
+        spec = [s for s in spec.replace(" ", "").split(",") if s]
+    try:
+        sizes = tuple(int(s) for s in spec)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} takes sizes like {example}, got {spec!r}") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise UserError(f"{flag} needs at least one positive size, got {spec!r}")
+    return sizes
+
+
 @dataclass
 class Config:
     """The settings of one ``fit``. Defaults are those of ``pyro-vae fit`` (see the README).
@@ -68,6 +86,12 @@ class Config:
     objective: str = "elbo"
     particles: int = 1
     arch: str = "mlp"
+    #: convolution widths of the ``conv`` and ``resnet`` architectures, from the image inwards
+    channels: tuple = field(default=(32, 64, 128, 256))
+    #: ``nchw`` / ``nhwc``: the layout of a 4-d ``--data`` array whose shape is ambiguous
+    layout: str = None
+    #: ``(H, W)``: resize the images of a ``--data`` folder
+    image_size: tuple = None
     z_dim: int = 20
     hidden: tuple = field(default=(400,))
     activation: str = "relu"
@@ -97,16 +121,24 @@ class Config:
     clip_norm: float = None
     #: stop after this many epochs without a better validation ELBO (None: never)
     early_stopping: int = None
+    #: stream minibatches from host memory through a DataLoader instead of holding the data on the device
+    stream: bool = False
 
     #: The settings a resumed run may change: they do not change what is computed. The one list
     #: that ``fit --resume``, ``compare`` and ``load_run`` consult.
-    RESUMABLE = ("epochs", "device", "data_dir", "early_stopping")
+    RESUMABLE = ("epochs", "device", "data_dir", "early_stopping", "stream")
 
     #: The largest seed: every generator seeded from it (torch, NumPy's 32-bit RandomState) accepts it.
     MAX_SEED = 2**32 - 1
 
     def __post_init__(self):
         self.hidden = parse_hidden(self.hidden)
+        self.channels = parse_widths(self.channels, "--channels", "32,64,128,256")
+        if self.image_size is not None:
+            size = parse_widths(self.image_size, "--image-size", "64 or 28,20")
+            if len(size) > 2:
+                raise UserError(f"--image-size takes H or H,W, got {self.image_size!r}")
+            self.image_size = size * 2 if len(size) == 1 else size
         self.validate()
         for name in ("likelihood_options", "guide_options"):
             value = getattr(self, name)
@@ -168,6 +200,10 @@ class Config:
                 raise UserError(f"--{name} must be a name, got {getattr(self, name)!r}")
         if not isinstance(self.guide, str) or not self.guide:
             raise UserError(f"--guide must be a name or FILE.py:CLASS, got {self.guide!r}")
+        if self.layout is not None and self.layout not in ("nchw", "nhwc"):
+            raise UserError(f"--layout must be nchw or nhwc, got {self.layout!r}")
+        if not isinstance(self.stream, bool):
+            raise UserError(f"--stream must be true or false, got {self.stream!r}")
         for name in ("data", "test_data", "data_dir"):
             value = getattr(self, name)
             if value is None:
@@ -180,6 +216,9 @@ class Config:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["channels"] = list(self.channels)
+        if self.image_size is not None:
+            d["image_size"] = list(self.image_size)
         return d
 
     @classmethod

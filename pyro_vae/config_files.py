@@ -30,7 +30,8 @@ from pathlib import Path
 from .errors import UserError
 
 #: what a run's ``config.json`` holds beside the settings (written by ``fit``)
-RUN_METADATA = ("x_dim", "image_shape", "levels", "n_train", "n_test", "n_valid", "guide_options", "versions")
+RUN_METADATA = ("x_dim", "item_shape", "image_shape", "levels", "n_train", "n_test", "n_valid", "guide_options",
+                "data_fingerprint", "versions")
 
 FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}
 

@@ -1,7 +1,8 @@
 """Datasets, found offline first: each is one class in the :data:`DATASETS` registry.
 
 Every dataset is returned as a :class:`Dataset`: ``train`` and ``test`` float32 tensors of shape
-``(N, D)`` (images flattened row-major; grayscale scaled to [0, 1]) and the image shape for pictures.
+``(N, *item_shape)``: images keep their shape ``(N, C, H, W)`` (grayscale ``C = 1``, values scaled to
+[0, 1]); vectors are ``(N, D)``. ``image_shape`` is the ``(C, H, W)`` of pictures.
 
 Where files are looked for (the layout of ``shared/data``: ``MNIST/raw/``, ``FashionMNIST/raw/``,
 ``frey/``, ``binarized_mnist/``), in this order of precedence:
@@ -49,6 +50,12 @@ float array whose values lie on the grid of an integer array takes its levels; t
 finest grid both lie on, or none (continuous); each of these prints one line, a ``DataWarning``. A float array
 off the grid of an integer array is refused.
 
+**Shapes.** ``(N, D)``: vectors (pictures guess a square, else one row). ``(N, H, W)``: grayscale
+images, ``(N, 1, H, W)``. ``(N, A, B, C)``: images, channels first (NCHW) when ``A`` is 1, 3 or 4
+and ``C`` is not, channels last (NHWC, transposed to NCHW) when ``C`` is and ``A`` is not; a shape
+where both or neither are (e.g. ``(N, 3, 8, 3)``, ``(N, 2, 8, 8)``) is refused unless ``--layout
+nchw|nhwc`` (``layout=``) says which. More dimensions: flattened to vectors.
+
 **Sizes.** An empty array, items without values (shape (N, 0)), an array of fewer than 2 dimensions, and a
 single item without a test set (a split needs 2) are refused. A ``--batch-size`` larger than the training set
 is not clamped or refused: an epoch's last batch holds the items left over, so the epoch is one batch of all N
@@ -87,7 +94,8 @@ TEST_FRACTION = 0.1
 
 @dataclass
 class Dataset:
-    """A train/test pair of ``(N, D)`` float32 tensors, with ``image_shape`` (H, W) for pictures.
+    """A train/test pair of ``(N, *item_shape)`` float32 tensors (``(N, C, H, W)`` images or ``(N, D)``
+    vectors), with ``image_shape`` ``(C, H, W)`` for pictures.
 
     ``levels`` is the quantization of the values: ``L`` when every value is a level ``k / (L - 1)``,
     ``k = 0, ..., L-1`` (256 for 8-bit images, 17 for ``digits``, 2 for binary data), ``None`` for
@@ -115,7 +123,13 @@ class Dataset:
 
     @property
     def x_dim(self):
-        return self.train.shape[1]
+        """The number of values ``D`` of one item."""
+        return self.train[0].numel()
+
+    @property
+    def item_shape(self):
+        """The shape of one item: ``(C, H, W)`` for images, ``(D,)`` for vectors."""
+        return tuple(self.train.shape[1:])
 
     def fingerprint(self):
         """A hex sha256 of the data's content: the shape, dtype and bytes of ``train`` then ``test``
@@ -129,7 +143,8 @@ class Dataset:
             digest = hashlib.sha256()
             for part in (self.train, self.test) + ((self.valid,) if self.valid is not None else ()):
                 t = part.detach().to("cpu").contiguous()
-                digest.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+                # (N, D) whatever the item shape: the same values give the same fingerprint as before
+                digest.update(f"{(t.shape[0], t[0].numel() if len(t) else 0)}|{t.dtype}|".encode())
                 digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
@@ -172,13 +187,16 @@ def seeded_split(x, test_fraction=TEST_FRACTION, seed=SPLIT_SEED):
 
 
 def _as_float(array, scale=1.0):
-    return torch.as_tensor(np.asarray(array, dtype=np.float32).reshape(len(array), -1) / scale)
+    """Images ``(N, H, W)`` or ``(N, C, H, W)`` as float32 ``(N, C, H, W)`` divided by ``scale``."""
+    a = np.asarray(array, dtype=np.float32)
+    a = a.reshape(len(a), 1, *a.shape[1:]) if a.ndim == 3 else a
+    return torch.as_tensor(a / np.float32(scale) if scale != 1.0 else a)
 
 
 class DatasetSource:
     """Base class of registered datasets: :meth:`load` returns a :class:`Dataset`."""
 
-    #: (H, W) of one image, for pictures
+    #: (C, H, W) of one image, for pictures
     image_shape = None
     #: the validation set is the last this many training items (the common protocol), else a
     #: seeded :data:`VALID_FRACTION` of them (see :func:`with_validation`)
@@ -202,7 +220,7 @@ class Digits(DatasetSource):
     Values 0..16 are scaled to [0, 1]; a fixed seeded 90/10 split.
     """
 
-    image_shape = (8, 8)
+    image_shape = (1, 8, 8)
 
     def load(self, data_dir=None):
         from sklearn.datasets import load_digits
@@ -216,7 +234,7 @@ class Digits(DatasetSource):
 class _TorchvisionMNIST(DatasetSource):
     """MNIST-format data through :mod:`torchvision.datasets` (60000 train / 10000 test, 28x28)."""
 
-    image_shape = (28, 28)
+    image_shape = (1, 28, 28)
     folder = None  # torchvision's folder name under the root, e.g. "MNIST"
     validation_last = 5000  # 55000 / 5000, the common protocol
 
@@ -297,7 +315,7 @@ class FreyFace(DatasetSource):
     The data set of the paper's Gaussian-decoder experiments; a fixed seeded 90/10 split.
     """
 
-    image_shape = (28, 20)
+    image_shape = (1, 28, 20)
     URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
     MD5 = "5aeb024d42b8a6091f30e5eb18c8a48d"
 
@@ -324,7 +342,7 @@ class BinarizedMNIST(DatasetSource):
     Files are ``.amat`` text or ``.amat.gz``.
     """
 
-    image_shape = (28, 28)
+    image_shape = (1, 28, 28)
     URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{}.amat"
 
     def _read(self, root, split):
@@ -347,12 +365,166 @@ class BinarizedMNIST(DatasetSource):
         rows = np.frombuffer(text, np.uint8)
         if rows.size % (2 * 784) or set(np.unique(rows[0::2])) - {48, 49}:
             raise UserError(f"{folder / name} is not a binarized MNIST .amat file (784 values 0/1 per line)")
-        return torch.from_numpy((rows.reshape(-1, 2 * 784)[:, 0::2] - 48).astype(np.float32))
+        return torch.from_numpy((rows.reshape(-1, 2 * 784)[:, 0::2] - 48).astype(np.float32)).reshape(-1, 1, 28, 28)
 
     def load(self, data_dir=None):
         root = data_root(data_dir)
         return Dataset(self.name, self._read(root, "train"), self._read(root, "test"), self.image_shape, 2,
                        valid=self._read(root, "valid"))  # fmt: skip
+
+
+# Colour image data sets (read by pyro_vae.image_data) ----------------------------------------------
+
+
+def images_to_float(images):
+    """uint8 images ``(N, C, H, W)`` (numpy or torch) as float32 ``k / 255``, the same values as 8-bit data
+    read anywhere else in the package (a float32 division, correctly rounded)."""
+    return torch.as_tensor(np.asarray(images)).to(torch.float32).div_(255.0)
+
+
+def _image_dataset(name, data, image_shape=None):
+    """A :class:`Dataset` of 256 levels from an :class:`~pyro_vae.image_data.ImageData`'s uint8 splits."""
+    train, test = data.train, data.test
+    labels = None if train.labels is None else torch.as_tensor(train.labels)
+    test_labels = None if test.labels is None else torch.as_tensor(test.labels)
+    shape = tuple(image_shape or train.images.shape[1:])
+    return Dataset(name, images_to_float(train.images), images_to_float(test.images), shape, 256, labels, test_labels)
+
+
+class _ImageDatasetSource(DatasetSource):
+    """A colour data set in its own on-disk format under the data folder; downloaded with torchvision's
+    helpers when absent and the folder is writable, else the one-line "looked here" :class:`UserError`."""
+
+    image_shape = (3, 32, 32)
+    #: the files, relative to the data folder, whose absence means "not there"
+    files = ()
+
+    def read(self, root):
+        raise NotImplementedError
+
+    def fetch(self, root):
+        """Download into ``root``; ``False`` when offline or ``root`` is not writable."""
+        return False
+
+    def load(self, data_dir=None):
+        root = data_root(data_dir)
+        if not all((root / f).exists() for f in self.files) and not self.fetch(root):
+            raise self.missing(root, self.files, getattr(self, "hint", ""))
+        return _image_dataset(self.name, self.read(root), self.image_shape)
+
+
+def _quiet_download(fn, *args, **kwargs):
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            fn(*args, **kwargs)
+    except Exception:  # offline, refused, a bad checksum
+        return False
+    return True
+
+
+@DATASETS.register("cifar10")
+class CIFAR10(_ImageDatasetSource):
+    """CIFAR-10 (Krizhevsky 2009): 50000 train / 10000 test colour 32x32 images, 10 classes (labels kept).
+
+    Read from ``cifar-10-batches-py/`` (torchvision's layout) with a restricted unpickler that can
+    rebuild arrays only (:func:`pyro_vae.image_data.load_cifar10`).
+    """
+
+    files = ("cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch")
+    hint = " (it is cifar-10-python.tar.gz at https://www.cs.toronto.edu/~kriz/cifar.html, unpacked)"
+
+    def read(self, root):
+        from .image_data import load_cifar10
+
+        return load_cifar10(root)
+
+    def fetch(self, root):
+        if not _writable(root):
+            return False
+        from torchvision.datasets import CIFAR10 as TV
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        return _quiet_download(download_and_extract_archive, TV.url, str(root), filename=TV.filename, md5=TV.tgz_md5)
+
+
+@DATASETS.register("svhn")
+class SVHN(_ImageDatasetSource):
+    """SVHN cropped digits (Netzer et al. 2011): 73257 train / 26032 test colour 32x32 images, labels 0..9.
+
+    Read from ``svhn/train_32x32.mat`` and ``svhn/test_32x32.mat`` (:func:`pyro_vae.image_data.load_svhn`).
+    """
+
+    files = ("svhn/train_32x32.mat", "svhn/test_32x32.mat")
+    hint = " (they are at http://ufldl.stanford.edu/housenumbers/)"
+
+    def read(self, root):
+        from .image_data import load_svhn
+
+        return load_svhn(root / "svhn")
+
+    def fetch(self, root):
+        from torchvision.datasets import SVHN as TV
+
+        return all(_download(TV.split_list[part][0], root / "svhn", TV.split_list[part][1], TV.split_list[part][2])
+                   for part in ("train", "test"))  # fmt: skip
+
+
+@DATASETS.register("celeba")
+class CelebA(_ImageDatasetSource):
+    """CelebA aligned faces (Liu et al. 2015), 140x140 centre crop resized to 64x64 (the usual protocol,
+    :func:`pyro_vae.image_data.load_celeba`); the official train and test partitions.
+
+    Read from ``celeba/img_align_celeba/`` and ``celeba/list_eval_partition.txt`` (torchvision's layout).
+    Not downloaded (the files are on Google Drive, whose quota usually refuses scripts): fetch them by hand.
+    """
+
+    image_shape = (3, 64, 64)
+    files = ("celeba/img_align_celeba", "celeba/list_eval_partition.txt")
+    hint = " (from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)"
+
+    def read(self, root):
+        from .image_data import load_celeba
+
+        return load_celeba(root)
+
+    def fetch(self, root):
+        if not _writable(root):
+            return False
+        from torchvision.datasets import CelebA as TV
+
+        return _quiet_download(TV, str(root), split="test", download=True)
+
+
+@DATASETS.register("patches")
+class Patches(DatasetSource):
+    """Offline colour data: 32x32 patches (stride 16) of the two colour photos bundled with scikit-learn,
+    with a seeded 90/10 split (:func:`pyro_vae.image_data.load_sample_patches`). For demos, tests and CI."""
+
+    image_shape = (3, 32, 32)
+
+    def load(self, data_dir=None):
+        from .image_data import load_sample_patches
+
+        return _image_dataset(self.name, load_sample_patches(), self.image_shape)
+
+
+def load_image_dir(path, image_size=None):
+    """A folder of PNG/JPEG images (``--data DIR``, ``--image-size H[,W]``) as a :class:`Dataset`: 256
+    levels, grayscale (1 channel) or colour (3) as detected, labels when the folder has class
+    subfolders, a fixed seeded 10% test split (:func:`pyro_vae.image_data.load_image_folder`)."""
+    from .image_data import load_image_folder
+
+    folder = load_image_folder(path, image_size)
+    images = folder.images
+    if len(images) < 2:
+        raise UserError(f"{path} holds {len(images)} image; a train/test split needs at least 2")
+    perm = np.random.RandomState(SPLIT_SEED).permutation(len(images))
+    n_test = max(1, int(round(len(images) * TEST_FRACTION)))
+    train, test = perm[n_test:], perm[:n_test]
+    labels = None if folder.labels is None else torch.as_tensor(folder.labels)
+    return Dataset(Path(path).name, images_to_float(images[train]), images_to_float(images[test]),
+                   tuple(images.shape[1:]), 256, None if labels is None else labels[train],
+                   None if labels is None else labels[test])  # fmt: skip
 
 
 # The user's own files (--data / --test-data) -------------------------------------------------------
@@ -642,13 +814,60 @@ def reconcile_levels(train, test, train_what="--data", test_what="--test-data"):
 
 
 def _image_shape(shape):
-    if len(shape) == 2:
+    """The ``(C, H, W)`` pictures show items of ``shape`` as (a vector: a square if it is one, else a row)."""
+    if len(shape) == 3:
         return tuple(shape)
-    if len(shape) == 3 and shape[0] == 1:
-        return tuple(shape[1:])
+    if len(shape) == 2:
+        return (1,) + tuple(shape)
     d = int(np.prod(shape))
     side = int(round(d**0.5))
-    return (side, side) if side * side == d else (1, d)
+    return (1, side, side) if side * side == d else (1, 1, d)
+
+
+#: ``--layout``: how a 4-d array ``(N, A, B, C)`` holds its images
+LAYOUTS = ("nchw", "nhwc")
+#: channel counts recognized without ``--layout``: gray, RGB, RGBA
+CHANNELS = (1, 3, 4)
+
+
+def array_layout(shape, layout=None, what="--data", path=""):
+    """How an array of ``shape`` ``(N, ...)`` holds its items, by the rules of the module docstring.
+
+    :returns: ``(kind, item_shape)``: ``kind`` one of ``"vectors"`` (items flattened), ``"gray"``
+        (``(N, H, W)`` -> ``(N, 1, H, W)``), ``"nchw"``, ``"nhwc"`` (transposed to NCHW), and the
+        item shape as trained on.
+    :raises UserError: an unknown layout, a layout for an array that is not 4-d, or an ambiguous
+        4-d shape without a layout (the message names ``--layout nchw|nhwc``).
+    """
+    shape = tuple(shape)
+    if layout is not None and layout not in LAYOUTS:
+        raise UserError(f"--layout must be one of: {', '.join(LAYOUTS)}, got {layout!r}")
+    if len(shape) == 4:
+        a, c = shape[1] in CHANNELS, shape[3] in CHANNELS
+        if layout is None:
+            if a and not c:
+                layout = "nchw"
+            elif c and not a:
+                layout = "nhwc"
+            else:
+                why = "could be either" if a else f"has no axis of {', '.join(map(str, CHANNELS))} channels to be either"
+                raise UserError(
+                    f"{what} file {path} holds images of shape {shape}, which {why} channels-first (N, C, H, W) or "
+                    "channels-last (N, H, W, C); say which with --layout nchw|nhwc"
+                )
+        n, a_, b_, c_ = shape
+        return layout, ((a_, b_, c_) if layout == "nchw" else (c_, a_, b_))
+    if layout is not None:
+        raise UserError(f"--layout applies to 4-d image arrays (N, C, H, W) or (N, H, W, C); {what} file {path} "
+                        f"has shape {shape}")  # fmt: skip
+    if len(shape) == 3:
+        return "gray", (1,) + shape[1:]
+    return "vectors", (int(np.prod(shape[1:])),)
+
+
+def _arrange(array, kind):
+    """``array`` with its items in the layout ``kind`` (:func:`array_layout`) trains on, before flattening."""
+    return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if kind == "nhwc" else array
 
 
 def _labels(labels, n, what, path):
@@ -659,7 +878,7 @@ def _labels(labels, n, what, path):
     return torch.as_tensor(labels)
 
 
-def load_arrays(data, test_data=None):
+def load_arrays(data, test_data=None, layout=None):
     """A user's own data (``--data`` / ``--test-data``) as a :class:`Dataset`, read by the rules of
     the module docstring.
 
@@ -667,7 +886,8 @@ def load_arrays(data, test_data=None):
         train/test pair.
     :param test_data: path of the test file, or ``None``: the test set is then the file's own
         (``x_test``, ...) or a fixed seeded 10% split of ``data`` (which needs at least 2 items).
-    :returns: a :class:`Dataset` of float32 ``(N, D)`` tensors, ``levels`` 2, 256 or ``None``, and
+    :param layout: ``"nchw"``, ``"nhwc"`` or ``None`` (recognized, see :func:`array_layout`).
+    :returns: a :class:`Dataset` of float32 ``(N, *item_shape)`` tensors, ``levels`` 2, 256 or ``None``, and
         ``labels`` / ``test_labels`` when the file holds them.
     :raises UserError: for every file or content the rules refuse.
     """
@@ -683,7 +903,8 @@ def load_arrays(data, test_data=None):
         test_array, test_labels, test_what, test_path = test_contents.x, test_contents.labels, "--test-data", test_data
     else:
         test_array, test_labels = contents.test, contents.test_labels
-    train = interpret_array(contents.x, "--data", data)
+    kind, item = array_layout(contents.x.shape, layout, "--data", data)
+    train = interpret_array(_arrange(contents.x, kind), "--data", data)
     if test_array is None:
         n = len(contents.x)
         if n < 2:
@@ -698,12 +919,13 @@ def load_arrays(data, test_data=None):
         _check_shape(test_array, test_what, test_path, contents.test_name if not test_data else test_contents.x_name)
         if contents.x.shape[1:] != test_array.shape[1:]:
             raise UserError(f"--data items have shape {contents.x.shape[1:]} but test items {test_array.shape[1:]}")
-        test = interpret_array(test_array, test_what, test_path)
+        test = interpret_array(_arrange(test_array, kind), test_what, test_path)
         names = ("--data", "--test-data") if test_data else (f"{contents.x_name}", f"{contents.test_name}")
         levels = reconcile_levels(train, test, *names)
         train_x, test_x = train[0], test[0]
         test_labels = _labels(test_labels, len(test_array), test_what, test_path)
-    return Dataset(Path(data).stem, train_x, test_x, _image_shape(contents.x.shape[1:]), levels, labels, test_labels)
+    train_x, test_x = train_x.reshape(len(train_x), *item), test_x.reshape(len(test_x), *item)
+    return Dataset(Path(data).stem, train_x, test_x, _image_shape(item), levels, labels, test_labels)
 
 
 #: the share of the training items that :func:`with_validation` sets aside, when the source has no rule
@@ -744,10 +966,20 @@ def with_validation(dataset, name=None):
                    pick(dataset.labels, held))  # fmt: skip
 
 
-def load_dataset(name="digits", data_dir=None, data=None, test_data=None):
-    """Load a registered dataset by ``name``, or the user's arrays when ``data`` is given."""
+def load_dataset(name="digits", data_dir=None, data=None, test_data=None, layout=None, image_size=None):
+    """Load a registered dataset by ``name``, or the user's arrays (or folder of images) when ``data`` is given.
+
+    :param layout: ``nchw`` / ``nhwc`` for a 4-d array whose layout is ambiguous (:func:`array_layout`).
+    :param image_size: ``(H, W)``, ``"H,W"`` or ``H``: resize the images of a folder ``data``.
+    """
+    if data and Path(data).is_dir():
+        if test_data:
+            raise UserError("--test-data applies to array files; a --data folder is split into train and test")
+        return load_image_dir(data, image_size)
+    if image_size is not None:
+        raise UserError("--image-size applies to a folder of images given as --data DIR")
     if data:
-        return load_arrays(data, test_data)
+        return load_arrays(data, test_data, layout)
     if test_data:
         raise UserError("--test-data needs --data")
     return DATASETS.get(name)().load(data_dir)

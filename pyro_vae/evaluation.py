@@ -144,12 +144,12 @@ def evaluate_terms(vae, x, num_samples=1000, progress=None):
     """Every per-item score of :class:`Scores` for the rows of ``x``, from ``num_samples`` draws each.
 
     :param vae: a :class:`~pyro_vae.model.VAE` (its nets in eval mode).
-    :param torch.Tensor x: ``(N, D)`` data, already prepared for the likelihood.
+    :param torch.Tensor x: ``(N, D)`` or ``(N, *item_shape)`` data, already prepared for the likelihood.
     :param int num_samples: importance samples :math:`K` per datapoint.
     :param progress: optional callable taking the number of items just finished.
     :rtype: Scores
     """
-    n, d = x.shape
+    n, d = x.shape[0], math.prod(x.shape[1:])
     particles = max(1, min(num_samples, MAX_ELEMENTS // max(d, 1)))
     items = max(1, MAX_ELEMENTS // (particles * max(d, 1)))
     names = ("elbo", "log_px", "reconstruction", "kl", "posterior_mean", "posterior_mean_noise")

@@ -14,6 +14,7 @@ Built in: ``diagonal`` (the paper's), ``full-rank``, ``iaf`` (Kingma et al. 2016
 """
 
 import inspect
+import math
 
 import torch
 import torch.nn as nn
@@ -76,9 +77,31 @@ class Guide(nn.Module):
     that each breach of this contract is a one-line :class:`~pyro_vae.errors.UserError`.
     """
 
+    #: the shape of one item, set by :func:`build_guide` (``None``: items are vectors of ``x_dim``)
+    input_shape = None
+    #: whether ``guide(x)`` flattens items ``(B, *input_shape)`` to ``(B, x_dim)`` before ``forward``:
+    #: true unless the guide was given an encoder ``body`` (which takes the items as they are)
+    flatten_input = True
+
     def __init__(self, x_dim, z_dim, hidden, activation="tanh"):
         super().__init__()
         self.x_dim, self.z_dim = x_dim, z_dim
+
+    def __call__(self, x, *args, **kwargs):
+        shape = self.input_shape
+        if self.flatten_input and shape and len(shape) > 1 and tuple(x.shape[-len(shape):]) == tuple(shape):
+            x = x.flatten(-len(shape))
+        elif self.flatten_input and x.dim() > 2 and math.prod(x.shape[1:]) == self.x_dim:
+            x = x.reshape(len(x), self.x_dim)  # items of a run saved before they kept their shape
+        return super().__call__(x, *args, **kwargs)
+
+    def _trunk(self, body, hidden, out_dim, activation):
+        """``body`` (the architecture's encoder, ``(B, *x_shape) -> (B, body.out_dim)``) with a linear head to
+        ``out_dim``; without a body, the paper's MLP ``x_dim -> hidden -> out_dim`` on flattened items."""
+        if body is None:
+            return MLP(self.x_dim, hidden, out_dim, activation)
+        self.flatten_input = False
+        return nn.Sequential(body, nn.Linear(body.out_dim, out_dim))
 
     def options(self):
         """Constructor keywords beyond the common four, with their values (recorded as ``guide_options`` in
@@ -102,9 +125,9 @@ class DiagonalGuide(Guide):
     #: keeps sigma away from an exact zero in float32 (softplus underflows below about -100)
     MIN_SCALE = 1e-5
 
-    def __init__(self, x_dim, z_dim, hidden, activation="tanh"):
+    def __init__(self, x_dim, z_dim, hidden, activation="tanh", body=None):
         super().__init__(x_dim, z_dim, hidden, activation)
-        self.net = MLP(x_dim, hidden, 2 * z_dim, activation)
+        self.net = self._trunk(body, hidden, 2 * z_dim, activation)
 
     def loc_scale(self, x):
         loc, raw_scale = self.net(x).chunk(2, dim=-1)
@@ -138,9 +161,9 @@ class FullRankGuide(Guide):
 
     MIN_SCALE = DiagonalGuide.MIN_SCALE
 
-    def __init__(self, x_dim, z_dim, hidden, activation="tanh"):
+    def __init__(self, x_dim, z_dim, hidden, activation="tanh", body=None):
         super().__init__(x_dim, z_dim, hidden, activation)
-        self.net = MLP(x_dim, hidden, 2 * z_dim + z_dim * (z_dim - 1) // 2, activation)
+        self.net = self._trunk(body, hidden, 2 * z_dim + z_dim * (z_dim - 1) // 2, activation)
         with torch.no_grad():  # M = I at the start: the diagonal guide
             self.net[-1].weight[2 * z_dim :].zero_()
             self.net[-1].bias[2 * z_dim :].zero_()
@@ -177,15 +200,18 @@ class _FlowGuide(Guide):
 
     DEFAULT_FLOW_STEPS = 2
 
-    def __init__(self, x_dim, z_dim, hidden, activation="tanh", flow_steps=None):
+    def __init__(self, x_dim, z_dim, hidden, activation="tanh", flow_steps=None, body=None):
         super().__init__(x_dim, z_dim, hidden, activation)
         hidden = tuple(hidden)
         self.flow_steps = self.DEFAULT_FLOW_STEPS if flow_steps is None else int(flow_steps)
         if self.flow_steps < 1:
             raise UserError(f"--flow-steps must be at least 1, got {flow_steps}")
-        self.context_dim = hidden[-1]
-        #: x -> h, the context of every flow step (the encoder's last hidden layer, activated)
-        self.trunk = nn.Sequential(MLP(x_dim, hidden[:-1], hidden[-1], activation), ACTIVATIONS[activation]())
+        if body is None:
+            self.context_dim = hidden[-1]
+            #: x -> h, the context of every flow step (the encoder's last hidden layer, activated)
+            self.trunk = nn.Sequential(MLP(x_dim, hidden[:-1], hidden[-1], activation), ACTIVATIONS[activation]())
+        else:  # the architecture's encoder body: its features are the context
+            self.context_dim, self.trunk, self.flatten_input = body.out_dim, body, False
         #: h -> (mu_0, eta_0) of the base, sigma_0 = softplus(eta_0)
         self.head = nn.Linear(self.context_dim, 2 * z_dim)
         self.flows = nn.ModuleList(self.make_flow(t) for t in range(self.flow_steps))
@@ -302,12 +328,21 @@ def guide_class(spec):
     return spec
 
 
-def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, **options):
+def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, body=None, **options):
     """Build the guide ``spec`` names (a name, import spec, class or instance) and, if ``check``, check it.
+
+    ``x_dim`` is the number of values ``D`` of one item, or the item's shape (e.g. ``(C, H, W)``);
+    the guide's constructor receives ``D``. ``body`` is the architecture's encoder body (a module
+    ``(B, *x_shape) -> (B, body.out_dim)``, :meth:`pyro_vae.nets.Architecture.encoder`) or ``None``;
+    it is passed as the keyword ``body`` to a guide whose constructor takes one (the built-in ones
+    do), and such a guide receives items in their shape. A guide without a body (or not taking
+    one) and derived from :class:`Guide` receives items flattened to ``(B, D)``.
 
     ``options`` whose value is ``None`` are left to the guide's defaults; any other option the
     guide's constructor does not accept is a :class:`UserError`.
     """
+    x_shape = (int(x_dim),) if isinstance(x_dim, int) else tuple(int(s) for s in x_dim)
+    x_dim = math.prod(x_shape)
     label = _label(spec)
     cls = guide_class(spec)
     options = {k: v for k, v in options.items() if v is not None}
@@ -318,6 +353,8 @@ def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, **options):
             if key not in params and not takes_any:
                 flag = "--" + key.replace("_", "-")
                 raise UserError(f"{flag} does not apply to the {label} guide (it takes no {key} option)")
+        if body is not None and "body" in params:
+            options = {**options, "body": body}
         try:
             guide = cls(x_dim, z_dim, tuple(hidden), activation, **options)
         except UserError:
@@ -333,8 +370,12 @@ def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, **options):
         guide = cls
     if not isinstance(guide, nn.Module):
         raise UserError(f"the guide {label} must be a torch.nn.Module (derive it from pyro_vae.Guide)")
+    if isinstance(guide, Guide):
+        guide.input_shape = x_shape
+        if "body" in options:  # it was given the body: it takes the items as they are
+            guide.flatten_input = False
     if check:
-        check_guide(guide, x_dim, z_dim, label)
+        check_guide(guide, x_shape, z_dim, label)
     return guide
 
 
@@ -347,6 +388,7 @@ def preserved_rng(device):
 def check_guide(guide, x_dim, z_dim, label=None, batch=3):
     """Run ``guide`` once on a tiny batch and check the contract; :class:`UserError` on a breach.
 
+    ``x_dim``: the item size ``D`` or the item's shape (the tiny batch is ``(batch, *shape)``).
     Checks that it has parameters, returns a distribution over ``z`` with ``batch_shape (B,)`` and
     ``event_shape (z_dim,)``, and that a draw has shape ``(B, z_dim)`` with a finite log-density of
     shape ``(B,)``. The random number generators are left as they were. Returns the distribution.
@@ -359,7 +401,8 @@ def check_guide(guide, x_dim, z_dim, label=None, batch=3):
             "not in plain lists or dicts, so that pyro.module('encoder', guide) registers them"
         )
     p = next(guide.parameters())
-    x = torch.full((batch, x_dim), 0.5, dtype=p.dtype, device=p.device)
+    shape = (int(x_dim),) if isinstance(x_dim, int) else tuple(x_dim)
+    x = torch.full((batch, *shape), 0.5, dtype=p.dtype, device=p.device)
     with preserved_rng(p.device), torch.no_grad():
         try:
             q = guide(x)

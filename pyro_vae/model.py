@@ -16,6 +16,8 @@ Training maximizes the evidence lower bound (the paper's eq. 3) with :class:`pyr
     \le \log p_\theta(x_i)
 """
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -24,13 +26,17 @@ import pyro.distributions as dist
 
 from .guides import build_guide
 from .likelihoods import Likelihood, build_likelihood
-from .nets import ARCHITECTURES, parse_hidden
+from .nets import build_architecture, check_architecture, item_shape, parse_hidden
 
 
 class VAE(nn.Module):
     """A VAE: a decoder network :math:`f_\\theta`, a likelihood family and an amortized guide :math:`q_\\phi(z \\mid x)`.
 
-    :param int x_dim: size of one flattened datapoint ``D``.
+    :param x_dim: size of one flattened datapoint ``D``, or the shape of one item (e.g. ``(C, H, W)``
+        for images; ``D`` is then its product). Batches given to :meth:`model`, :meth:`guide` and
+        :meth:`reconstruct` are ``(B, *x_shape)`` (or ``(B, D)``); the likelihood scores them
+        flattened to ``(B, D)``, and :meth:`decode`, :meth:`sample`, :meth:`reconstruct` return
+        flattened ``(..., D)`` means.
     :param int z_dim: latent size.
     :param hidden: hidden layer sizes of both nets, e.g. ``(400,)`` or ``"200,200"``.
     :param str activation: hidden nonlinearity (``relu``, ``tanh``, ``softplus``, ``elu``).
@@ -42,25 +48,48 @@ class VAE(nn.Module):
         :func:`~pyro_vae.guides.check_guide`).
     :param decoder: a module mapping ``(..., z_dim)`` to ``(..., likelihood.params_per_dim * x_dim)``;
         default: built by the architecture ``arch``.
-    :param str arch: a name in :data:`~pyro_vae.nets.ARCHITECTURES` (``--arch``) that builds the decoder.
+    :param arch: a name in :data:`~pyro_vae.nets.ARCHITECTURES` (``--arch``: ``mlp``, ``conv``,
+        ``resnet``), a user's ``file.py:Name``, or an :class:`~pyro_vae.nets.Architecture`; it builds
+        the decoder and the encoder body the guide puts its heads on (checked on a tiny batch).
+    :param channels: convolution widths of the image architectures (``--channels``).
     :raises UserError: for an unknown family, guide or architecture, or a guide that breaks the contract.
     """
 
     def __init__(
         self, x_dim, z_dim=20, hidden=(400,), activation="relu", likelihood="bernoulli", guide="diagonal",
-        guide_options=None, check_guide=True, decoder=None, arch="mlp",
+        guide_options=None, check_guide=True, decoder=None, arch="mlp", channels=(32, 64, 128, 256),
     ):  # fmt: skip
         super().__init__()
         hidden = parse_hidden(hidden)
-        self.x_dim, self.z_dim = x_dim, z_dim
+        #: the shape of one item, and its number of values D
+        self.x_shape = item_shape(x_dim)
+        self.x_dim, self.z_dim = math.prod(self.x_shape), z_dim
         self.likelihood = likelihood if isinstance(likelihood, Likelihood) else build_likelihood(likelihood)
+        architecture = build_architecture(arch, hidden, activation, channels)
+        label = arch if isinstance(arch, str) else None
+        body = architecture.encoder(self.x_shape)  # None for mlp: the guide builds its MLP (parameters as before)
+        if body is not None:  # a user's --arch file fails here, clearly, before a guide is put on it
+            check_architecture(architecture, self.x_shape, z_dim, self.likelihood.params_per_dim, label,
+                               nets=(None, body))  # fmt: skip
         #: :math:`q_\phi(z \mid x)`, built and checked once on a tiny batch (:func:`~pyro_vae.guides.build_guide`)
-        self.encoder = build_guide(guide, x_dim, z_dim, hidden, activation, check=check_guide,
+        self.encoder = build_guide(guide, self.x_shape, z_dim, hidden, activation, check=check_guide, body=body,
                                    **(guide_options or {}))  # fmt: skip
-        #: :math:`f_\theta`: z -> the likelihood's parameters for every data dimension
         if decoder is None:
-            decoder = ARCHITECTURES.get(arch)(hidden, activation).decoder(z_dim, x_dim, self.likelihood.params_per_dim)
+            decoder = architecture.decoder(z_dim, self.x_shape, self.likelihood.params_per_dim)
+            # run the nets once on a tiny batch: a user's --arch file fails here, clearly
+            check_architecture(architecture, self.x_shape, z_dim, self.likelihood.params_per_dim, label,
+                               nets=(decoder, None))  # fmt: skip
+        #: :math:`f_\theta`: z -> the likelihood's parameters for every data dimension
         self.decoder = decoder
+
+    def flat(self, x):
+        """Items ``(..., *x_shape)`` flattened to ``(..., D)`` (flat batches are returned as they are)."""
+        k = len(self.x_shape)
+        if k > 1 and tuple(x.shape[-k:]) == self.x_shape:
+            return x.flatten(-k)
+        if x.dim() > 2 and math.prod(x.shape[1:]) == self.x_dim:  # a run saved before items kept their shape
+            return x.reshape(len(x), self.x_dim)
+        return x
 
     def prior(self, like):
         """:math:`p(z) = \\mathcal{N}(0, I)` on the dtype and device of ``like``."""
@@ -71,7 +100,7 @@ class VAE(nn.Module):
         pyro.module("decoder", self.decoder)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x))
-            pyro.sample("x", self.likelihood.distribution(self.decoder(z)).to_event(1), obs=x)
+            pyro.sample("x", self.likelihood.distribution(self.decoder(z)).to_event(1), obs=self.flat(x))
 
     def guide(self, x):
         """:math:`q_\\phi(z \\mid x)` for the same minibatch; the site name ``"z"`` matches the model's."""

@@ -25,21 +25,23 @@ def _to_images(x, image_shape):
 
 
 def save_grid(x, image_shape, path, ncol=None, title=None, value_range=(0.0, 1.0)):
-    """Save rows of ``x`` (shape ``(N, D)``) as a grid of grayscale images.
+    """Save ``x`` (``(N, D)`` or ``(N, *image_shape)``) as a grid of images drawn by
+    :func:`torchvision.utils.make_grid` (:func:`image_grid`): grayscale for one channel, in colour
+    for three (RGBA: the alpha channel is not shown), white 1-pixel gaps.
 
+    :param image_shape: ``(H, W)`` or ``(C, H, W)``.
+    :param ncol: images per row (default: a square grid).
     Values are shown on ``value_range`` (clipped); ``None`` uses the data's own min and max.
     """
-    images = _to_images(x, image_shape)
-    ncol = ncol or int(np.ceil(np.sqrt(len(images))))
-    grid = tile(images, ncol)
-    lo, hi = value_range if value_range is not None else (np.nanmin(grid), np.nanmax(grid))
-    height, width = grid.shape
+    n = len(x)
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    grid = image_grid(x, image_shape, nrow=ncol, padding=1, value_range=value_range)
+    height, width = grid.shape[:2]
     k = int(np.clip(np.ceil(600 / width), 1, 8))  # whole screen pixels per image pixel: crisp, small files
     title_h = 30 if title else 0
     fig = plt.figure(figsize=(width * k / 100, (height * k + title_h) / 100), dpi=100)
     ax = fig.add_axes([0, 0, 1, height * k / (height * k + title_h)])
-    cmap = plt.get_cmap("gray").with_extremes(bad="white")
-    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10, y=0.995)
@@ -88,22 +90,28 @@ def save_comparison(groups, originals, strips, image_shape, path, title=None, va
     :param strips: ``[(family, samples (n, D), reconstructions (n, D)), ...]``: one row per family.
     """
     n = len(originals)
-    h, w = image_shape
-    blank = np.full((n, h, w), np.nan)
+    shape = tuple(image_shape) if len(image_shape) == 3 else (1,) + tuple(image_shape)
 
     def images(x):
-        a = _to_images(x, image_shape)
-        return np.clip(a, *value_range) if value_range else a
+        return (x.detach().float().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float32)).reshape(-1, *shape)
+
+    if value_range is None:
+        everything = torch.cat([images(originals)] + [images(a) for _, s, r in strips for a in (s, r)])
+        value_range = (everything.min().item(), everything.max().item())
+    lo, hi = value_range
 
     def row(left, right):
-        left = blank if left is None else images(left)
-        return tile(np.concatenate([left, np.full((1, h, w), np.nan), images(right)]), 2 * n + 1)
+        # the blanks (no samples for the test images, one gap) are white: the top of the value range
+        blank = torch.full((1, *shape), float(hi))
+        left = blank.expand(n, *shape) if left is None else images(left)
+        return image_grid(torch.cat([left, blank, images(right)]), shape, nrow=2 * n + 1, padding=1,
+                          value_range=value_range)  # fmt: skip
 
     mosaics = [("test images", row(None, originals))] + [(f, row(s, r)) for f, s, r in strips]
     # layout in inches, top to bottom: title, bars, tick labels, strip headers, one strip per row
     width, left, right = 10.0, 1.7, 0.3
     inner = width - left - right
-    mosaic_h, mosaic_w = mosaics[0][1].shape
+    mosaic_h, mosaic_w = mosaics[0][1].shape[:2]
     strip = inner * mosaic_h / mosaic_w
     gap = 0.12
     top, bar, tick_space, header = 0.45, 3.0, 1.0, 0.3
@@ -140,8 +148,8 @@ def save_comparison(groups, originals, strips, image_shape, path, title=None, va
     for i, (label, mosaic) in enumerate(mosaics):
         sub = axes(y, strip)
         y += strip + gap
-        lo, hi = value_range if value_range else (np.nanmin(mosaic), np.nanmax(mosaic))
-        sub.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest", aspect="auto")
+        sub.imshow(mosaic, cmap=cmap if mosaic.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest",
+                   aspect="auto")  # fmt: skip
         sub.set_axis_off()
         sub.text(-0.01, 0.5, label, transform=sub.transAxes, ha="right", va="center", fontsize=9)
         if i == 0:
@@ -157,7 +165,8 @@ def save_comparison(groups, originals, strips, image_shape, path, title=None, va
 def image_grid(images, image_shape, nrow, padding=1, pad_value=1.0, value_range=(0.0, 1.0)):
     """Rows of ``images`` (``(N, D)``, or ``(N, *image_shape)``) tiled by :func:`torchvision.utils.make_grid`.
 
-    :param image_shape: ``(H, W)`` (grayscale) or ``(C, H, W)`` with ``C`` 1 or 3.
+    :param image_shape: ``(H, W)`` (grayscale) or ``(C, H, W)``: ``C`` 1 or 3 (4: RGB shown, alpha
+        dropped; other counts: the first channel).
     :param int nrow: images per row of the grid.
     :param value_range: ``(lo, hi)`` mapped to [0, 1] and clipped; ``None``: the data's own min and max.
     :returns: NumPy ``(H', W')`` for grayscale, ``(H', W', 3)`` for colour, values in [0, 1].
@@ -168,9 +177,12 @@ def image_grid(images, image_shape, nrow, padding=1, pad_value=1.0, value_range=
     shape = tuple(image_shape)
     if len(shape) == 2:
         shape = (1,) + shape
-    if len(shape) != 3 or shape[0] not in (1, 3):
-        raise ValueError(f"image_shape must be (H, W) or (C, H, W) with C 1 or 3, got {tuple(image_shape)}")
+    if len(shape) != 3:
+        raise ValueError(f"image_shape must be (H, W) or (C, H, W), got {tuple(image_shape)}")
     x = x.reshape(-1, *shape)
+    if shape[0] not in (1, 3):  # RGBA: the colours without alpha; any other count: the first channel
+        x = x[:, :3] if shape[0] == 4 else x[:, :1]
+        shape = tuple(x.shape[1:])
     lo, hi = value_range if value_range is not None else (x.min().item(), x.max().item())
     x = ((x - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
     grid = make_grid(x, nrow=nrow, padding=padding, pad_value=pad_value)  # (3, H', W') (1 channel is repeated)

@@ -11,6 +11,7 @@ sample, reconstruct, evaluate.
 import contextlib
 import errno
 import json
+import math
 import os
 import platform
 import shlex
@@ -303,7 +304,7 @@ class Run:
             if seed is not None:
                 pyro.set_rng_seed(seed)
             scores = evaluate_terms(self.vae, x, num_samples=samples, progress=progress)
-        return summarize(scores, self.vae.likelihood, x.shape[1])
+        return summarize(scores, self.vae.likelihood, math.prod(x.shape[1:]))
 
     # Pictures ------------------------------------------------------------------------------------
     def _display_range(self):
@@ -328,7 +329,7 @@ class Run:
         torch.manual_seed(self.config.seed)
         self.save_samples(d / "samples.png")
         x = test[:16]
-        pairs = torch.cat([x.cpu(), self.reconstruct(x)])
+        pairs = torch.cat([x.cpu().reshape(len(x), -1), self.reconstruct(x)])
         title = "test inputs (top) and reconstructions (bottom)"
         write_file_checked(d / "reconstructions.png", lambda p: plots.save_grid(
             pairs, self.image_shape, p, ncol=len(x), title=title, value_range=self._display_range()), "picture")
@@ -416,6 +417,7 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
             raise ValueError(f"it holds a JSON {type(meta).__name__}, not an object")
         config = Config.from_dict(meta)
         x_dim, n_test = int(meta["x_dim"]), int(meta["n_test"])
+        item = tuple(int(v) for v in meta["item_shape"]) if meta.get("item_shape") else x_dim  # images keep their shape
         image_shape = [int(v) for v in meta["image_shape"]]
         levels = meta.get("levels")
         if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2):
@@ -440,7 +442,7 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
         raise UserError(f"the checkpoint in {directory} is damaged (its config: {e}); retrain the run") from None
     if saved.differences(config):
         raise UserError(f"the checkpoint in {directory} is from another configuration than its config.json")
-    vae = build_vae(config, x_dim, levels).to(device)
+    vae = build_vae(config, item, levels).to(device)
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError:

@@ -149,6 +149,12 @@ class Trainer:
     def _batch(self, order, i):
         return self.vae.likelihood.prepare_batch(self.train[order[i : i + self.config.batch_size]])
 
+    def _batches(self, batches):
+        """The epoch's prepared minibatches, one per index batch of ``batches`` (:meth:`shard`), streamed
+        through a DataLoader with ``--stream``."""
+        for x in self.train.batches(batches):
+            yield self.vae.likelihood.prepare_batch(x)
+
     def train_epoch(self, progress=None):
         """One pass over the training data in a fresh random order.
 
@@ -166,8 +172,7 @@ class Trainer:
         batches, n = self.shard(torch.randperm(n, device=device))
         losses = []
         with self._own_params():
-            for step, index in enumerate(batches, start=1):
-                x = self.vae.likelihood.prepare_batch(self.train[index])
+            for step, x in enumerate(self._batches(batches), start=1):
                 kl_weight = self.kl.update(epoch, step, self.steps_per_epoch)
                 lr = self.schedule.apply(self.step)
                 loss = self.step(x)
@@ -484,6 +489,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
         where.mkdir()
     meta = {
         "x_dim": dataset.x_dim,
+        "item_shape": list(dataset.item_shape),
         "image_shape": list(dataset.image_shape),
         "levels": dataset.levels,
         "n_train": len(trainer.train),

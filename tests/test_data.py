@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import pyro
+
 from pyro_vae import UserError, load_dataset
 from pyro_vae.data import DATASETS, DataWarning, cache_dir, data_root, load_arrays, seeded_split
 
@@ -18,7 +20,7 @@ def test_registry_lists_datasets():
 
 def test_digits_fixed_split():
     a, b = load_dataset("digits"), load_dataset("digits")
-    assert a.train.shape == (1617, 64) and a.test.shape == (180, 64) and a.image_shape == (8, 8)
+    assert a.train.shape == (1617, 1, 8, 8) and a.test.shape == (180, 1, 8, 8) and a.image_shape == (1, 8, 8)
     assert a.train.dtype == torch.float32 and a.train.min() == 0 and a.train.max() == 1
     assert torch.equal(a.test, b.test)
     # the 17 gray levels 0..16 are scaled by 1/16
@@ -63,9 +65,9 @@ def test_binarized_mnist_amat_parsing(tmp_path):
             with gzip.open(folder / "binarized_mnist_test.amat.gz", "wb") as f:
                 f.write(text)
     d = load_dataset("binarized-mnist", data_dir=tmp_path)
-    assert torch.equal(d.train, torch.tensor(bits["train"], dtype=torch.float32))
-    assert torch.equal(d.test, torch.tensor(bits["test"], dtype=torch.float32))
-    assert torch.equal(d.valid, torch.tensor(bits["valid"], dtype=torch.float32))  # the official validation file
+    assert torch.equal(d.train.flatten(1), torch.tensor(bits["train"], dtype=torch.float32))
+    assert torch.equal(d.test.flatten(1), torch.tensor(bits["test"], dtype=torch.float32))
+    assert torch.equal(d.valid.flatten(1), torch.tensor(bits["valid"], dtype=torch.float32))  # the official validation file
     (folder / "binarized_mnist_train.amat").write_bytes(b"0 1 2\n")
     with pytest.raises(UserError, match="not a binarized MNIST"):
         load_dataset("binarized-mnist", data_dir=tmp_path)
@@ -75,14 +77,14 @@ def test_user_arrays(tmp_path):
     x = np.random.RandomState(0).randint(0, 256, size=(50, 6, 5)).astype(np.uint8)
     np.save(tmp_path / "x.npy", x)
     d = load_dataset(data=tmp_path / "x.npy")
-    assert d.train.shape == (45, 30) and d.test.shape == (5, 30) and d.image_shape == (6, 5)
+    assert d.train.shape == (45, 1, 6, 5) and d.test.shape == (5, 1, 6, 5) and d.image_shape == (1, 6, 5)
     assert d.train.max() <= 1 and d.name == "x"  # uint8 scaled to [0, 1]
     y = np.random.RandomState(1).randn(20, 7).astype(np.float32)
     np.savez(tmp_path / "y.npz", x=y)
     torch.save(torch.from_numpy(y[:4]), tmp_path / "t.pt")
     d = load_dataset(data=tmp_path / "y.npz", test_data=tmp_path / "t.pt")
-    assert torch.equal(d.train, torch.from_numpy(y)) and torch.equal(d.test, torch.from_numpy(y[:4]))
-    assert d.image_shape == (1, 7)
+    assert torch.equal(d.train.flatten(1), torch.from_numpy(y)) and torch.equal(d.test.flatten(1), torch.from_numpy(y[:4]))
+    assert d.image_shape == (1, 1, 7)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +116,7 @@ def test_shared_mnist_through_torchvision_without_writing_there(shared_copy):
     root = shared_copy("MNIST")
     before = sorted(p.name for p in (root / "MNIST" / "raw").iterdir())
     d = load_dataset("mnist", data_dir=root)
-    assert d.train.shape == (60000, 784) and d.test.shape == (10000, 784)
+    assert d.train.shape == (60000, 1, 28, 28) and d.test.shape == (10000, 1, 28, 28)
     assert abs(d.train.mean().item() * 255 - 33.32) < 0.01  # the README's mean train pixel
     assert sorted(p.name for p in (root / "MNIST" / "raw").iterdir()) == before  # nothing unpacked there
 
@@ -122,9 +124,10 @@ def test_shared_mnist_through_torchvision_without_writing_there(shared_copy):
 def test_shared_frey_and_binarized_mnist(shared_copy):
     root = shared_copy("frey", "binarized_mnist")
     frey = load_dataset("frey", data_dir=root)
-    assert frey.train.shape == (1769, 560) and frey.test.shape == (196, 560) and frey.image_shape == (28, 20)
+    assert frey.train.shape == (1769, 1, 28, 20) and frey.test.shape == (196, 1, 28, 20) and frey.image_shape == (1, 28, 20)
     bm = load_dataset("binarized-mnist", data_dir=root)
-    assert bm.train.shape == (50000, 784) and bm.test.shape == (10000, 784) and bm.valid.shape == (10000, 784)
+    assert bm.train.shape == (50000, 1, 28, 28) and bm.test.shape == (10000, 1, 28, 28)
+    assert bm.valid.shape == (10000, 1, 28, 28)
     assert bm.train.sum().item() == 5118041 and bm.test.sum().item() == 1038896  # counts from the data README
 
 
@@ -155,8 +158,8 @@ def test_binary_integer_and_bool_arrays_are_binary_not_k_over_255(tmp_path, dtyp
     d = _load(tmp_path, BITS.astype(dtype))
     train, test = _split(BITS)
     assert d.levels == 2
-    assert torch.equal(d.train, train) and torch.equal(d.test, test)  # values 0.0 / 1.0, not 1/255
-    assert abs(torch.cat([d.train, d.test]).mean().item() - BITS.mean()) < 1e-6
+    assert torch.equal(d.train.flatten(1), train) and torch.equal(d.test.flatten(1), test)  # values 0.0 / 1.0, not 1/255
+    assert abs(torch.cat([d.train.flatten(1), d.test.flatten(1)]).mean().item() - BITS.mean()) < 1e-6
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.int16, np.uint32])
@@ -164,8 +167,8 @@ def test_integer_pixels_are_8_bit_levels(tmp_path, dtype):
     d = _load(tmp_path, PIXELS.astype(dtype))
     train, test = _split(PIXELS)
     assert d.levels == 256 and d.train.dtype == torch.float32
-    assert torch.equal(d.train, train / 255) and torch.equal(d.test, test / 255)
-    assert torch.equal((d.train * 255).round(), train)
+    assert torch.equal(d.train.flatten(1), train / 255) and torch.equal(d.test.flatten(1), test / 255)
+    assert torch.equal((d.train.flatten(1) * 255).round(), train)
 
 
 @pytest.mark.parametrize("values", [np.array([-1, 0, 5]), np.array([0, 3, 256]), np.array([0, 40000])])
@@ -191,7 +194,7 @@ def test_float_arrays_are_taken_as_given(tmp_path, source, levels, dtype):
     source = source.astype(dtype)
     d = _load(tmp_path, source)
     train, test = _split(source)  # float16/float64 -> float32, the values as given
-    assert torch.equal(d.train, train) and torch.equal(d.test, test)
+    assert torch.equal(d.train.flatten(1), train) and torch.equal(d.test.flatten(1), test)
     assert d.levels == (None if dtype == np.float16 and levels == 256 else levels)  # float16 k/255 is off the grid
 
 
@@ -225,8 +228,8 @@ def test_train_and_test_each_read_by_their_own_dtype(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # agreeing interpretations: no message
         d = _load(tmp_path, PIXELS.astype(np.uint8), (PIXELS[:5] / 255).astype(np.float32))
-        assert d.levels == 256 and torch.equal(d.test * 255, torch.as_tensor(PIXELS[:5].reshape(5, -1) * 1.0))
-        assert torch.equal(d.train * 255, torch.as_tensor(PIXELS.reshape(40, -1) * 1.0))
+        assert d.levels == 256 and torch.equal(d.test.flatten(1) * 255, torch.as_tensor(PIXELS[:5].reshape(5, -1) * 1.0))
+        assert torch.equal(d.train.flatten(1) * 255, torch.as_tensor(PIXELS.reshape(40, -1) * 1.0))
         d = _load(tmp_path, BITS.astype(np.uint8), BITS[:5].astype(np.float32))
         assert d.levels == 2 and d.test.sum() == BITS[:5].sum()
         d = _load(tmp_path, BITS.astype(bool), BITS[:5].astype(np.uint8))
@@ -237,7 +240,7 @@ def test_train_test_mismatch_reconciled_with_one_line(tmp_path):
     message = "^--data reads as 8-bit .* but --test-data as binary .* both are used as 8-bit"
     with pytest.warns(DataWarning, match=message):
         d = _load(tmp_path, PIXELS.astype(np.uint8), BITS[:5].astype(np.float32))
-    assert d.levels == 256 and torch.equal(d.test, torch.as_tensor(BITS[:5].reshape(5, -1) * 1.0))
+    assert d.levels == 256 and torch.equal(d.test.flatten(1), torch.as_tensor(BITS[:5].reshape(5, -1) * 1.0))
     with pytest.warns(DataWarning, match="both float.*continuous"):
         d = _load(tmp_path, RNG.rand(20, 3).astype(np.float32), (PIXELS[:5, 0, :3] / 255).astype(np.float32))
     assert d.levels is None
@@ -272,15 +275,15 @@ KERAS = {"x_test": PIXELS[:10].astype(np.uint8), "x_train": PIXELS[10:].astype(n
 def test_npz_train_test_pair_taken_from_the_file(tmp_path, pair):
     np.savez(tmp_path / "d.npz", **{pair[1]: KERAS["x_test"], pair[0]: KERAS["x_train"], "other": np.zeros(3)})
     d = load_arrays(tmp_path / "d.npz")
-    assert torch.equal(d.train * 255, torch.as_tensor(KERAS["x_train"].reshape(30, -1) * 1.0))  # x_train trains
-    assert torch.equal(d.test * 255, torch.as_tensor(KERAS["x_test"].reshape(10, -1) * 1.0))
-    assert d.levels == 256 and d.image_shape == (4, 5)
+    assert torch.equal(d.train.flatten(1) * 255, torch.as_tensor(KERAS["x_train"].reshape(30, -1) * 1.0))  # x_train trains
+    assert torch.equal(d.test.flatten(1) * 255, torch.as_tensor(KERAS["x_test"].reshape(10, -1) * 1.0))
+    assert d.levels == 256 and d.image_shape == (1, 4, 5)
 
 
 def test_npz_keras_layout_keeps_labels_and_refuses_a_second_test_set(tmp_path):
     np.savez(tmp_path / "mnist.npz", **KERAS)
     d = load_arrays(tmp_path / "mnist.npz")
-    assert d.train.shape == (30, 20) and d.test.shape == (10, 20)
+    assert d.train.shape == (30, 1, 4, 5) and d.test.shape == (10, 1, 4, 5)
     assert d.labels.tolist() == list(range(10, 40)) and d.test_labels.tolist() == list(range(10))
     np.save(tmp_path / "t.npy", KERAS["x_test"])
     with pytest.raises(UserError, match="holds its own test set \\(x_test\\), and --test-data"):
@@ -339,12 +342,12 @@ def test_pt_layouts(tmp_path):
     for name, obj in layouts:
         torch.save(obj, tmp_path / f"{name}.pt")
         d = load_arrays(tmp_path / f"{name}.pt")
-        assert torch.equal(d.train, train / 255) and torch.equal(d.test, test / 255) and d.levels == 256, name
+        assert torch.equal(d.train.flatten(1), train / 255) and torch.equal(d.test.flatten(1), test / 255) and d.levels == 256, name
         if name in ("tuple", "ds", "d1"):
             assert torch.equal(d.labels, torch.as_tensor(seeded_split(np.arange(40))[0])), name
     torch.save({"x_train": x[10:], "x_test": x[:10]}, tmp_path / "pair.pt")
     d = load_arrays(tmp_path / "pair.pt")
-    assert torch.equal(d.train, torch.as_tensor(PIXELS[10:].reshape(30, -1) / 255, dtype=torch.float32))
+    assert torch.equal(d.train.flatten(1), torch.as_tensor(PIXELS[10:].reshape(30, -1) / 255, dtype=torch.float32))
     torch.save(torch.from_numpy(BITS).bool(), tmp_path / "b.pt")
     assert load_arrays(tmp_path / "b.pt").levels == 2
     torch.save(torch.rand(20, 3).bfloat16(), tmp_path / "bf.pt")
@@ -403,9 +406,9 @@ def test_degenerate_test_file_refused_and_one_item_with_a_test_set_loads(tmp_pat
     with pytest.raises(UserError, match=r"\(x_test\) holds no items"):
         load_arrays(tmp_path / "e.npz")
     d = _load(tmp_path, PIXELS[:1].astype(np.uint8), PIXELS[:1].astype(np.uint8))
-    assert d.train.shape == d.test.shape == (1, 20) and torch.equal(d.train, d.test)
+    assert d.train.shape == d.test.shape == (1, 1, 4, 5) and torch.equal(d.train, d.test)
     d = _load(tmp_path, PIXELS[:2].astype(np.uint8))
-    assert d.train.shape == d.test.shape == (1, 20)
+    assert d.train.shape == d.test.shape == (1, 1, 4, 5)
 
 
 def test_cli_refusals_are_one_error_line(tmp_path, capsys):
@@ -451,3 +454,136 @@ def test_fingerprint_follows_the_values(tmp_path):
     swapped = type(a)(a.name, a.test, a.train, a.image_shape, a.levels)
     assert swapped.fingerprint() != fp
     assert load_dataset("digits").fingerprint() == load_dataset("digits").fingerprint()
+
+
+# Images keep their shape (issue 12) ---------------------------------------------------------------
+
+
+def test_registered_image_datasets_are_listed():
+    assert {"cifar10", "svhn", "celeba", "patches"} <= set(DATASETS.names())
+
+
+def test_user_images_nchw_and_nhwc_give_the_same_items(tmp_path):
+    rng = np.random.default_rng(3)
+    nchw = rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "nchw.npy", nchw)
+    np.save(tmp_path / "nhwc.npy", nchw.transpose(0, 2, 3, 1))
+    a, b = load_arrays(tmp_path / "nchw.npy"), load_arrays(tmp_path / "nhwc.npy")
+    assert a.train.shape == (18, 3, 8, 8) and a.image_shape == (3, 8, 8) and a.levels == 256
+    assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
+    _, test = seeded_split(nchw)
+    assert torch.equal(a.test * 255, torch.as_tensor(test, dtype=torch.float32))  # k / 255 exactly, channels first
+    assert a.x_dim == 192 and a.item_shape == (3, 8, 8)
+
+
+def test_ambiguous_image_layout_is_refused_naming_the_flag(tmp_path):
+    x = np.zeros((10, 3, 8, 3), dtype=np.uint8)  # channels first or last?
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(UserError, match=r"--layout nchw\|nhwc"):
+        load_arrays(tmp_path / "x.npy")
+    np.save(tmp_path / "y.npy", np.zeros((10, 2, 8, 8), dtype=np.uint8))  # neither axis is 1, 3 or 4 channels
+    with pytest.raises(UserError, match=r"--layout nchw\|nhwc"):
+        load_arrays(tmp_path / "y.npy")
+    assert load_arrays(tmp_path / "x.npy", layout="nchw").train.shape == (9, 3, 8, 3)
+    assert load_arrays(tmp_path / "x.npy", layout="nhwc").train.shape == (9, 3, 3, 8)
+    assert load_arrays(tmp_path / "y.npy", layout="nchw").item_shape == (2, 8, 8)
+    np.save(tmp_path / "v.npy", np.zeros((10, 6), dtype=np.float32))
+    with pytest.raises(UserError, match="--layout applies to 4-d"):
+        load_arrays(tmp_path / "v.npy", layout="nchw")
+
+
+def test_vectors_stay_vectors_and_gray_images_get_a_channel(tmp_path):
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).random((10, 6)).astype(np.float32))
+    np.save(tmp_path / "g.npy", np.zeros((10, 5, 7), dtype=np.uint8))
+    assert load_arrays(tmp_path / "v.npy").train.shape == (9, 6)
+    g = load_arrays(tmp_path / "g.npy")
+    assert g.train.shape == (9, 1, 5, 7) and g.image_shape == (1, 5, 7)
+
+
+def test_fingerprint_is_that_of_the_flat_values():
+    a = load_dataset("digits")
+    flat = type(a)(a.name, a.train.flatten(1), a.test.flatten(1), a.image_shape, a.levels)
+    assert a.fingerprint() == flat.fingerprint()
+
+
+def test_patches_dataset_is_offline_colour_8_bit():
+    from pyro_vae.image_data import load_sample_patches
+
+    d = load_dataset("patches")
+    ref = load_sample_patches()
+    assert d.train.shape == (len(ref.train), 3, 32, 32) and d.image_shape == (3, 32, 32) and d.levels == 256
+    assert torch.equal(d.test, torch.as_tensor(ref.test.images).float() / 255)
+
+
+def test_cifar10_svhn_celeba_read_from_the_data_folder_or_say_where_they_looked(tmp_path, monkeypatch):
+    import scipy.io
+    from test_image_data import write_cifar
+
+    monkeypatch.setattr("pyro_vae.data._writable", lambda path: False)  # a read-only folder: nothing is fetched
+    with pytest.raises(UserError, match=r"cifar10 data not found: looked for .*cifar-10-batches-py"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    rows, labels = write_cifar(tmp_path, n=3)
+    d = load_dataset("cifar10", data_dir=tmp_path)
+    assert d.train.shape == (15, 3, 32, 32) and d.test.shape == (2, 3, 32, 32) and d.levels == 256
+    assert torch.equal(d.test.flatten(1) * 255, torch.as_tensor(rows["test_batch"], dtype=torch.float32))
+    assert d.test_labels.tolist() == labels["test_batch"]
+    rng = np.random.default_rng(1)
+    (tmp_path / "svhn").mkdir()
+    for part, n in (("train", 4), ("test", 2)):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        scipy.io.savemat(tmp_path / "svhn" / f"{part}_32x32.mat", {"X": x, "y": np.full((n, 1), 10)})
+    s = load_dataset("svhn", data_dir=tmp_path)
+    assert s.train.shape == (4, 3, 32, 32) and torch.equal(s.test[1, 2] * 255, torch.as_tensor(x[:, :, 2, 1]).float())
+    with pytest.raises(UserError, match=r"celeba data not found: looked for .*celeba/list_eval_partition.txt"):
+        load_dataset("celeba", data_dir=tmp_path)
+
+
+def test_image_folder_with_resize_and_classes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    d = load_dataset(data=str(tmp_path / "imgs"), image_size=(6, 4))
+    assert d.train.shape == (9, 3, 6, 4) and d.test.shape == (1, 3, 6, 4) and d.levels == 256
+    assert sorted(torch.cat([d.labels, d.test_labels]).tolist()) == [0] * 5 + [1] * 5
+    with pytest.raises(UserError, match="--image-size applies to a folder"):
+        load_dataset("digits", image_size=(6, 4))
+
+
+# 8-bit data stored as uint8; streaming through a DataLoader (issue 12) ---------------------------
+
+
+def test_8_bit_training_data_is_stored_as_uint8_with_identical_values():
+    from pyro_vae.build import TrainingData
+
+    x = torch.randint(0, 256, (50, 3, 4, 4)).float() / 255
+    stored = TrainingData(x, "cpu")
+    assert stored.x.dtype == torch.uint8 and stored.nbytes == x.numel()
+    idx = torch.randperm(50)[:7]
+    assert torch.equal(stored[idx], x[idx])  # bit for bit: k / 255 in float32
+    cont = TrainingData(x + 1e-3, "cpu")  # off the grid: kept as float32
+    assert cont.x.dtype == torch.float32 and torch.equal(cont[idx], x[idx] + 1e-3)
+    order = torch.randperm(50)
+    streamed = TrainingData(x, "cpu", stream=True)
+    for a, b in zip(stored.batches(order, 16), streamed.batches(order, 16)):
+        assert torch.equal(a, b)
+    assert [len(b) for b in streamed.batches(order, 16)] == [16, 16, 16, 2]
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "discretized-logistic"])
+def test_streamed_and_device_resident_training_give_the_same_losses(tmp_path, likelihood):
+    from pyro_vae.training import Trainer
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (90, 3, 5, 5), dtype=np.uint8))
+    settings = dict(data=str(tmp_path / "x.npy"), likelihood=likelihood, hidden=(8,), z_dim=2, batch_size=16,
+                    device="cpu", seed=3)  # fmt: skip
+    records = []
+    for stream in (False, True):
+        pyro.clear_param_store()
+        trainer = Trainer(**settings, stream=stream)
+        assert trainer.train.x.dtype == torch.uint8 and trainer.train.stream == stream
+        records.append([trainer.train_epoch()["train_elbo"] for _ in range(2)] + [trainer.test_elbo()])
+    assert records[0] == records[1]  # the same numbers, to the last bit

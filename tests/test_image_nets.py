@@ -137,3 +137,51 @@ def test_parameter_counts_with_the_default_widths():
 def test_user_errors(build, match):
     with pytest.raises(UserError, match=match):
         build()
+
+
+# Wired into fit (issue 12) -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_conv_fit_on_patches_writes_colour_pictures_of_the_right_size(tmp_path):
+    """One epoch of a tiny conv VAE on the offline colour patches, through the CLI."""
+    import numpy as np
+    from PIL import Image
+
+    from pyro_vae.cli import main
+
+    out = tmp_path / "run"
+    argv = ["fit", "--dataset", "patches", "--arch", "conv", "--channels", "2,4", "--z-dim", "2", "--epochs", "1",
+            "--batch-size", "512", "--likelihood", "discretized-logistic", "--device", "cpu", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    # grids of 32x32 images with 1-pixel gaps, scaled by whole pixels k = ceil(600 / width) (plots.save_grid)
+    expected = {"samples.png": (795, 795),  # 8 x 8 images: 8 * 33 + 1 = 265 pixels, k = 3
+                "reconstructions.png": (1058, 2 * 67 + 30),  # 16 x 2: 529 x 67, k = 2, a 30-pixel title
+                "manifold.png": (661, 661)}  # 20 x 20: 661, k = 1  # fmt: skip
+    for name, size in expected.items():
+        img = np.asarray(Image.open(out / name).convert("RGB")).astype(int)
+        assert img.shape[:2] == size[::-1], name
+    test = np.asarray(Image.open(out / "reconstructions.png").convert("RGB")).astype(int)
+    assert (np.abs(test[..., 0] - test[..., 2]) > 40).mean() > 0.05  # in colour: blue sky, red roofs
+    meta = __import__("json").loads((out / "config.json").read_text())
+    assert meta["item_shape"] == [3, 32, 32] and meta["arch"] == "conv" and meta["channels"] == [2, 4]
+    from pyro_vae.run import load_run
+
+    run = load_run(out, "cpu")  # a conv run folder rebuilds its nets from the recorded item shape
+    assert run.vae.x_shape == (3, 32, 32) and run.sample(2).shape == (2, 3072)
+
+
+def test_cli_refuses_an_ambiguous_layout_and_an_unknown_arch_in_one_line(tmp_path, capsys):
+    import numpy as np
+
+    from pyro_vae.cli import main
+
+    np.save(tmp_path / "x.npy", np.zeros((10, 3, 8, 3), dtype=np.uint8))
+    base = ["fit", "--data", str(tmp_path / "x.npy"), "--epochs", "0", "--device", "cpu", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data file") and "say which with --layout nchw|nhwc" in err and err.count("\n") == 1
+    assert main(base + ["--layout", "nchw", "--arch", "cnn", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown architecture 'cnn'; choose one of: mlp, conv, resnet" in capsys.readouterr().err
+    assert main(base + ["--layout", "nchw", "--arch", "conv", "--channels", "2,0", "--out", str(tmp_path / "c")]) == 2
+    assert "--channels needs at least one positive size" in capsys.readouterr().err

@@ -304,6 +304,6 @@ def test_on_a_trained_run(tmp_path):
     plots.save_image_rows(rows, run.image_shape, tmp_path / "t.png", row_labels=[f"z{u}" for u in units])
     latent.latent_scatter(z, np.arange(len(z)) % 10, tmp_path / "l.png")
     recon = latent.reconstruct(run.vae, x[:16])
-    plots.save_image_rows(np.stack([x[:16].numpy(), recon]), run.image_shape, tmp_path / "r.png")
+    plots.save_image_rows(np.stack([x[:16].flatten(1).numpy(), recon]), run.image_shape, tmp_path / "r.png")
     for name in "itlr":
         assert png_std(tmp_path / f"{name}.png") > 0.02

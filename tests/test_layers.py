@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 #: The layers, bottom up; within a layer too, a module imports only those listed before it.
 LAYERS = [
     ("foundations", ["errors", "registry", "user_code", "config", "config_files"]),
-    ("the paper", ["nets", "image_nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
+    ("the paper", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
                    "objectives", "kl_weighting", "evaluation", "paired"]),
     ("speed", ["speed"]),
     ("data and runs", ["image_data", "data", "schedules", "build", "checkpoint", "plots", "loggers", "latent", "run",
