@@ -275,7 +275,7 @@ class _DigitImages(torch.utils.data.Dataset):
         return self.transform(self.images[i]), 0
 
 
-from peers import NumPyroLoop, PythaeLoop  # noqa: E402  (d), (e): optional extra ``bench``
+from peers import NumPyroLoop, PythaeLoop, Unavailable  # noqa: E402, F401  (d), (e): optional extra ``bench``; Unavailable re-exported
 
 LOOPS = {"a": PyroVAELoop, "a0": PyroVAEBaselineLoop, "b": TorchVAELoop, "c": ExampleLoop, "d": NumPyroLoop,
          "e": PythaeLoop}  # fmt: skip

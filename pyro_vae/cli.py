@@ -352,8 +352,8 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
 def _split_options(f):
     """``--split`` / ``--data`` / ``--device`` / ``--seed`` of the latent commands."""
     options = [
-        click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]),
-                     help="Which of the run's data to use (a validation split will join these)."),
+        click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+                     help="Which of the run's data to use: its training, validation or test items."),
         click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
                      help="Use your own array (.npy/.npz/.pt of items of the run's size) instead of --split."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seeds the posterior draws."),
@@ -388,7 +388,7 @@ def encode(run_dir, output, what, samples, labels, split, data_file, seed, devic
 
     _output(output, (".npy", ".csv"))
     run = load_run(run_dir, device)
-    codes, labels = run.encode(split, data_file, what, samples, labels, output, seed)
+    codes, labels = run.encode(split=split, data=data_file, what=what, samples=samples, labels=labels, path=output, seed=seed)
     from .latent import labels_path
 
     beside = "" if labels is None else (" with labels" + (f" in {labels_path(output)}" if output.lower().endswith(".npy") else ""))

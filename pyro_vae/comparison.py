@@ -665,7 +665,7 @@ def _evaluate(run, samples, items, progress=None):
     log p(x))``; writes ``evaluation.json`` and :data:`ITEM_SCORES` into the run folder."""
     x = run.test_data()[:items]
     scores = evaluate_terms(run.vae, x, num_samples=samples, progress=progress)
-    result = summarize(scores, run.vae.likelihood, x.shape[1])
+    result = summarize(scores, run.vae.likelihood, run.vae.x_dim)
     log_px = scores.log_px.detach().double().cpu().numpy()
     np.save(run.directory / ITEM_SCORES, log_px)
     write_evaluation(run, result)

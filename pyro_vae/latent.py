@@ -447,7 +447,7 @@ def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0
 # methods can call it) and read the data exactly as the run was trained and tested on it.
 
 #: the data splits a run's items come from (``val`` comes with the validation split)
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 
 
 def _prepare(run, x, what, generator_seed):
@@ -480,8 +480,8 @@ def read_labels(path, n):
 def run_items(run, split="test", data=None, labels=None):
     """The items a latent tool works on, prepared as the run saw them: ``(x, labels, description)``.
 
-    :param str split: ``"train"`` or ``"test"`` of the run's own data (ignored with ``data``). The
-        test set is prepared as for evaluation (same fixed draw of dynamic binarization or
+    :param str split: ``"train"``, ``"val"`` or ``"test"`` of the run's own data (ignored with ``data``). The
+        test and validation sets are prepared as for evaluation (same fixed draw of dynamic binarization or
         dequantization noise); the training set gets a fixed draw of its own (seed ``config.seed + 10007``).
     :param data: a user's array file (``.npy``/``.npz``/``.pt``, read by the rules of ``--data``) of
         items of the run's size ``D``; labels stored beside it are kept.
@@ -490,7 +490,7 @@ def run_items(run, split="test", data=None, labels=None):
     :raises UserError: an unknown split, data of another size or outside the likelihood's support,
         labels of the wrong length.
     """
-    from .build import TEST_PREP_SEED, prepare_data
+    from .build import TEST_PREP_SEED, prepare_data, prepare_valid
     from .data import _labels, _read_file, interpret_array
 
     seed = run.config.seed + TEST_PREP_SEED
@@ -498,8 +498,10 @@ def run_items(run, split="test", data=None, labels=None):
         contents = _read_file(data, "--data")
         x, _, _ = interpret_array(contents.x, "--data", data)
         d = int(run.meta["x_dim"])
-        if x.shape[1] != d:
-            raise UserError(f"--data file {data} holds items of {x.shape[1]} values; the run's model takes {d}")
+        if len(x) == 0 or x[0].numel() != d:
+            raise UserError(f"--data file {data} holds items of {x[0].numel() if len(x) else 0} values; the run's model "
+                            f"takes {d}")  # fmt: skip
+        x = x.reshape(len(x), *run.vae.x_shape)
         own = _labels(contents.labels, len(x), "--data", data)
         x, what = _prepare(run, x, "the --data file", seed), f"{Path(data).name}"
     else:
@@ -508,6 +510,10 @@ def run_items(run, split="test", data=None, labels=None):
         dataset, train, test = prepare_data(run.config, run.vae.likelihood, run.device)
         if split == "test":
             x, own = test, dataset.test_labels
+        elif split == "val":
+            x, own = prepare_valid(run.config, run.vae.likelihood, run.device, dataset), dataset.valid_labels
+            if x is None:
+                raise UserError("this run has no validation split (its training set was too small to carve one)")
         else:
             x = run.vae.likelihood.prepare_batch(train, torch.Generator(device=run.device).manual_seed(seed))
             own = dataset.labels
@@ -557,7 +563,7 @@ def save_reconstructions(run, path, n=16, split="test", data=None, sample=False,
     x = x[:n]
     recon = reconstruct(run.vae, x, sample=sample, seed=seed)
     how = "one draw from q(z|x)" if sample else "the posterior mean"
-    plots.save_image_rows(np.stack([x.cpu().numpy(), recon]), run.image_shape, path, row_labels=["input", "recon"],
+    plots.save_image_rows(np.stack([x.reshape(len(x), -1).cpu().numpy(), recon]), run.image_shape, path, row_labels=["input", "recon"],
                           title=f"{len(x)} items of {what} and their reconstructions at {how}",
                           value_range=_display_range(run))  # fmt: skip
     return recon
@@ -579,7 +585,7 @@ def interpolate_run(run, i, j, steps=10, slerp=False, split="test", data=None, p
     i, j = _item_index(i, len(x), what), _item_index(j, len(x), what)
     codes, images = interpolate(run.vae, x[i], x[j], steps=steps, slerp=slerp, seed=seed)
     if path is not None:
-        rows = np.stack([np.concatenate([x[i : i + 1].cpu().numpy(), images, x[j : j + 1].cpu().numpy()])])
+        rows = np.stack([np.concatenate([x[i : i + 1].reshape(1, -1).cpu().numpy(), images, x[j : j + 1].reshape(1, -1).cpu().numpy()])])
         kind = "spherical (slerp)" if slerp else "linear"
         plots.save_image_rows(rows, run.image_shape, path,
                               title=f"items {i} and {j} of {what} (ends), {kind} path between their posterior means",

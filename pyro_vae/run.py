@@ -218,8 +218,8 @@ class Run:
                 raise UserError(f"the run's data file {path} (recorded as {key} in {self.directory / 'config.json'}) "
                                 "is missing; put it back there to evaluate the run")  # fmt: skip
         test = prepare_data(self.config, self.vae.likelihood, self.device)[2]
-        if test.shape[1] != self.vae.x_dim:
-            raise UserError(f"the run's data now has {test.shape[1]} values per item but the run was trained on "
+        if test[0].numel() != self.vae.x_dim:
+            raise UserError(f"the run's data now has {test[0].numel()} values per item but the run was trained on "
                             f"{self.vae.x_dim}; the data file changed since training")  # fmt: skip
         return test
 
@@ -236,7 +236,7 @@ class Run:
         return self.vae.sample(n, generator=generator).cpu()
 
     def as_input(self, x):
-        """``x`` as the encoder takes it: a float tensor ``(N, D)`` on the run's device.
+        """``x`` as the encoder takes it: a float tensor ``(N, *item_shape)`` on the run's device.
 
         Accepts what training accepted: items in any layout whose values number ``D`` (``(N, D)``,
         ``(N, H, W)``, ``(N, C, H, W)``, ...). A NumPy array is read by the rules of ``--data``
@@ -269,7 +269,7 @@ class Run:
         if t.dim() < 2 or t.shape[0] == 0 or t[0].numel() != d:
             raise UserError(f"the run takes items of {d} values, shape (N, {d}) or (N, *{self.image_shape}); "
                             f"got shape {shape}")  # fmt: skip
-        return t.reshape(len(t), d).to(device=self.device, dtype=torch.float32)
+        return t.reshape(len(t), *self.vae.x_shape).to(device=self.device, dtype=torch.float32)
 
     def reconstruct(self, x):
         """Decoder means for one draw from :math:`q(z \\mid x)` for each item of ``x``, shape ``(N, D)``, on the CPU.

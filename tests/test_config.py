@@ -93,4 +93,4 @@ def test_a_resume_keeps_the_saved_options_it_does_not_override():
     assert saved.differences(resumed) == []  # epochs may change on resume
     changed = Config(guide="iaf", guide_options={"flow_steps": 5}).resumed_from(saved)
     assert saved.differences(changed) == ["guide_options"]
-    assert set(Config.RESUMABLE) == {"epochs", "device", "data_dir"}
+    assert set(Config.RESUMABLE) == {"epochs", "device", "data_dir", "early_stopping", "stream"}

@@ -7,13 +7,13 @@ import pytest
 from pyro_vae import Config, UserError
 from pyro_vae.config_files import read_config_file
 
-WANT = {"likelihood": "gaussian", "hidden": [200, 200], "z_dim": 2, "lr": 0.01, "jit": True, "data_dir": None}
+WANT = {"likelihood": "gaussian", "hidden": [200, 200], "z_dim": 2, "lr": 0.01, "stream": True, "data_dir": None}
 
 FILES = {
-    "fit.json": '{"likelihood": "gaussian", "hidden": [200, 200], "z_dim": 2, "lr": 0.01, "jit": true,\n'
+    "fit.json": '{"likelihood": "gaussian", "hidden": [200, 200], "z_dim": 2, "lr": 0.01, "stream": true,\n'
                 ' "data_dir": null}\n',
-    "fit.yaml": "likelihood: gaussian\nhidden: [200, 200]\nz_dim: 2\nlr: 0.01\njit: true\ndata_dir: null\n",
-    "fit.toml": 'likelihood = "gaussian"\nhidden = [200, 200]\nz_dim = 2\nlr = 0.01\njit = true\n',
+    "fit.yaml": "likelihood: gaussian\nhidden: [200, 200]\nz_dim: 2\nlr: 0.01\nstream: true\ndata_dir: null\n",
+    "fit.toml": 'likelihood = "gaussian"\nhidden = [200, 200]\nz_dim = 2\nlr = 0.01\nstream = true\n',
 }  # fmt: skip
 
 
@@ -51,10 +51,12 @@ def test_a_real_run_config(tmp_path):
     from pyro_vae import fit
 
     config = Config(dataset="digits", epochs=1, hidden="16", z_dim=2, batch_size=500, seed=3)
-    fit(config, out=tmp_path / "run", quiet=True)
+    run = fit(config, out=tmp_path / "run", quiet=True)
     settings, ignored = read_config_file(tmp_path / "run", with_ignored=True)  # the folder: its config.json
-    assert Config.from_dict(settings) == config
-    assert settings == config.to_dict()
+    # the run records the options its parts use (the bernoulli family's default binarization written out)
+    assert run.config == config.replace(likelihood_options={"binarize": "dynamic"})
+    assert Config.from_dict(settings) == run.config
+    assert settings == run.config.to_dict()
     assert {"x_dim", "versions", "levels", "n_train"} <= set(ignored) and ignored["x_dim"] == 64
     assert read_config_file(tmp_path / "run" / "config.json") == settings
 
@@ -70,7 +72,7 @@ def test_run_config_from_another_version_sets_unknown_settings_aside(tmp_path):
     ("a.toml", 'z_dim = 2\nlearning_rate = 0.1\n', r"a\.toml, line 2: unknown setting 'learning_rate'; the settings are: dataset, "),
     ("a.json", '{"z_dim": 2,\n "lr": "fast"}', r"a\.json, line 2: lr must be a number, got 'fast' \(a string\)"),
     ("a.toml", 'z_dim = 2.5\n', r"a\.toml, line 1: z_dim must be an integer, got 2\.5 \(a number\)"),
-    ("a.json", '{"jit": 1}', r"a\.json, line 1: jit must be true or false, got 1 \(an integer\)"),
+    ("a.json", '{"stream": 1}', r"a\.json, line 1: stream must be true or false, got 1 \(an integer\)"),
     ("a.json", '{"z_dim": null}', r"a\.json, line 1: z_dim cannot be null"),
     ("a.json", '{"hidden": ["a"]}', r"hidden must be a list of integers"),
     ("a.json", '{"z_dim": 2,\n "lr": 0.1,,\n}', r"a\.json, line 2: not valid JSON \(Expecting property name"),

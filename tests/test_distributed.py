@@ -125,7 +125,7 @@ def test_user_errors_before_any_process_starts(monkeypatch, tmp_path):
 
 def test_bf16_autocast_keeps_the_networks_outputs_and_the_elbo_in_float32():
     trainer = Trainer(make_config(None, **TINY))
-    x = trainer.vae.likelihood.prepare_batch(trainer.train[:8])
+    x = trainer.vae.likelihood.prepare_batch(trainer.train[:8]).flatten(1)  # the MLP guide's input: (B, D)
     net = trainer.vae.encoder.net
     exact = net(x)
     handles = autocast_networks(trainer.vae, "cpu")

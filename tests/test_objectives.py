@@ -56,7 +56,7 @@ def test_every_guide_and_objective_trains(tmp_path, guide, objective):
     run = fit(out=tmp_path / "run", **settings)
     x = run.test_data()
     pyro.set_rng_seed(0)
-    untrained = evaluate(build_vae(run.config, x.shape[1]).eval(), x, num_samples=1)[0].mean().item()
+    untrained = evaluate(build_vae(run.config, tuple(x.shape[1:])).eval(), x, num_samples=1)[0].mean().item()
     first, last = run.metrics[0], run.metrics[-1]
     # the same test quantity whatever the objective: the one-particle test ELBO, in nats per item
     assert math.isfinite(last["valid_elbo"]) and math.isfinite(last["train_elbo"])
@@ -201,7 +201,7 @@ def test_non_reparameterized_guide_refused_by_elbo_and_trained_by_rws(tmp_path):
     run = fit(out=tmp_path / "rws", guide=f"{path}:ScoreFunctionGuide", objective="rws", particles=4, epochs=2, **SMALL)
     x = run.test_data()
     pyro.set_rng_seed(0)
-    untrained = evaluate(build_vae(run.config, x.shape[1]).eval(), x, num_samples=1)[0].mean().item()
+    untrained = evaluate(build_vae(run.config, tuple(x.shape[1:])).eval(), x, num_samples=1)[0].mean().item()
     assert run.final["test_elbo_last"] > untrained + 2.0
 
 

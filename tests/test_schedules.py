@@ -205,7 +205,8 @@ def test_fit_with_csv_and_tensorboard_loggers(tmp_path):
     run = fit(out=tmp_path / "r", epochs=2, quiet=True, loggers=["csv"], log_images_every=1, **TINY)
     import csv
 
-    rows = list(csv.DictReader((tmp_path / "r" / "metrics.csv").open()))
+    with (tmp_path / "r" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
     assert [float(r["valid_elbo"]) for r in rows] == [m["valid_elbo"] for m in run.metrics]
     tensorboard = pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
