@@ -492,10 +492,12 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
         "item_shape": list(dataset.item_shape),
         "image_shape": list(dataset.image_shape),
         "levels": dataset.levels,
-        "n_train": len(trainer.train),
+        # the data's training split, as given: the validation items are carved from it (n_valid), so
+        # training steps run on n_train - n_valid items (MNIST: 60000 and 5000)
+        "n_train": len(trainer.train) + (len(trainer.valid) if trainer.valid is not None else 0),
+        "n_valid": len(trainer.valid) if trainer.valid is not None else 0,
         "n_test": len(trainer.test),
         "data_fingerprint": fingerprint,
-        "n_valid": len(trainer.valid) if trainer.valid is not None else 0,
         "versions": package_versions(),
     }
 

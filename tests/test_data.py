@@ -431,8 +431,8 @@ def test_batch_larger_than_the_data_runs_one_batch(tmp_path):
     run = pyro_vae.fit(data=str(tmp_path / "x.npy"), batch_size=128, epochs=2, hidden=(8,), z_dim=2, device="cpu",
                        out=tmp_path / "run", quiet=True)  # fmt: skip
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    # 12 items: 1 for the test set, then 1 of the 11 for validation
-    assert (config["n_train"], config["n_valid"], config["n_test"], config["levels"]) == (10, 1, 1, 2)
+    # 12 items: 1 for the test set, then 1 of the 11 training items for validation
+    assert (config["n_train"], config["n_valid"], config["n_test"], config["levels"]) == (11, 1, 1, 2)
     assert len(run.metrics) == 2 and all(np.isfinite(m["valid_elbo"]) for m in run.metrics)
 
 

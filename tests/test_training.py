@@ -138,7 +138,7 @@ def test_one_short_epoch_on_mnist(shared_copy, tmp_path):
     run = fit(out=tmp_path / "mnist", dataset="mnist", data_dir=str(root), epochs=1, batch_size=500, hidden=(200,),
               z_dim=10, device="cpu", quiet=True)  # fmt: skip
     (m,) = run.metrics
-    assert run.meta["n_train"] == 55000 and run.meta["n_valid"] == 5000 and run.meta["n_test"] == 10000
+    assert run.meta["n_train"] == 60000 and run.meta["n_valid"] == 5000 and run.meta["n_test"] == 10000
     # one epoch lands far above a coin flip per pixel (784 log 2 = 543 nats) on the binarized test set
     assert -250 < m["valid_elbo"] < -100, m
 
@@ -163,7 +163,7 @@ SETTINGS = dict(dataset="digits", z_dim=2, hidden=(16,), batch_size=256, quiet=T
 def test_on_step_reports_every_step_with_exact_sample_counts(tmp_path):
     steps = []
     run = fit(out=tmp_path / "run", epochs=2, on_step=steps.append, **SETTINGS)
-    n = run.meta["n_train"]
+    n = run.meta["n_train"] - run.meta["n_valid"]  # the items trained on
     per_epoch = math.ceil(n / 256)
     assert len(steps) == 2 * per_epoch
     assert all(isinstance(s, Step) and s.vae is run.vae for s in steps)
@@ -187,7 +187,7 @@ def test_an_evaluating_callback_inside_fork_rng_leaves_training_unchanged(tmp_pa
             bounds.append(pyro_vae.evaluate(step.vae, torch.bernoulli(x), num_samples=1)[0].mean().item())
 
     hooked = fit(out=tmp_path / "hooked", epochs=2, on_step=evaluate, **SETTINGS)
-    assert len(bounds) == 2 * math.ceil(plain.meta["n_train"] / 256)
+    assert len(bounds) == 2 * math.ceil((plain.meta["n_train"] - plain.meta["n_valid"]) / 256)
     assert all(math.isfinite(b) for b in bounds)
     for a, b in zip(plain.metrics, hooked.metrics):
         assert a["train_elbo"] == b["train_elbo"] and a["valid_elbo"] == b["valid_elbo"]
@@ -199,5 +199,5 @@ def test_samples_continue_across_resume(tmp_path):
     fit(out=tmp_path / "run", epochs=1, **SETTINGS)
     steps = []
     run = fit(out=tmp_path / "run", epochs=2, resume=True, on_step=steps.append, **SETTINGS)
-    n = run.meta["n_train"]
+    n = run.meta["n_train"] - run.meta["n_valid"]  # the items trained on
     assert steps[0].epoch == 2 and steps[0].samples == n + 256 and steps[-1].samples == 2 * n

@@ -186,7 +186,7 @@ def train(args, label, objective, k, settings, schedule, out):
         "epoch_metrics": run.metrics,
         "run_dir": str(run.directory),
     }
-    n = run.meta["n_train"]
+    n = run.meta["n_train"] - run.meta.get("n_valid", 0)  # the items trained on
     chunk = max(1, n // 10)  # a point per tenth of a pass: (samples, mean objective per datapoint)
     points, total, items, previous = [], 0.0, 0, 0
     for samples, value in curve:
