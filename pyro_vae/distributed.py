@@ -338,14 +338,22 @@ class DistributedTrainer(Trainer):
 
     def test_elbo(self):
         """The mean test ELBO: rank r scores test items r, r + W, ...; the sums are all-reduced."""
-        if self.world_size == 1:
-            return super().test_elbo()
+        return self._sliced_elbo(self.test) if self.world_size > 1 else super().test_elbo()
+
+    def valid_elbo(self):
+        """The mean validation ELBO, as :meth:`test_elbo`: the same number on every rank, so that every
+        rank picks the same best epoch and stops early at the same epoch."""
+        if self.world_size == 1 or self.valid is None:
+            return super().valid_elbo()
+        return self._sliced_elbo(self.valid)
+
+    def _sliced_elbo(self, data):
         self.vae.eval()
         with self._own_params():
-            elbo, _ = evaluate(self.vae, self.test[self.rank :: self.world_size], num_samples=1)
+            elbo, _ = evaluate(self.vae, data[self.rank :: self.world_size], num_samples=1)
         total = elbo.double().sum().reshape(1)
         dist.all_reduce(total)
-        return total.item() / len(self.test)
+        return total.item() / len(data)
 
     def load_state_dict(self, state, where="the checkpoint"):
         super().load_state_dict(state, where)

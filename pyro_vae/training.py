@@ -515,6 +515,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
     started = False  # loggers start in the run folder itself, so after a staged --overwrite's first swap
     n = len(trainer.train)
     best = _best(metrics)
+    best_state = None
     warned = False
     epoch = trainer.epoch
     try:
@@ -545,6 +546,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
             improved = best is None or valid_elbo is None or best["valid_elbo"] is None or valid_elbo > best["valid_elbo"]
             if improved:
                 best = {"epoch": epoch, "valid_elbo": valid_elbo}
+                best_state = {k: v.detach().clone() for k, v in vae.state_dict().items()}  # for final.json
             if lead:
                 write_metrics(where, metrics)
                 state = trainer.state_dict()
@@ -590,12 +592,13 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
 
     run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
     if not lead:
+        run.final = _final(trainer, out, metrics, stopped_early, best_state, lead=False)  # its collectives
         return run
     if not (where / "checkpoint.pt").exists():  # --epochs 0: the untrained model, at epoch 0
         save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
     if where != out:
         _swap_in(where, out)
-    run.final = final = _final(trainer, out, metrics, stopped_early)
+    run.final = final = _final(trainer, out, metrics, stopped_early, best_state)
     run.write_pictures(trainer.test)
     if not quiet:
         summary = (
@@ -651,20 +654,25 @@ def _log_images(trainer, loggers, epoch):
         loggers.log_images(epoch, name, images.float().cpu().clamp(0, 1).reshape(-1, *shape))
 
 
-def _final(trainer, out, metrics, stopped_early):
-    """Score the test set once, with ``best.pt`` and with the last epoch; write ``final.json``."""
+def _final(trainer, out, metrics, stopped_early, best_state=None, lead=True):
+    """Score the test set once, with the best epoch's model (``best_state``, else ``best.pt``) and with
+    the last epoch's; the lead process writes ``final.json``. Every process of a data-parallel run
+    calls it (the test ELBO is then a collective operation)."""
     best = _best(metrics)
     final = {"epochs": trainer.epoch, "stopped_early": stopped_early, "best_epoch": None, "best_valid_elbo": None,
              "test_elbo": None, "test_elbo_last": None}  # fmt: skip
-    if best is not None and (out / "best.pt").exists():
+    if best is not None and (best_state is not None or best["epoch"] == trainer.epoch or (out / "best.pt").exists()):
         final["test_elbo_last"] = trainer.test_elbo()
         final.update(best_epoch=best["epoch"], best_valid_elbo=best["valid_elbo"])
         if best["epoch"] == trainer.epoch:
             final["test_elbo"] = final["test_elbo_last"]
         else:
+            if best_state is None:  # the best epoch was in an earlier session of a resumed run
+                best_state = load_checkpoint(out / "best.pt", map_location=trainer.device)["model"]
             last = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
-            trainer.vae.load_state_dict(load_checkpoint(out / "best.pt", map_location=trainer.device)["model"])
+            trainer.vae.load_state_dict(best_state)
             final["test_elbo"] = trainer.test_elbo()
             trainer.vae.load_state_dict(last)
-    atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
+    if lead:
+        atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
     return final

@@ -175,7 +175,7 @@ def test_divergence_in_the_last_update_is_caught(tmp_path):
 def test_untrusted_guide_code_is_not_run(tmp_path, capsys):
     marker = tmp_path / "marker"
     (tmp_path / "guide.py").write_text(
-        f"open({str(marker)!r}, 'w').write('ran')\nfrom pyro_vae import DiagonalGuide as G\n"
+        f"import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\nfrom pyro_vae import DiagonalGuide as G\n"
     )
     spec = f"{tmp_path / 'guide.py'}:G"
     fit(out=tmp_path / "run", epochs=1, guide=spec, **TINY)
