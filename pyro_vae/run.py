@@ -436,6 +436,9 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
     if checkpoint == "best" and not path.exists() and (directory / "checkpoint.pt").exists():
         path = directory / "checkpoint.pt"  # a run from before best.pt
     state = load_checkpoint(path, map_location=device)
+    other = directory / ("checkpoint.pt" if path.name == "best.pt" else "best.pt")
+    if other.exists():  # a damaged run folder is refused whole, even when the checkpoint used is intact
+        load_checkpoint(other)
     try:
         saved = Config.from_dict(state["config"])
     except (UserError, ValueError, KeyError, TypeError) as e:

@@ -160,7 +160,7 @@ def test_two_process_fit_reaches_the_one_process_test_elbo(tmp_path):
     one = fit(make_config(None, **settings), tmp_path / "one", quiet=True)
     two = fit(make_config(None, **settings), tmp_path / "two", devices=2, quiet=True)
     other_seed = fit(make_config(None, **{**settings, "seed": 1}), tmp_path / "seed1", quiet=True)
-    one_elbo, two_elbo, seed_elbo = (r.metrics[-1]["test_elbo"] for r in (one, two, other_seed))
+    one_elbo, two_elbo, seed_elbo = (r.final["test_elbo_last"] for r in (one, two, other_seed))
     spread = abs(one_elbo - seed_elbo)
     print(f"test ELBO: 1 process {one_elbo:.3f}, 2 processes {two_elbo:.3f}, 1 process seed 1 {seed_elbo:.3f}")
     assert abs(two_elbo - one_elbo) < max(1.0, 3 * spread), (one_elbo, two_elbo, seed_elbo)
@@ -178,7 +178,7 @@ def test_a_run_checkpointed_with_two_processes_resumes_with_one(tmp_path):
     run = fit(make_config(None, **{**TINY, "epochs": 3}), out, resume=True, quiet=True)
     metrics = run.metrics
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
-    assert metrics[2]["test_elbo"] > metrics[0]["test_elbo"]  # training went on from the checkpoint
+    assert metrics[2]["valid_elbo"] > metrics[0]["valid_elbo"]  # training went on from the checkpoint
     # and back to two processes
     fit(make_config(None, **{**TINY, "epochs": 4}), out, resume=True, devices=2, quiet=True)
     assert [m["epoch"] for m in _metrics(out)] == [1, 2, 3, 4]
