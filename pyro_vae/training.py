@@ -642,14 +642,15 @@ def _best(metrics):
 def _log_images(trainer, loggers, epoch):
     """Samples from the prior and validation items above their reconstructions, as ``(N, C, H, W)``
     in [0, 1]; the random generators are restored afterwards, so logging never changes the run."""
-    vae, shape = trainer.vae, (1, *trainer.dataset.image_shape)
+    image_shape = tuple(trainer.dataset.image_shape)
+    vae, shape = trainer.vae, image_shape if len(image_shape) == 3 else (1, *image_shape)  # (C, H, W)
     devices = [trainer.device] if trainer.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), trainer._own_params(), torch.no_grad():
         vae.eval()
         generator = torch.Generator(device=trainer.device).manual_seed(trainer.config.seed)
         samples = vae.sample(64, generator=generator)
         x = (trainer.valid if trainer.valid is not None else trainer.test)[:16]
-        pairs = torch.cat([x, vae.reconstruct(x)])
+        pairs = torch.cat([x.reshape(len(x), -1), vae.reconstruct(x)])
     for name, images in (("samples", samples), ("reconstructions", pairs)):
         loggers.log_images(epoch, name, images.float().cpu().clamp(0, 1).reshape(-1, *shape))
 
