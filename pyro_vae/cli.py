@@ -53,6 +53,9 @@ def fit_options(f):
         click.option("--sigma", default=None, type=click.FloatRange(min=0, min_open=True),
                      help="The fixed standard deviation of the gaussian-fixed family "
                           f"[default: {likelihood_options('gaussian-fixed')['sigma']}]."),
+        click.option("--mixtures", default=None, type=click.IntRange(1),
+                     help="Components K per value of the discretized-logistic-mixture family "
+                          f"[default: {likelihood_options('discretized-logistic-mixture')['mixtures']}]."),
         click.option("--z-dim", default=DEFAULTS.z_dim, show_default=True, type=click.IntRange(1),
                      help="Latent size; 2 also draws the latent manifold."),
         click.option("--arch", default=DEFAULTS.arch, show_default=True, metavar="NAME|FILE.py:CLASS|MODULE:CLASS",

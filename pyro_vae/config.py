@@ -20,6 +20,7 @@ LEGACY_OPTIONS = {
     "binarize": "likelihood_options",
     "min_scale": "likelihood_options",
     "sigma": "likelihood_options",
+    "mixtures": "likelihood_options",
     "flow_steps": "guide_options",
 }
 

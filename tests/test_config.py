@@ -81,6 +81,7 @@ def test_make_config_routes_part_options_and_refuses_unknown_settings():
     c = make_config(None, likelihood="gaussian-fixed", sigma=0.2, flow_steps=4, guide="planar", epochs=3)
     assert c.likelihood_options == {"sigma": 0.2} and c.guide_options == {"flow_steps": 4} and c.epochs == 3
     assert make_config(c, binarize=None).likelihood_options == {"sigma": 0.2}  # None: not given
+    assert make_config(None, likelihood="discretized-logistic-mixture", mixtures=3).likelihood_options == {"mixtures": 3}
     with pytest.raises(UserError, match="unknown setting 'hiden'"):
         make_config(None, hiden=3)
 
