@@ -27,11 +27,11 @@ def _to_images(x, image_shape):
 def save_grid(x, image_shape, path, ncol=None, title=None, value_range=(0.0, 1.0)):
     """Save ``x`` (``(N, D)`` or ``(N, *image_shape)``) as a grid of images drawn by
     :func:`torchvision.utils.make_grid` (:func:`image_grid`): grayscale for one channel, in colour
-    for three (RGBA: the alpha channel is not shown), white 1-pixel gaps.
+    for three (RGBA: the alpha channel is not shown), white 1-pixel gaps. Values are shown on
+    ``value_range`` (clipped); ``None`` uses the data's own min and max.
 
     :param image_shape: ``(H, W)`` or ``(C, H, W)``.
     :param ncol: images per row (default: a square grid).
-    Values are shown on ``value_range`` (clipped); ``None`` uses the data's own min and max.
     """
     n = len(x)
     ncol = ncol or int(np.ceil(np.sqrt(n)))
