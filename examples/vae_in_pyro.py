@@ -23,7 +23,8 @@ from pyro_vae.nets import MLP
 def main(args):
     pyro.clear_param_store()  # a stale store would silently keep old parameters
     pyro.set_rng_seed(args.seed)
-    data = load_dataset("digits")  # (N, 64) in [0, 1]
+    data = load_dataset("digits")  # images (N, 1, 8, 8) in [0, 1]
+    train, test = data.train.flatten(1), data.test.flatten(1)  # as vectors (N, 64) for the MLPs
     D, Z = data.x_dim, args.z_dim
     encoder, decoder = MLP(D, (128,), 2 * Z), MLP(Z, (128,), D)
 
@@ -40,12 +41,12 @@ def main(args):
             pyro.sample("z", dist.Normal(loc, F.softplus(raw_scale)).to_event(1))
 
     svi = SVI(model, guide, Adam({"lr": 1e-3}), Trace_ELBO())
-    test = torch.bernoulli(data.test)  # binarized once
+    test = torch.bernoulli(test)  # binarized once
     for epoch in range(1, args.epochs + 1):
-        loss = sum(svi.step(torch.bernoulli(x)) for x in data.train[torch.randperm(len(data.train))].split(64))
+        loss = sum(svi.step(torch.bernoulli(x)) for x in train[torch.randperm(len(train))].split(64))
         if epoch % 10 == 0 or epoch == args.epochs:
             test_elbo = -svi.evaluate_loss(test) / len(test)
-            print(f"epoch {epoch:3d}  train ELBO {-loss / len(data.train):8.3f}  test ELBO {test_elbo:8.3f} nats")
+            print(f"epoch {epoch:3d}  train ELBO {-loss / len(train):8.3f}  test ELBO {test_elbo:8.3f} nats")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,8 @@ def train(args, name, z_dim, settings, n_train, out):
 
 
 def mosaic(x, image_shape, ncol):
-    images = np.clip(x.detach().cpu().numpy().reshape(-1, *image_shape), 0.0, 1.0)
+    h, w = image_shape[-2:]  # grayscale items (1, H, W) or (H, W)
+    images = np.clip(x.detach().cpu().numpy().reshape(-1, h, w), 0.0, 1.0)
     return plots.tile(images, ncol)
 
 

@@ -141,7 +141,7 @@ def train(args, label, objective, k, settings, schedule, out):
 
     config = pyro_vae.Config(
         likelihood="bernoulli",
-        binarize="dynamic",
+        likelihood_options={"binarize": "dynamic"},
         hidden=(200, 200),
         activation="tanh",
         z_dim=50,
