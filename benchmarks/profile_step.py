@@ -231,7 +231,7 @@ def torch_profile(config, steps=100, block=20):
     try:
         from loops import NumPyroLoop, Unavailable
 
-        d = NumPyroLoop(config, train=a.train.cpu())
+        d = NumPyroLoop(config, train=a.train.tensor().flatten(1).cpu())
         d.run(block)
         d.sync()
         loops["d"] = lambda k: (d.run(k), d.sync())

@@ -43,7 +43,7 @@ def run(args):
         built["b"] = TorchVAELoop(config, train=a.train, seed=args.seed)
     if "d" in args.loops:
         try:
-            built["d"] = NumPyroLoop(config, train=a.train.cpu(), seed=args.seed)
+            built["d"] = NumPyroLoop(config, train=a.train.tensor().flatten(1).cpu(), seed=args.seed)
         except Unavailable as e:
             skipped["d"] = str(e)
             print(f"skipping (d) {LABELS['d']}: {e}", flush=True)
