@@ -28,24 +28,6 @@ LEGACY_OPTIONS = {
 LR_SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 
 
-def parse_hidden(spec):
-    """``"400"`` -> ``(400,)``, ``"200,200"`` -> ``(200, 200)``; also accepts an int or a sequence.
-
-    :raises UserError: for anything but one or more positive integers.
-    """
-    if isinstance(spec, int):
-        spec = [spec]
-    if isinstance(spec, str):
-        spec = [s for s in spec.replace(" ", "").split(",") if s]
-    try:
-        sizes = tuple(int(s) for s in spec)
-    except (TypeError, ValueError):
-        raise UserError(f"--hidden takes layer sizes like 400 or 200,200, got {spec!r}") from None
-    if not sizes or any(s <= 0 for s in sizes):
-        raise UserError(f"--hidden needs at least one positive layer size, got {spec!r}")
-    return sizes
-
-
 def parse_widths(spec, flag="--channels", example="32,64,128,256"):
     """``"32,64"`` -> ``(32, 64)``; also an int or a sequence of positive integers.
 
@@ -62,6 +44,14 @@ def parse_widths(spec, flag="--channels", example="32,64,128,256"):
     if not sizes or any(s <= 0 for s in sizes):
         raise UserError(f"{flag} needs at least one positive size, got {spec!r}")
     return sizes
+
+
+def parse_hidden(spec):
+    """``"400"`` -> ``(400,)``, ``"200,200"`` -> ``(200, 200)``: the hidden layer sizes of ``--hidden``.
+
+    :raises UserError: for anything but one or more positive integers.
+    """
+    return parse_widths(spec, "--hidden", "400 or 200,200")
 
 
 @dataclass
