@@ -27,7 +27,7 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from .errors import UserError
 from .nets import ACTIVATIONS, MLP
 from .registry import Registry
-from .user_code import is_import_spec, load_object
+from .user_code import resolve_class
 
 GUIDES = Registry("guide")
 
@@ -312,20 +312,8 @@ def _label(spec):
 
 def guide_class(spec):
     """The guide class a registered name or an import spec (``file.py:Name``, ``module:Name``) names."""
-    if isinstance(spec, str) and spec not in GUIDES and is_import_spec(spec):
-        obj = load_object(spec, "guide")
-        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-            raise UserError(
-                f"guide {spec} is a {type(obj).__name__}, not a class; it must name a subclass of "
-                "pyro_vae.Guide (a torch.nn.Module)"
-            )
-        return obj
-    if isinstance(spec, str):
-        try:
-            return GUIDES.get(spec)
-        except UserError as e:
-            raise UserError(f"{e}; or give a user guide as path/to/file.py:Name or package.module:Name") from None
-    return spec
+    return resolve_class(spec, GUIDES, "guide", lambda obj: isinstance(obj, type) and issubclass(obj, nn.Module),
+                         "a class", "a subclass of pyro_vae.Guide (a torch.nn.Module)")  # fmt: skip
 
 
 def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, body=None, **options):

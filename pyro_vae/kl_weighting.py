@@ -336,7 +336,7 @@ class KLWeighting:
         return self
 
     def _check_factorized(self, objective, vae):
-        x = torch.zeros(2, vae.x_dim, device=next(vae.parameters()).device)
+        x = torch.zeros(2, *getattr(vae, "x_shape", (vae.x_dim,)), device=next(vae.parameters()).device)
         with preserved_rng(x.device), torch.no_grad():
             q = vae.encoder(x)
             p = vae.prior(x).expand(q.batch_shape)

@@ -34,7 +34,7 @@ from .config import parse_hidden, parse_widths
 from .errors import UserError
 from .image_nets import ENCODER_CHANNELS, ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder
 from .registry import Registry
-from .user_code import is_import_spec, load_object
+from .user_code import resolve_class
 
 __all__ = [
     "ACTIVATIONS", "ARCHITECTURES", "Architecture", "ConvArchitecture", "MLP", "MLPArchitecture",
@@ -179,20 +179,9 @@ def architecture_class(spec):
     :raises UserError: an unknown name, a file that fails, or an object that is not an
         :class:`Architecture`-like class (one with a ``decoder`` method).
     """
-    if isinstance(spec, str) and spec not in ARCHITECTURES and is_import_spec(spec):
-        obj = load_object(spec, "architecture")
-        if not (isinstance(obj, type) and callable(getattr(obj, "decoder", None))):
-            raise UserError(
-                f"architecture {spec} is a {type(obj).__name__}, not a class with a decoder method; it must name "
-                "a subclass of pyro_vae.nets.Architecture (see docs/guides.md)"
-            )
-        return obj
-    if isinstance(spec, str):
-        try:
-            return ARCHITECTURES.get(spec)
-        except UserError as e:
-            raise UserError(f"{e}; or give your own as path/to/file.py:Name or package.module:Name") from None
-    return spec
+    return resolve_class(spec, ARCHITECTURES, "architecture",
+                         lambda obj: isinstance(obj, type) and callable(getattr(obj, "decoder", None)),
+                         "a class with a decoder method", "a subclass of pyro_vae.nets.Architecture (see docs/guides.md)")
 
 
 def build_architecture(spec, hidden=(400,), activation="relu", channels=ENCODER_CHANNELS):

@@ -84,3 +84,28 @@ def load_object(spec, kind="object"):
         listing = f"; it defines: {', '.join(public)}" if public else ""
         raise UserError(f"{kind} {spec}: {where} has no {name!r}{listing}")
     return getattr(module, name)
+
+
+def resolve_class(spec, registry, kind, is_valid, expected, requirement):
+    """The class a spec names for one axis: a name in ``registry``, or an import spec (``file.py:Name``,
+    ``module:Name``) of the user's own class; any other object is returned as it is.
+
+    :param registry: the axis's :class:`~pyro_vae.registry.Registry` (names win over import specs).
+    :param str kind: what the class is (``"guide"``, ``"architecture"``), for messages.
+    :param is_valid: ``obj -> bool``: whether a loaded object is an acceptable class.
+    :param str expected: what a valid object is (``"a class"``), and ``requirement`` what the spec must
+        name (``"a subclass of pyro_vae.Guide"``), for the message.
+    :raises UserError: an unknown name, a file that fails to load, or an object that is not valid.
+    """
+    if isinstance(spec, str) and spec not in registry and is_import_spec(spec):
+        obj = load_object(spec, kind)
+        if not is_valid(obj):
+            raise UserError(f"{kind} {spec} is a {type(obj).__name__}, not {expected}; it must name {requirement}")
+        return obj
+    if isinstance(spec, str):
+        try:
+            return registry.get(spec)
+        except UserError as e:
+            own = "a user guide" if kind == "guide" else f"your own {kind}"
+            raise UserError(f"{e}; or give {own} as path/to/file.py:Name or package.module:Name") from None
+    return spec

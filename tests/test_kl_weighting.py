@@ -252,3 +252,10 @@ def test_warmup_through_the_fast_step_matches_svi(x):
     slow, _ = run(Speed.baseline())
     assert fast_step.captures
     assert fast == pytest.approx(slow, rel=1e-4)
+
+
+def test_free_bits_check_runs_the_guide_on_items_of_their_own_shape():
+    """A guide on a convolutional body takes images (B, C, H, W): the up-front check feeds it such items."""
+    v = VAE((1, 8, 8), Z, (16,), "relu", "bernoulli", "diagonal", arch="conv", channels=(4, 8))
+    weighting = KLWeighting(free_bits=0.5).check(OBJECTIVES.get("elbo")(), v)
+    assert weighting.active
