@@ -96,7 +96,8 @@ def fit_options(f):
         click.option("--lr-warmup", default=DEFAULTS.lr_warmup, show_default=True, type=click.IntRange(0),
                      help="Steps of linear learning-rate warm-up from lr/STEPS to lr."),
         click.option("--beta", default=DEFAULTS.beta, show_default=True, type=click.FloatRange(min=0),
-                     help="Weight of the KL term (beta-VAE); metrics still report the true ELBO (beta = 1)."),
+                     help="Weight of the KL term (beta-VAE); the validation and test ELBOs stay the true ELBO (beta = 1), "
+                          "the train column is then the training objective."),
         click.option("--kl-warmup", default=DEFAULTS.kl_warmup, show_default=True, type=click.FloatRange(min=0),
                      help="Epochs of linear KL warm-up from 0 to --beta (per step)."),
         click.option("--free-bits", default=DEFAULTS.free_bits, show_default=True, type=click.FloatRange(min=0),

@@ -334,6 +334,8 @@ def format_epoch_line(record, epochs=None):
     parts = [f"epoch {epoch:3d}" + (f"/{epochs}" if epochs else "")] if epoch is not None else []
     values = numbers(record)
     for key, (label, fmt) in _LABELS.items():
+        if key == "train_elbo" and "kl_weight" in values:
+            label = "train objective"  # with --beta, --kl-warmup or --free-bits it is not the ELBO
         if key in values:
             parts.append((f"{label} " if label else "") + fmt.format(values.pop(key)))
     parts += [f"{k} {v:.6g}" for k, v in values.items()]

@@ -53,7 +53,9 @@ def save_curves(metrics, path, title=None):
     """Train and validation ELBO (nats per datapoint) by epoch (test ELBO for runs from before validation)."""
     epochs = [m["epoch"] for m in metrics]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [m["train_elbo"] for m in metrics], "o-", ms=3, label="train ELBO")
+    weighted = any("kl_weight" in m for m in metrics)  # --beta, --kl-warmup, --free-bits: not the ELBO
+    ax.plot(epochs, [m["train_elbo"] for m in metrics], "o-", ms=3,
+            label="train objective (KL weighted)" if weighted else "train ELBO")  # fmt: skip
     held = "valid_elbo" if any(m.get("valid_elbo") is not None for m in metrics) else "test_elbo"
     values = [m.get(held) for m in metrics]
     ax.plot(epochs, [float("nan") if v is None else v for v in values], "s-", ms=3,
