@@ -35,11 +35,12 @@ class Unavailable(RuntimeError):
 
 
 def _train_data(config, device):
-    from pyro_vae.likelihoods import build_likelihood
-    from pyro_vae.training import prepare_data
+    """The training and test items as a pyro-vae run prepares them, as ``(N, 784)`` vectors."""
+    from pyro_vae.build import load_prepared
 
-    _, train, test = prepare_data(config, build_likelihood("bernoulli"), device)
-    return train, test
+    _, _, train, test = load_prepared(config.replace(likelihood="bernoulli"), device)
+    train = train.tensor() if hasattr(train, "tensor") else train  # a Trainer's TrainingData
+    return train.reshape(len(train), -1), test.reshape(len(test), -1)
 
 
 # (d) ------------------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ class PythaeLoop:
                 logging.getLogger(name).setLevel(logging.WARNING)
         from loops import mlp
 
-        from pyro_vae.training import resolve_device
+        from pyro_vae.build import resolve_device
 
         self.device = resolve_device(config.device)
         if train is None:

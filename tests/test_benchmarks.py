@@ -167,3 +167,12 @@ def test_report_writer_has_the_peer_columns():
     assert "| cpu | relu400 | 128 | (d) NumPyro | 1.80" in table
     assert "compile time" in table and "2.7 s" in table
     assert "statically" in table and "jax has no gpu backend here" in table
+
+
+def test_peers_take_the_data_as_pyro_vae_prepares_it():
+    """The peers' data helper follows pyro-vae's layout (it runs only where the peers are installed)."""
+    config = loops.config_for("relu400", 64, "cpu", "digits")
+    train, test = peers._train_data(config, "cpu")
+    assert train.shape == (1455, 64) and test.shape[1] == 64  # digits: 1617 training items less 10% validation
+    assert set(test.unique().tolist()) <= {0.0, 1.0}  # the test set binarized once
+    assert 0 <= train.min() and train.max() <= 1  # probabilities, binarized per batch

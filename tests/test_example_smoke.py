@@ -29,6 +29,7 @@ EXAMPLES_RUN = {
     "reproduce/figure2.py": (SMOKE, ["figure2_mnist.png", "figure2_frey.png", "figure2.json"]),
     "reproduce/figure4_5.py": (SMOKE, ["figure4.png", "figure5.png", "figure4_5.json"]),
     "reproduce/iwae_table1.py": (SMOKE, ["table1.png", "table1.md", "table1.json"]),
+    "reproduce/mnist_recipe.py": (SMOKE, ["recipe.png", "recipe.md", "recipe.json", "runs/recipe/best.pt"]),
     "compare_likelihoods.py": (SMOKE, ["comparison.md", "comparison.csv", "comparison.json", "comparison.png"]),
     "first_fit.py": (SMOKE, ["more-samples.png", "checkpoint.pt"]),
     "custom_guide.py": (SMOKE, ["guides.json", "low-rank-mvn/checkpoint.pt", "residual-cli/config.json"]),
@@ -108,6 +109,17 @@ def test_example_runs_in_smoke_mode(name, tmp_path, monkeypatch, shared_copy):
             assert m["learning_rates"] == [1e-3]  # one pass: the schedule's first stage
             if m["published_log_likelihood"] is not None:
                 assert m["gap_nats"] == pytest.approx(m["test_log_likelihood"] - m["published_log_likelihood"])
+    if name == "reproduce/mnist_recipe.py":
+        result = json.loads((out / "recipe.json").read_text())
+        settings = result["settings"]
+        assert (settings["hidden"], settings["z_dim"], settings["lr_schedule"]) == ([512, 512], 50, "cosine")
+        assert result["test_log_likelihood"] >= result["test_elbo"]  # the same draws: Jensen
+        assert result["reached_target"] == (result["test_log_likelihood"] >= -88)
+        assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+        seconds = [e["seconds"] for e in result["epochs"]]
+        assert seconds == sorted(seconds) and seconds[-1] <= result["train_seconds"]  # cumulative training time
+        assert [c["epoch"] for c in result["curve"]] == [1, 2]  # a snapshot per --curve-every (1 in smoke mode)
+        assert 1 <= result["best_epoch"] <= 2
 
 
 def test_burda_schedule_is_shrunk_in_proportion_and_applied(tmp_path, monkeypatch):
