@@ -157,7 +157,7 @@ class NumPyroLoop:
         if not hasattr(self, "_test_loss"):
             self._test_loss = jax.jit(lambda key, params, x: Trace_ELBO().loss(key, params, self.model, self.guide, x))
         params = self.svi.get_params(self.state)
-        x = jax.device_put(self.jnp.asarray(test.cpu().numpy()), self.jax_device)
+        x = jax.device_put(self.jnp.asarray(test.reshape(len(test), -1).cpu().numpy()), self.jax_device)
         total, key = 0.0, jax.random.PRNGKey(1)
         for i in range(0, len(x), chunk):
             key, k = jax.random.split(key)

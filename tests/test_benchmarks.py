@@ -120,6 +120,9 @@ def test_peer_loops_run_two_steps(name):
     assert last == last and last > 0  # a finite, positive loss (negative ELBO)
     if name == "d":
         assert loop.compile_s > 0
+        _, test = peers._train_data(config, "cpu")
+        images = test.reshape(len(test), 1, 8, 8)  # a Trainer's test set keeps the items' shape
+        assert loop.test_elbo(images) == pytest.approx(loop.test_elbo(test), rel=1e-6) and loop.test_elbo(test) < 0
 
 
 def test_peer_loops_skipped_with_reason_when_absent(monkeypatch):
