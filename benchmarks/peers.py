@@ -23,7 +23,9 @@ the loop and print that reason.
 """
 
 import math
+import shutil
 import time
+import weakref
 
 import torch
 
@@ -261,9 +263,10 @@ class PythaeLoop:
         torch.manual_seed(seed)
         model_config = VAEConfig(input_dim=(x_dim,), latent_dim=z_dim, reconstruction_loss="bce")
         model = VAE(model_config, encoder=Encoder(), decoder=Decoder())
-        self._tmp = tempfile.TemporaryDirectory(prefix="pythae-bench-")
+        scratch = tempfile.mkdtemp(prefix="pythae-bench-")  # pythae's trainer insists on an output folder
+        weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)  # removed with the loop
         training_config = BaseTrainerConfig(
-            output_dir=output_dir or self._tmp.name,
+            output_dir=output_dir or scratch,
             learning_rate=config.lr,
             per_device_train_batch_size=config.batch_size,
             num_epochs=1,
