@@ -28,10 +28,10 @@ LEGACY_OPTIONS = {
 LR_SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 
 
-def parse_widths(spec, flag="--channels", example="32,64,128,256"):
+def parse_widths(spec, flag="--channels", example="32,64,128,256", unit="size"):
     """``"32,64"`` -> ``(32, 64)``; also an int or a sequence of positive integers.
 
-    :raises UserError: for anything but one or more positive integers, naming ``flag``.
+    :raises UserError: for anything but one or more positive integers, naming ``flag`` and ``unit``.
     """
     if isinstance(spec, int) and not isinstance(spec, bool):
         spec = [spec]
@@ -40,9 +40,9 @@ def parse_widths(spec, flag="--channels", example="32,64,128,256"):
     try:
         sizes = tuple(int(s) for s in spec)
     except (TypeError, ValueError):
-        raise UserError(f"{flag} takes sizes like {example}, got {spec!r}") from None
+        raise UserError(f"{flag} takes {unit}s like {example}, got {spec!r}") from None
     if not sizes or any(s <= 0 for s in sizes):
-        raise UserError(f"{flag} needs at least one positive size, got {spec!r}")
+        raise UserError(f"{flag} needs at least one positive {unit}, got {spec!r}")
     return sizes
 
 

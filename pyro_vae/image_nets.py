@@ -44,6 +44,7 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import parse_widths
 from .errors import UserError
 
 #: The nonlinearities selectable by name (the same names as ``pyro_vae.nets.ACTIVATIONS``).
@@ -71,13 +72,7 @@ def _image_shape(x_shape):
 
 
 def _widths(channels, what):
-    try:
-        widths = tuple(int(c) for c in channels)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} takes channel widths like 32,64,128,256, got {channels!r}") from None
-    if not widths or any(c <= 0 for c in widths):
-        raise UserError(f"{what} needs at least one positive channel width, got {channels!r}")
-    return widths
+    return parse_widths(channels, what, unit="channel width")
 
 
 def num_stages(height, width, max_stages):
