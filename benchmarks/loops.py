@@ -44,7 +44,7 @@ ARCHITECTURES = {
 }
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 LOG_2PI = math.log(2 * math.pi)
-MIN_SCALE = 1e-5  # pyro_vae.guides.DiagonalGuide.MIN_SCALE
+MIN_SCALE = 1e-5  # pyro_vae.vae.guides.DiagonalGuide.MIN_SCALE
 
 
 def config_for(arch, batch_size, device, dataset="mnist", data_dir=None, seed=0, lr=1e-3):
@@ -132,7 +132,7 @@ class TorchVAELoop:
     label = "hand-written PyTorch"
 
     def __init__(self, config, train=None, fused=True, seed=0):
-        from pyro_vae.build import load_prepared, resolve_device
+        from pyro_vae.train.build import load_prepared, resolve_device
 
         self.device = resolve_device(config.device)
         if train is None:
@@ -226,8 +226,8 @@ class ExampleLoop:
     def __init__(self, config, num_workers=0, seed=0):
         from torchvision import datasets, transforms
 
-        from pyro_vae.build import resolve_device
-        from pyro_vae.data import data_root
+        from pyro_vae.train.build import resolve_device
+        from pyro_vae.data.datasets import data_root
 
         self.device = resolve_device(config.device)
         if config.dataset == "mnist":

@@ -29,7 +29,7 @@ import weakref
 
 import torch
 
-MIN_SCALE = 1e-5  # pyro_vae.guides.DiagonalGuide.MIN_SCALE
+MIN_SCALE = 1e-5  # pyro_vae.vae.guides.DiagonalGuide.MIN_SCALE
 
 
 class Unavailable(RuntimeError):
@@ -38,7 +38,7 @@ class Unavailable(RuntimeError):
 
 def _train_data(config, device):
     """The training and test items as a pyro-vae run prepares them, as ``(N, 784)`` vectors."""
-    from pyro_vae.build import load_prepared
+    from pyro_vae.train.build import load_prepared
 
     _, _, train, test = load_prepared(config.replace(likelihood="bernoulli"), device)
     train = train.tensor() if hasattr(train, "tensor") else train  # a Trainer's TrainingData
@@ -234,7 +234,7 @@ class PythaeLoop:
                 logging.getLogger(name).setLevel(logging.WARNING)
         from loops import mlp
 
-        from pyro_vae.build import resolve_device
+        from pyro_vae.train.build import resolve_device
 
         self.device = resolve_device(config.device)
         if train is None:

@@ -143,7 +143,7 @@ def probe(args):
     for peer in {"d": ("jax", "numpyro.infer"), "e": ("pythae.trainers",)}.get(args.probe, ()):
         __import__(peer)  # a peer's imports are not its training's memory either
 
-    import pyro_vae.training  # noqa: F401
+    import pyro_vae.runs.fit  # noqa: F401
 
     base = _status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS

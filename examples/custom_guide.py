@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Write your own guide q(z|x), register it, and train it from Python and from the command line.
 
-A guide is one class following the contract of :class:`pyro_vae.guides.Guide`: the constructor
+A guide is one class following the contract of :class:`pyro_vae.vae.guides.Guide`: the constructor
 receives ``(x_dim, z_dim, hidden, activation)`` plus options of its own; ``forward(x)`` returns a
 distribution over ``z`` with ``batch_shape (B,)`` and ``event_shape (z_dim,)``; its nets are
 submodules. The model, its site names and the training loop do not change. Three guides:
@@ -40,7 +40,7 @@ import pyro.distributions as dist
 
 from pyro_vae import GUIDES, Guide, UserError, fit, load_run
 from pyro_vae.cli import main as cli_main
-from pyro_vae.nets import ACTIVATIONS, MLP
+from pyro_vae.vae.nets import ACTIVATIONS, MLP
 
 
 class LowRankGuide(Guide):

@@ -16,8 +16,8 @@ import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyro_vae.data import load_dataset
-from pyro_vae.nets import MLP
+from pyro_vae.data.datasets import load_dataset
+from pyro_vae.vae.nets import MLP
 
 
 def main(args):

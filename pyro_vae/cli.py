@@ -12,15 +12,15 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .build import OPTIMIZERS, make_config
+from .train.build import OPTIMIZERS, make_config
 from .config import LEGACY_OPTIONS, LR_SCHEDULES, Config
-from .data import DATASETS
+from .data.datasets import DATASETS
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
-from .guides import GUIDES
-from .likelihoods import LIKELIHOODS, likelihood_options
-from .nets import ACTIVATIONS, ARCHITECTURES
-from .objectives import OBJECTIVES
-from .preprocessing import Binarize
+from .vae.guides import GUIDES
+from .vae.likelihoods import LIKELIHOODS, likelihood_options
+from .vae.nets import ACTIVATIONS, ARCHITECTURES
+from .vae.objectives import OBJECTIVES
+from .vae.preprocessing import Binarize
 
 DEFAULTS = Config()
 
@@ -147,7 +147,7 @@ def _resume_settings(ctx, settings, out):
 
 
 def trust_options(f):
-    """``--trust-guide`` and ``--guide``: allow a run folder's guide code to run (see :func:`~pyro_vae.run.load_run`)."""
+    """``--trust-guide`` and ``--guide``: allow a run folder's guide code to run (see :func:`~pyro_vae.runs.run.load_run`)."""
     f = click.option("--guide", "guide", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
                      help="Allow the run's guide code by naming it again, exactly as its config.json does.")(f)
     return click.option("--trust-guide", is_flag=True,
@@ -189,7 +189,7 @@ def cli():
 def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, precision, logger_names,
         log_images_every, config_file, print_config, **kwargs):  # fmt: skip
     """Train a VAE and write a run folder (config, metrics, checkpoints, pictures)."""
-    from .distributed import fit as fit_run
+    from .runs.launch import fit as fit_run
     from .speed import Speed
 
     settings = settings_from(kwargs)
@@ -237,7 +237,7 @@ def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_
     and active units of a trained run."""
     from tqdm.auto import tqdm
 
-    from .run import load_run, write_evaluation
+    from .runs.run import load_run, write_evaluation
 
     run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
     n = min(subset or run.meta["n_test"], run.meta["n_test"])
@@ -279,7 +279,7 @@ def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_
 @trust_options
 def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
     """Draw z from the prior and save the decoder means as a PNG grid."""
-    from .run import load_run
+    from .runs.run import load_run
 
     if not output.lower().endswith(".png"):
         raise UserError(f"-o must name a .png file, got {output}")
@@ -291,8 +291,8 @@ def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
 
 
 def compare_fit_options(f):
-    """:func:`fit_options` with the options of :data:`pyro_vae.comparison.AXES` repeatable (``--guide A --guide B``)."""
-    from .comparison import axes
+    """:func:`fit_options` with the options of :data:`pyro_vae.analysis.compare.AXES` repeatable (``--guide A --guide B``)."""
+    from .analysis.compare import axes
 
     repeatable = {a.field for a in axes()} - {"likelihood"}
     params = getattr(f, "__click_params__", None)
@@ -330,8 +330,8 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
 
     from tqdm.auto import tqdm
 
-    from .comparison import axes
-    from .comparison import compare as run_comparison
+    from .analysis.compare import axes
+    from .analysis.compare import compare as run_comparison
 
     grid = {a.field: list(kwargs.pop(a.field)) for a in axes() if a.field in kwargs}
 
@@ -350,7 +350,7 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
         click.echo(f"wrote {Path(out) / 'comparison.md'}, .csv, .json, .png and comparison-pareto.png")
 
 
-# The latent space of a trained run (pyro_vae.latent) ------------------------------------------------
+# The latent space of a trained run (pyro_vae.runs.latent) ------------------------------------------------
 
 
 def _split_options(f):
@@ -388,12 +388,12 @@ def _output(path, suffixes):
 @_split_options
 def encode(run_dir, output, what, samples, labels, split, data_file, seed, device):
     """Encode data with the run's guide q(z|x) and save the codes (and labels when known)."""
-    from .run import load_run
+    from .runs.run import load_run
 
     _output(output, (".npy", ".csv"))
     run = load_run(run_dir, device)
     codes, labels = run.encode(split=split, data=data_file, what=what, samples=samples, labels=labels, path=output, seed=seed)
-    from .latent import labels_path
+    from .runs.latent import labels_path
 
     beside = "" if labels is None else (" with labels" + (f" in {labels_path(output)}" if output.lower().endswith(".npy") else ""))
     click.echo(f"wrote {what} codes of shape {tuple(codes.shape)} to {output}{beside}")
@@ -407,7 +407,7 @@ def encode(run_dir, output, what, samples, labels, split, data_file, seed, devic
 @_split_options
 def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
     """Save items (top row) above their reconstructions as a PNG."""
-    from .run import load_run
+    from .runs.run import load_run
 
     _output(output, (".png",))
     run = load_run(run_dir, device)
@@ -424,7 +424,7 @@ def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
 @_split_options
 def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device):
     """Decode the path between two items' posterior means (one row, the two items at its ends)."""
-    from .run import load_run
+    from .runs.run import load_run
 
     _output(output, (".png",))
     run = load_run(run_dir, device)
@@ -457,7 +457,7 @@ def _units(spec):
 @_split_options
 def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device):
     """Latent traversals: one row per unit, the others held fixed, units ordered by their KL over the data."""
-    from .run import load_run
+    from .runs.run import load_run
 
     _output(output, (".png",))
     run = load_run(run_dir, device)
@@ -476,7 +476,7 @@ def traverse(run_dir, units, top, span, steps, item, output, split, data_file, s
 @_split_options
 def latents(run_dir, output, method, labels, split, data_file, seed, device):
     """Scatter the posterior means, coloured by label when the data has labels."""
-    from .run import load_run
+    from .runs.run import load_run
 
     _output(output, (".png",))
     run = load_run(run_dir, device)

@@ -24,7 +24,7 @@ LEGACY_OPTIONS = {
     "flow_steps": "guide_options",
 }
 
-#: ``--lr-schedule`` choices (built in :mod:`pyro_vae.schedules`)
+#: ``--lr-schedule`` choices (built in :mod:`pyro_vae.train.schedules`)
 LR_SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 
 
@@ -98,7 +98,7 @@ class Config:
     kl_warmup: float = 0
     #: free bits lambda, nats per latent unit (Kingma et al. 2016); 0: none
     free_bits: float = 0.0
-    #: learning-rate schedule: none, step, exponential, cosine or plateau (see pyro_vae.schedules)
+    #: learning-rate schedule: none, step, exponential, cosine or plateau (see pyro_vae.train.schedules)
     lr_schedule: str = "none"
     #: epochs: the step size of ``step``, the patience of ``plateau`` (None: 10)
     lr_step: int = None

@@ -6,7 +6,7 @@ import pyro
 import pyro.optim
 from pyro.infer import Trace_ELBO
 
-from pyro_vae.model import VAE
+from pyro_vae.vae.model import VAE
 from pyro_vae.speed import SVIStep
 
 

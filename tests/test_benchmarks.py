@@ -17,7 +17,7 @@ import loops
 import peers
 import speed
 
-from pyro_vae.model import VAE
+from pyro_vae.vae.model import VAE
 from pyro_vae.speed import trace_elbo_loss
 
 #: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention

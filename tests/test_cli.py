@@ -11,7 +11,7 @@ import pytest
 
 from pyro_vae import load_run
 from pyro_vae.cli import main
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.vae.likelihoods import LIKELIHOODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,10 +57,10 @@ def test_speed_flags_change_how_not_what(capsys, tmp_path, monkeypatch):
     for a, b in zip(metrics[()], metrics[("--no-capture",)]):
         assert a["valid_elbo"] == pytest.approx(b["valid_elbo"], rel=1e-5)
 
-    import pyro_vae.training
+    import pyro_vae.runs.fit
 
     seen = {}
-    monkeypatch.setattr(pyro_vae.training, "fit", lambda *args, speed=None, **kwargs: seen.setdefault("speed", speed))
+    monkeypatch.setattr(pyro_vae.runs.fit, "fit", lambda *args, speed=None, **kwargs: seen.setdefault("speed", speed))
     assert run_cli(capsys, "fit", *FAST, "--compile", "--no-capture", "--out", tmp_path / "c")[0] == 0
     assert seen["speed"].compile == "inductor" and not seen["speed"].capture
 
@@ -102,7 +102,7 @@ def test_unknown_likelihood_and_dataset(capsys):
 
 
 def test_missing_data(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("pyro_vae.data._download", lambda *a, **k: False)
+    monkeypatch.setattr("pyro_vae.data.datasets._download", lambda *a, **k: False)
     assert_user_error(run_cli(capsys, "fit", "--dataset", "frey", "--data-dir", tmp_path, "--out", tmp_path / "r"),
                       "frey data not found", str(tmp_path / "frey" / "frey_rawface.mat"))  # fmt: skip
     assert_user_error(run_cli(capsys, "fit", "--data", tmp_path / "none.npy", "--out", tmp_path / "r"), "does not exist")
@@ -180,7 +180,7 @@ def digits_labels():
 
 
 def test_digits_keep_their_labels():
-    from pyro_vae.data import load_dataset
+    from pyro_vae.data.datasets import load_dataset
 
     dataset = load_dataset("digits")
     train, test = digits_labels()
@@ -196,7 +196,8 @@ def png_std(path):
 
 
 def test_encode_npy_csv_samples_and_own_data(capsys, trained, tmp_path):
-    from pyro_vae import latent, load_run
+    from pyro_vae import load_run
+    from pyro_vae.runs import latent
 
     run = load_run(trained, "cpu")
     x = run.test_data()
@@ -209,8 +210,8 @@ def test_encode_npy_csv_samples_and_own_data(capsys, trained, tmp_path):
 
     code, _, _ = run_cli(capsys, "encode", trained, "--split", "train", "--what", "scale", "-o", tmp_path / "s.csv")
     z, labels = latent.load_codes(tmp_path / "s.csv")
-    # the training items less the seeded 10% validation split (pyro_vae.data.with_validation)
-    from pyro_vae.data import load_dataset, with_validation
+    # the training items less the seeded 10% validation split (pyro_vae.data.datasets.with_validation)
+    from pyro_vae.data.datasets import load_dataset, with_validation
 
     expected = with_validation(load_dataset("digits"), "digits").labels.numpy()
     assert code == 0 and z.shape == (1455, 2) and (z > 0).all() and np.array_equal(labels, expected)
@@ -221,7 +222,7 @@ def test_encode_npy_csv_samples_and_own_data(capsys, trained, tmp_path):
     assert code == 0 and np.load(tmp_path / "k.npy").shape == (180, 3, 2)
 
     # your own file, with labels beside the data: the same items give the same codes as --split test
-    from pyro_vae.data import load_dataset
+    from pyro_vae.data.datasets import load_dataset
 
     dataset = load_dataset("digits")
     np.savez(tmp_path / "mine.npz", x=dataset.test.numpy(), y=np.arange(180) % 3)
@@ -241,7 +242,8 @@ def torch_no_grad():
 
 
 def test_picture_commands(capsys, trained, tmp_path):
-    from pyro_vae import latent, load_run
+    from pyro_vae import load_run
+    from pyro_vae.runs import latent
 
     code, out, _ = run_cli(capsys, "reconstruct", trained, "-n", "10", "-o", tmp_path / "r.png")
     assert code == 0 and "10 items" in out and png_std(tmp_path / "r.png") > 0.05
@@ -250,7 +252,7 @@ def test_picture_commands(capsys, trained, tmp_path):
     assert code == 0 and "6-step spherical" in out and png_std(tmp_path / "i.png") > 0.05
     code, out, _ = run_cli(capsys, "traverse", trained, "--steps", "5", "-o", tmp_path / "t.png")
     assert code == 0 and png_std(tmp_path / "t.png") > 0.02
-    # units ordered by their KL over the test split, against pyro_vae.latent.unit_kl
+    # units ordered by their KL over the test split, against pyro_vae.runs.latent.unit_kl
     run = load_run(trained, "cpu")
     kl = latent.unit_kl(run.vae, run.test_data())
     order = np.argsort(-kl, kind="stable")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.build import make_config
+from pyro_vae.train.build import make_config
 from pyro_vae.config import Config, parse_hidden
 from pyro_vae.errors import UserError
 

@@ -9,7 +9,7 @@ import torch
 import pyro
 
 from pyro_vae import UserError, load_dataset
-from pyro_vae.data import DATASETS, DataWarning, cache_dir, data_root, load_arrays, seeded_split
+from pyro_vae.data.datasets import DATASETS, DataWarning, cache_dir, data_root, load_arrays, seeded_split
 
 
 def test_registry_lists_datasets():
@@ -43,7 +43,7 @@ def test_data_root_precedence(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name", ["mnist", "frey", "binarized-mnist"])
 def test_missing_data_says_where_it_looked(name, tmp_path, monkeypatch):
-    import pyro_vae.data as data
+    import pyro_vae.data.datasets as data
 
     monkeypatch.setattr(data, "_download", lambda *a, **k: False)  # offline, whatever the machine
     monkeypatch.setattr("torchvision.datasets.MNIST.mirrors", ["http://127.0.0.1:9/"])
@@ -507,7 +507,7 @@ def test_fingerprint_is_that_of_the_flat_values():
 
 
 def test_patches_dataset_is_offline_colour_8_bit():
-    from pyro_vae.image_data import load_sample_patches
+    from pyro_vae.data.images import load_sample_patches
 
     d = load_dataset("patches")
     ref = load_sample_patches()
@@ -519,7 +519,7 @@ def test_cifar10_svhn_celeba_read_from_the_data_folder_or_say_where_they_looked(
     import scipy.io
     from test_image_data import write_cifar
 
-    monkeypatch.setattr("pyro_vae.data._writable", lambda path: False)  # a read-only folder: nothing is fetched
+    monkeypatch.setattr("pyro_vae.data.datasets._writable", lambda path: False)  # a read-only folder: nothing is fetched
     with pytest.raises(UserError, match=r"cifar10 data not found: looked for .*cifar-10-batches-py"):
         load_dataset("cifar10", data_dir=tmp_path)
     rows, labels = write_cifar(tmp_path, n=3)
@@ -557,7 +557,7 @@ def test_image_folder_with_resize_and_classes(tmp_path):
 
 
 def test_8_bit_training_data_is_stored_as_uint8_with_identical_values():
-    from pyro_vae.build import TrainingData
+    from pyro_vae.train.build import TrainingData
 
     x = torch.randint(0, 256, (50, 3, 4, 4)).float() / 255
     stored = TrainingData(x, "cpu")
@@ -575,7 +575,7 @@ def test_8_bit_training_data_is_stored_as_uint8_with_identical_values():
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "discretized-logistic"])
 def test_streamed_and_device_resident_training_give_the_same_losses(tmp_path, likelihood):
-    from pyro_vae.training import Trainer
+    from pyro_vae.runs.fit import Trainer
 
     np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (90, 3, 5, 5), dtype=np.uint8))
     settings = dict(data=str(tmp_path / "x.npy"), likelihood=likelihood, hidden=(8,), z_dim=2, batch_size=16,

@@ -1,4 +1,4 @@
-"""Data-parallel training (pyro_vae.distributed) on the CPU with the gloo backend.
+"""Data-parallel training (pyro_vae.runs.launch) on the CPU with the gloo backend.
 
 The numbers are checked against independent one-process computations: the gradient DDP applies
 after one step is the gradient of the one-process loss on the union of the ranks' slices (a sum
@@ -22,11 +22,11 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import pyro
 
-from pyro_vae.build import make_config
-from pyro_vae.distributed import DistributedTrainer, autocast_networks, fit, launcher_env
+from pyro_vae.train.build import make_config
+from pyro_vae.runs.launch import DistributedTrainer, autocast_networks, fit, launcher_env
 from pyro_vae.errors import UserError
 from pyro_vae.speed import trace_elbo_loss
-from pyro_vae.training import Trainer
+from pyro_vae.runs.fit import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,7 +186,7 @@ def test_a_run_checkpointed_with_two_processes_resumes_with_one(tmp_path):
 
 DYING_GUIDE = '''
 import os
-from pyro_vae.guides import DiagonalGuide
+from pyro_vae.vae.guides import DiagonalGuide
 
 class DyingGuide(DiagonalGuide):
     calls = 0

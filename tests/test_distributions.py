@@ -1,4 +1,4 @@
-"""pyro_vae.distributions against independent computations (float64 numpy/scipy, quadrature)."""
+"""pyro_vae.vae.distributions against independent computations (float64 numpy/scipy, quadrature)."""
 
 import math
 
@@ -9,7 +9,7 @@ import scipy.special
 import scipy.stats
 import torch
 
-from pyro_vae.distributions import ContinuousBernoulli, DiscretizedLogistic, DiscretizedLogisticMixture
+from pyro_vae.vae.distributions import ContinuousBernoulli, DiscretizedLogistic, DiscretizedLogisticMixture
 
 # Continuous Bernoulli ----------------------------------------------------------------------------
 

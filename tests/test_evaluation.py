@@ -11,8 +11,8 @@ import pyro
 import pyro.distributions as dist
 
 from pyro_vae import VAE, log_weights
-from pyro_vae.evaluation import Scores, active_units, bits_per_dim, evaluate, evaluate_terms, summarize
-from pyro_vae.likelihoods import build_likelihood
+from pyro_vae.vae.evaluation import Scores, active_units, bits_per_dim, evaluate, evaluate_terms, summarize
+from pyro_vae.vae.likelihoods import build_likelihood
 
 
 def _exact_log_px_1d(vae, x, grid=8001, bound=9.0):
@@ -76,7 +76,7 @@ def test_log_weights_match_hand_computation():
 
 def test_evaluate_chunks_give_same_result(monkeypatch):
     """Splitting particles and items into chunks (memory bound) does not change the estimate."""
-    import pyro_vae.evaluation as ev
+    import pyro_vae.vae.evaluation as ev
 
     vae = _trained_toy_vae()
     x = torch.bernoulli(torch.full((10, 6), 0.5), generator=torch.Generator().manual_seed(8))

@@ -13,8 +13,8 @@ import pyro
 import pyro.distributions as dist
 
 from pyro_vae import GUIDES, VAE, Guide, UserError, evaluate
-from pyro_vae.guides import FullRankGuide, IAFGuide, PlanarGuide, build_guide, check_guide
-from pyro_vae.nets import MLP
+from pyro_vae.vae.guides import FullRankGuide, IAFGuide, PlanarGuide, build_guide, check_guide
+from pyro_vae.vae.nets import MLP
 
 BUILTIN = ["diagonal", "full-rank", "iaf", "planar"]
 
@@ -84,7 +84,7 @@ def test_full_rank_log_density_matches_scipy():
 
 
 def test_full_rank_kl_to_the_prior_matches_torch_gaussian_kl():
-    """pyro_vae.kl's KL(N(mu, LL^T) || N(m, diag s^2)) against torch's full-covariance formula."""
+    """pyro_vae.vae.kl's KL(N(mu, LL^T) || N(m, diag s^2)) against torch's full-covariance formula."""
     guide = perturbed_full_rank()
     with torch.no_grad():
         q = guide(binary_data())
@@ -185,7 +185,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import pyro.distributions as dist
 from pyro_vae import Guide
-from pyro_vae.nets import MLP
+from pyro_vae.vae.nets import MLP
 
 
 class TinyGuide(Guide):
@@ -276,7 +276,7 @@ def test_user_guide_mistakes_give_clear_errors(tmp_path, kind):
             f"""
             import pyro.distributions as dist
             from pyro_vae import Guide
-            from pyro_vae.nets import MLP
+            from pyro_vae.vae.nets import MLP
 
             class Bad(Guide):
                 def __init__(self, x_dim, z_dim, hidden, activation="tanh"):

@@ -1,4 +1,4 @@
-"""pyro_vae.image_data on small files written here in each data set's own on-disk format."""
+"""pyro_vae.data.images on small files written here in each data set's own on-disk format."""
 
 import codecs
 import os
@@ -11,7 +11,7 @@ import scipy.io
 from PIL import Image
 
 from pyro_vae.errors import UserError
-from pyro_vae.image_data import (
+from pyro_vae.data.images import (
     ImageData,
     RestrictedUnpickler,
     image_patches,

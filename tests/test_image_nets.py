@@ -1,11 +1,11 @@
-"""pyro_vae.image_nets: shapes for odd image sizes, depth caps, padding/cropping, gradients, parameter counts."""
+"""pyro_vae.vae.image_nets: shapes for odd image sizes, depth caps, padding/cropping, gradients, parameter counts."""
 
 import pytest
 import torch
 import torch.nn as nn
 
 from pyro_vae.errors import UserError
-from pyro_vae.image_nets import ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder, num_stages, padding_for
+from pyro_vae.vae.image_nets import ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder, num_stages, padding_for
 
 SIZES = [(28, 28), (28, 20), (32, 32), (79, 79), (8, 8), (64, 64)]
 #: (stages, bottom feature map) expected for each size with 4 requested stages, worked out by hand
@@ -165,7 +165,7 @@ def test_conv_fit_on_patches_writes_colour_pictures_of_the_right_size(tmp_path):
     assert (np.abs(test[..., 0] - test[..., 2]) > 40).mean() > 0.05  # in colour: blue sky, red roofs
     meta = __import__("json").loads((out / "config.json").read_text())
     assert meta["item_shape"] == [3, 32, 32] and meta["arch"] == "conv" and meta["channels"] == [2, 4]
-    from pyro_vae.run import load_run
+    from pyro_vae.runs.run import load_run
 
     run = load_run(out, "cpu")  # a conv run folder rebuilds its nets from the recorded item shape
     assert run.vae.x_shape == (3, 32, 32) and run.sample(2).shape == (2, 3072)

@@ -1,4 +1,4 @@
-"""Latent tools (pyro_vae.latent) and their pictures, on small untrained VAEs: numbers against independent computations."""
+"""Latent tools (pyro_vae.runs.latent) and their pictures, on small untrained VAEs: numbers against independent computations."""
 
 import math
 
@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import latent, plots
+from pyro_vae.runs import latent
+
+from pyro_vae.runs import plots
 from pyro_vae.errors import UserError
-from pyro_vae.guides import DiagonalGuide
-from pyro_vae.model import VAE
+from pyro_vae.vae.guides import DiagonalGuide
+from pyro_vae.vae.model import VAE
 
 D, Z = 64, 3
 

@@ -1,8 +1,9 @@
 """The package's layers import only downward, and every module imports on its own (no import cycle).
 
-The order (README, "Project layout"): foundations -> the paper (no I/O) -> the speed layer ->
-data and run folders -> training -> what users run. Each module may import only modules listed
-before it (its own subpackage aside).
+The order (README, "Project layout"): the foundations at the top of the package -> ``vae/`` (the paper, no
+I/O) -> ``speed/`` -> ``data/`` -> ``train/`` -> ``runs/`` -> ``analysis/`` -> the CLI. Each module may import
+only modules listed before it: a folder imports only the folders before it, and inside a folder a module imports
+only the modules listed before it in that folder.
 """
 
 import ast
@@ -14,76 +15,110 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 
-#: The layers, bottom up; within a layer too, a module imports only those listed before it.
+#: The layers, bottom up: a folder of the package (or ``""`` for modules at its top) and its modules in order.
 LAYERS = [
-    ("foundations", ["errors", "registry", "user_code", "config", "config_files"]),
-    ("the paper", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
-                   "objectives", "kl_weighting", "evaluation", "paired"]),
-    ("speed", ["speed"]),
-    ("data and runs", ["image_data", "data", "schedules", "build", "checkpoint", "plots", "loggers", "latent", "run",
-                       "training", "distributed"]),
-    ("what users run", ["comparison", "cli"]),
+    ("", ["errors", "registry", "user_code", "config", "config_files", "checkpoint"]),
+    ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
+             "objectives", "kl_weighting", "evaluation"]),
+    ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),
+    ("data", ["images", "datasets"]),
+    ("train", ["schedules", "build", "loggers"]),
+    ("runs", ["plots", "latent", "run", "fit", "launch"]),
+    ("analysis", ["paired", "compare"]),
+    ("", ["cli"]),
 ]  # fmt: skip
-ORDER = [name for _, names in LAYERS for name in names]
+ORDER = [f"{folder}.{name}" if folder else name for folder, names in LAYERS for name in names]
+FOLDERS = [folder for folder, _ in LAYERS if folder]
+
+
+def dotted(path):
+    """``pyro_vae/vae/model.py`` -> ``'vae.model'``; a folder's ``__init__.py`` -> ``'speed.__init__'``."""
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
 
 
 def modules():
-    """``(name, path)`` of every module of the package: top-level modules and subpackages."""
+    """``(dotted name, path)`` of every module of the package but its top ``__init__`` (which imports them all)."""
     found = []
-    for path in sorted(PACKAGE.iterdir()):
-        if path.suffix == ".py" and path.name != "__init__.py":
-            found.append((path.stem, path))
-        elif path.is_dir() and (path / "__init__.py").exists():
-            found.append((path.name, path))
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "__init__.py" or "__pycache__" in path.parts:
+            continue
+        if path.name == "__init__.py" and path.parent.name not in ("speed",):
+            continue  # the folders' __init__ files are docstrings only (checked below)
+        found.append((dotted(path), path))
     return found
 
 
-def imported_modules(name, path):
-    """The package's top-level modules that module ``name`` imports, anywhere in its code (also inside functions)."""
-    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+def imported_modules(path):
+    """The package's modules (dotted names as in ``ORDER``) that the file imports, anywhere in its code."""
+    own = list(path.relative_to(PACKAGE).parent.parts)
     imported = set()
-    for file in files:
-        depth_of_file = len(file.relative_to(PACKAGE).parts) - 1  # 0 for pyro_vae/x.py, 1 for pyro_vae/speed/x.py
-        for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                if node.level == 0:
-                    parts = (node.module or "").split(".")
-                    if parts[0] == "pyro_vae" and len(parts) > 1:
-                        imported.add(parts[1])
-                    elif parts[0] == "pyro_vae":
-                        imported.update(alias.name for alias in node.names)
+
+    def add(parts):
+        name = ".".join(p for p in parts if p)
+        while name and name not in ORDER and f"{name}.__init__" not in ORDER:
+            name = name.rpartition(".")[0]  # pyro_vae.speed.step.X -> speed.step
+        if name:
+            imported.add(name if name in ORDER else f"{name}.__init__")
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                parts = (node.module or "").split(".")
+                if parts[0] != "pyro_vae":
                     continue
-                if node.level - 1 != depth_of_file:
-                    continue  # within the module's own subpackage
-                if node.module:
-                    imported.add(node.module.split(".")[0])
-                else:
-                    imported.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    parts = alias.name.split(".")
-                    if parts[0] == "pyro_vae" and len(parts) > 1:
-                        imported.add(parts[1])
-    imported.discard(name)
+                base = parts[1:]
+            else:
+                base = own[: len(own) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            for alias in node.names:
+                candidate = ".".join(base + [alias.name])
+                add((base + [alias.name]) if (candidate in ORDER or f"{candidate}.__init__" in ORDER) else base)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "pyro_vae":
+                    add(parts[1:])
+    imported.discard(dotted(path))
     return imported
 
 
 def test_every_module_has_a_place_in_the_layers():
     names = [name for name, _ in modules()]
     assert sorted(set(names) - set(ORDER)) == [], "add new modules to LAYERS in tests/test_layers.py and the README"
+    assert sorted(set(ORDER) - set(names)) == [], "a module in LAYERS no longer exists"
+
+
+def test_every_folder_of_the_package_is_a_layer():
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert folders == sorted(FOLDERS)
+
+
+@pytest.mark.parametrize("folder", [f for f in FOLDERS if f != "speed"])
+def test_folder_init_files_import_nothing_of_the_package(folder):
+    # importing pyro_vae.runs must not drag the folder's modules in (the layers stay importable alone)
+    tree = ast.parse((PACKAGE / folder / "__init__.py").read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
 @pytest.mark.parametrize("name,path", modules(), ids=[name for name, _ in modules()])
 def test_imports_go_only_downward(name, path):
     rank = ORDER.index(name)
-    upward = sorted(m for m in imported_modules(name, path) if m in ORDER and ORDER.index(m) > rank)
+    upward = sorted(m for m in imported_modules(path) if ORDER.index(m) > rank)
     assert upward == [], f"{name} imports {upward}, which come after it in the layer order"
 
 
-def test_training_and_run_folder_modules_do_not_import_each_other_both_ways():
+def test_the_run_folder_does_not_import_the_training_loop_both_ways():
     # the cycle this order removed: run.py and training.py imported each other inside functions
-    assert "training" not in imported_modules("run", PACKAGE / "run.py")
-    assert "training" not in imported_modules("build", PACKAGE / "build.py")
+    assert "runs.fit" not in imported_modules(PACKAGE / "runs" / "run.py")
+    assert "runs.fit" not in imported_modules(PACKAGE / "train" / "build.py")
+
+
+def test_the_paper_folder_does_no_io():
+    # vae/ is the mathematics: no files, no folders, no pictures
+    for path in (PACKAGE / "vae").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not roots & {"pathlib", "shutil", "json", "matplotlib", "PIL", "tqdm"}, path.name
 
 
 @pytest.mark.slow
@@ -96,9 +131,10 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
         "sys.modules['pyro_vae'] = pkg\n"
         "importlib.import_module('pyro_vae.' + sys.argv[2])\n"
     )
+    names = [name.removesuffix(".__init__") for name, _ in modules()]
     procs = {
         name: subprocess.Popen([sys.executable, "-c", script, str(PACKAGE), name], stderr=subprocess.PIPE, text=True)
-        for name, _ in modules()
+        for name in names
     }
     failures = {name: p.communicate()[1].strip().splitlines()[-1:] for name, p in procs.items()}
     failures = {name: err for name, p in procs.items() if p.returncode != 0 for err in [failures[name]]}

@@ -10,8 +10,8 @@ import scipy.stats
 import torch
 
 from pyro_vae.errors import UserError
-from pyro_vae.likelihoods import LIKELIHOODS, build_likelihood
-from pyro_vae.preprocessing import dequantize
+from pyro_vae.vae.likelihoods import LIKELIHOODS, build_likelihood
+from pyro_vae.vae.preprocessing import dequantize
 
 FAMILIES = [
     "bernoulli", "continuous-bernoulli", "gaussian", "gaussian-fixed", "laplace", "beta", "discretized-logistic",

@@ -13,7 +13,7 @@ from pyro.optim import Adam
 
 from pyro_vae import VAE
 from pyro_vae.errors import UserError
-from pyro_vae.nets import MLP, parse_hidden
+from pyro_vae.vae.nets import MLP, parse_hidden
 
 
 def test_parse_hidden():
@@ -175,7 +175,7 @@ def test_conv_refuses_vectors():
 
 USER_ARCH = '''
 import torch.nn as nn
-from pyro_vae.nets import Architecture
+from pyro_vae.vae.nets import Architecture
 
 class Body(nn.Module):
     def __init__(self, c):

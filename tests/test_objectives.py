@@ -10,9 +10,9 @@ import pyro.distributions as dist
 from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import OBJECTIVES, VAE, Config, Guide, UserError, build_vae, evaluate, fit, log_weights
-from pyro_vae.data import load_dataset
-from pyro_vae.nets import MLP
-from pyro_vae.objectives import RWS, PerDatapointRWS, build_objective
+from pyro_vae.data.datasets import load_dataset
+from pyro_vae.vae.nets import MLP
+from pyro_vae.vae.objectives import RWS, PerDatapointRWS, build_objective
 
 GUIDES = ["diagonal", "full-rank", "iaf", "planar"]
 OBJECTIVE_PARTICLES = {"elbo": 1, "elbo-analytic": 1, "iwae": 4, "rws": 4}
@@ -190,7 +190,7 @@ class ScoreFunctionGuide(Guide):
 def test_non_reparameterized_guide_refused_by_elbo_and_trained_by_rws(tmp_path):
     path = tmp_path / "sf_guide.py"
     path.write_text(
-        "import torch\nimport pyro.distributions as dist\nfrom pyro_vae import Guide\nfrom pyro_vae.nets import MLP\n\n"
+        "import torch\nimport pyro.distributions as dist\nfrom pyro_vae import Guide\nfrom pyro_vae.vae.nets import MLP\n\n"
         + __import__("inspect").getsource(ScoreFunctionGuide)
     )
     for objective in ("elbo", "elbo-analytic", "iwae"):

@@ -1,4 +1,4 @@
-"""Paired comparison statistics (pyro_vae.paired) against independent computations."""
+"""Paired comparison statistics (pyro_vae.analysis.paired) against independent computations."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pyro_vae import paired
+from pyro_vae.analysis import paired
 from pyro_vae.errors import UserError
 
 

@@ -11,10 +11,10 @@ import pyro.optim
 
 from pyro_vae import Config, UserError, fit, load_run
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.data import load_dataset, with_validation
-from pyro_vae.evaluation import evaluate
-from pyro_vae.schedules import GlobalClipOptim, LRSchedule
-from pyro_vae.training import Trainer
+from pyro_vae.data.datasets import load_dataset, with_validation
+from pyro_vae.vae.evaluation import evaluate
+from pyro_vae.train.schedules import GlobalClipOptim, LRSchedule
+from pyro_vae.runs.fit import Trainer
 
 TINY = dict(dataset="digits", hidden=(16,), z_dim=2, batch_size=256, device="cpu")
 
@@ -34,7 +34,7 @@ def test_validation_split_of_digits_is_a_seeded_tenth_of_the_training_items():
 
 
 def test_mnist_protocol_is_the_last_5000():
-    from pyro_vae.data import DATASETS, Dataset
+    from pyro_vae.data.datasets import DATASETS, Dataset
 
     train = torch.arange(60000, dtype=torch.float32)[:, None]
     d = with_validation(Dataset("mnist", train, train[:10], (1, 1), None), "mnist")

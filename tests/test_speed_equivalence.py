@@ -8,8 +8,8 @@ import torch
 
 from pyro_vae import Config, Speed, Trainer, fit
 from pyro_vae.errors import TrainingDiverged
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
+from pyro_vae.vae.guides import GUIDES
+from pyro_vae.vae.likelihoods import LIKELIHOODS, Bernoulli
 
 DIGITS = {"dataset": "digits", "device": "cpu", "hidden": (32,), "z_dim": 4, "batch_size": 128, "lr": 3e-3}
 
@@ -25,7 +25,7 @@ def curve(run):
 @pytest.fixture(autouse=True)
 def no_pictures(monkeypatch):
     """Pictures are not what these tests are about (and take most of a small fit's time)."""
-    from pyro_vae.run import Run
+    from pyro_vae.runs.run import Run
 
     monkeypatch.setattr(Run, "write_pictures", lambda self, test: None)
 

@@ -97,7 +97,7 @@ def evaluation_sets(config, n_items, seed=0):
     once (e.g. one fixed dynamic binarization; the test items exactly as :func:`pyro_vae.fit`
     prepares them), on the device the model trains on; ``n_train`` is the training set's size.
     """
-    from pyro_vae.build import load_prepared
+    from pyro_vae.train.build import load_prepared
 
     _, likelihood, train, test = load_prepared(config)
     generator = torch.Generator(device=train.device).manual_seed(seed + 1)
@@ -183,7 +183,7 @@ def machine():
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "versions": pyro_vae.training.package_versions(),
+        "versions": pyro_vae.runs.fit.package_versions(),
     }
 
 

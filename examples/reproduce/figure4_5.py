@@ -3,7 +3,7 @@
 
 - Figure 4: with a two-dimensional latent space, the decoder means
   :math:`\\mathbb{E}[x \\mid z]` over a grid of codes :math:`z`, the unit square mapped through the
-  inverse Gaussian CDF (:func:`pyro_vae.plots.manifold_codes`), for (a) Frey Face and (b) MNIST.
+  inverse Gaussian CDF (:func:`pyro_vae.runs.plots.manifold_codes`), for (a) Frey Face and (b) MNIST.
 - Figure 5: decoder means of random draws :math:`z \\sim \\mathcal{N}(0, I)` from MNIST models with
   latent sizes 2, 5, 10 and 20.
 
@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae import plots  # noqa: E402
+from pyro_vae.runs import plots  # noqa: E402
 
 SETUPS = {
     "mnist": {"title": "MNIST", "likelihood": "bernoulli", "hidden": (500,)},

@@ -39,7 +39,7 @@ switch of :class:`Speed`:
   :func:`torch.jit.trace`, and it asks the same of the model and guide: the same operations for
   every batch of a shape;
 - ``compile``: :func:`torch.compile` the captured loss graph (a backend name); where the loss is
-  not captured, :class:`~pyro_vae.training.Trainer` compiles the MLPs of the encoder and decoder
+  not captured, :class:`~pyro_vae.runs.fit.Trainer` compiles the MLPs of the encoder and decoder
   (:func:`compile_nets`);
 - ``experimental_cuda_graph``: on CUDA, capture a full-size step in a CUDA graph and replay it
   (:mod:`pyro_vae.speed.cuda_graph`). Off by default and experimental: it has not yet been run on
@@ -57,7 +57,7 @@ differently (another Pyro version), the step falls back to the public
 :meth:`Trace_ELBO.differentiable_loss <pyro.infer.Trace_ELBO.differentiable_loss>` with one
 :class:`PyroInternalsWarning`.
 
-This layer imports only from the paper layer (:mod:`pyro_vae.errors`, :mod:`pyro_vae.nets`) and
+This layer imports only from the paper layer (:mod:`pyro_vae.errors`, :mod:`pyro_vae.vae.nets`) and
 from Pyro and PyTorch.
 """
 

@@ -19,7 +19,7 @@ from pyro.infer import SVI, is_validation_enabled
 from pyro.optim import PyroOptim
 
 from ..errors import UserError
-from ..nets import MLP
+from ..vae.nets import MLP
 from .capture import CapturedLoss
 from .cuda_graph import CUDAGraphStep
 from .loss import is_plain_trace_elbo, pyro_internals, trace_elbo_loss
@@ -40,7 +40,7 @@ class Speed:
     :param bool capture: replay the loss from a graph traced once per batch shape (:class:`CapturedLoss`).
     :param str compile: a :func:`torch.compile` backend (e.g. ``"inductor"``) for the captured loss
         graph; where the loss is not captured (``capture=False``, or an objective other than
-        ``Trace_ELBO``), :class:`~pyro_vae.training.Trainer` compiles the encoder and decoder MLPs
+        ``Trace_ELBO``), :class:`~pyro_vae.runs.fit.Trainer` compiles the encoder and decoder MLPs
         instead. ``None``: no compilation.
     :param bool experimental_cuda_graph: capture full-size steps in a CUDA graph and replay them
         (:class:`~pyro_vae.speed.cuda_graph.CUDAGraphStep`; CUDA only, ignored on the CPU). Off by
@@ -69,7 +69,7 @@ class Speed:
 
 
 def compile_nets(module, backend="inductor"):
-    """:func:`torch.compile` every :class:`~pyro_vae.nets.MLP` inside ``module`` in place.
+    """:func:`torch.compile` every :class:`~pyro_vae.vae.nets.MLP` inside ``module`` in place.
 
     In place (:meth:`torch.nn.Module.compile`), so parameter names and checkpoints do not change.
     Only plain MLPs are compiled: the random draws stay in eager PyTorch, so compiled and eager
@@ -97,7 +97,7 @@ Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no 
     :param optim: a :class:`~pyro.optim.PyroOptim`.
     :param Speed speed: the switches.
     :param to_scalar: maps what ``loss.loss_and_grads`` (or ``SVI.step``) returns to the one training
-        loss (e.g. :meth:`pyro_vae.objectives.Objective.training_loss`: RWS returns a tuple); default identity.
+        loss (e.g. :meth:`pyro_vae.vae.objectives.Objective.training_loss`: RWS returns a tuple); default identity.
     """
 
     def __init__(self, model, guide, loss, optim, speed=None, to_scalar=None):

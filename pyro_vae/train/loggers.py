@@ -45,9 +45,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text
-from .errors import UserError
-from .registry import Registry
+from ..checkpoint import atomic_write_text
+from ..errors import UserError
+from ..registry import Registry
 
 LOGGERS = Registry("logger")
 

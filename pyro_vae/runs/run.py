@@ -24,13 +24,13 @@ import torch
 import pyro
 
 from . import latent, plots
-from .build import build_vae, prepare_data, resolve_device
-from .checkpoint import atomic_write_text, load_checkpoint, refuse_symlink
-from .config import Config
-from .data import interpret_array
-from .errors import UserError
-from .evaluation import evaluate_terms, summarize
-from .user_code import is_import_spec
+from ..train.build import build_vae, prepare_data, resolve_device
+from ..checkpoint import atomic_write_text, load_checkpoint, refuse_symlink
+from ..config import Config
+from ..data.datasets import interpret_array
+from ..errors import UserError
+from ..vae.evaluation import evaluate_terms, summarize
+from ..user_code import is_import_spec
 
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
@@ -186,7 +186,7 @@ class Run:
     :ivar Path directory: the run folder.
     :ivar Config config: the settings it was trained with.
     :ivar dict meta: ``config.json`` as saved (settings, data shape, package versions).
-    :ivar vae: the :class:`~pyro_vae.model.VAE`, in eval mode.
+    :ivar vae: the :class:`~pyro_vae.vae.model.VAE`, in eval mode.
     :ivar list metrics: one dict per epoch, as in ``metrics.jsonl``.
     """
 
@@ -240,7 +240,7 @@ class Run:
 
         Accepts what training accepted: items in any layout whose values number ``D`` (``(N, D)``,
         ``(N, H, W)``, ``(N, C, H, W)``, ...). A NumPy array is read by the rules of ``--data``
-        (:func:`~pyro_vae.data.interpret_array`: uint8 ``0..255`` scaled to ``[0, 1]``, 0/1
+        (:func:`~pyro_vae.data.datasets.interpret_array`: uint8 ``0..255`` scaled to ``[0, 1]``, 0/1
         integers as binary); a tensor of an integer dtype likewise; a float tensor is taken as it is
         (values as the run's prepared data, e.g. in ``[0, 1]``). One item may be given without the
         leading ``N``.
@@ -280,7 +280,7 @@ class Run:
 
     def evaluate(self, samples=1000, subset=None, progress=None, seed=None):
         """Test ELBO, its two terms, importance-sampled log-likelihood (nats per item), bits per
-        dimension and active units (see :mod:`pyro_vae.evaluation`).
+        dimension and active units (see :mod:`pyro_vae.vae.evaluation`).
 
         :param int samples: importance samples ``K`` per item.
         :param int subset: use only the first ``subset`` test items.
@@ -288,7 +288,7 @@ class Run:
             global random state is left as it was). ``None``: the current random state.
         :returns: dict with ``test_elbo``, ``test_log_likelihood``, ``samples``, ``items``,
             ``reconstruction``, ``kl``, ``bits_per_dim``, ``active_units`` and the other keys of
-            :func:`~pyro_vae.evaluation.summarize`.
+            :func:`~pyro_vae.vae.evaluation.summarize`.
         """
         if samples < 1:
             raise UserError(f"--samples must be at least 1, got {samples}")
@@ -342,33 +342,33 @@ class Run:
             write_file_checked(d / "manifold.png", lambda p: plots.save_grid(
                 self.vae.decode(z), self.image_shape, p, ncol=20, value_range=self._display_range()), "picture")
 
-    # The latent space (pyro_vae.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
+    # The latent space (pyro_vae.runs.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
     def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
         """Posterior codes of the items ``x`` (any layout and dtype training accepts, see :meth:`as_input`),
         or of a split's or ``data`` file's items.
 
         With ``x``: posterior means (``what``: ``mean``, ``scale`` or ``samples``), a tensor of shape
         ``(N, z_dim)`` (``(N, K, z_dim)`` for samples) on the CPU. Without: ``(codes, labels)`` as
-        :func:`pyro_vae.latent.encode_run` gives them (NumPy), also saved to ``path`` when given.
+        :func:`pyro_vae.runs.latent.encode_run` gives them (NumPy), also saved to ``path`` when given.
         """
         if x is not None:
             return torch.as_tensor(latent.encode(self.vae, self.as_input(x), what, samples=samples, seed=seed))
         return latent.encode_run(self, split, data, what, samples, labels, path, seed)
 
     def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0):
-        """Items above their reconstructions as a PNG: :func:`pyro_vae.latent.save_reconstructions`."""
+        """Items above their reconstructions as a PNG: :func:`pyro_vae.runs.latent.save_reconstructions`."""
         return latent.save_reconstructions(self, path, n, split, data, sample, seed)
 
     def interpolate(self, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0):
-        """Decoded path between items ``i`` and ``j``: :func:`pyro_vae.latent.interpolate_run`."""
+        """Decoded path between items ``i`` and ``j``: :func:`pyro_vae.runs.latent.interpolate_run`."""
         return latent.interpolate_run(self, i, j, steps, slerp, split, data, path, seed)
 
     def traverse(self, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0):
-        """One latent unit at a time, ordered by KL: :func:`pyro_vae.latent.traverse_run`."""
+        """One latent unit at a time, ordered by KL: :func:`pyro_vae.runs.latent.traverse_run`."""
         return latent.traverse_run(self, units, span, steps, item, top, split, data, path, seed)
 
     def latents(self, path, method="auto", split="test", data=None, labels=None, seed=0):
-        """Scatter of the posterior means coloured by label: :func:`pyro_vae.latent.latents_run`."""
+        """Scatter of the posterior means coloured by label: :func:`pyro_vae.runs.latent.latents_run`."""
         return latent.latents_run(self, path, method, split, data, labels, seed)
 
 

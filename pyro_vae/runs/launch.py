@@ -40,7 +40,7 @@ spawns; when one fails it stops the others and raises one :class:`~pyro_vae.erro
 :class:`~pyro_vae.errors.TrainingDiverged`) naming the rank. Under an external launcher every rank
 reports its own one-line error and exits non-zero; ``torchrun`` and ``srun`` stop the others.
 
-**Precision.** ``precision="bf16"`` runs the networks (every :class:`~pyro_vae.nets.MLP`) under
+**Precision.** ``precision="bf16"`` runs the networks (every :class:`~pyro_vae.vae.nets.MLP`) under
 :func:`torch.autocast` with bfloat16 and casts their outputs back to float32, so the distributions'
 log-densities and the ELBO are computed in float32 (:func:`autocast_networks`). CUDA only: on the CPU
 it is refused (CPU bfloat16 matmuls are slower than float32 on most CPUs, and nothing is gained).
@@ -62,11 +62,11 @@ import pyro
 from pyro import poutine
 from pyro.infer import is_validation_enabled
 
-from .build import resolve_device
-from .errors import TrainingDiverged, UserError
-from .evaluation import evaluate
-from .nets import MLP
-from .speed import (
+from ..train.build import resolve_device
+from ..errors import TrainingDiverged, UserError
+from ..vae.evaluation import evaluate
+from ..vae.nets import MLP
+from ..speed import (
     CapturedLoss,
     Speed,
     is_plain_trace_elbo,
@@ -75,7 +75,7 @@ from .speed import (
     torch_optimizer,
     trace_elbo_loss,
 )
-from .training import Trainer
+from .fit import Trainer
 
 __all__ = ["PRECISIONS", "DDPStep", "DistributedTrainer", "LossModule", "autocast_networks", "fit", "launcher_env"]
 
@@ -144,7 +144,7 @@ class LossModule(nn.Module):
     """The module DDP wraps: it holds the VAE (so its parameters are registered here) and its
     ``forward(x)`` returns the step's loss, ``-sum_i ELBO(x_i)`` over the minibatch ``x`` (a 0-dim tensor).
 
-    :param nn.Module vae: the :class:`~pyro_vae.model.VAE`.
+    :param nn.Module vae: the :class:`~pyro_vae.vae.model.VAE`.
     :param loss_fn: ``x -> loss``: the captured loss graph, or Pyro's ``differentiable_loss``.
     """
 
@@ -262,7 +262,7 @@ class DDPStep:
 
 # Precision -----------------------------------------------------------------------------------
 def autocast_networks(module, device_type="cuda", dtype=torch.bfloat16):
-    """Run every :class:`~pyro_vae.nets.MLP` inside ``module`` under :func:`torch.autocast` and cast
+    """Run every :class:`~pyro_vae.vae.nets.MLP` inside ``module`` under :func:`torch.autocast` and cast
     its output back to float32, so everything downstream of the networks (the distributions'
     ``log_prob``, the KL, the ELBO) stays in float32. Forward hooks: parameter names and
     checkpoints do not change. Returns the hook handles (``.remove()`` undoes it)."""
@@ -292,7 +292,7 @@ def _seed_rank(seed, rank, epoch):
 
 
 class DistributedTrainer(Trainer):
-    """A :class:`~pyro_vae.training.Trainer` for one rank of a data-parallel run (or one process
+    """A :class:`~pyro_vae.runs.fit.Trainer` for one rank of a data-parallel run (or one process
     with ``precision="bf16"``). The process group must be initialized when ``world_size > 1``.
 
     :param int rank: this process's rank, ``0 <= rank < world_size``.
@@ -371,7 +371,7 @@ def check_precision(precision, device):
 
 # Running the processes -----------------------------------------------------------------------
 def _device_of(config):
-    from .build import make_config
+    from ..train.build import make_config
 
     return resolve_device(make_config(config).device)
 
@@ -384,7 +384,7 @@ def _free_port():
 
 def _run_rank(rank, world_size, local_rank, init_method, config, out, precision, fit_kwargs, threads=None):
     """Initialize the process group, train this rank's part, tear the group down."""
-    from . import training
+    from . import fit as training
 
     device = _device_of(config)
     if device.type == "cuda":
@@ -489,7 +489,7 @@ def _spawn(world_size, config, out, precision, fit_kwargs):
 
 
 def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
-    """:func:`pyro_vae.training.fit` on ``devices`` processes (DDP), or as one rank of an external launch.
+    """:func:`pyro_vae.runs.fit.fit` on ``devices`` processes (DDP), or as one rank of an external launch.
 
     - not launched, ``devices == 1``: one process (with ``precision="bf16"``, autocast networks);
     - not launched, ``devices = N > 1``: N processes spawned on this node, one per GPU (NCCL) when the
@@ -501,14 +501,14 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
     :param out: the run folder (default a new one under ``runs/``, named here so all ranks share it).
     :param int devices: processes on this node.
     :param str precision: ``"fp32"`` or ``"bf16"`` (CUDA only).
-    :param fit_kwargs: as :func:`~pyro_vae.training.fit` (``resume``, ``overwrite``, ``quiet``, ``speed``, ...).
-    :returns: the :class:`~pyro_vae.run.Run` (loaded from the run folder when processes were spawned;
+    :param fit_kwargs: as :func:`~pyro_vae.runs.fit.fit` (``resume``, ``overwrite``, ``quiet``, ``speed``, ...).
+    :returns: the :class:`~pyro_vae.runs.run.Run` (loaded from the run folder when processes were spawned;
         ``None`` on ranks other than 0 of a launched run).
     :raises UserError: more devices than GPUs, ``bf16`` off CUDA, a missing rendezvous, a rank that
         failed or died (one line naming the rank); :class:`TrainingDiverged` if the loss diverged.
     """
-    from . import training
-    from .build import make_config
+    from . import fit as training
+    from ..train.build import make_config
     from .run import load_run, new_run_dir
 
     settings = {k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in type(make_config()).__dataclass_fields__}

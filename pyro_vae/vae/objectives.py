@@ -23,7 +23,7 @@ Objectives that differentiate through the sample (all but ``rws``) refuse a guid
 ``rsample``.
 
 Whatever the objective, the per-epoch test metric is the one-particle ELBO and ``evaluate``
-reports the importance-sampled :math:`\log p(x)` (:mod:`pyro_vae.evaluation`), so runs compare.
+reports the importance-sampled :math:`\log p(x)` (:mod:`pyro_vae.vae.evaluation`), so runs compare.
 """
 
 import math
@@ -35,9 +35,9 @@ from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanFiel
 from pyro.util import warn_if_nan
 
 from . import kl  # noqa: F401  (registers the closed-form KL of the full-rank guide)
-from .errors import UserError
+from ..errors import UserError
 from .guides import check_guide, preserved_rng
-from .registry import Registry
+from ..registry import Registry
 
 OBJECTIVES = Registry("objective")
 
@@ -56,7 +56,7 @@ class Objective:
     #: smallest number of particles the estimator is defined for
     min_particles = 1
     #: whether the estimate splits into reconstruction and KL, so that the KL can be weighted
-    #: (``--beta``, ``--kl-warmup``, ``--free-bits``: :mod:`pyro_vae.kl_weighting`)
+    #: (``--beta``, ``--kl-warmup``, ``--free-bits``: :mod:`pyro_vae.vae.kl_weighting`)
     kl_weighting = False
     #: whether the KL term is in closed form (free bits then uses the closed-form KL of each unit)
     analytic_kl = False

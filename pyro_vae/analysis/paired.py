@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 #: A mean paired difference within this many standard errors is "indistinguishable".
 THRESHOLD_SE = 2.0

@@ -23,9 +23,9 @@ from typing import List, Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import UserError
+from ..errors import UserError
 
-#: Seed and fraction of the fixed test split of data sets that come without one (as pyro_vae.data).
+#: Seed and fraction of the fixed test split of data sets that come without one (as pyro_vae.data.datasets).
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 #: File name endings read by :func:`load_image_folder` (case-insensitive).

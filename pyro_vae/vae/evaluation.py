@@ -24,7 +24,7 @@ so they hold for any guide and likelihood family.
 both estimated from the same :math:`K` draws (so that they add up to the ELBO exactly), and keeps
 the posterior means for the count of active units (Burda et al. 2015). :func:`summarize` turns
 the scores into nats per item and bits per dimension against the discrete data a family scores
-(see :mod:`pyro_vae.likelihoods` for the dequantization bound).
+(see :mod:`pyro_vae.vae.likelihoods` for the dequantization bound).
 """
 
 import math
@@ -66,7 +66,7 @@ def log_weights(vae, x, num_samples):
 def evaluate(vae, x, num_samples=1000, progress=None):
     """Per-datapoint ELBO and importance-sampled :math:`\\log p(x)` of each row of ``x``.
 
-    :param vae: a :class:`~pyro_vae.model.VAE` (its nets in eval mode).
+    :param vae: a :class:`~pyro_vae.vae.model.VAE` (its nets in eval mode).
     :param torch.Tensor x: ``(N, D)`` data, already prepared for the likelihood.
     :param int num_samples: importance samples :math:`K` per datapoint.
     :param progress: optional callable taking the number of items just finished.
@@ -143,7 +143,7 @@ def _posterior_mean(vae, x):
 def evaluate_terms(vae, x, num_samples=1000, progress=None):
     """Every per-item score of :class:`Scores` for the rows of ``x``, from ``num_samples`` draws each.
 
-    :param vae: a :class:`~pyro_vae.model.VAE` (its nets in eval mode).
+    :param vae: a :class:`~pyro_vae.vae.model.VAE` (its nets in eval mode).
     :param torch.Tensor x: ``(N, D)`` or ``(N, *item_shape)`` data, already prepared for the likelihood.
     :param int num_samples: importance samples :math:`K` per datapoint.
     :param progress: optional callable taking the number of items just finished.
@@ -219,7 +219,7 @@ def summarize(scores, likelihood, x_dim):
     Keys: ``test_elbo``, ``test_log_likelihood`` (nats per item on the data as prepared, so a
     density's score on dequantized data), ``reconstruction`` and ``kl`` (the ELBO's two terms,
     ``test_elbo == reconstruction - kl``), ``discrete_test_elbo`` and ``discrete_test_log_likelihood``
-    (the same minus :meth:`~pyro_vae.likelihoods.Likelihood.dequantization_nats`: nats against the
+    (the same minus :meth:`~pyro_vae.vae.likelihoods.Likelihood.dequantization_nats`: nats against the
     discrete data of ``scored_data``; equal to the first two for a pmf), ``bits_per_dim`` and
     ``elbo_bits_per_dim`` (from those, :func:`bits_per_dim`; ``None`` on continuous data), ``active_units``,
     ``log_likelihood_sem`` (the standard error of the mean log-likelihood over items), ``samples``

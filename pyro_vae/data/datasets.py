@@ -82,8 +82,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .registry import Registry
+from ..errors import UserError
+from ..registry import Registry
 
 DATASETS = Registry("dataset")
 
@@ -373,7 +373,7 @@ class BinarizedMNIST(DatasetSource):
                        valid=self._read(root, "valid"))  # fmt: skip
 
 
-# Colour image data sets (read by pyro_vae.image_data) ----------------------------------------------
+# Colour image data sets (read by pyro_vae.data.images) ----------------------------------------------
 
 
 def images_to_float(images):
@@ -383,7 +383,7 @@ def images_to_float(images):
 
 
 def _image_dataset(name, data, image_shape=None):
-    """A :class:`Dataset` of 256 levels from an :class:`~pyro_vae.image_data.ImageData`'s uint8 splits."""
+    """A :class:`Dataset` of 256 levels from an :class:`~pyro_vae.data.images.ImageData`'s uint8 splits."""
     train, test = data.train, data.test
     labels = None if train.labels is None else torch.as_tensor(train.labels)
     test_labels = None if test.labels is None else torch.as_tensor(test.labels)
@@ -427,14 +427,14 @@ class CIFAR10(_ImageDatasetSource):
     """CIFAR-10 (Krizhevsky 2009): 50000 train / 10000 test colour 32x32 images, 10 classes (labels kept).
 
     Read from ``cifar-10-batches-py/`` (torchvision's layout) with a restricted unpickler that can
-    rebuild arrays only (:func:`pyro_vae.image_data.load_cifar10`).
+    rebuild arrays only (:func:`pyro_vae.data.images.load_cifar10`).
     """
 
     files = ("cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch")
     hint = " (it is cifar-10-python.tar.gz at https://www.cs.toronto.edu/~kriz/cifar.html, unpacked)"
 
     def read(self, root):
-        from .image_data import load_cifar10
+        from .images import load_cifar10
 
         return load_cifar10(root)
 
@@ -451,14 +451,14 @@ class CIFAR10(_ImageDatasetSource):
 class SVHN(_ImageDatasetSource):
     """SVHN cropped digits (Netzer et al. 2011): 73257 train / 26032 test colour 32x32 images, labels 0..9.
 
-    Read from ``svhn/train_32x32.mat`` and ``svhn/test_32x32.mat`` (:func:`pyro_vae.image_data.load_svhn`).
+    Read from ``svhn/train_32x32.mat`` and ``svhn/test_32x32.mat`` (:func:`pyro_vae.data.images.load_svhn`).
     """
 
     files = ("svhn/train_32x32.mat", "svhn/test_32x32.mat")
     hint = " (they are at http://ufldl.stanford.edu/housenumbers/)"
 
     def read(self, root):
-        from .image_data import load_svhn
+        from .images import load_svhn
 
         return load_svhn(root / "svhn")
 
@@ -472,7 +472,7 @@ class SVHN(_ImageDatasetSource):
 @DATASETS.register("celeba")
 class CelebA(_ImageDatasetSource):
     """CelebA aligned faces (Liu et al. 2015), 140x140 centre crop resized to 64x64 (the usual protocol,
-    :func:`pyro_vae.image_data.load_celeba`); the official train and test partitions.
+    :func:`pyro_vae.data.images.load_celeba`); the official train and test partitions.
 
     Read from ``celeba/img_align_celeba/`` and ``celeba/list_eval_partition.txt`` (torchvision's layout).
     Not downloaded (the files are on Google Drive, whose quota usually refuses scripts): fetch them by hand.
@@ -483,7 +483,7 @@ class CelebA(_ImageDatasetSource):
     hint = " (from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)"
 
     def read(self, root):
-        from .image_data import load_celeba
+        from .images import load_celeba
 
         return load_celeba(root)
 
@@ -498,12 +498,12 @@ class CelebA(_ImageDatasetSource):
 @DATASETS.register("patches")
 class Patches(DatasetSource):
     """Offline colour data: 32x32 patches (stride 16) of the two colour photos bundled with scikit-learn,
-    with a seeded 90/10 split (:func:`pyro_vae.image_data.load_sample_patches`). For demos, tests and CI."""
+    with a seeded 90/10 split (:func:`pyro_vae.data.images.load_sample_patches`). For demos, tests and CI."""
 
     image_shape = (3, 32, 32)
 
     def load(self, data_dir=None):
-        from .image_data import load_sample_patches
+        from .images import load_sample_patches
 
         return _image_dataset(self.name, load_sample_patches(), self.image_shape)
 
@@ -511,8 +511,8 @@ class Patches(DatasetSource):
 def load_image_dir(path, image_size=None):
     """A folder of PNG/JPEG images (``--data DIR``, ``--image-size H[,W]``) as a :class:`Dataset`: 256
     levels, grayscale (1 channel) or colour (3) as detected, labels when the folder has class
-    subfolders, a fixed seeded 10% test split (:func:`pyro_vae.image_data.load_image_folder`)."""
-    from .image_data import load_image_folder
+    subfolders, a fixed seeded 10% test split (:func:`pyro_vae.data.images.load_image_folder`)."""
+    from .images import load_image_folder
 
     folder = load_image_folder(path, image_size)
     images = folder.images

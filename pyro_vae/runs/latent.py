@@ -1,9 +1,9 @@
 r"""Use a trained VAE's latent space: encode data, interpolate, traverse units, scatter the codes.
 
-Every function takes a :class:`~pyro_vae.model.VAE` and data already prepared as the model expects
+Every function takes a :class:`~pyro_vae.vae.model.VAE` and data already prepared as the model expects
 (``(N, D)`` today; any ``(N, *item_shape)`` batch that ``vae.encoder`` accepts as is), works in
 batches on the VAE's device, and returns NumPy arrays on the CPU. Random draws are made under a
-fixed ``seed`` inside :func:`pyro_vae.guides.preserved_rng`: a call gives the same numbers for the
+fixed ``seed`` inside :func:`pyro_vae.vae.guides.preserved_rng`: a call gives the same numbers for the
 same ``seed`` (and ``batch_size``), and torch's global random state is left as it was.
 
 **Posterior moments.** For each item the guide returns :math:`q_\phi(z \mid x)`. Its per-unit mean
@@ -35,7 +35,7 @@ a given mean and variance the Gaussian has the largest entropy, and
     labels when the data has them; ``z.csv`` has the header ``z0,...,z{d-1}[,label]``.
 ``pyro-vae reconstruct RUN [--split ...] [-n 16] [--sample] -o FILE.png``
     test inputs above :func:`reconstruct` (decoder means at the posterior mean, or at one draw
-    with ``--sample``), drawn with :func:`pyro_vae.plots.save_image_rows`.
+    with ``--sample``), drawn with :func:`pyro_vae.runs.plots.save_image_rows`.
 ``pyro-vae interpolate RUN --items I J [--steps 10] [--slerp] [--split ...] -o FILE.png``
     :func:`interpolate` between items ``I`` and ``J`` of the split: one row of ``steps`` images.
 ``pyro-vae traverse RUN [--item I] [--units U ...] [--top N] [--range 3] [--steps 9] -o FILE.png``
@@ -54,8 +54,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .guides import preserved_rng
+from ..errors import UserError
+from ..vae.guides import preserved_rng
 
 #: draws per item for the Monte Carlo moments of a guide without closed-form mean or variance
 MC_SAMPLES = 256
@@ -133,7 +133,7 @@ def posterior_moments(vae, x, samples=MC_SAMPLES):
 def encode(vae, x, what="mean", samples=None, batch_size=1024, seed=0):
     r"""Latent codes of the items of ``x`` under the guide :math:`q_\phi(z \mid x)`.
 
-    :param vae: a :class:`~pyro_vae.model.VAE` (in eval mode).
+    :param vae: a :class:`~pyro_vae.vae.model.VAE` (in eval mode).
     :param x: ``(N, *item_shape)`` data prepared as the VAE expects (torch or NumPy).
     :param str what: ``"mean"``: :math:`\mathbb{E}_q[z]`, ``(N, z_dim)``; ``"scale"``: the marginal
         standard deviation of each unit, :math:`\sqrt{\mathrm{Var}_q[z_j]}`, ``(N, z_dim)``;
@@ -170,7 +170,7 @@ def encode(vae, x, what="mean", samples=None, batch_size=1024, seed=0):
 def reconstruct(vae, x, sample=False, batch_size=1024, seed=0):
     r"""Decoder means :math:`\mathbb{E}[x \mid z]` at the posterior mean of each item (``sample=False``)
     or at one draw :math:`z \sim q_\phi(z \mid x)` (``sample=True``, as :meth:`VAE.reconstruct
-    <pyro_vae.model.VAE.reconstruct>`). Returns a NumPy array ``(N, D)`` (the decoder's output shape)."""
+    <pyro_vae.vae.model.VAE.reconstruct>`). Returns a NumPy array ``(N, D)`` (the decoder's output shape)."""
     z = encode(vae, x, "samples" if sample else "mean", samples=1 if sample else None,
                batch_size=batch_size, seed=seed)  # fmt: skip
     if sample:
@@ -442,7 +442,7 @@ def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0
 
 # On a trained run (what ``pyro-vae encode/reconstruct/interpolate/traverse/latents`` call) ---------
 #
-# These take a :class:`~pyro_vae.run.Run` (duck-typed: ``run.config``, ``run.vae``, ``run.device``,
+# These take a :class:`~pyro_vae.runs.run.Run` (duck-typed: ``run.config``, ``run.vae``, ``run.device``,
 # ``run.meta``, ``run.image_shape``; this module sits below ``run`` in the layers so that ``Run``'s
 # methods can call it) and read the data exactly as the run was trained and tested on it.
 
@@ -490,8 +490,8 @@ def run_items(run, split="test", data=None, labels=None):
     :raises UserError: an unknown split, data of another size or outside the likelihood's support,
         labels of the wrong length.
     """
-    from .build import TEST_PREP_SEED, prepare_data, prepare_valid
-    from .data import _labels, _read_file, interpret_array
+    from ..train.build import TEST_PREP_SEED, prepare_data, prepare_valid
+    from ..data.datasets import _labels, _read_file, interpret_array
 
     seed = run.config.seed + TEST_PREP_SEED
     if data is not None:

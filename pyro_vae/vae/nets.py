@@ -22,7 +22,7 @@ tiny batch by :func:`check_architecture` before training):
   or a module mapping a batch of items ``(B, *x_shape)`` to features ``(B, out_dim)``, with an
   integer attribute ``out_dim``; the built-in guides put their heads on it (see ``docs/guides.md``).
 
-Built in: ``mlp`` (the paper's), ``conv`` and ``resnet`` (:mod:`pyro_vae.image_nets`).
+Built in: ``mlp`` (the paper's), ``conv`` and ``resnet`` (:mod:`pyro_vae.vae.image_nets`).
 """
 
 import math
@@ -30,11 +30,11 @@ import math
 import torch
 import torch.nn as nn
 
-from .config import parse_hidden, parse_widths
-from .errors import UserError
+from ..config import parse_hidden, parse_widths
+from ..errors import UserError
 from .image_nets import ENCODER_CHANNELS, ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder
-from .registry import Registry
-from .user_code import resolve_class
+from ..registry import Registry
+from ..user_code import resolve_class
 
 __all__ = [
     "ACTIVATIONS", "ARCHITECTURES", "Architecture", "ConvArchitecture", "MLP", "MLPArchitecture",
@@ -131,7 +131,7 @@ def _chw(x_shape, name):
 
 class FlatDecoder(nn.Module):
     """An image decoder ``(..., z_dim) -> (..., P*C, H, W)`` with its output flattened to ``(..., P*C*H*W)``
-    (the layout :meth:`pyro_vae.likelihoods.Likelihood.split` cuts: block ``p`` is channels ``p*C ... p*C+C-1``)."""
+    (the layout :meth:`pyro_vae.vae.likelihoods.Likelihood.split` cuts: block ``p`` is channels ``p*C ... p*C+C-1``)."""
 
     def __init__(self, net):
         super().__init__()
@@ -156,8 +156,8 @@ class _ImageArchitecture(Architecture):
 @ARCHITECTURES.register("conv")
 class ConvArchitecture(_ImageArchitecture):
     """The common stride-2 convolutional encoder and transposed-convolution decoder (DCGAN, Radford et
-    al. 2016; Burgess et al. 2018): :class:`~pyro_vae.image_nets.ConvEncoder` /
-    :class:`~pyro_vae.image_nets.ConvDecoder` with widths ``channels`` (``--channels``), any H x W."""
+    al. 2016; Burgess et al. 2018): :class:`~pyro_vae.vae.image_nets.ConvEncoder` /
+    :class:`~pyro_vae.vae.image_nets.ConvDecoder` with widths ``channels`` (``--channels``), any H x W."""
 
     encoder_class, decoder_class = ConvEncoder, ConvDecoder
 
@@ -165,7 +165,7 @@ class ConvArchitecture(_ImageArchitecture):
 @ARCHITECTURES.register("resnet")
 class ResNetArchitecture(_ImageArchitecture):
     """Residual nets (Kingma et al. 2016's ResNet VAE, without its stochastic layers):
-    :class:`~pyro_vae.image_nets.ResNetEncoder` / :class:`~pyro_vae.image_nets.ResNetDecoder`, 2 blocks per scale."""
+    :class:`~pyro_vae.vae.image_nets.ResNetEncoder` / :class:`~pyro_vae.vae.image_nets.ResNetDecoder`, 2 blocks per scale."""
 
     encoder_class, decoder_class = ResNetEncoder, ResNetDecoder
 
@@ -181,7 +181,7 @@ def architecture_class(spec):
     """
     return resolve_class(spec, ARCHITECTURES, "architecture",
                          lambda obj: isinstance(obj, type) and callable(getattr(obj, "decoder", None)),
-                         "a class with a decoder method", "a subclass of pyro_vae.nets.Architecture (see docs/guides.md)")
+                         "a class with a decoder method", "a subclass of pyro_vae.vae.nets.Architecture (see docs/guides.md)")
 
 
 def build_architecture(spec, hidden=(400,), activation="relu", channels=ENCODER_CHANNELS):

@@ -1,13 +1,13 @@
 r"""Preparing data for a likelihood family: support checks, binarization, dequantization.
 
 A family :math:`p_\theta(x \mid z)` names the :class:`Preparation` its data needs
-(:meth:`pyro_vae.likelihoods.Likelihood.preparation`); the preparation checks a data set against
+(:meth:`pyro_vae.vae.likelihoods.Likelihood.preparation`); the preparation checks a data set against
 the family's support once, applies a deterministic transform once (:meth:`Preparation.static`) and a
 random one afresh each time a batch is used (:meth:`Preparation.batch`; with a fixed
 :class:`torch.Generator` for a test set, so that test numbers compare across epochs and runs).
 
 Images are stored as levels :math:`v = k / (L - 1)`, :math:`k \in \{0, \dots, L-1\}`
-(:attr:`pyro_vae.data.Dataset.levels`). The preparations:
+(:attr:`pyro_vae.data.datasets.Dataset.levels`). The preparations:
 
 - :class:`Binarize`: a Bernoulli pmf needs 0/1 data: dynamic binarization
   :math:`x_d \sim \mathrm{Bernoulli}(v_d)` per use (Burda et al. 2015), a threshold
@@ -21,7 +21,7 @@ Images are stored as levels :math:`v = k / (L - 1)`, :math:`k \in \{0, \dots, L-
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 #: Data domains a family may declare, with what they mean, for error messages and docs.
 DOMAINS = {

@@ -11,7 +11,7 @@ described below, unchanged.
 
 **Paired statistics.** Each run's per-item IS :math:`\log p(x)` is saved as ``log_px_per_item.npy``
 beside its ``evaluation.json``. Within a group scored on the same data, every pair of configurations
-gets :func:`pyro_vae.paired.paired_difference` over seeds and test items (mean, standard error
+gets :func:`pyro_vae.analysis.paired.paired_difference` over seeds and test items (mean, standard error
 from seeds and items, a statement "A beats B by d ± se nats"), in ``comparison.md`` and
 ``comparison.json`` (``groups[i].pairs``). ``comparison-pareto.png`` plots log p(x) against
 training seconds (one file per group: ``comparison-pareto-2.png``, ... for the further groups).
@@ -19,14 +19,14 @@ training seconds (one file per group: ``comparison-pareto-2.png``, ... for the f
 :func:`compare` trains one VAE per likelihood family and seed with the *same* data set, encoder,
 decoder body, latent size, optimizer, learning rate, batch size, epochs and seeds (one
 :class:`~pyro_vae.config.Config` in which only ``likelihood`` and ``seed`` vary), evaluates each
-on the test set with :func:`pyro_vae.evaluation.summarize`, and writes into ``out``:
+on the test set with :func:`pyro_vae.vae.evaluation.summarize`, and writes into ``out``:
 
 - ``<family>/seed-<s>/``: an ordinary run folder per family and seed (:func:`pyro_vae.fit`);
 - ``comparison.md``, ``comparison.csv``, ``comparison.json``: the table, mean ± std over seeds;
 - ``comparison.png``: bits/dim bars with error bars, and a row of samples and reconstructions per family.
 
 **Fair scores.** A family's log-likelihood is a log-probability of some discrete data
-(:meth:`~pyro_vae.likelihoods.Likelihood.scored_data`): the :math:`L` levels of the pixels for
+(:meth:`~pyro_vae.vae.likelihoods.Likelihood.scored_data`): the :math:`L` levels of the pixels for
 the discretized logistic and for densities on dequantized data (lower bound
 :math:`\log P(k) \ge \mathbb{E}_u \log p((k+u)/L) - D\log L`), but the *binarized* pixels for the
 Bernoulli. Numbers about different data are not ranked against each other: the table groups
@@ -48,19 +48,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import plots
-from .build import check_names, make_config, resolve_device
-from .checkpoint import atomic_write_text, load_checkpoint
-from .config import Config, parse_hidden
-from .data import load_dataset
-from .errors import UserError
-from .evaluation import evaluate_terms, summarize
-from .guides import guide_class
-from .likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
-from .objectives import OBJECTIVES
+from ..runs import plots
+from ..train.build import check_names, make_config, resolve_device
+from ..checkpoint import atomic_write_text, load_checkpoint
+from ..config import Config, parse_hidden
+from ..data.datasets import load_dataset
+from ..errors import UserError
+from ..vae.evaluation import evaluate_terms, summarize
+from ..vae.guides import guide_class
+from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
+from ..vae.objectives import OBJECTIVES
 from .paired import all_pairs
-from .run import load_run, write_evaluation
-from .training import fit
+from ..runs.run import load_run, write_evaluation
+from ..runs.fit import fit
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class FamilyRun:
     seconds: float  # training time: the sum of the epochs' seconds
     eval_seconds: float
     reused: bool = False
-    #: the trained :class:`~pyro_vae.run.Run` (not saved in ``comparison.json``)
+    #: the trained :class:`~pyro_vae.runs.run.Run` (not saved in ``comparison.json``)
     run: object = field(default=None, repr=False)
     #: the values of the varying settings, e.g. ``{"guide": "iaf", "objective": "iwae"}``
     configuration: dict = field(default_factory=dict)
@@ -259,7 +259,7 @@ class Comparison:
 
     def pairs(self, rows):
         """Paired differences of per-item log p(x) (nats against the scored data) for every pair of the
-        summary ``rows`` of one group (:func:`pyro_vae.paired.all_pairs`, best of each pair first).
+        summary ``rows`` of one group (:func:`pyro_vae.analysis.paired.all_pairs`, best of each pair first).
 
         Scores are ``(seeds, items)`` arrays, seed ``s`` of A paired with seed ``s`` of B; ``[]`` when
         fewer than 2 configurations, fewer than 2 items, or a run without per-item scores.
@@ -376,7 +376,7 @@ class Comparison:
             pairs = self.pairs(rows)
             if pairs:
                 lines += ["", "Paired differences of log p(x) on the same test items (mean ± 1 standard error, from "
-                          "seeds and items; pyro_vae.paired; indistinguishable when within 2 SE):", ""]  # fmt: skip
+                          "seeds and items; pyro_vae.analysis.paired; indistinguishable when within 2 SE):", ""]  # fmt: skip
                 lines += [f"- {p['statement']}" for p in pairs]
         if self.skipped:
             lines += ["", "## Not run", ""]
@@ -422,7 +422,7 @@ class Comparison:
 
     def save_pareto(self):
         """The Pareto charts: per group, log p(x) (nats against the scored data) against training seconds,
-        mean ± std over seeds (:func:`pyro_vae.plots.save_pareto`). Returns the paths written."""
+        mean ± std over seeds (:func:`pyro_vae.runs.plots.save_pareto`). Returns the paths written."""
         paths = []
         for path, (key, kind, rows) in zip(self.pareto_paths(), self.groups()):
             points = []

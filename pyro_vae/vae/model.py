@@ -40,16 +40,16 @@ class VAE(nn.Module):
     :param int z_dim: latent size.
     :param hidden: hidden layer sizes of both nets, e.g. ``(400,)`` or ``"200,200"``.
     :param str activation: hidden nonlinearity (``relu``, ``tanh``, ``softplus``, ``elu``).
-    :param likelihood: a :class:`~pyro_vae.likelihoods.Likelihood` or a registered name.
-    :param guide: a :class:`~pyro_vae.guides.Guide` class, instance, registered name, or import spec
-        ``path/to/file.py:Name`` / ``package.module:Name`` (see :mod:`pyro_vae.guides` for the contract).
+    :param likelihood: a :class:`~pyro_vae.vae.likelihoods.Likelihood` or a registered name.
+    :param guide: a :class:`~pyro_vae.vae.guides.Guide` class, instance, registered name, or import spec
+        ``path/to/file.py:Name`` / ``package.module:Name`` (see :mod:`pyro_vae.vae.guides` for the contract).
     :param dict guide_options: keyword options of the guide's constructor, e.g. ``{"flow_steps": 4}``.
     :param bool check_guide: run the guide once on a tiny batch to check its contract (see
-        :func:`~pyro_vae.guides.check_guide`).
+        :func:`~pyro_vae.vae.guides.check_guide`).
     :param decoder: a module mapping ``(..., z_dim)`` to ``(..., likelihood.params_per_dim * x_dim)``;
         default: built by the architecture ``arch``.
-    :param arch: a name in :data:`~pyro_vae.nets.ARCHITECTURES` (``--arch``: ``mlp``, ``conv``,
-        ``resnet``), a user's ``file.py:Name``, or an :class:`~pyro_vae.nets.Architecture`; it builds
+    :param arch: a name in :data:`~pyro_vae.vae.nets.ARCHITECTURES` (``--arch``: ``mlp``, ``conv``,
+        ``resnet``), a user's ``file.py:Name``, or an :class:`~pyro_vae.vae.nets.Architecture`; it builds
         the decoder and the encoder body the guide puts its heads on (checked on a tiny batch).
     :param channels: convolution widths of the image architectures (``--channels``).
     :raises UserError: for an unknown family, guide or architecture, or a guide that breaks the contract.
@@ -71,7 +71,7 @@ class VAE(nn.Module):
         if body is not None:  # a user's --arch file fails here, clearly, before a guide is put on it
             check_architecture(architecture, self.x_shape, z_dim, self.likelihood.params_per_dim, label,
                                nets=(None, body))  # fmt: skip
-        #: :math:`q_\phi(z \mid x)`, built and checked once on a tiny batch (:func:`~pyro_vae.guides.build_guide`)
+        #: :math:`q_\phi(z \mid x)`, built and checked once on a tiny batch (:func:`~pyro_vae.vae.guides.build_guide`)
         self.encoder = build_guide(guide, self.x_shape, z_dim, hidden, activation, check=check_guide, body=body,
                                    **(guide_options or {}))  # fmt: skip
         if decoder is None:

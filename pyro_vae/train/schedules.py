@@ -45,7 +45,7 @@ import torch
 
 from pyro.optim import PyroOptim
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["LR_DEFAULTS", "GlobalClipOptim", "LRSchedule"]
 

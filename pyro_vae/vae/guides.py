@@ -24,10 +24,10 @@ import pyro.distributions as dist
 from pyro.distributions.transforms import ConditionalAffineAutoregressive, ConditionalPlanar
 from pyro.nn import ConditionalAutoRegressiveNN
 
-from .errors import UserError
+from ..errors import UserError
 from .nets import ACTIVATIONS, MLP
-from .registry import Registry
-from .user_code import resolve_class
+from ..registry import Registry
+from ..user_code import resolve_class
 
 GUIDES = Registry("guide")
 
@@ -40,9 +40,9 @@ class Guide(nn.Module):
     1. **Constructor** ``__init__(self, x_dim, z_dim, hidden, activation, **options)``. ``x_dim``
        is the flattened data size :math:`D`, ``z_dim`` the latent size :math:`J`, ``hidden`` a
        tuple of hidden layer sizes (``--hidden``, e.g. ``(400,)``), ``activation`` a name from
-       :data:`pyro_vae.nets.ACTIVATIONS` (``--activation``). Options of its own are keywords with
+       :data:`pyro_vae.vae.nets.ACTIVATIONS` (``--activation``). Options of its own are keywords with
        defaults; :meth:`options` returns their values, which a run records as ``guide_options``
-       in its ``config.json`` and :func:`~pyro_vae.run.load_run` passes back. The CLI passes
+       in its ``config.json`` and :func:`~pyro_vae.runs.run.load_run` passes back. The CLI passes
        ``flow_steps=K`` only when ``--flow-steps`` is given (and refuses it for a constructor
        without that keyword). Call ``super().__init__(x_dim, z_dim, hidden, activation)``, which
        sets ``self.x_dim`` and ``self.z_dim``.
@@ -50,7 +50,7 @@ class Guide(nn.Module):
        :class:`pyro.distributions.Distribution` over :math:`z` with ``batch_shape == (B,)`` and
        ``event_shape == (z_dim,)`` (one datapoint's latent vector is one event: use
        ``.to_event(1)`` on elementwise families). It must not call ``pyro.sample`` itself:
-       :meth:`VAE.guide <pyro_vae.model.VAE.guide>` samples the site ``"z"`` from it inside the
+       :meth:`VAE.guide <pyro_vae.vae.model.VAE.guide>` samples the site ``"z"`` from it inside the
        ``"data"`` plate (and, at evaluation, inside a ``"particles"`` plate, so the distribution
        is expanded to ``(K, B)``; the families of :mod:`pyro.distributions` and their transforms
        handle that). What the objectives need of it:
@@ -63,7 +63,7 @@ class Guide(nn.Module):
        - ``elbo-analytic`` needs ``torch.distributions.kl_divergence(q, prior)`` to exist for the
          family (register one with :func:`torch.distributions.kl.register_kl` if you know it).
     3. **Parameters.** Every learnable part is a submodule or an ``nn.Parameter`` of the guide:
-       :meth:`VAE.guide <pyro_vae.model.VAE.guide>` calls ``pyro.module("encoder", guide)``, which
+       :meth:`VAE.guide <pyro_vae.vae.model.VAE.guide>` calls ``pyro.module("encoder", guide)``, which
        registers exactly those with Pyro's parameter store, so the optimizer trains them (nets
        kept in a plain Python list or dict would silently not be trained).
 
@@ -156,7 +156,7 @@ class FullRankGuide(Guide):
         - \tfrac{d}{2} \log 2\pi .
 
     The KL divergence to the prior :math:`\mathcal{N}(0, I)` has a closed form
-    (:mod:`pyro_vae.kl`), so ``elbo-analytic`` (estimator B) applies to it.
+    (:mod:`pyro_vae.vae.kl`), so ``elbo-analytic`` (estimator B) applies to it.
     """
 
     MIN_SCALE = DiagonalGuide.MIN_SCALE
@@ -321,7 +321,7 @@ def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, body=None, *
 
     ``x_dim`` is the number of values ``D`` of one item, or the item's shape (e.g. ``(C, H, W)``);
     the guide's constructor receives ``D``. ``body`` is the architecture's encoder body (a module
-    ``(B, *x_shape) -> (B, body.out_dim)``, :meth:`pyro_vae.nets.Architecture.encoder`) or ``None``;
+    ``(B, *x_shape) -> (B, body.out_dim)``, :meth:`pyro_vae.vae.nets.Architecture.encoder`) or ``None``;
     it is passed as the keyword ``body`` to a guide whose constructor takes one (the built-in ones
     do), and such a guide receives items in their shape. A guide without a body (or not taking
     one) and derived from :class:`Guide` receives items flattened to ``(B, D)``.

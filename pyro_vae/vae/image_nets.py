@@ -33,7 +33,7 @@ particles) or, during the transition from flat data, ``(..., C*H*W)``, and retur
 Decoders take ``(..., z_dim)`` and return ``(..., out_channels, H, W)``. For a likelihood with ``P``
 parameters per dimension on ``C``-channel images use ``out_channels = P * C``: flattening the
 output row-major gives ``(..., P * C*H*W)``, block ``p`` holding channel ``p*C + c``, which is the
-layout :meth:`pyro_vae.likelihoods.Likelihood.split` cuts.
+layout :meth:`pyro_vae.vae.likelihoods.Likelihood.split` cuts.
 
 Errors: an unknown activation, a non-positive width, or an input whose trailing shape is not
 ``x_shape`` raise :class:`~pyro_vae.errors.UserError` (at construction and in ``forward``).
@@ -44,10 +44,10 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import parse_widths
-from .errors import UserError
+from ..config import parse_widths
+from ..errors import UserError
 
-#: The nonlinearities selectable by name (the same names as ``pyro_vae.nets.ACTIVATIONS``).
+#: The nonlinearities selectable by name (the same names as ``pyro_vae.vae.nets.ACTIVATIONS``).
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 
 #: Default widths, from the image inwards (encoder) and from the code outwards (decoder).

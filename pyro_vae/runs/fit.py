@@ -25,15 +25,15 @@ from tqdm.auto import tqdm
 
 import pyro
 
-from .build import build, make_config, speed_for
-from .checkpoint import atomic_write_text, clean_temp_files, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config
-from .errors import TrainingDiverged, TrainingInterrupted, UserError
-from .evaluation import evaluate
-from .kl_weighting import KLWeighting
-from .loggers import Loggers, PlainProgress, build_loggers, format_epoch_line
-from .model import VAE
-from .objectives import build_objective
+from ..train.build import build, make_config, speed_for
+from ..checkpoint import atomic_write_text, clean_temp_files, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..config import Config
+from ..errors import TrainingDiverged, TrainingInterrupted, UserError
+from ..vae.evaluation import evaluate
+from ..vae.kl_weighting import KLWeighting
+from ..train.loggers import Loggers, PlainProgress, build_loggers, format_epoch_line
+from ..vae.model import VAE
+from ..vae.objectives import build_objective
 from .run import (
     RUN_FILES,
     Run,
@@ -46,8 +46,8 @@ from .run import (
     write_config,
     write_metrics,
 )
-from .schedules import LRSchedule
-from .speed import Speed, SVIStep, compile_nets
+from ..train.schedules import LRSchedule
+from ..speed import Speed, SVIStep, compile_nets
 
 __all__ = ["Step", "Trainer", "fit"]
 
@@ -64,7 +64,7 @@ class Step(NamedTuple):
     samples: int
     #: the step's loss: minus the objective's estimate, summed over the minibatch
     loss: float
-    #: the :class:`~pyro_vae.model.VAE` being trained (in train mode)
+    #: the :class:`~pyro_vae.vae.model.VAE` being trained (in train mode)
     vae: VAE
 
 
@@ -87,17 +87,17 @@ class Trainer:
     :param Speed speed: how the step is run (default: the fastest; :meth:`Speed.baseline` is
         ``SVI.step``). It never changes what is computed, so it is not part of the config: an
         optimizer the fast path cannot reproduce exactly (a learning-rate scheduler, per-parameter
-        arguments, clipping; see :func:`~pyro_vae.build.fusable_optimizer`) runs on Pyro's own path.
+        arguments, clipping; see :func:`~pyro_vae.train.build.fusable_optimizer`) runs on Pyro's own path.
     """
 
-    #: data-parallel hooks (see :class:`~pyro_vae.distributed.DistributedTrainer`): this process's
+    #: data-parallel hooks (see :class:`~pyro_vae.runs.launch.DistributedTrainer`): this process's
     #: rank and the number of processes; one process trains alone
     rank, world_size = 0, 1
 
     def __init__(self, config=None, speed=None, **settings):
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
         config = make_config(config, **settings)
-        #: the learning rate of every step (--lr-schedule, --lr-warmup; see pyro_vae.schedules)
+        #: the learning rate of every step (--lr-schedule, --lr-warmup; see pyro_vae.train.schedules)
         self.schedule = LRSchedule(config)
         parts = build(config)
         self.speed = speed_for(speed or Speed(), parts.optimizer)
@@ -112,7 +112,7 @@ class Trainer:
         self.vae, self.optimizer = parts.vae, parts.optimizer
         #: the validation data on the device (``None`` when the training data is too small to split)
         self.valid = parts.valid
-        #: the :class:`~pyro_vae.objectives.Objective`, checked against the guide before training
+        #: the :class:`~pyro_vae.vae.objectives.Objective`, checked against the guide before training
         self.objective = build_objective(self.config, self.vae)
         #: --beta, --kl-warmup, --free-bits (the training objective; metrics stay the true ELBO)
         self.kl = KLWeighting(beta=self.config.beta, warmup_epochs=self.config.kl_warmup,
@@ -382,7 +382,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param out: the run folder; default a new folder under ``runs/``.
     :param bool resume: continue the run in ``out`` from its checkpoint (settings other than
         ``epochs``, ``device`` and ``data_dir`` must match the saved ones, the data must be the same,
-        by :meth:`~pyro_vae.data.Dataset.fingerprint`, and ``epochs`` at least those already run).
+        by :meth:`~pyro_vae.data.datasets.Dataset.fingerprint`, and ``epochs`` at least those already run).
     :param bool overwrite: replace a run already in ``out``. The new settings are checked (names,
         data, guide, device) before anything in ``out`` is touched, and the old run's files are
         replaced only once the new run has written its first checkpoint (it trains in
@@ -395,14 +395,14 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         restores the generator state, e.g. inside :func:`torch.random.fork_rng`.
     :param Speed speed: how each step runs (see :class:`~pyro_vae.speed.Speed`; default the fastest).
         It does not change the numbers, so a run may be resumed with another.
-    :param int rank: data parallelism (:mod:`pyro_vae.distributed`): this process's rank; only rank 0
+    :param int rank: data parallelism (:mod:`pyro_vae.runs.launch`): this process's rank; only rank 0
         writes the run folder.
     :param make_trainer: ``(config, speed=) -> Trainer`` (default :class:`Trainer`), e.g. a
-        :class:`~pyro_vae.distributed.DistributedTrainer`.
-    :param loggers: logger names (``["csv", "tensorboard", "mlflow"]``, see :mod:`pyro_vae.loggers`)
-        or a :class:`~pyro_vae.loggers.Loggers`: each epoch's record, the config as hyperparameters,
+        :class:`~pyro_vae.runs.launch.DistributedTrainer`.
+    :param loggers: logger names (``["csv", "tensorboard", "mlflow"]``, see :mod:`pyro_vae.train.loggers`)
+        or a :class:`~pyro_vae.train.loggers.Loggers`: each epoch's record, the config as hyperparameters,
         and images (samples, validation reconstructions) every ``log_images_every`` epochs and at the last.
-    :returns: the trained :class:`~pyro_vae.run.Run` (the model of the last epoch; ``run.final``
+    :returns: the trained :class:`~pyro_vae.runs.run.Run` (the model of the last epoch; ``run.final``
         holds what ``final.json`` holds).
     :raises UserError: for bad settings, a folder in use, changed data, unwritable folders (one line).
     :raises TrainingDiverged: when a loss or a parameter becomes NaN or infinite; the message says

@@ -8,7 +8,7 @@ decoders, Kingma & Welling 2013, Appendix C). A family also says which data it m
 (:attr:`~Likelihood.discrete`), and how data is prepared for it.
 
 **Which data each family scores.** Images are stored as levels :math:`v = k / (L - 1)`,
-:math:`k \in \{0, \dots, L-1\}` (:attr:`pyro_vae.data.Dataset.levels`: 256 for 8-bit pixels).
+:math:`k \in \{0, \dots, L-1\}` (:attr:`pyro_vae.data.datasets.Dataset.levels`: 256 for 8-bit pixels).
 
 - ``bernoulli`` is a pmf on binary data: grayscale data is binarized first, so it scores
   *different data* from the other families (unless the data set is binary, :math:`L = 2`).
@@ -49,9 +49,9 @@ import pyro.distributions as dist
 from .distributions import ContinuousBernoulli as _ContinuousBernoulli
 from .distributions import DiscretizedLogistic as _DiscretizedLogistic
 from .distributions import DiscretizedLogisticMixture as _DiscretizedLogisticMixture
-from .errors import UserError
+from ..errors import UserError
 from .preprocessing import DOMAINS, Binarize, Dequantize, Levels, Preparation
-from .registry import Registry
+from ..registry import Registry
 
 __all__ = ["DOMAINS", "LIKELIHOODS", "Likelihood", "build_likelihood", "likelihood_options"]
 
@@ -121,9 +121,9 @@ class Likelihood:
         """A short description of the data the family is trained and scored on (for tables)."""
         return self.scored_data()
 
-    # Data preparation (pyro_vae.preprocessing) -------------------------------------------------
+    # Data preparation (pyro_vae.vae.preprocessing) -------------------------------------------------
     def preparation(self):
-        """The :class:`~pyro_vae.preprocessing.Preparation` this family's data needs (default: checks only)."""
+        """The :class:`~pyro_vae.vae.preprocessing.Preparation` this family's data needs (default: checks only)."""
         return Preparation(self.name, self.levels)
 
     def check_data(self, x, what="data"):
@@ -238,7 +238,7 @@ class ContinuousBernoulli(Density):
 
     with :math:`\lambda = \sigma(\ell)`, :math:`\ell = f_\theta(z)`: the Bernoulli's "BCE on
     grayscale pixels" plus the normalizing constant it omits. Computed from the logit for every
-    value (see :class:`pyro_vae.distributions.ContinuousBernoulli`; PyTorch's clamps
+    value (see :class:`pyro_vae.vae.distributions.ContinuousBernoulli`; PyTorch's clamps
     :math:`\lambda` and loses normalization for :math:`|\ell| > 16`). Its mean is not
     :math:`\lambda` but :math:`\frac{1}{1 - e^{-\ell}} - \frac{1}{\ell}`.
     """
@@ -379,7 +379,7 @@ class Beta(Density):
 @LIKELIHOODS.register("discretized-logistic")
 class DiscretizedLogistic(Likelihood):
     r"""Discretized logistic: a pmf over the :math:`L` levels of quantized data (IAF, Kingma et al.
-    2016; PixelCNN++, Salimans et al. 2017), see :class:`pyro_vae.distributions.DiscretizedLogistic`.
+    2016; PixelCNN++, Salimans et al. 2017), see :class:`pyro_vae.vae.distributions.DiscretizedLogistic`.
 
     :math:`(\mu, \eta) = f_\theta(z)` on the scale of the data, :math:`s = s_{\min} + \mathrm{softplus}(\eta)`
     with :math:`s_{\min} = 0.1 / (L - 1)`, a tenth of a bin (PixelCNN++ clamps the log-scale at
@@ -447,7 +447,7 @@ def build_likelihood(name, levels=None, **options):
 @LIKELIHOODS.register("discretized-logistic-mixture")
 class DiscretizedLogisticMixture(DiscretizedLogistic):
     r"""A mixture of ``mixtures`` = :math:`K` discretized logistics per data dimension (PixelCNN++,
-    Salimans et al. 2017, eq. 2), see :class:`pyro_vae.distributions.DiscretizedLogisticMixture`.
+    Salimans et al. 2017, eq. 2), see :class:`pyro_vae.vae.distributions.DiscretizedLogisticMixture`.
 
     The decoder gives :math:`3K` numbers per data dimension, laid out as the :math:`3K` blocks of
     ``(..., 3K * D)`` that :meth:`Likelihood.split` cuts (block-major: all of block 0, then block 1,

@@ -71,7 +71,7 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.util import warn_if_nan
 
-from .errors import UserError
+from ..errors import UserError
 from .guides import preserved_rng
 
 
@@ -217,7 +217,7 @@ class FreeBitsELBO(Trace_ELBO):
         -\frac1K \sum_k \sum_i \log p_\theta(x_i \mid z_{ik}) + w\, B \sum_j \max(\lambda, \overline{\mathrm{KL}}_j),
 
     the negative of :math:`B` times the per-datapoint objective in the docstring of
-    :mod:`pyro_vae.kl_weighting`, in the units of Pyro's losses (a sum over the minibatch). Other
+    :mod:`pyro_vae.vae.kl_weighting`, in the units of Pyro's losses (a sum over the minibatch). Other
     sample sites enter as in :class:`~pyro.infer.Trace_ELBO` (every guide site must be
     reparameterized). The value returned by :meth:`loss_and_grads` is a detached tensor (no host read).
 

@@ -13,15 +13,15 @@ import torch
 
 import pyro.optim
 
-from .config import LEGACY_OPTIONS, Config
-from .data import DATASETS, Dataset, load_dataset, with_validation
-from .errors import UserError
-from .guides import guide_class
-from .likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
-from .model import VAE
-from .nets import build_architecture
-from .objectives import OBJECTIVES
-from .registry import Registry
+from ..config import LEGACY_OPTIONS, Config
+from ..data.datasets import DATASETS, Dataset, load_dataset, with_validation
+from ..errors import UserError
+from ..vae.guides import guide_class
+from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
+from ..vae.model import VAE
+from ..vae.nets import build_architecture
+from ..vae.objectives import OBJECTIVES
+from ..registry import Registry
 from .schedules import GlobalClipOptim
 
 __all__ = [
@@ -105,7 +105,7 @@ def check_names(config):
 
 
 def build_vae(config, x_dim, levels=None, check=True):
-    """The :class:`~pyro_vae.model.VAE` a config describes, for items of ``x_dim`` values (or of shape
+    """The :class:`~pyro_vae.vae.model.VAE` a config describes, for items of ``x_dim`` values (or of shape
     ``x_dim``, e.g. ``(C, H, W)``) with ``levels`` levels.
 
     ``check``: run its guide once on a tiny batch (clear errors for a user's guide before training).
@@ -118,7 +118,7 @@ def build_vae(config, x_dim, levels=None, check=True):
 
 def build_optimizer(config):
     """The :class:`pyro.optim.PyroOptim` of ``--optimizer`` with ``--lr`` (and ``--weight-decay``),
-    wrapped in :class:`~pyro_vae.schedules.GlobalClipOptim` for ``--clip-norm``.
+    wrapped in :class:`~pyro_vae.train.schedules.GlobalClipOptim` for ``--clip-norm``.
 
     :raises UserError: ``--weight-decay`` for an optimizer whose constructor takes no ``weight_decay``.
     """
@@ -175,7 +175,7 @@ def prepare_data(config, likelihood, device, dataset=None, train_device=None):
     """Check and prepare the data for ``likelihood`` on ``device`` (loading it unless ``dataset`` is given).
 
     Returns ``(dataset, train, test)``: ``train`` has had the deterministic preparation applied
-    (random preparation happens per batch; the validation items of :func:`~pyro_vae.data.with_validation`
+    (random preparation happens per batch; the validation items of :func:`~pyro_vae.data.datasets.with_validation`
     are not in it), on ``train_device`` (default ``device``); ``test`` is fully prepared once with a fixed seed so
     that test numbers are comparable across epochs and runs. The validation set
     (``dataset.valid``) is prepared the same way with its own seed: :func:`prepare_valid`.
