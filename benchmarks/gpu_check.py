@@ -21,10 +21,10 @@ import torch
 
 import pyro
 
-from pyro_vae.train.build import make_config
 from pyro_vae.runs.launch import autocast_networks
 from pyro_vae.speed import Speed
-from pyro_vae.runs.fit import Trainer
+from pyro_vae.train.build import make_config
+from pyro_vae.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- gpu-check:start -->", "<!-- gpu-check:end -->"

@@ -8,20 +8,21 @@ functions (:class:`VAE`); :func:`fit` trains them with SVI and writes a run fold
 
 __version__ = "0.1.0"
 
-from .train.build import OPTIMIZERS, build_vae  # noqa: E402
 from .analysis.compare import Comparison, compare  # noqa: E402
 from .config import Config  # noqa: E402
 from .data.datasets import DATASETS, Dataset, DatasetSource, load_dataset  # noqa: E402
 from .errors import TrainingDiverged, UserError  # noqa: E402
+from .runs.fit import fit  # noqa: E402
+from .runs.run import Run, load_run  # noqa: E402
+from .speed import Speed  # noqa: E402
+from .train.build import OPTIMIZERS, build_vae  # noqa: E402
+from .train.trainer import Trainer  # noqa: E402
 from .vae.evaluation import evaluate, log_weights  # noqa: E402
 from .vae.guides import GUIDES, DiagonalGuide, FullRankGuide, Guide, IAFGuide, PlanarGuide  # noqa: E402
 from .vae.likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
 from .vae.model import VAE  # noqa: E402
 from .vae.nets import ARCHITECTURES  # noqa: E402
 from .vae.objectives import OBJECTIVES, Objective  # noqa: E402
-from .runs.run import Run, load_run  # noqa: E402
-from .speed import Speed  # noqa: E402
-from .runs.fit import Trainer, fit  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .train.build import OPTIMIZERS, make_config
 from .config import LEGACY_OPTIONS, LR_SCHEDULES, Config
 from .data.datasets import DATASETS
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
+from .train.build import OPTIMIZERS, make_config
 from .vae.guides import GUIDES
 from .vae.likelihoods import LIKELIHOODS, likelihood_options
 from .vae.nets import ACTIVATIONS, ARCHITECTURES

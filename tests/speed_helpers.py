@@ -6,8 +6,8 @@ import pyro
 import pyro.optim
 from pyro.infer import Trace_ELBO
 
-from pyro_vae.vae.model import VAE
 from pyro_vae.speed import SVIStep
+from pyro_vae.vae.model import VAE
 
 
 def small_vae():

@@ -17,8 +17,8 @@ import loops
 import peers
 import speed
 
-from pyro_vae.vae.model import VAE
 from pyro_vae.speed import trace_elbo_loss
+from pyro_vae.vae.model import VAE
 
 #: tiny nets: one intra-op thread is faster, and immune to a busy machine's thread contention
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,9 +10,9 @@ import torch
 import pyro.optim
 
 from pyro_vae import UserError
-from pyro_vae.train.build import fusable_optimizer, speed_for
 from pyro_vae.checkpoint import FORMAT, atomic_write_text, clean_temp_files, load_checkpoint, save_checkpoint
-from pyro_vae.runs.run import RunLock, append_metrics, read_metrics, write_metrics
+from pyro_vae.runs.folder import RunLock, append_metrics, read_metrics, write_metrics
+from pyro_vae.train.build import fusable_optimizer, speed_for
 
 
 def good_state():

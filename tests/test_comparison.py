@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pyro_vae import Config, UserError
-from pyro_vae.cli import main
 from pyro_vae.analysis.compare import compare
+from pyro_vae.cli import main
 from pyro_vae.data.datasets import load_arrays, load_dataset
 from pyro_vae.vae.likelihoods import LIKELIHOODS
 

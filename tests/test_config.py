@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.train.build import make_config
 from pyro_vae.config import Config, parse_hidden
 from pyro_vae.errors import UserError
+from pyro_vae.train.build import make_config
 
 
 def test_defaults_are_the_documented_ones():

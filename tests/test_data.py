@@ -575,7 +575,7 @@ def test_8_bit_training_data_is_stored_as_uint8_with_identical_values():
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "discretized-logistic"])
 def test_streamed_and_device_resident_training_give_the_same_losses(tmp_path, likelihood):
-    from pyro_vae.runs.fit import Trainer
+    from pyro_vae.train.trainer import Trainer
 
     np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (90, 3, 5, 5), dtype=np.uint8))
     settings = dict(data=str(tmp_path / "x.npy"), likelihood=likelihood, hidden=(8,), z_dim=2, batch_size=16,

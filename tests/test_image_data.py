@@ -10,7 +10,6 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pyro_vae.errors import UserError
 from pyro_vae.data.images import (
     ImageData,
     RestrictedUnpickler,
@@ -23,6 +22,7 @@ from pyro_vae.data.images import (
     restricted_load,
     sample_photos,
 )
+from pyro_vae.errors import UserError
 
 # CIFAR-10 ---------------------------------------------------------------------------------------
 

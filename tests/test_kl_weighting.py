@@ -9,9 +9,9 @@ import pyro
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, UserError
+from pyro_vae.speed import CapturedLoss, trace_elbo_loss
 from pyro_vae.vae.kl_weighting import FreeBitsELBO, KLSchedule, KLWeight, KLWeighting, scale_sites
 from pyro_vae.vae.objectives import OBJECTIVES
-from pyro_vae.speed import CapturedLoss, trace_elbo_loss
 
 B, D, Z = 16, 64, 4
 

@@ -22,8 +22,8 @@ LAYERS = [
              "objectives", "kl_weighting", "evaluation"]),
     ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),
     ("data", ["images", "datasets"]),
-    ("train", ["schedules", "build", "loggers"]),
-    ("runs", ["plots", "latent", "run", "fit", "launch"]),
+    ("train", ["schedules", "build", "loggers", "trainer", "progress"]),
+    ("runs", ["plots", "latent", "folder", "run", "fit", "launch"]),
     ("analysis", ["paired", "compare"]),
     ("", ["cli"]),
 ]  # fmt: skip

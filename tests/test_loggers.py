@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from pyro_vae import UserError
-from pyro_vae.train.loggers import LOGGERS, CSVLogger, Logger, PlainProgress, build_loggers, format_epoch_line, image_grid
+from pyro_vae.train.loggers import (
+    LOGGERS,
+    CSVLogger,
+    Logger,
+    PlainProgress,
+    build_loggers,
+    format_epoch_line,
+    image_grid,
+)
 
 CONFIG = {"likelihood": "bernoulli", "z_dim": 4, "hidden": [32, 16], "lr": 0.001, "data_dir": None,
           "versions": {"torch": "2.0", "pyro": "1.9"}}  # fmt: skip

@@ -18,7 +18,7 @@ from pyro_vae import OPTIMIZERS, TrainingDiverged, UserError, fit, load_run
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.errors import TrainingInterrupted
-from pyro_vae.runs.run import RunLock
+from pyro_vae.runs.folder import RunLock
 from pyro_vae.speed import Speed
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

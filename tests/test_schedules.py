@@ -12,9 +12,9 @@ import pyro.optim
 from pyro_vae import Config, UserError, fit, load_run
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.data.datasets import load_dataset, with_validation
-from pyro_vae.vae.evaluation import evaluate
 from pyro_vae.train.schedules import GlobalClipOptim, LRSchedule
-from pyro_vae.runs.fit import Trainer
+from pyro_vae.train.trainer import Trainer
+from pyro_vae.vae.evaluation import evaluate
 
 TINY = dict(dataset="digits", hidden=(16,), z_dim=2, batch_size=256, device="cpu")
 

@@ -11,7 +11,7 @@ import pyro
 import pyro_vae
 from pyro_vae import Config, TrainingDiverged, UserError, fit, load_run
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.runs.fit import Step
+from pyro_vae.train.trainer import Step
 
 SMALL = dict(dataset="digits", hidden=(64,), z_dim=4, batch_size=64, device="cpu", quiet=True)
 
@@ -88,7 +88,7 @@ def test_resume_refuses_another_configuration_and_missing_checkpoint(tmp_path):
 
 
 def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    from pyro_vae.runs.fit import Trainer
+    from pyro_vae.train.trainer import Trainer
 
     train_epoch = Trainer.train_epoch
 

@@ -48,19 +48,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runs import plots
-from ..train.build import check_names, make_config, resolve_device
 from ..checkpoint import atomic_write_text, load_checkpoint
 from ..config import Config, parse_hidden
 from ..data.datasets import load_dataset
 from ..errors import UserError
+from ..runs import plots
+from ..runs.fit import fit
+from ..runs.folder import check_same_settings, saved_config
+from ..runs.run import load_run, write_evaluation
+from ..train.build import check_names, make_config, resolve_device
 from ..vae.evaluation import evaluate_terms, summarize
 from ..vae.guides import guide_class
 from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
 from ..vae.objectives import OBJECTIVES
 from .paired import all_pairs
-from ..runs.run import load_run, write_evaluation
-from ..runs.fit import fit
 
 
 @dataclass(frozen=True)
@@ -460,13 +461,10 @@ def _train(config, directory, overwrite):
     checkpoint = directory / "checkpoint.pt"
     if not overwrite and checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        saved = Config.from_dict(state["config"])
-        changed = saved.differences(config.resumed_from(saved))
-        if changed:
-            raise UserError(
-                f"{directory} holds a run with other settings ({', '.join(changed)} differ); "
-                "pass --overwrite to replace it, or choose another --out"
-            )
+        saved = saved_config(state, directory)
+        check_same_settings(saved, config.resumed_from(saved),
+                            f"{directory} holds a run with other settings ({{changed}} differ); "
+                            "pass --overwrite to replace it, or choose another --out")  # fmt: skip
         if state["epoch"] == config.epochs:
             return load_run(directory, config.device), True
         if state["epoch"] > config.epochs:

@@ -75,7 +75,7 @@ from ..speed import (
     torch_optimizer,
     trace_elbo_loss,
 )
-from .fit import Trainer
+from ..train.trainer import Trainer
 
 __all__ = ["PRECISIONS", "DDPStep", "DistributedTrainer", "LossModule", "autocast_networks", "fit", "launcher_env"]
 
@@ -292,7 +292,7 @@ def _seed_rank(seed, rank, epoch):
 
 
 class DistributedTrainer(Trainer):
-    """A :class:`~pyro_vae.runs.fit.Trainer` for one rank of a data-parallel run (or one process
+    """A :class:`~pyro_vae.train.trainer.Trainer` for one rank of a data-parallel run (or one process
     with ``precision="bf16"``). The process group must be initialized when ``world_size > 1``.
 
     :param int rank: this process's rank, ``0 <= rank < world_size``.

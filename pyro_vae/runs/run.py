@@ -1,21 +1,12 @@
-"""A run folder: what it holds, how it is written, and the run as a Python object.
-
-A run folder holds ``config.json`` (every setting, the data's shape and the package versions),
-``metrics.jsonl`` (one JSON line per epoch: ``train_elbo``, ``valid_elbo``, ...), ``checkpoint.pt``
-(the last epoch), ``best.pt`` (the epoch with the best validation ELBO), ``final.json`` (the test
-ELBO, scored once at the end), pictures and the loggers' outputs (:data:`RUN_FILES`).
-:class:`Run` is a trained VAE with its settings and metrics (load one with :func:`load_run`):
-sample, reconstruct, evaluate.
+"""A trained run as a Python object: :class:`Run`, a trained VAE with its settings and metrics, read back
+from a run folder (:mod:`pyro_vae.runs.folder`) with :func:`load_run`: sample, reconstruct, evaluate, and the
+latent-space tools.
 """
 
 import contextlib
-import errno
 import json
 import math
-import os
-import platform
 import shlex
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,159 +16,16 @@ import pyro
 
 from . import latent, plots
 from ..train.build import build_vae, prepare_data, resolve_device
-from ..checkpoint import atomic_write_text, load_checkpoint, refuse_symlink
+from ..checkpoint import atomic_write_text, load_checkpoint
 from ..config import Config
 from ..data.datasets import interpret_array
 from ..errors import UserError
 from ..vae.evaluation import evaluate_terms, summarize
 from ..user_code import is_import_spec
-
-#: Files a run folder holds; ``--overwrite`` removes exactly these.
-RUN_FILES = (
-    "config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png", "curves.png",
-    "manifold.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns",
-)  # fmt: skip
+from .folder import check_same_settings, read_metrics, saved_config, write_file_checked
 
 #: ``load_run(checkpoint=...)`` / ``--checkpoint``: the file of each choice
 CHECKPOINTS = {"best": "best.pt", "last": "checkpoint.pt"}
-
-
-def package_versions():
-    """The versions of pyro-vae, Pyro, PyTorch, torchvision, NumPy and Python (recorded in ``config.json``)."""
-    import numpy
-    import torchvision
-
-    return {
-        "pyro_vae": __import__("pyro_vae").__version__,
-        "pyro": pyro.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def new_run_dir(config, base="runs"):
-    """A new folder name under ``base``: ``<dataset or data file>-<likelihood>-<date>-<time>[-i]``."""
-    stem = f"{config.dataset if not config.data else Path(config.data).stem}-{config.likelihood}-"
-    stem += datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, i = Path(base) / stem, 1
-    while path.exists():
-        i += 1
-        path = Path(base) / f"{stem}-{i}"
-    return path
-
-
-def holds_run(out):
-    """True when the folder ``out`` holds (part of) a run."""
-    return any((Path(out) / f).exists() for f in ("config.json", "checkpoint.pt", "metrics.jsonl"))
-
-
-def read_metrics(path, upto_epoch=None):
-    """The records of ``metrics.jsonl`` (those of epochs up to ``upto_epoch``), ``[]`` if there is none.
-
-    Metrics are a record, not the model: a damaged file (a partial last line, which a full disk or
-    a kill during an append by older versions leaves, or bytes that are not JSON) never blocks a
-    run. Lines that are not a JSON object with an integer ``epoch`` are skipped, as are repeated
-    and out-of-order epochs; :func:`write_metrics` then writes the repaired file.
-    """
-    path = Path(path)
-    metrics = []
-    if not path.exists():
-        return metrics
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    for line in text.splitlines():
-        try:
-            m = json.loads(line)
-        except ValueError:
-            continue
-        if not (isinstance(m, dict) and type(m.get("epoch")) is int and m["epoch"] >= 1):
-            continue
-        if metrics and m["epoch"] <= metrics[-1]["epoch"]:
-            continue
-        if upto_epoch is None or m["epoch"] <= upto_epoch:
-            metrics.append(m)
-    return metrics
-
-
-def write_config(out, config, meta):
-    """Write ``config.json``: the settings and ``meta`` (data shape, versions), atomically."""
-    atomic_write_text(Path(out) / "config.json", json.dumps({**config.to_dict(), **meta}, indent=2) + "\n")
-
-
-def write_metrics(out, metrics):
-    """Write ``metrics.jsonl`` anew with ``metrics`` (atomically)."""
-    atomic_write_text(Path(out) / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-
-
-def append_metrics(out, record):
-    """Append one epoch's record to ``metrics.jsonl``: the whole file is rewritten atomically with the
-    new line, so a crash or a full disk never leaves a partial line."""
-    write_metrics(out, [*read_metrics(Path(out) / "metrics.jsonl"), record])
-
-
-class RunLock:
-    """An exclusive lock on a run folder (``RUN/.lock``, :func:`fcntl.flock`), held while a run trains.
-
-    A second ``fit`` or ``fit --resume`` on the same folder is refused while the first holds it. The
-    operating system releases the lock when its process ends, however it ends, so a lock file left
-    by a killed process is stale and taken over (the file itself stays; it holds the holder's pid).
-
-    :raises UserError: when another process holds the lock.
-    """
-
-    def __init__(self, folder):
-        self.path = Path(folder) / ".lock"
-        self._fd = None
-
-    def acquire(self):
-        import fcntl
-
-        refuse_symlink(self.path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f" (process {holder})" if holder else ""
-                raise UserError(f"{self.path.parent} is in use by another pyro-vae run{who}; wait for it to finish "
-                                "or choose another --out") from None  # fmt: skip
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self):
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-def resume_command(out):
-    """The command that continues the run in ``out`` (for messages)."""
-    return f"pyro-vae fit --out {shlex.quote(str(out))} --resume"
-
-
-def write_file_checked(path, write, what):
-    """Write a file of a run folder, refusing links; an :class:`OSError` (read-only folder, full disk)
-    becomes a one-line :class:`UserError` naming ``what``."""
-    refuse_symlink(path)
-    try:
-        write(path)
-    except OSError as e:
-        raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from None
 
 
 class Run:
@@ -439,12 +287,8 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
     other = directory / ("checkpoint.pt" if path.name == "best.pt" else "best.pt")
     if other.exists():  # a damaged run folder is refused whole, even when the checkpoint used is intact
         load_checkpoint(other)
-    try:
-        saved = Config.from_dict(state["config"])
-    except (UserError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"the checkpoint in {directory} is damaged (its config: {e}); retrain the run") from None
-    if saved.differences(config):
-        raise UserError(f"the checkpoint in {directory} is from another configuration than its config.json")
+    check_same_settings(saved_config(state, directory), config,
+                        f"the checkpoint in {directory} is from another configuration than its config.json")
     vae = build_vae(config, item, levels).to(device)
     try:
         vae.load_state_dict(state["model"])

@@ -39,7 +39,7 @@ switch of :class:`Speed`:
   :func:`torch.jit.trace`, and it asks the same of the model and guide: the same operations for
   every batch of a shape;
 - ``compile``: :func:`torch.compile` the captured loss graph (a backend name); where the loss is
-  not captured, :class:`~pyro_vae.runs.fit.Trainer` compiles the MLPs of the encoder and decoder
+  not captured, :class:`~pyro_vae.train.trainer.Trainer` compiles the MLPs of the encoder and decoder
   (:func:`compile_nets`);
 - ``experimental_cuda_graph``: on CUDA, capture a full-size step in a CUDA graph and replay it
   (:mod:`pyro_vae.speed.cuda_graph`). Off by default and experimental: it has not yet been run on

@@ -40,7 +40,7 @@ class Speed:
     :param bool capture: replay the loss from a graph traced once per batch shape (:class:`CapturedLoss`).
     :param str compile: a :func:`torch.compile` backend (e.g. ``"inductor"``) for the captured loss
         graph; where the loss is not captured (``capture=False``, or an objective other than
-        ``Trace_ELBO``), :class:`~pyro_vae.runs.fit.Trainer` compiles the encoder and decoder MLPs
+        ``Trace_ELBO``), :class:`~pyro_vae.train.trainer.Trainer` compiles the encoder and decoder MLPs
         instead. ``None``: no compilation.
     :param bool experimental_cuda_graph: capture full-size steps in a CUDA graph and replay them
         (:class:`~pyro_vae.speed.cuda_graph.CUDAGraphStep`; CUDA only, ignored on the CPU). Off by

@@ -16,12 +16,12 @@ import pyro.optim
 from ..config import LEGACY_OPTIONS, Config
 from ..data.datasets import DATASETS, Dataset, load_dataset, with_validation
 from ..errors import UserError
+from ..registry import Registry
 from ..vae.guides import guide_class
 from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
 from ..vae.model import VAE
 from ..vae.nets import build_architecture
 from ..vae.objectives import OBJECTIVES
-from ..registry import Registry
 from .schedules import GlobalClipOptim
 
 __all__ = [

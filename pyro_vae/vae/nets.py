@@ -32,9 +32,9 @@ import torch.nn as nn
 
 from ..config import parse_hidden, parse_widths
 from ..errors import UserError
-from .image_nets import ENCODER_CHANNELS, ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder
 from ..registry import Registry
 from ..user_code import resolve_class
+from .image_nets import ENCODER_CHANNELS, ConvDecoder, ConvEncoder, ResNetDecoder, ResNetEncoder
 
 __all__ = [
     "ACTIVATIONS", "ARCHITECTURES", "Architecture", "ConvArchitecture", "MLP", "MLPArchitecture",

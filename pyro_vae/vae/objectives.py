@@ -34,10 +34,10 @@ from torch.distributions import kl_divergence
 from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanField_ELBO
 from pyro.util import warn_if_nan
 
-from . import kl  # noqa: F401  (registers the closed-form KL of the full-rank guide)
 from ..errors import UserError
-from .guides import check_guide, preserved_rng
 from ..registry import Registry
+from . import kl  # noqa: F401  (registers the closed-form KL of the full-rank guide)
+from .guides import check_guide, preserved_rng
 
 OBJECTIVES = Registry("objective")
 
