@@ -226,7 +226,7 @@ class ExampleLoop:
     def __init__(self, config, num_workers=0, seed=0):
         from torchvision import datasets, transforms
 
-        from pyro_vae.data.datasets import data_root
+        from pyro_vae.data.sources import data_root
         from pyro_vae.train.build import resolve_device
 
         self.device = resolve_device(config.device)

@@ -16,7 +16,7 @@ import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyro_vae.data.datasets import load_dataset
+from pyro_vae.data.load import load_dataset
 from pyro_vae.vae.nets import MLP
 
 

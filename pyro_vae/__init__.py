@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 
 from .analysis.compare import Comparison, compare  # noqa: E402
 from .config import Config  # noqa: E402
-from .data.datasets import DATASETS, Dataset, DatasetSource, load_dataset  # noqa: E402
+from .data.dataset import Dataset
+from .data.load import load_dataset  # noqa: E402
+from .data.sources import DATASETS, DatasetSource
 from .errors import TrainingDiverged, UserError  # noqa: E402
 from .runs.fit import fit  # noqa: E402
 from .runs.run import Run, load_run  # noqa: E402

@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from .config import LEGACY_OPTIONS, LR_SCHEDULES, Config
-from .data.datasets import DATASETS
+from .data.sources import DATASETS
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .train.build import OPTIMIZERS, make_config
 from .vae.guides import GUIDES

@@ -102,7 +102,7 @@ def test_unknown_likelihood_and_dataset(capsys):
 
 
 def test_missing_data(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("pyro_vae.data.datasets._download", lambda *a, **k: False)
+    monkeypatch.setattr("pyro_vae.data.sources._download", lambda *a, **k: False)
     assert_user_error(run_cli(capsys, "fit", "--dataset", "frey", "--data-dir", tmp_path, "--out", tmp_path / "r"),
                       "frey data not found", str(tmp_path / "frey" / "frey_rawface.mat"))  # fmt: skip
     assert_user_error(run_cli(capsys, "fit", "--data", tmp_path / "none.npy", "--out", tmp_path / "r"), "does not exist")
@@ -180,7 +180,7 @@ def digits_labels():
 
 
 def test_digits_keep_their_labels():
-    from pyro_vae.data.datasets import load_dataset
+    from pyro_vae.data.load import load_dataset
 
     dataset = load_dataset("digits")
     train, test = digits_labels()
@@ -210,8 +210,8 @@ def test_encode_npy_csv_samples_and_own_data(capsys, trained, tmp_path):
 
     code, _, _ = run_cli(capsys, "encode", trained, "--split", "train", "--what", "scale", "-o", tmp_path / "s.csv")
     z, labels = latent.load_codes(tmp_path / "s.csv")
-    # the training items less the seeded 10% validation split (pyro_vae.data.datasets.with_validation)
-    from pyro_vae.data.datasets import load_dataset, with_validation
+    # the training items less the seeded 10% validation split (pyro_vae.data.load.with_validation)
+    from pyro_vae.data.load import load_dataset, with_validation
 
     expected = with_validation(load_dataset("digits"), "digits").labels.numpy()
     assert code == 0 and z.shape == (1455, 2) and (z > 0).all() and np.array_equal(labels, expected)
@@ -222,7 +222,7 @@ def test_encode_npy_csv_samples_and_own_data(capsys, trained, tmp_path):
     assert code == 0 and np.load(tmp_path / "k.npy").shape == (180, 3, 2)
 
     # your own file, with labels beside the data: the same items give the same codes as --split test
-    from pyro_vae.data.datasets import load_dataset
+    from pyro_vae.data.load import load_dataset
 
     dataset = load_dataset("digits")
     np.savez(tmp_path / "mine.npz", x=dataset.test.numpy(), y=np.arange(180) % 3)

@@ -11,7 +11,8 @@ import pytest
 from pyro_vae import Config, UserError
 from pyro_vae.analysis.compare import compare
 from pyro_vae.cli import main
-from pyro_vae.data.datasets import load_arrays, load_dataset
+from pyro_vae.data.files import load_arrays
+from pyro_vae.data.load import load_dataset
 from pyro_vae.vae.likelihoods import LIKELIHOODS
 
 TINY = dict(dataset="digits", epochs=1, hidden=(32,), z_dim=4, batch_size=256, device="cpu")

@@ -9,7 +9,9 @@ import torch
 import pyro
 
 from pyro_vae import UserError, load_dataset
-from pyro_vae.data.datasets import DATASETS, DataWarning, cache_dir, data_root, load_arrays, seeded_split
+from pyro_vae.data.dataset import seeded_split
+from pyro_vae.data.files import DataWarning, load_arrays
+from pyro_vae.data.sources import DATASETS, cache_dir, data_root
 
 
 def test_registry_lists_datasets():
@@ -43,7 +45,7 @@ def test_data_root_precedence(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name", ["mnist", "frey", "binarized-mnist"])
 def test_missing_data_says_where_it_looked(name, tmp_path, monkeypatch):
-    import pyro_vae.data.datasets as data
+    import pyro_vae.data.sources as data
 
     monkeypatch.setattr(data, "_download", lambda *a, **k: False)  # offline, whatever the machine
     monkeypatch.setattr("torchvision.datasets.MNIST.mirrors", ["http://127.0.0.1:9/"])
@@ -519,7 +521,7 @@ def test_cifar10_svhn_celeba_read_from_the_data_folder_or_say_where_they_looked(
     import scipy.io
     from test_image_data import write_cifar
 
-    monkeypatch.setattr("pyro_vae.data.datasets._writable", lambda path: False)  # a read-only folder: nothing is fetched
+    monkeypatch.setattr("pyro_vae.data.sources._writable", lambda path: False)  # a read-only folder: nothing is fetched
     with pytest.raises(UserError, match=r"cifar10 data not found: looked for .*cifar-10-batches-py"):
         load_dataset("cifar10", data_dir=tmp_path)
     rows, labels = write_cifar(tmp_path, n=3)

@@ -21,7 +21,7 @@ LAYERS = [
     ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
              "objectives", "kl_weighting", "evaluation"]),
     ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),
-    ("data", ["images", "datasets"]),
+    ("data", ["images", "dataset", "sources", "files", "load"]),
     ("train", ["schedules", "build", "loggers", "trainer", "progress"]),
     ("runs", ["plots", "latent", "folder", "run", "fit", "launch"]),
     ("analysis", ["paired", "compare"]),

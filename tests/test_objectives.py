@@ -10,7 +10,7 @@ import pyro.distributions as dist
 from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import OBJECTIVES, VAE, Config, Guide, UserError, build_vae, evaluate, fit, log_weights
-from pyro_vae.data.datasets import load_dataset
+from pyro_vae.data.load import load_dataset
 from pyro_vae.vae.nets import MLP
 from pyro_vae.vae.objectives import RWS, PerDatapointRWS, build_objective
 

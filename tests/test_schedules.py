@@ -11,7 +11,7 @@ import pyro.optim
 
 from pyro_vae import Config, UserError, fit, load_run
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.data.datasets import load_dataset, with_validation
+from pyro_vae.data.load import load_dataset, with_validation
 from pyro_vae.train.schedules import GlobalClipOptim, LRSchedule
 from pyro_vae.train.trainer import Trainer
 from pyro_vae.vae.evaluation import evaluate
@@ -34,7 +34,8 @@ def test_validation_split_of_digits_is_a_seeded_tenth_of_the_training_items():
 
 
 def test_mnist_protocol_is_the_last_5000():
-    from pyro_vae.data.datasets import DATASETS, Dataset
+    from pyro_vae.data.dataset import Dataset
+    from pyro_vae.data.sources import DATASETS
 
     train = torch.arange(60000, dtype=torch.float32)[:, None]
     d = with_validation(Dataset("mnist", train, train[:10], (1, 1), None), "mnist")

@@ -50,7 +50,7 @@ import torch
 
 from ..checkpoint import atomic_write_text, load_checkpoint
 from ..config import Config, parse_hidden
-from ..data.datasets import load_dataset
+from ..data.load import load_dataset
 from ..errors import UserError
 from ..runs import plots
 from ..runs.fit import fit

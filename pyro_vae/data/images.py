@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
 
-#: Seed and fraction of the fixed test split of data sets that come without one (as pyro_vae.data.datasets).
+#: Seed and fraction of the fixed test split of data sets that come without one (as pyro_vae.data.dataset).
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 #: File name endings read by :func:`load_image_folder` (case-insensitive).

@@ -43,7 +43,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param out: the run folder; default a new folder under ``runs/``.
     :param bool resume: continue the run in ``out`` from its checkpoint (settings other than
         ``epochs``, ``device`` and ``data_dir`` must match the saved ones, the data must be the same,
-        by :meth:`~pyro_vae.data.datasets.Dataset.fingerprint`, and ``epochs`` at least those already run).
+        by :meth:`~pyro_vae.data.dataset.Dataset.fingerprint`, and ``epochs`` at least those already run).
     :param bool overwrite: replace a run already in ``out``. The new settings are checked (names,
         data, guide, device) before anything in ``out`` is touched, and the old run's files are
         replaced only once the new run has written its first checkpoint (it trains in

@@ -491,7 +491,7 @@ def run_items(run, split="test", data=None, labels=None):
         labels of the wrong length.
     """
     from ..train.build import TEST_PREP_SEED, prepare_data, prepare_valid
-    from ..data.datasets import _labels, _read_file, interpret_array
+    from ..data.files import _labels, _read_file, interpret_array
 
     seed = run.config.seed + TEST_PREP_SEED
     if data is not None:

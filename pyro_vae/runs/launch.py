@@ -509,7 +509,8 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
     """
     from . import fit as training
     from ..train.build import make_config
-    from .run import load_run, new_run_dir
+    from .folder import new_run_dir
+    from .run import load_run
 
     settings = {k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in type(make_config()).__dataclass_fields__}
     config = make_config(config, **settings)

@@ -18,7 +18,7 @@ from . import latent, plots
 from ..train.build import build_vae, prepare_data, resolve_device
 from ..checkpoint import atomic_write_text, load_checkpoint
 from ..config import Config
-from ..data.datasets import interpret_array
+from ..data.files import interpret_array
 from ..errors import UserError
 from ..vae.evaluation import evaluate_terms, summarize
 from ..user_code import is_import_spec
@@ -88,7 +88,7 @@ class Run:
 
         Accepts what training accepted: items in any layout whose values number ``D`` (``(N, D)``,
         ``(N, H, W)``, ``(N, C, H, W)``, ...). A NumPy array is read by the rules of ``--data``
-        (:func:`~pyro_vae.data.datasets.interpret_array`: uint8 ``0..255`` scaled to ``[0, 1]``, 0/1
+        (:func:`~pyro_vae.data.files.interpret_array`: uint8 ``0..255`` scaled to ``[0, 1]``, 0/1
         integers as binary); a tensor of an integer dtype likewise; a float tensor is taken as it is
         (values as the run's prepared data, e.g. in ``[0, 1]``). One item may be given without the
         leading ``N``.

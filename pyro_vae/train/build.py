@@ -14,7 +14,9 @@ import torch
 import pyro.optim
 
 from ..config import LEGACY_OPTIONS, Config
-from ..data.datasets import DATASETS, Dataset, load_dataset, with_validation
+from ..data.dataset import Dataset
+from ..data.load import load_dataset, with_validation
+from ..data.sources import DATASETS
 from ..errors import UserError
 from ..registry import Registry
 from ..vae.guides import guide_class
@@ -175,7 +177,7 @@ def prepare_data(config, likelihood, device, dataset=None, train_device=None):
     """Check and prepare the data for ``likelihood`` on ``device`` (loading it unless ``dataset`` is given).
 
     Returns ``(dataset, train, test)``: ``train`` has had the deterministic preparation applied
-    (random preparation happens per batch; the validation items of :func:`~pyro_vae.data.datasets.with_validation`
+    (random preparation happens per batch; the validation items of :func:`~pyro_vae.data.load.with_validation`
     are not in it), on ``train_device`` (default ``device``); ``test`` is fully prepared once with a fixed seed so
     that test numbers are comparable across epochs and runs. The validation set
     (``dataset.valid``) is prepared the same way with its own seed: :func:`prepare_valid`.

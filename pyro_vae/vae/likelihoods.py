@@ -8,7 +8,7 @@ decoders, Kingma & Welling 2013, Appendix C). A family also says which data it m
 (:attr:`~Likelihood.discrete`), and how data is prepared for it.
 
 **Which data each family scores.** Images are stored as levels :math:`v = k / (L - 1)`,
-:math:`k \in \{0, \dots, L-1\}` (:attr:`pyro_vae.data.datasets.Dataset.levels`: 256 for 8-bit pixels).
+:math:`k \in \{0, \dots, L-1\}` (:attr:`pyro_vae.data.dataset.Dataset.levels`: 256 for 8-bit pixels).
 
 - ``bernoulli`` is a pmf on binary data: grayscale data is binarized first, so it scores
   *different data* from the other families (unless the data set is binary, :math:`L = 2`).

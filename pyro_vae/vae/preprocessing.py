@@ -7,7 +7,7 @@ random one afresh each time a batch is used (:meth:`Preparation.batch`; with a f
 :class:`torch.Generator` for a test set, so that test numbers compare across epochs and runs).
 
 Images are stored as levels :math:`v = k / (L - 1)`, :math:`k \in \{0, \dots, L-1\}`
-(:attr:`pyro_vae.data.datasets.Dataset.levels`). The preparations:
+(:attr:`pyro_vae.data.dataset.Dataset.levels`). The preparations:
 
 - :class:`Binarize`: a Bernoulli pmf needs 0/1 data: dynamic binarization
   :math:`x_d \sim \mathrm{Bernoulli}(v_d)` per use (Burda et al. 2015), a threshold
