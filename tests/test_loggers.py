@@ -115,7 +115,7 @@ def test_missing_extra_names_it(monkeypatch, name, module):
 
     monkeypatch.setattr(builtins, "__import__", no_module)
     monkeypatch.setattr("importlib.import_module", lambda mod: no_module(mod))
-    with pytest.raises(UserError, match=rf"pip install 'pyro-vae\[{name}\]'"):
+    with pytest.raises(UserError, match=rf"pip install -e '\.\[{name}\]' in a checkout of pyro-vae \(pip install 'pyro-vae\[{name}\]'"):
         build_loggers([name])
 
 
