@@ -1,0 +1,164 @@
+"""The tutorials show what the program does: their commands and code run, at smoke budgets, and what the
+pages show (output lines, metrics keys, file lists) is compared with what the run printed and wrote.
+
+A page's ``console`` blocks are read as a shell session: ``$ COMMAND`` lines (``\\`` continues one) and, under
+each, the output the page shows. :func:`run_session` runs the commands one after the other in a scratch folder
+(``pyro-vae`` as ``python -m pyro_vae`` of this checkout, stdout and stderr together, ``echo $?`` as the status
+of the command before) after the page's smoke substitutions (the bundled ``digits`` instead of MNIST, fewer
+importance samples). :func:`same_shape` then compares each shown output with the printed one word by word,
+every number standing for any number: the words, their order and the number of lines must agree, so a renamed
+column, a new line or a missing file fails, a different loss does not. A block preceded by the MyST comment
+line ``% docs-test: skip`` is only shown (e.g. a 100-epoch command).
+
+The end-to-end runs are marked ``examples`` (``make examples`` runs them, as CI does); the parsing checks run
+with the rest of the suite.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+TUTORIALS = ROOT / "docs" / "tutorials"
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
+SKIP = "% docs-test: skip"
+
+
+def fenced_blocks(page, language):
+    """``(skipped, text)`` of each fenced block of ``language`` in the Markdown file ``page``, in order."""
+    lines = Path(page).read_text().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == f"```{language}":
+            j = lines.index("```", i + 1)
+            blocks.append((i > 0 and lines[i - 1].strip() == SKIP, "\n".join(lines[i + 1 : j])))
+            i = j
+        i += 1
+    return blocks
+
+
+def session(page):
+    """``[(command, shown output)]`` of the page's console blocks that are not skipped."""
+    steps = []
+    for skipped, text in fenced_blocks(page, "console"):
+        if skipped:
+            continue
+        for line in text.replace("\\\n", " ").splitlines():
+            if line.startswith("$ "):
+                steps.append([line[2:].strip(), []])
+            elif steps:
+                steps[-1][1].append(line)
+    return [(command, "\n".join(output)) for command, output in steps]
+
+
+def pattern(word):
+    """A regex matching ``word`` with each number in it standing for any number."""
+    parts = re.split(f"({NUMBER})", word)
+    return "".join(NUMBER if k % 2 else re.escape(part) for k, part in enumerate(parts))
+
+
+def same_shape(shown, printed):
+    """``None`` when ``printed`` has the words of ``shown`` (numbers apart) in order, else what differs."""
+    want, got = shown.split(), printed.split()
+    for k, (w, g) in enumerate(zip(want, got)):
+        if not re.fullmatch(pattern(w), g):
+            return f"word {k}: the page shows {w!r}, the program printed {g!r}"
+    if len(want) != len(got):
+        return f"the page shows {len(want)} words, the program printed {len(got)}"
+    return None
+
+
+def run_session(steps, cwd, replace=()):
+    """Run ``steps`` (after the ``(old, new)`` substitutions ``replace``) in ``cwd``; ``[(command, printed)]``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", COLUMNS="200")
+    env.pop("PYRO_VAE_DATA", None)
+    pyro_vae = f"{shlex.quote(sys.executable)} -m pyro_vae"
+    printed, status = [], 0
+    for command, _ in steps:
+        for old, new in replace:
+            command = command.replace(old, new)
+        command = command.split("  #")[0].strip()
+        if command.startswith("export "):
+            continue  # the data folder: the bundled digits need none
+        if command == "echo $?":
+            printed.append((command, str(status)))
+            continue
+        command = re.sub(r"^pyro-vae ", pyro_vae + " ", command)
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            timeout=600,
+        )  # fmt: skip
+        status = done.returncode
+        printed.append((command, done.stdout))
+    return printed
+
+
+def keys_listed(page, name):
+    """The backquoted names after ``keys`` on the page's bullet line of file ``name``."""
+    for line in Path(page).read_text().splitlines():
+        if line.startswith(f"- `{name}`:"):
+            return re.findall(r"`(\w+)`", line.split("keys", 1)[1])
+    raise AssertionError(f"{page} has no bullet line for {name}")
+
+
+def test_the_tutorial_pages_parse():
+    cli = session(TUTORIALS / "first-fit-cli.md")
+    commands = [command for command, _ in cli]
+    assert commands[0].startswith("export PYRO_VAE_DATA")
+    assert sum(c.startswith("pyro-vae fit") for c in commands) == 3  # the long paper command is skipped
+    assert "ls runs/mnist" in commands and "echo $?" in commands
+    assert keys_listed(TUTORIALS / "first-fit-cli.md", "metrics.jsonl")[:2] == ["epoch", "train_elbo"]
+    assert len(fenced_blocks(TUTORIALS / "first-fit-python.md", "text")) == 1
+
+
+def test_same_shape_compares_words_with_numbers_free():
+    assert same_shape("epoch   1/5  valid ELBO  -130.507  (7559 items/s)", "epoch 1/5 valid ELBO -31.2 (9 items/s)") is None
+    assert "test" in same_shape("test ELBO -1.0", "valid ELBO -1.0")
+    assert "words" in same_shape("a.pt b.pt", "a.pt b.pt c.json")
+    assert same_shape("lr 1e-3", "lr 0.001") is None
+
+
+@pytest.mark.examples
+def test_first_fit_cli_page_shows_what_the_program_prints(tmp_path):
+    page = TUTORIALS / "first-fit-cli.md"
+    steps = session(page)
+    printed = run_session(
+        steps, tmp_path, replace=[("--dataset mnist", "--dataset digits"), ("--samples 1000", "--samples 20")]
+    )
+    for (command, shown), (ran, output) in zip(steps, printed):
+        shown = shown.replace(" on mnist:", " on digits:")
+        difference = same_shape(shown, output)
+        assert difference is None, f"{page.name}: `{command}` (ran `{ran}`): {difference}\nprinted:\n{output}"
+    run = tmp_path / "runs" / "mnist"
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert keys_listed(page, "metrics.jsonl") == list(record)
+    assert keys_listed(page, "final.json") == list(json.loads((run / "final.json").read_text()))
+    assert keys_listed(page, "evaluation.json") == list(json.loads((run / "evaluation.json").read_text()))
+
+
+@pytest.mark.examples
+def test_first_fit_python_page_shows_what_the_example_prints(tmp_path, monkeypatch):
+    page = TUTORIALS / "first-fit-python.md"
+    [(_, shown)] = fenced_blocks(page, "text")
+    out = tmp_path / "first-fit-python"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "first_fit.py"), "--dataset", "digits", "--epochs", "5",
+         "--samples", "20", "--subset", "50", "--out", str(out)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    difference = same_shape(shown.replace("runs/first-fit-python", str(out)), done.stdout)
+    assert difference is None, f"{page.name}: {difference}\nprinted:\n{done.stdout}"
+
+    # the page's code blocks run against that run folder
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for skipped, code in fenced_blocks(page, "python"):
+        if not skipped:
+            exec(compile(code.replace('"runs/mnist"', repr(str(out))), page.name, "exec"), {"pyro_vae": __import__("pyro_vae")})
