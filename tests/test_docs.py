@@ -3,8 +3,7 @@ pages show (output lines, metrics keys, file lists) is compared with what the ru
 
 A page's ``console`` blocks are read as a shell session: ``$ COMMAND`` lines (``\\`` continues one) and, under
 each, the output the page shows. :func:`run_session` runs the commands one after the other in a scratch folder
-(``pyro-vae`` as ``python -m pyro_vae`` of this checkout, stdout and stderr together, ``echo $?`` as the status
-of the command before) after the page's smoke substitutions (the bundled ``digits`` instead of MNIST, fewer
+(``pyro-vae`` in this process, stderr then stdout, ``echo $?`` as the status of the command before) after the page's smoke substitutions (the bundled ``digits`` instead of MNIST, fewer
 importance samples). :func:`same_shape` then compares each shown output with the printed one word by word,
 every number standing for any number: the words, their order and the number of lines must agree, so a renamed
 column, a new line or a missing file fails, a different loss does not. A block preceded by the MyST comment
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+
+from pyro_vae.cli import main
 
 TUTORIALS = ROOT / "docs" / "tutorials"
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
@@ -74,28 +75,30 @@ def same_shape(shown, printed):
     return None
 
 
-def run_session(steps, cwd, replace=()):
-    """Run ``steps`` (after the ``(old, new)`` substitutions ``replace``) in ``cwd``; ``[(command, printed)]``."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", COLUMNS="200")
-    env.pop("PYRO_VAE_DATA", None)
-    pyro_vae = f"{shlex.quote(sys.executable)} -m pyro_vae"
+def run_session(steps, capsys, replace=()):
+    """Run ``steps`` (after the ``(old, new)`` substitutions ``replace``) in the current folder; ``[(command,
+    printed)]``. ``pyro-vae`` runs in this process (:func:`pyro_vae.cli.main`, sparing a fresh interpreter per
+    command; what it writes to stderr comes first, as on a terminal: the epoch lines, then the summary),
+    other commands in bash."""
     printed, status = [], 0
     for command, _ in steps:
         for old, new in replace:
             command = command.replace(old, new)
         command = command.split("  #")[0].strip()
         if command.startswith("export "):
-            continue  # the data folder: the bundled digits need none
-        if command == "echo $?":
+            printed.append((command, ""))  # the data folder: the bundled digits need none
+        elif command == "echo $?":
             printed.append((command, str(status)))
-            continue
-        command = re.sub(r"^pyro-vae ", pyro_vae + " ", command)
-        done = subprocess.run(
-            ["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=600,
-        )  # fmt: skip
-        status = done.returncode
-        printed.append((command, done.stdout))
+        elif command.startswith("pyro-vae "):
+            capsys.readouterr()
+            status = main(shlex.split(command)[1:])
+            out, err = capsys.readouterr()
+            printed.append((command, err + out))
+        else:
+            done = subprocess.run(["bash", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, timeout=60)  # fmt: skip
+            status = done.returncode
+            printed.append((command, done.stdout))
     return printed
 
 
@@ -125,11 +128,13 @@ def test_same_shape_compares_words_with_numbers_free():
 
 
 @pytest.mark.examples
-def test_first_fit_cli_page_shows_what_the_program_prints(tmp_path):
+def test_first_fit_cli_page_shows_what_the_program_prints(tmp_path, monkeypatch, capsys):
     page = TUTORIALS / "first-fit-cli.md"
     steps = session(page)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")
     printed = run_session(
-        steps, tmp_path, replace=[("--dataset mnist", "--dataset digits"), ("--samples 1000", "--samples 20")]
+        steps, capsys, replace=[("--dataset mnist", "--dataset digits"), ("--samples 1000", "--samples 20")]
     )
     for (command, shown), (ran, output) in zip(steps, printed):
         shown = shown.replace(" on mnist:", " on digits:")
@@ -162,3 +167,11 @@ def test_first_fit_python_page_shows_what_the_example_prints(tmp_path, monkeypat
     for skipped, code in fenced_blocks(page, "python"):
         if not skipped:
             exec(compile(code.replace('"runs/mnist"', repr(str(out))), page.name, "exec"), {"pyro_vae": __import__("pyro_vae")})
+
+
+@pytest.mark.examples
+def test_python_m_pyro_vae_is_the_command():
+    done = subprocess.run([sys.executable, "-m", "pyro_vae", "evaluate", "no-such-run"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", "error: no-such-run is not a pyro-vae run folder "
+                                                                  "(no config.json)\n")
