@@ -227,12 +227,16 @@ class ExampleLoop:
         from torchvision import datasets, transforms
 
         from pyro_vae.train.build import resolve_device
-        from pyro_vae.data.datasets import data_root
+        from pyro_vae.data.datasets import cache_dir, data_root, load_dataset
 
         self.device = resolve_device(config.device)
         if config.dataset == "mnist":
-            root = str(data_root(config.data_dir))
-            train_set = datasets.MNIST(root, train=True, download=True, transform=transforms.ToTensor())
+            root = data_root(config.data_dir)
+            if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+                # archives only (perhaps read-only): pyro-vae's reader unpacks a copy in its cache, read from there
+                load_dataset("mnist", config.data_dir)
+                root = cache_dir() if (cache_dir() / "MNIST" / "raw" / "train-images-idx3-ubyte").exists() else root
+            train_set = datasets.MNIST(str(root), train=True, download=True, transform=transforms.ToTensor())
         else:  # a smoke run on scikit-learn's digits: the same per-item ToTensor path
             train_set = _DigitImages(transforms.ToTensor())
         x_dim = train_set[0][0].numel()
