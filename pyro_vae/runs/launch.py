@@ -8,7 +8,7 @@ script exports) each launched process is one rank and nothing is spawned. See ``
 
 **What a step computes.** The one-process step on a global minibatch :math:`B` of :math:`M` items
 descends the gradient of :math:`-\widetilde{\mathcal{L}}(B) = -\sum_{i\in B}\widetilde{\mathcal{L}}(x_i)`
-(eq. 6 of Kingma & Welling 2013; a sum, not a mean). With :math:`W` processes, every process holds
+(the per-item estimate of eq. 6 of Kingma & Welling 2013, summed as in eq. 8 without its :math:`N/M`). With :math:`W` processes, every process holds
 the same seeded permutation of the epoch (drawn on rank 0 and broadcast) and rank :math:`r` takes the
 :math:`r`-th of :math:`W` near-equal slices :math:`B_r` of each global batch
 (:func:`torch.tensor_split`), so :math:`\bigcup_r B_r = B`. Rank :math:`r` computes its loss
