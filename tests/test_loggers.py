@@ -204,3 +204,20 @@ def test_mlflow_failed_run(tmp_path):
 
 def test_registry_has_the_three():
     assert LOGGERS.names() == ["csv", "tensorboard", "mlflow"]
+
+
+def test_progress_bars_in_terminals_and_jupyter_kernels(monkeypatch):
+    import io
+    import sys
+    import types
+
+    from pyro_vae.train.loggers import PlainProgress, interactive
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert not interactive() and PlainProgress.wanted()  # a log file or a pipe: plain lines
+    shell = types.SimpleNamespace(config={"IPKernelApp": {"connection_file": "kernel.json"}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert interactive() and not PlainProgress.wanted()  # a notebook: a tqdm.auto bar, no plain lines
+    assert not interactive(io.StringIO())  # another stream of the kernel's process
+    shell.config = {}  # IPython in a terminal (no kernel) whose stderr is not a terminal
+    assert not interactive()

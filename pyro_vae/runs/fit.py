@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import TrainingDiverged, TrainingInterrupted, UserError
 from ..vae.evaluation import evaluate
 from ..vae.kl_weighting import KLWeighting
-from ..train.loggers import Loggers, PlainProgress, build_loggers, format_epoch_line
+from ..train.loggers import Loggers, PlainProgress, build_loggers, format_epoch_line, interactive
 from ..vae.model import VAE
 from ..vae.objectives import build_objective
 from .run import (
@@ -509,7 +509,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
         write_config(where, config, meta)
         write_metrics(where, metrics)
 
-    show = lead and not quiet and sys.stderr.isatty()
+    show = lead and not quiet and interactive()  # a terminal or a Jupyter notebook: a tqdm.auto bar
     plain = PlainProgress(epochs=config.epochs) if lead and PlainProgress.wanted(quiet) else None
     loggers = loggers if lead else None
     started = False  # loggers start in the run folder itself, so after a staged --overwrite's first swap

@@ -345,6 +345,16 @@ def format_epoch_line(record, epochs=None):
     return "  ".join(parts)
 
 
+def interactive(stream=None):
+    """Whether progress bars are drawn on ``stream`` (default ``sys.stderr``): a terminal, or a Jupyter
+    kernel's output (there ``tqdm.auto`` draws a notebook widget, or a text bar without ipywidgets)."""
+    stream = stream or sys.stderr
+    if hasattr(stream, "isatty") and stream.isatty():
+        return True
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return stream is sys.stderr and shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 class PlainProgress:
     """Prints :func:`format_epoch_line` for each epoch record, one line, flushed (for logs, not terminals).
 
@@ -357,9 +367,9 @@ class PlainProgress:
 
     @staticmethod
     def wanted(quiet=False, stream=None):
-        """Whether ``fit`` should print plain lines: not ``--quiet`` and ``stream`` (stderr) not a terminal."""
-        stream = stream or sys.stderr
-        return not quiet and not (hasattr(stream, "isatty") and stream.isatty())
+        """Whether ``fit`` should print plain lines: not ``--quiet`` and no progress bar on ``stream`` (stderr is
+        neither a terminal nor a Jupyter kernel's, see :func:`interactive`)."""
+        return not quiet and not interactive(stream)
 
     def __call__(self, record):
         stream = self.stream or sys.stderr
