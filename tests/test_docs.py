@@ -175,3 +175,54 @@ def test_python_m_pyro_vae_is_the_command():
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)  # fmt: skip
     assert (done.returncode, done.stdout, done.stderr) == (2, "", "error: no-such-run is not a pyro-vae run folder "
                                                                   "(no config.json)\n")
+
+
+NOTEBOOK = TUTORIALS / "notebook.ipynb"
+
+
+def execute_notebook(path, folder, parameters=None):
+    """The notebook at ``path`` executed in a fresh kernel (this checkout's ``pyro_vae``) in ``folder``, after
+    replacing the source of its cell tagged ``parameters`` with ``parameters`` (when given)."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    if parameters is not None:
+        [cell] = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        cell.source = parameters
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # the kernel inherits them
+    try:
+        client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                         resources={"metadata": {"path": str(folder)}})  # fmt: skip
+        client.execute()
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    return notebook
+
+
+@pytest.mark.examples
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # jupyter_client's and zmq's own, in the kernel's start
+def test_tutorial_notebook_runs_at_a_smoke_budget(tmp_path):
+    pytest.importorskip("nbclient", reason="the notebooks extra: pip install -e '.[notebooks]'")
+    notebook = execute_notebook(NOTEBOOK, tmp_path, 'epochs = 1\nsamples = 5\nout = "runs/notebook"')
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    stderr = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stderr")
+    assert "Warning" not in stderr, stderr
+    html = [o.data["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert len(html) == 1 and "<b>Run</b>" in html[0] and html[0].count("data:image/png;base64,") == 3
+    assert any("text/markdown" in o.get("data", {}) and "bernoulli" in o.data["text/markdown"] for o in outputs)
+    assert (tmp_path / "runs" / "notebook" / "bernoulli" / "best.pt").exists()
+    assert (tmp_path / "runs" / "notebook" / "latents.png").exists()
+
+
+def test_the_rendered_notebook_shows_its_outputs():
+    # the docs render the notebook as saved (nb_execution_mode = "off"): it must be saved executed, without errors
+    import json as _json
+
+    cells = [c for c in _json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    assert all(c["execution_count"] for c in cells) and all(c["outputs"] for c in cells[2:])
+    assert not [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
