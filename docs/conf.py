@@ -73,6 +73,10 @@ intersphinx_timeout = 10
 
 # API reference: one page per module of pyro_vae, generated at build time (reference/_api/, not in git)
 autosummary_generate = True
+# generated anew by each build: pages of modules that moved or were renamed must not linger there
+import shutil  # noqa: E402
+
+shutil.rmtree(os.path.join(os.path.dirname(__file__), "reference", "_api"), ignore_errors=True)
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_inherit_docstrings = False  # e.g. not torch.nn.Module.forward's generic docstring

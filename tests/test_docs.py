@@ -226,3 +226,31 @@ def test_the_rendered_notebook_shows_its_outputs():
     cells = [c for c in _json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
     assert all(c["execution_count"] for c in cells) and all(c["outputs"] for c in cells[2:])
     assert not [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+
+
+def test_the_api_reference_lists_every_public_name_and_module_once():
+    import pyro_vae
+
+    page = (ROOT / "docs" / "reference" / "api.rst").read_text()
+    documented = re.findall(r"^\.\. auto(?:class|function|data):: pyro_vae\.(\w+)$", page, flags=re.M)
+    assert sorted(documented) == sorted(pyro_vae.__all__)
+    listed = ["pyro_vae." + name for name in re.findall(r"^   ([\w.]+)$", page, flags=re.M)]  # autosummary entries
+    package = ROOT / "pyro_vae"
+    modules = sorted(
+        ".".join(("pyro_vae",) + p.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
+        for p in package.rglob("*.py") if p != package / "__init__.py" and "__pycache__" not in p.parts
+    )  # fmt: skip
+    assert sorted(listed) == modules, "add a new module to its concept's section of docs/reference/api.rst"
+
+
+def test_intersphinx_links_pyro_torch_numpy_and_builds_offline(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_conf", ROOT / "docs" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    assert {"pyro", "torch", "numpy"} <= set(conf.INVENTORIES)
+    (tmp_path / "torch.inv").write_bytes(b"")  # a saved inventory is used as it is, without the network
+    mapping = conf._intersphinx_mapping({"torch": conf.INVENTORIES["torch"]}, folder=str(tmp_path))
+    assert mapping == {"torch": (conf.INVENTORIES["torch"], str(tmp_path / "torch.inv"))}
+    assert conf._intersphinx_mapping({"none": "http://127.0.0.1:9/"}, folder=str(tmp_path)) == {}  # unreachable
