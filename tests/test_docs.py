@@ -254,3 +254,42 @@ def test_intersphinx_links_pyro_torch_numpy_and_builds_offline(tmp_path):
     mapping = conf._intersphinx_mapping({"torch": conf.INVENTORIES["torch"]}, folder=str(tmp_path))
     assert mapping == {"torch": (conf.INVENTORIES["torch"], str(tmp_path / "torch.inv"))}
     assert conf._intersphinx_mapping({"none": "http://127.0.0.1:9/"}, folder=str(tmp_path)) == {}  # unreachable
+
+
+@pytest.mark.examples
+def test_custom_guide_page_shows_what_the_example_prints(tmp_path):
+    page = TUTORIALS / "custom-guide.md"
+    [block] = [text for _, text in fenced_blocks(page, "console") if "$ python examples/custom_guide.py" in text]
+    shown = block.split("\n", 1)[1]  # the example's output, its own `$ pyro-vae ...` line included
+    out = tmp_path / "custom-guide"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "custom_guide.py"), "--smoke", "--out", str(out)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    printed = done.stdout.replace(str(ROOT / "examples"), "/.../examples").replace(str(out), "runs/custom-guide")
+    difference = same_shape(shown, printed)
+    assert difference is None, f"{page.name}: {difference}\nprinted:\n{printed}"
+
+
+@pytest.mark.examples
+def test_compare_likelihoods_page_shows_what_the_example_prints(tmp_path):
+    page = TUTORIALS / "compare-likelihoods.md"
+    [block] = [text for _, text in fenced_blocks(page, "console") if "$ python examples/compare_likelihoods.py" in text]
+    command, shown = block.split("\n", 1)
+    args = shlex.split(command)[3:]
+    args[args.index("--epochs") + 1], args[args.index("--samples") + 1] = "1", "10"  # the smoke budget
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "compare_likelihoods.py"), *args, "--out", str(tmp_path)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    # the progress lines first (the page shows them in full), then comparison.md, whose tables the page shows
+    progress = "\n".join(done.stdout.splitlines()[: len(shown.splitlines())])
+    assert same_shape(shown, progress) is None, f"{page.name}: {same_shape(shown, progress)}\nprinted:\n{done.stdout}"
+    tables = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    written = "\n".join(tables((tmp_path / "comparison.md").read_text()))
+    difference = same_shape("\n".join(tables(page.read_text())), written)
+    assert difference is None, f"{page.name}'s tables: {difference}\nwritten:\n{written}"
