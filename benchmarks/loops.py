@@ -226,8 +226,8 @@ class ExampleLoop:
     def __init__(self, config, num_workers=0, seed=0):
         from torchvision import datasets, transforms
 
-        from pyro_vae.train.build import resolve_device
         from pyro_vae.data.datasets import cache_dir, data_root, load_dataset
+        from pyro_vae.train.build import resolve_device
 
         self.device = resolve_device(config.device)
         if config.dataset == "mnist":
