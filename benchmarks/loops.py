@@ -226,13 +226,18 @@ class ExampleLoop:
     def __init__(self, config, num_workers=0, seed=0):
         from torchvision import datasets, transforms
 
-        from pyro_vae.data.sources import data_root
+        from pyro_vae.data.load import load_dataset
+        from pyro_vae.data.sources import cache_dir, data_root
         from pyro_vae.train.build import resolve_device
 
         self.device = resolve_device(config.device)
         if config.dataset == "mnist":
-            root = str(data_root(config.data_dir))
-            train_set = datasets.MNIST(root, train=True, download=True, transform=transforms.ToTensor())
+            root = data_root(config.data_dir)
+            if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+                # archives only (perhaps read-only): pyro-vae's reader unpacks a copy in its cache, read from there
+                load_dataset("mnist", config.data_dir)
+                root = cache_dir() if (cache_dir() / "MNIST" / "raw" / "train-images-idx3-ubyte").exists() else root
+            train_set = datasets.MNIST(str(root), train=True, download=True, transform=transforms.ToTensor())
         else:  # a smoke run on scikit-learn's digits: the same per-item ToTensor path
             train_set = _DigitImages(transforms.ToTensor())
         x_dim = train_set[0][0].numel()

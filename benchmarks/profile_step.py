@@ -19,7 +19,7 @@
 
 Usage::
 
-    python benchmarks/profile_step.py --data-dir /tmp/data [--arch relu400] [--batch-size 128] [--compile]
+    python benchmarks/profile_step.py --data-dir ~/data [--arch relu400] [--batch-size 128] [--compile]
 """
 
 import argparse

@@ -15,10 +15,10 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over a few steps of one
 the CPU the peak resident set size of a fresh process running only that loop, minus its size
 after imports (``--no-memory`` skips these probes).
 
-Usage (MNIST copied to a writable folder, see ``docs/benchmarks.md``)::
+Usage (``--data-dir``: the folder holding ``MNIST/``, read-only is fine; see ``docs/benchmarks.md``)::
 
-    python benchmarks/speed.py --data-dir /tmp/data                 # JSON + markdown in benchmarks/results/
-    python benchmarks/speed.py --data-dir /tmp/data --update-docs   # and the table in docs/benchmarks.md
+    python benchmarks/speed.py --data-dir ~/data                 # JSON + markdown in benchmarks/results/
+    python benchmarks/speed.py --data-dir ~/data --update-docs   # and the table in docs/benchmarks.md
 """
 
 import argparse
@@ -297,7 +297,7 @@ def update_docs(table, section="speed-table"):
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", help="folder holding MNIST/raw (a writable copy) [default: $PYRO_VAE_DATA]")
+    p.add_argument("--data-dir", help="folder holding MNIST/raw (read-only is fine) [default: $PYRO_VAE_DATA]")
     p.add_argument("--dataset", default="mnist", choices=sorted(TRAIN_SIZE), help="digits: a quick smoke run")
     p.add_argument("--archs", default=["relu400", "tanh200x2"], type=lambda s: s.split(","))
     p.add_argument("--batch-sizes", default=[128, 1024], type=lambda s: [int(b) for b in s.split(",")])

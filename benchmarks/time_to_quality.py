@@ -14,7 +14,7 @@ extra ``bench`` (``pip install -e .[bench]``) and is skipped, with the reason, w
 
 Usage::
 
-    python benchmarks/time_to_quality.py --data-dir /tmp/data --targets -100,-95 --max-epochs 60 [--update-docs]
+    python benchmarks/time_to_quality.py --data-dir ~/data --targets -100,-95 --max-epochs 60 [--update-docs]
 """
 
 import argparse

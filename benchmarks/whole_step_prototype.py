@@ -14,7 +14,7 @@ script checks that first (relative ``--rtol``; inductor may change float roundin
 
 Usage::
 
-    python benchmarks/whole_step_prototype.py --data-dir /tmp/data [--arch relu400] [--batch-size 128]
+    python benchmarks/whole_step_prototype.py --data-dir ~/data [--arch relu400] [--batch-size 128]
 """
 
 import argparse

@@ -15,26 +15,68 @@ copyright = "the pyro-vae developers; Apache-2.0"
 version = release = pyro_vae.__version__
 
 extensions = [
-    "myst_parser",
+    "myst_nb",  # MyST Markdown pages and Jupyter notebooks (it brings myst_parser)
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "sphinx_click",
     "pysource",
 ]
 
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
-exclude_patterns = ["_build", "_static", "Thumbs.db", ".DS_Store", "**/README.md"]
+exclude_patterns = ["_build", "_static", "_inventories", "Thumbs.db", ".DS_Store", "**/README.md", "**/.ipynb_checkpoints"]
 templates_path = ["_templates"]
 
 # MyST: $...$ and $$...$$ math, ::: fences, definition lists, anchors for ## headings
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
+# Notebooks (docs/tutorials/*.ipynb) are rendered with the outputs they were saved with: a docs build
+# never runs them (CI executes them at a smoke budget: tests/test_docs.py).
+nb_execution_mode = "off"
+
+# Links into the documentation of Python, Pyro, PyTorch and NumPy. An inventory is read from
+# docs/_inventories/NAME.inv when that file exists (for builds without network: save
+# URL/objects.inv there), else fetched from URL when it can be reached; when neither, that project's
+# names stay plain text, so an offline `make docs` (warnings are errors) still builds.
+INVENTORIES = {
+    "python": "https://docs.python.org/3/",
+    "pyro": "https://docs.pyro.ai/en/stable/",
+    "torch": "https://docs.pytorch.org/docs/stable/",
+    "numpy": "https://numpy.org/doc/stable/",
+}
+
+
+def _intersphinx_mapping(inventories, folder=os.path.join(os.path.dirname(__file__), "_inventories")):
+    """``intersphinx_mapping`` for the ``inventories`` that are saved in ``folder`` or reachable now."""
+    import urllib.request
+
+    mapping = {}
+    for name, url in inventories.items():
+        saved = os.path.join(folder, f"{name}.inv")
+        if os.path.exists(saved):
+            mapping[name] = (url, saved)
+            continue
+        try:
+            with urllib.request.urlopen(url + "objects.inv", timeout=5):
+                mapping[name] = (url, None)
+        except (OSError, ValueError):
+            print(f"intersphinx: no {name} inventory (offline, none in {folder}); its names stay plain text")
+    return mapping
+
+
+intersphinx_mapping = _intersphinx_mapping(INVENTORIES)
+intersphinx_timeout = 10
+
 # API reference: one page per module of pyro_vae, generated at build time (reference/_api/, not in git)
 autosummary_generate = True
+# generated anew by each build: pages of modules that moved or were renamed must not linger there
+import shutil  # noqa: E402
+
+shutil.rmtree(os.path.join(os.path.dirname(__file__), "reference", "_api"), ignore_errors=True)
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_inherit_docstrings = False  # e.g. not torch.nn.Module.forward's generic docstring

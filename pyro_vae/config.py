@@ -66,16 +66,27 @@ class Config:
     take the part's own defaults, and a run records the resolved ones.
     """
 
+    #: registered data set (``pyro_vae.DATASETS``: digits, mnist, frey, ...); ignored when ``data`` is given
     dataset: str = "mnist"
+    #: folder holding the data files (None: ``$PYRO_VAE_DATA``, else ``~/.cache/pyro-vae``); never written into
     data_dir: str = None
+    #: the user's own training data: an array file (``.npy``/``.npz``/``.pt``, items first) or a folder of images
     data: str = None
+    #: test array for ``data`` (None: a fixed 10% split of ``data``)
     test_data: str = None
+    #: the family p(x|z) of the decoder (``pyro_vae.LIKELIHOODS``)
     likelihood: str = "bernoulli"
+    #: constructor keywords of the likelihood family, e.g. ``{"binarize": "dynamic"}`` (see the class docstring)
     likelihood_options: dict = field(default_factory=dict)
+    #: the guide q(z|x) (``pyro_vae.GUIDES``), or ``file.py:Class`` / ``module:Class`` of your own
     guide: str = "diagonal"
+    #: constructor keywords of the guide, e.g. ``{"flow_steps": 4}``
     guide_options: dict = field(default_factory=dict)
+    #: training objective (``pyro_vae.OBJECTIVES``): elbo (estimator A), elbo-analytic (B), iwae, rws
     objective: str = "elbo"
+    #: samples K of z per datapoint and step (vectorized); iwae and rws need K >= 2
     particles: int = 1
+    #: network architecture of encoder and decoder: mlp, conv, resnet, or ``file.py:Class`` of your own
     arch: str = "mlp"
     #: convolution widths of the ``conv`` and ``resnet`` architectures, from the image inwards
     channels: tuple = field(default=(32, 64, 128, 256))
@@ -83,14 +94,23 @@ class Config:
     layout: str = None
     #: ``(H, W)``: resize the images of a ``--data`` folder
     image_size: tuple = None
+    #: latent size (the dimension of z); 2 also draws the latent manifold
     z_dim: int = 20
+    #: hidden layer sizes of the ``mlp`` encoder and decoder, e.g. ``(500,)`` or ``(200, 200)``
     hidden: tuple = field(default=(400,))
+    #: hidden nonlinearity of both nets: relu, tanh, softplus or elu
     activation: str = "relu"
+    #: ``pyro.optim`` optimizer (``pyro_vae.OPTIMIZERS``): adam, or adagrad (the paper's)
     optimizer: str = "adam"
+    #: learning rate (step size) of the optimizer
     lr: float = 1e-3
+    #: minibatch size M (the global batch with several devices)
     batch_size: int = 128
+    #: passes over the training data, in total (also when resuming)
     epochs: int = 10
+    #: seeds initialization, shuffling, binarization and the draws of z; a CPU run repeats exactly
     seed: int = 0
+    #: auto (CUDA when available), cpu, cuda or mps
     device: str = "auto"
     #: weight of the KL term (beta-VAE, Higgins et al. 2017); 1 is the ELBO
     beta: float = 1.0

@@ -17,7 +17,7 @@ with ``versions``), where it may be a setting of another pyro-vae version, is an
 resembles no setting set aside too. Every error is one line, a :class:`~pyro_vae.errors.UserError`
 naming the file and, where known, the line.
 
-YAML needs PyYAML (``pip install 'pyro-vae[yaml]'``); TOML uses :mod:`tomllib` (Python >= 3.11) or,
+YAML needs PyYAML (the extra ``yaml``: ``pip install -e '.[yaml]'`` in a checkout); TOML uses :mod:`tomllib` (Python >= 3.11) or,
 before, the ``tomli`` package.
 """
 
@@ -64,7 +64,8 @@ def _parse(path, text, fmt):
             import yaml
         except ImportError:
             raise UserError(
-                f"{path} is YAML, which needs PyYAML: pip install 'pyro-vae[yaml]' (or use JSON or TOML)"
+                f"{path} is YAML, which needs PyYAML: pip install -e '.[yaml]' in a checkout of pyro-vae "
+                "(or pip install PyYAML; or use JSON or TOML)"
             ) from None
         try:
             return yaml.safe_load(text)

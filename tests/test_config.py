@@ -95,3 +95,17 @@ def test_a_resume_keeps_the_saved_options_it_does_not_override():
     changed = Config(guide="iaf", guide_options={"flow_steps": 5}).resumed_from(saved)
     assert saved.differences(changed) == ["guide_options"]
     assert set(Config.RESUMABLE) == {"epochs", "device", "data_dir", "early_stopping", "stream"}
+
+
+def test_every_field_has_a_description():
+    # the `#:` comment above each field is its description in the API reference (autodoc reads it)
+    import dataclasses
+    import inspect
+
+    lines = inspect.getsource(Config).splitlines()
+    undocumented = []
+    for f in dataclasses.fields(Config):
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{f.name}:"))
+        if not lines[at - 1].strip().startswith("#: ") or len(lines[at - 1].strip()) < 12:
+            undocumented.append(f.name)
+    assert undocumented == []

@@ -43,7 +43,7 @@ def test_yaml_without_pyyaml_names_it(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_yaml)
-    with pytest.raises(UserError, match=r"needs PyYAML: pip install 'pyro-vae\[yaml\]'"):
+    with pytest.raises(UserError, match=r"needs PyYAML: pip install -e '\.\[yaml\]' in a checkout"):
         read_config_file(write(tmp_path, "a.yml", "z_dim: 2\n"))
 
 

@@ -25,7 +25,7 @@ LAYERS = [
     ("train", ["schedules", "build", "loggers", "trainer", "progress"]),
     ("runs", ["plots", "latent", "folder", "run", "fit", "launch"]),
     ("analysis", ["paired", "compare"]),
-    ("", ["cli"]),
+    ("", ["cli", "__main__"]),
 ]  # fmt: skip
 ORDER = [f"{folder}.{name}" if folder else name for folder, names in LAYERS for name in names]
 FOLDERS = [folder for folder, _ in LAYERS if folder]

@@ -123,7 +123,7 @@ def test_missing_extra_names_it(monkeypatch, name, module):
 
     monkeypatch.setattr(builtins, "__import__", no_module)
     monkeypatch.setattr("importlib.import_module", lambda mod: no_module(mod))
-    with pytest.raises(UserError, match=rf"pip install 'pyro-vae\[{name}\]'"):
+    with pytest.raises(UserError, match=rf"pip install -e '\.\[{name}\]' in a checkout of pyro-vae \(pip install 'pyro-vae\[{name}\]'"):
         build_loggers([name])
 
 
@@ -212,3 +212,20 @@ def test_mlflow_failed_run(tmp_path):
 
 def test_registry_has_the_three():
     assert LOGGERS.names() == ["csv", "tensorboard", "mlflow"]
+
+
+def test_progress_bars_in_terminals_and_jupyter_kernels(monkeypatch):
+    import io
+    import sys
+    import types
+
+    from pyro_vae.train.loggers import PlainProgress, interactive
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert not interactive() and PlainProgress.wanted()  # a log file or a pipe: plain lines
+    shell = types.SimpleNamespace(config={"IPKernelApp": {"connection_file": "kernel.json"}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert interactive() and not PlainProgress.wanted()  # a notebook: a tqdm.auto bar, no plain lines
+    assert not interactive(io.StringIO())  # another stream of the kernel's process
+    shell.config = {}  # IPython in a terminal (no kernel) whose stderr is not a terminal
+    assert not interactive()

@@ -235,3 +235,24 @@ def test_evaluate_seed_and_unwritable_evaluation(trained, tmp_path, capsys):
             run.evaluate(samples=2)
     finally:
         shutil.move(tmp_path / "moved.npy", trained / "digits.npy")
+
+
+def test_run_shows_its_scores_as_text_and_html(tmp_path):
+    run = fit(out=tmp_path / "run", epochs=2, seed=0, **TINY)
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    text = repr(run)
+    assert text.splitlines()[0] == f"Run({str(tmp_path / 'run')!r})"
+    assert "bernoulli VAE, z_dim=3, mlp, hidden 16, relu; guide diagonal, objective elbo" in text
+    assert f"2 epochs; best epoch {final['best_epoch']} (valid ELBO {final['best_valid_elbo']:.3f})" in text
+    assert f"test ELBO  {final['test_elbo']:.3f} nats/item (best.pt), {final['test_elbo_last']:.3f}" in text
+    assert "evaluated" not in text
+    result = run.evaluate(samples=5, subset=20, seed=0)
+    main(["evaluate", str(tmp_path / "run"), "--samples", "5", "--subset", "20", "--seed", "0"])
+    again = load_run(tmp_path / "run", device="cpu")
+    assert "weights of best.pt" in repr(again)
+    assert f"log p(x) >= {result['test_log_likelihood']:.3f} nats" in repr(again)
+    page = again._repr_html_()
+    assert page.count("<img src='data:image/png;base64,") == 3  # curves, samples, reconstructions
+    assert f"{final['test_elbo']:.3f}" in page and "<table>" in page
+    (tmp_path / "run" / "evaluation.json").write_text("{damaged")  # shown without it, not an error
+    assert "evaluated" not in repr(again)

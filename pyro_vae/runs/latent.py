@@ -1,7 +1,8 @@
 r"""Use a trained VAE's latent space: encode data, interpolate, traverse units, scatter the codes.
 
 Every function takes a :class:`~pyro_vae.vae.model.VAE` and data already prepared as the model expects
-(``(N, D)`` today; any ``(N, *item_shape)`` batch that ``vae.encoder`` accepts as is), works in
+(``(N, *item_shape)``: ``(N, D)`` for the ``mlp`` nets, ``(N, C, H, W)`` for images with ``conv`` or
+``resnet``; any batch that ``vae.encoder`` accepts as is), works in
 batches on the VAE's device, and returns NumPy arrays on the CPU. Random draws are made under a
 fixed ``seed`` inside :func:`pyro_vae.vae.guides.preserved_rng`: a call gives the same numbers for the
 same ``seed`` (and ``batch_size``), and torch's global random state is left as it was.
@@ -27,9 +28,11 @@ are Monte Carlo moments and the value is a lower bound on the marginal KL: among
 a given mean and variance the Gaussian has the largest entropy, and
 :math:`\mathrm{KL}(q_j \| p_j) = -H(q_j) + \tfrac12 \log 2\pi + \tfrac12 (m_j^2 + v_j)`.
 
-**Intended command line** (to be wired by the CLI; the functions here are what each calls):
+**The command line** (:mod:`pyro_vae.cli`, through the methods of :class:`~pyro_vae.runs.run.Run`; each
+command calls :func:`encode_run`, :func:`save_reconstructions`, :func:`interpolate_run`, :func:`traverse_run` or
+:func:`latents_run` here, on the items of :func:`run_items`):
 
-``pyro-vae encode RUN [--split train|val|test | --data FILE] [--what mean|scale|samples] [--samples K] -o z.npy|z.csv``
+``pyro-vae encode RUN [--split train|val|test | --data FILE] [--labels FILE] [--what mean|scale|samples] [--samples K] -o z.npy|z.csv``
     :func:`encode` on the chosen split (default ``test``) or a user's array, then :func:`save_codes`:
     ``z.npy`` holds ``(N, z)`` (or ``(N, K, z)`` for ``--what samples``) and ``z.labels.npy`` the
     labels when the data has them; ``z.csv`` has the header ``z0,...,z{d-1}[,label]``.
@@ -41,7 +44,7 @@ a given mean and variance the Gaussian has the largest entropy, and
 ``pyro-vae traverse RUN [--item I] [--units U ...] [--top N] [--range 3] [--steps 9] -o FILE.png``
     :func:`traverse`: one row per unit (ordered by KL over the split unless ``--units`` is
     given), labelled with the unit and its KL in nats.
-``pyro-vae latents RUN [--split ...] [--method auto|pca|tsne] -o latents.png``
+``pyro-vae latents RUN [--split ...] [--labels FILE] [--method auto|pca|tsne] -o latents.png``
     :func:`encode` then :func:`latent_scatter`, coloured by label when the data has labels.
 
 Errors a user can cause raise :class:`~pyro_vae.errors.UserError`.
@@ -297,7 +300,8 @@ def interpolation_codes(z0, z1, steps=10, slerp_path=False):
 def interpolate(vae, x_i, x_j, steps=10, slerp=False, seed=0, samples=None):
     r"""Decoder means along a path between the posterior means of two items.
 
-    :param x_i, x_j: one item each, of shape ``item_shape`` (``(D,)`` today), prepared as the VAE expects.
+    :param x_i, x_j: one item each, of the VAE's item shape (``(D,)``, or ``(C, H, W)`` for image nets),
+        prepared as the VAE expects.
     :param int steps: images on the path, endpoints included (at least 2).
     :param bool slerp: the spherical path of :func:`slerp` instead of the straight line.
     :param int seed, samples: for the Monte Carlo posterior mean of flow guides (see :func:`encode`).
@@ -451,7 +455,8 @@ SPLITS = ("train", "val", "test")
 
 
 def _prepare(run, x, what, generator_seed):
-    """``x`` ``(N, D)`` checked and fully prepared for the run's likelihood, with a fixed draw of its random part."""
+    """``x`` ``(N, *item_shape)`` checked and fully prepared for the run's likelihood, with a fixed draw of its
+    random part."""
     likelihood = run.vae.likelihood
     likelihood.check_data(x, what)
     x = likelihood.prepare_static(x.to(run.device))
@@ -486,12 +491,12 @@ def run_items(run, split="test", data=None, labels=None):
     :param data: a user's array file (``.npy``/``.npz``/``.pt``, read by the rules of ``--data``) of
         items of the run's size ``D``; labels stored beside it are kept.
     :param labels: a ``.npy`` file or an array of shape ``(N,)`` that replaces the data's own labels.
-    :returns: ``x`` ``(N, D)`` on the run's device, ``labels`` (NumPy ``(N,)`` or None), e.g. ``"the test split"``.
+    :returns: ``x`` ``(N, *item_shape)`` on the run's device, ``labels`` (NumPy ``(N,)`` or None), e.g. ``"the test split"``.
     :raises UserError: an unknown split, data of another size or outside the likelihood's support,
         labels of the wrong length.
     """
-    from ..train.build import TEST_PREP_SEED, prepare_data, prepare_valid
     from ..data.files import _labels, _read_file, interpret_array
+    from ..train.build import TEST_PREP_SEED, prepare_data, prepare_valid
 
     seed = run.config.seed + TEST_PREP_SEED
     if data is not None:

@@ -8,7 +8,7 @@ script exports) each launched process is one rank and nothing is spawned. See ``
 
 **What a step computes.** The one-process step on a global minibatch :math:`B` of :math:`M` items
 descends the gradient of :math:`-\widetilde{\mathcal{L}}(B) = -\sum_{i\in B}\widetilde{\mathcal{L}}(x_i)`
-(eq. 6 of Kingma & Welling 2013; a sum, not a mean). With :math:`W` processes, every process holds
+(the per-item estimate of eq. 6 of Kingma & Welling 2013, summed as in eq. 8 without its :math:`N/M`). With :math:`W` processes, every process holds
 the same seeded permutation of the epoch (drawn on rank 0 and broadcast) and rank :math:`r` takes the
 :math:`r`-th of :math:`W` near-equal slices :math:`B_r` of each global batch
 (:func:`torch.tensor_split`), so :math:`\bigcup_r B_r = B`. Rank :math:`r` computes its loss
@@ -62,10 +62,7 @@ import pyro
 from pyro import poutine
 from pyro.infer import is_validation_enabled
 
-from ..train.build import resolve_device
 from ..errors import TrainingDiverged, UserError
-from ..vae.evaluation import evaluate
-from ..vae.nets import MLP
 from ..speed import (
     CapturedLoss,
     Speed,
@@ -75,7 +72,10 @@ from ..speed import (
     torch_optimizer,
     trace_elbo_loss,
 )
+from ..train.build import resolve_device
 from ..train.trainer import Trainer
+from ..vae.evaluation import evaluate
+from ..vae.nets import MLP
 
 __all__ = ["PRECISIONS", "DDPStep", "DistributedTrainer", "LossModule", "autocast_networks", "fit", "launcher_env"]
 
@@ -507,8 +507,8 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
     :raises UserError: more devices than GPUs, ``bf16`` off CUDA, a missing rendezvous, a rank that
         failed or died (one line naming the rank); :class:`TrainingDiverged` if the loss diverged.
     """
-    from . import fit as training
     from ..train.build import make_config
+    from . import fit as training
     from .folder import new_run_dir
     from .run import load_run
 

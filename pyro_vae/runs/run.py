@@ -14,14 +14,14 @@ import torch
 
 import pyro
 
-from . import latent, plots
-from ..train.build import build_vae, prepare_data, resolve_device
 from ..checkpoint import atomic_write_text, load_checkpoint
 from ..config import Config
 from ..data.files import interpret_array
 from ..errors import UserError
-from ..vae.evaluation import evaluate_terms, summarize
+from ..train.build import build_vae, prepare_data, resolve_device
 from ..user_code import is_import_spec
+from ..vae.evaluation import evaluate_terms, summarize
+from . import latent, plots
 from .folder import check_same_settings, read_metrics, saved_config, write_file_checked
 
 #: ``load_run(checkpoint=...)`` / ``--checkpoint``: the file of each choice
@@ -45,6 +45,54 @@ class Run:
         self.final = None
         #: which checkpoint the model is from: ``"best"`` or ``"last"``
         self.checkpoint = "last"
+
+    # How a run shows itself (a terminal, a Jupyter cell) ------------------------------------------
+    def _summary(self):
+        """``[(label, text)]``: the model, the data, the training and the test scores, for the reprs."""
+        c = self.config
+        net = f"{c.arch}, hidden {','.join(map(str, c.hidden))}, {c.activation}" if c.arch == "mlp" else c.arch
+        rows = [
+            ("model", f"{c.likelihood} VAE, z_dim={c.z_dim}, {net}; guide {c.guide}, objective {c.objective}"),
+            ("data", f"{c.data or c.dataset}, items of shape {tuple(self.meta.get('item_shape') or self.image_shape)}"),
+        ]
+        trained = f"{len(self.metrics)} epochs" if self.metrics else "no epochs"
+        if self.final and self.final.get("best_epoch") is not None:
+            trained += f"; best epoch {self.final['best_epoch']} (valid ELBO {self.final['best_valid_elbo']:.3f})"
+        rows.append(("trained", f"{trained}; weights of {CHECKPOINTS[self.checkpoint]}"))
+        if self.final and self.final.get("test_elbo") is not None:
+            rows.append(("test ELBO", f"{self.final['test_elbo']:.3f} nats/item (best.pt), "
+                                      f"{self.final['test_elbo_last']:.3f} (last epoch)"))
+        try:
+            scores = json.loads((self.directory / "evaluation.json").read_text())
+            rows.append(("evaluated", f"log p(x) >= {scores['test_log_likelihood']:.3f} nats, ELBO "
+                                      f"{scores['test_elbo']:.3f} ({scores['samples']} importance samples, "
+                                      f"{scores['items']} test items)"))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not evaluated yet (or a damaged file, which evaluate rewrites): nothing to show
+        return rows
+
+    def __repr__(self):
+        rows = self._summary()
+        width = max(len(label) for label, _ in rows)
+        return f"Run({str(self.directory)!r})\n" + "\n".join(f"  {label:<{width}}  {text}" for label, text in rows)
+
+    def _repr_html_(self):
+        """Jupyter's view: the summary as a table and the run's pictures (embedded, so the notebook keeps them)."""
+        import base64
+        import html
+
+        cells = "".join(f"<tr><th style='text-align:left'>{html.escape(label)}</th>"
+                        f"<td style='text-align:left'>{html.escape(text)}</td></tr>" for label, text in self._summary())
+        pictures = ""
+        for name in ("curves.png", "samples.png", "reconstructions.png", "manifold.png"):
+            try:
+                data = base64.b64encode((self.directory / name).read_bytes()).decode("ascii")
+            except OSError:
+                continue
+            pictures += (f"<figure style='display:inline-block;margin:4px'><img src='data:image/png;base64,{data}' "
+                         f"style='max-height:240px' alt='{name}'><figcaption>{name}</figcaption></figure>")
+        return (f"<div><b>Run</b> <code>{html.escape(str(self.directory))}</code><table>{cells}</table>"
+                f"{pictures}</div>")
 
     @property
     def image_shape(self):

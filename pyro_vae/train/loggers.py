@@ -20,7 +20,8 @@ Built in:
   (:func:`torchvision.utils.make_grid`), the config as text (JSON) and as hyperparameters (the
   HParams plugin's session summaries, written into the same event file rather than the
   sub-folder :meth:`~torch.utils.tensorboard.SummaryWriter.add_hparams` makes).
-  ``tensorboard --logdir runs/`` shows every run. Needs ``pip install pyro-vae[tensorboard]``.
+  ``tensorboard --logdir runs/`` shows every run. Needs the extra ``tensorboard``
+  (``pip install -e '.[tensorboard]'`` in a checkout).
 - ``mlflow``: an MLflow run in a local file store, ``RUN_DIR/mlruns`` (``mlflow ui
   --backend-store-uri RUN_DIR/mlruns``), or in ``tracking_uri`` when given: the config as params
   (nested keys joined with dots), the record's numbers as metrics (step = epoch), images as PNG
@@ -28,7 +29,8 @@ Built in:
   :class:`mlflow.tracking.MlflowClient` is used). MLflow 3 keeps its file store in maintenance mode,
   behind ``MLFLOW_ALLOW_FILE_STORE=true``: the logger sets it for its process unless the user set it
   (set it too for ``mlflow ui``), or pass a ``tracking_uri`` such as ``sqlite:///mlflow.db`` (which
-  needs the full ``mlflow`` package). Needs ``pip install pyro-vae[mlflow]``.
+  needs the full ``mlflow`` package). Needs the extra ``mlflow`` (``pip install -e '.[mlflow]'`` in a
+  checkout).
 
 A missing optional package is a :class:`~pyro_vae.errors.UserError` naming the extra, raised when
 the logger is built (before training). Add a logger with ``LOGGERS.register("name", MyLogger)``.
@@ -59,7 +61,8 @@ def _require(module, extra, logger):
         return importlib.import_module(module)
     except ImportError:
         raise UserError(
-            f"the {logger} logger needs the optional package {extra}: pip install 'pyro-vae[{extra}]'"
+            f"the {logger} logger needs the optional package {extra}: pip install -e '.[{extra}]' in a checkout of "
+            f"pyro-vae (pip install 'pyro-vae[{extra}]' once it is published)"
         ) from None
 
 
@@ -342,6 +345,16 @@ def format_epoch_line(record, epochs=None):
     return "  ".join(parts)
 
 
+def interactive(stream=None):
+    """Whether progress bars are drawn on ``stream`` (default ``sys.stderr``): a terminal, or a Jupyter
+    kernel's output (there ``tqdm.auto`` draws a notebook widget, or a text bar without ipywidgets)."""
+    stream = stream or sys.stderr
+    if hasattr(stream, "isatty") and stream.isatty():
+        return True
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return stream is sys.stderr and shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 class PlainProgress:
     """Prints :func:`format_epoch_line` for each epoch record, one line, flushed (for logs, not terminals).
 
@@ -354,9 +367,9 @@ class PlainProgress:
 
     @staticmethod
     def wanted(quiet=False, stream=None):
-        """Whether ``fit`` should print plain lines: not ``--quiet`` and ``stream`` (stderr) not a terminal."""
-        stream = stream or sys.stderr
-        return not quiet and not (hasattr(stream, "isatty") and stream.isatty())
+        """Whether ``fit`` should print plain lines: not ``--quiet`` and no progress bar on ``stream`` (stderr is
+        neither a terminal nor a Jupyter kernel's, see :func:`interactive`)."""
+        return not quiet and not interactive(stream)
 
     def __call__(self, record):
         stream = self.stream or sys.stderr

@@ -9,7 +9,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from .loggers import PlainProgress, format_epoch_line
+from .loggers import PlainProgress, format_epoch_line, interactive
 from .trainer import Step
 
 __all__ = ["EpochDisplay", "OnStep", "ProgressBar", "chain"]
@@ -67,7 +67,7 @@ class EpochDisplay:
 
     def __init__(self, epochs, items, quiet=False, lead=True):
         self.epochs, self.items = epochs, items
-        self.terminal = lead and not quiet and sys.stderr.isatty()
+        self.terminal = lead and not quiet and interactive()  # a terminal or a Jupyter notebook: a tqdm.auto bar
         self.plain = PlainProgress(epochs=epochs) if lead and PlainProgress.wanted(quiet) else None
 
     def bar(self, epoch):

@@ -8,7 +8,8 @@ Generative model (:meth:`VAE.model`), for each datapoint :math:`i` in the miniba
 
 Inference network (:meth:`VAE.guide`): :math:`z_i \sim q_\phi(z \mid x_i)`, reparameterized.
 
-Training maximizes the evidence lower bound (the paper's eq. 3) with :class:`pyro.infer.SVI`:
+Training maximizes the evidence lower bound (the paper's eq. 2; eq. 3 writes it as
+:math:`-D_{KL}(q_\phi(z \mid x_i) \,\|\, p(z)) + \mathbb{E}_q[\log p_\theta(x_i \mid z)]`) with :class:`pyro.infer.SVI`:
 
 .. math::
 
