@@ -35,7 +35,7 @@ from ..user_code import is_import_spec
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png", "curves.png",
-    "manifold.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns",
+    "manifold.png", "pseudo_inputs.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns",
 )  # fmt: skip
 
 #: ``load_run(checkpoint=...)`` / ``--checkpoint``: the file of each choice
@@ -378,17 +378,23 @@ def check_guide_trusted(config, directory, trust_guide=False, guide=None):
     A guide given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
     built. A run folder received from someone else could name any file or module; opening it
     (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or
-    the user names the same guide again (``guide``, ``--guide`` on the command line).
+    the user names the same guide again (``guide``, ``--guide`` on the command line). A prior given
+    as code (``--prior file.py:Name``) follows the same rule; ``trust_guide`` allows it.
 
     :raises UserError: one line, saying how to allow it.
     """
     spec = config.guide
-    if not (isinstance(spec, str) and is_import_spec(spec)) or trust_guide or guide == spec:
-        return
-    raise UserError(
-        f"the run in {directory} names its guide as code, {spec}; opening it would run that code. If you trust it, "
-        f"pass --trust-guide (or --guide {shlex.quote(spec)}; in Python load_run(..., trust_guide=True))"
-    )
+    if isinstance(spec, str) and is_import_spec(spec) and not trust_guide and guide != spec:
+        raise UserError(
+            f"the run in {directory} names its guide as code, {spec}; opening it would run that code. If you trust "
+            f"it, pass --trust-guide (or --guide {shlex.quote(spec)}; in Python load_run(..., trust_guide=True))"
+        )
+    prior = getattr(config, "prior", "standard")
+    if isinstance(prior, str) and is_import_spec(prior) and not trust_guide:
+        raise UserError(
+            f"the run in {directory} names its prior as code, {prior}; opening it would run that code. If you trust "
+            "it, pass --trust-guide (in Python load_run(..., trust_guide=True))"
+        )
 
 
 def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None):
