@@ -338,9 +338,26 @@ class Run:
             write_file_checked(d / "curves.png", lambda p: plots.save_curves(self.metrics, p, title=curves_title),
                                "picture")  # fmt: skip
         if self.config.z_dim == 2:
-            z = plots.manifold_codes(20, device=self.device)
+            z, caption = plots.prior_manifold_codes(self.vae.prior_module, 20, device=self.device)
             write_file_checked(d / "manifold.png", lambda p: plots.save_grid(
-                self.vae.decode(z), self.image_shape, p, ncol=20, value_range=self._display_range()), "picture")
+                self.vae.decode(z), self.image_shape, p, ncol=20, title=caption, value_range=self._display_range()),
+                "picture")  # fmt: skip
+        if hasattr(self.vae.prior_module, "pseudo_inputs"):
+            self.save_pseudo_inputs(d / "pseudo_inputs.png")
+
+    def save_pseudo_inputs(self, path, n=100):
+        """The first ``n`` pseudo-inputs :math:`u_k` of a VampPrior as a PNG grid, in the data's shape.
+
+        :raises UserError: for a run whose prior has no pseudo-inputs, or a write that fails.
+        """
+        prior = self.vae.prior_module
+        if not hasattr(prior, "pseudo_inputs"):
+            raise UserError(f"the run's prior ({prior.describe()}) has no pseudo-inputs")
+        with torch.no_grad():
+            u = prior.pseudo_inputs()[:n].detach().float().cpu().reshape(min(n, len(prior.pseudo)), -1)
+        title = f"pseudo-inputs ({len(u)} of {len(prior.pseudo)})"
+        write_file_checked(Path(path), lambda p: plots.save_grid(u, self.image_shape, p, title=title,
+                                                                  value_range=self._display_range()), "picture")
 
     # The latent space (pyro_vae.runs.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
     def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):

@@ -302,8 +302,9 @@ class FlowPrior(Prior):
     :class:`pyro.nn.AutoRegressiveNN` with one hidden layer of ``10 * z_dim`` units, the order of the
     units reversed every other step. The density direction :math:`z \to \epsilon` is the transforms'
     forward (one pass per step: a masked autoregressive flow, Papamakarios et al. 2017), so training
-    scores the guide's draws cheaply; sampling inverts them (``z_dim`` passes per step).
-    No closed-form KL: ``elbo-analytic`` and ``--free-bits`` refuse it.
+    scores the guide's draws cheaply; sampling inverts them (``z_dim`` passes per step; Pyro 1.9's
+    inverse starts from a tensor of the default dtype, so sample a float64 flow prior with float64 as
+    the default). No closed-form KL: ``elbo-analytic`` and ``--free-bits`` refuse it.
     """
 
     DEFAULT_FLOW_STEPS = 2
