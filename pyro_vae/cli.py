@@ -20,7 +20,7 @@ from .vae.guides import GUIDES
 from .vae.likelihoods import LIKELIHOODS, likelihood_options
 from .vae.nets import ACTIVATIONS, ARCHITECTURES
 from .vae.objectives import OBJECTIVES
-from .vae.priors import PRIORS, MixturePrior, VampPrior, FlowPrior
+from .vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
 from .vae.preprocessing import Binarize
 
 DEFAULTS = Config()

@@ -286,13 +286,15 @@ def test_the_standard_prior_changes_nothing():
 @pytest.mark.slow
 def test_a_run_with_the_standard_prior_gives_the_numbers_of_main(tmp_path, no_pictures):
     """The numbers a seeded run gave before priors existed (main at 1bdc7ae, this machine's torch): the
-    same run now, with the default and with --prior standard, gives them to the last digit."""
+    same run now, with the default and with --prior standard, gives them (equal to the last digit on the machine
+    that recorded them; 1e-6 allows for another CPU's rounding)."""
     digits = {"dataset": "digits", "device": "cpu", "hidden": (32,), "z_dim": 2, "batch_size": 128, "lr": 3e-3,
               "epochs": 2}
     for extra in ({}, {"prior": "standard"}):
         run = fit(out=tmp_path / str(len(extra)), quiet=True, **digits, **extra)
-        assert [(m["train_elbo"], m["valid_elbo"]) for m in run.metrics] == pytest.approx(
-            [(-42.49663446695124, -39.097328186035156), (-36.64310231421821, -34.11247253417969)], rel=1e-6)
+        got = [v for m in run.metrics for v in (m["train_elbo"], m["valid_elbo"])]
+        assert got == pytest.approx([-42.49663446695124, -39.097328186035156, -36.64310231421821, -34.11247253417969],
+                                    rel=1e-6)
         assert run.final["test_elbo"] == pytest.approx(-33.81375503540039, rel=1e-6)
 
 

@@ -27,8 +27,8 @@ import pyro
 
 from .guides import build_guide
 from .likelihoods import Likelihood, build_likelihood
-from .priors import build_prior
 from .nets import build_architecture, check_architecture, item_shape, parse_hidden
+from .priors import build_prior
 
 
 class VAE(nn.Module):
