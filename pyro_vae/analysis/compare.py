@@ -469,8 +469,10 @@ def _train(config, directory, overwrite):
                 f"{directory} holds a run with other settings ({', '.join(changed)} differ); "
                 "pass --overwrite to replace it, or choose another --out"
             )
+        # the guide and prior code these runs name is what this comparison's own settings named (checked just
+        # above): opening them runs nothing the user did not give
         if state["epoch"] == config.epochs:
-            return load_run(directory, config.device), True
+            return load_run(directory, config.device, trust_guide=True), True
         if state["epoch"] > config.epochs:
             raise UserError(
                 f"{directory} holds a run of {state['epoch']} epochs, more than --epochs {config.epochs}; "
@@ -480,7 +482,7 @@ def _train(config, directory, overwrite):
     else:
         run = fit(config, directory, overwrite=True, quiet=True)
     # every family is scored with its best.pt (by validation ELBO), whether trained now or reused
-    return (load_run(directory, config.device) if (directory / "best.pt").exists() else run), False
+    return (load_run(directory, config.device, trust_guide=True) if (directory / "best.pt").exists() else run), False
 
 
 def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_samples=100, eval_subset=None,

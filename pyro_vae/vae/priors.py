@@ -255,6 +255,9 @@ class VampPrior(Prior):
     """
 
     DEFAULT_COMPONENTS = 500
+    #: said when :func:`check_prior` fails (the guide cannot score a z it did not draw)
+    check_hint = ("the vamp prior scores z under the guide q(z|u_k), so the guide must score values it did not "
+                  "draw: the planar guide cannot (no inverse); use diagonal, full-rank or iaf")  # fmt: skip
 
     def __init__(self, z_dim, components=None, encoder=None, x_shape=None, bounds=None, init_mean=0.05, init_std=0.01):
         super().__init__(z_dim)
@@ -427,8 +430,9 @@ def check_prior(prior, z_dim, label=None, like=None):
             other = torch.linspace(-1, 1, 3 * z_dim, dtype=like.dtype, device=like.device).reshape(3, z_dim)
             log_p = d.expand([3]).log_prob(other)
         except Exception as e:
+            hint = getattr(prior, "check_hint", None) or "the model scores the guide's draws under p(z)"
             raise UserError(f"{where} cannot sample, expand to a batch, or score a value it did not draw "
-                            f"({type(e).__name__}: {e}); the model scores the guide's draws under p(z)") from None  # fmt: skip
+                            f"({type(e).__name__}: {e}); {hint}") from None  # fmt: skip
         if z.shape != torch.Size([3, z_dim]) or log_p.shape != torch.Size([3]):
             raise UserError(f"{where}: a batch of 3 draws has shape {tuple(z.shape)} and log p(z) shape "
                             f"{tuple(log_p.shape)}; expected (3, {z_dim}) and (3,)")  # fmt: skip
