@@ -3,7 +3,7 @@
 The model :math:`p(z)\\,p_\\theta(x \\mid z)` and the guide :math:`q_\\phi(z \\mid x)` are Pyro
 functions (:class:`VAE`); :func:`fit` trains them with SVI and writes a run folder that
 :func:`load_run` reads back. Each axis a user varies is a registry: :data:`LIKELIHOODS`,
-:data:`GUIDES`, :data:`OBJECTIVES`, :data:`ARCHITECTURES`, :data:`DATASETS`, :data:`OPTIMIZERS`.
+:data:`GUIDES`, :data:`PRIORS`, :data:`OBJECTIVES`, :data:`ARCHITECTURES`, :data:`DATASETS`, :data:`OPTIMIZERS`.
 """
 
 __version__ = "0.1.0"
@@ -25,10 +25,12 @@ from .vae.likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: 
 from .vae.model import VAE  # noqa: E402
 from .vae.nets import ARCHITECTURES  # noqa: E402
 from .vae.objectives import OBJECTIVES, Objective  # noqa: E402
+from .vae.priors import PRIORS, FlowPrior, MixturePrior, Prior, StandardPrior, VampPrior  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",
-    "Guide", "IAFGuide", "LIKELIHOODS", "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "PlanarGuide", "Run",
+    "FlowPrior", "Guide", "IAFGuide", "LIKELIHOODS", "Likelihood", "MixturePrior", "OBJECTIVES", "OPTIMIZERS", "Objective",
+    "PRIORS", "PlanarGuide", "Prior", "Run", "StandardPrior", "VampPrior",
     "Speed", "Trainer", "TrainingDiverged", "UserError", "VAE", "build_likelihood", "build_vae", "compare",
     "evaluate", "fit", "load_dataset", "load_run", "log_weights",
 ]  # fmt: skip

@@ -21,6 +21,7 @@ from .vae.likelihoods import LIKELIHOODS, likelihood_options
 from .vae.nets import ACTIVATIONS, ARCHITECTURES
 from .vae.objectives import OBJECTIVES
 from .vae.preprocessing import Binarize
+from .vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
 
 DEFAULTS = Config()
 
@@ -73,6 +74,14 @@ def fit_options(f):
                           "(see docs/guides.md)."),
         click.option("--flow-steps", default=None, type=click.IntRange(1),
                      help="Flow steps K of the iaf and planar guides [default: iaf 2, planar 10]."),
+        click.option("--prior", default=DEFAULTS.prior, show_default=True, metavar="NAME|FILE.py:CLASS|MODULE:CLASS",
+                     help=f"The prior p(z): {', '.join(PRIORS.names())} (standard is N(0, I)), or your own class "
+                          "(see docs/guides.md)."),
+        click.option("--prior-components", default=None, type=click.IntRange(1),
+                     help="Components K of the mog and vamp priors (vamp: pseudo-inputs) "
+                          f"[default: mog {MixturePrior.DEFAULT_COMPONENTS}, vamp {VampPrior.DEFAULT_COMPONENTS}]."),
+        click.option("--prior-flow-steps", default=None, type=click.IntRange(1),
+                     help=f"Transforms of the flow prior [default: {FlowPrior.DEFAULT_FLOW_STEPS}]."),
         click.option("--objective", default=DEFAULTS.objective, show_default=True, type=_choice(OBJECTIVES),
                      help="Training objective: elbo (estimator A), elbo-analytic (estimator B), iwae, rws."),
         click.option("--particles", default=DEFAULTS.particles, show_default=True, type=click.IntRange(1),
@@ -147,11 +156,12 @@ def _resume_settings(ctx, settings, out):
 
 
 def trust_options(f):
-    """``--trust-guide`` and ``--guide``: allow a run folder's guide code to run (see :func:`~pyro_vae.runs.run.load_run`)."""
+    """``--trust-guide`` and ``--guide``: allow a run folder's guide (and prior) code to run (see
+    :func:`~pyro_vae.runs.run.load_run`)."""
     f = click.option("--guide", "guide", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
                      help="Allow the run's guide code by naming it again, exactly as its config.json does.")(f)
     return click.option("--trust-guide", is_flag=True,
-                        help="Run the guide code (file.py:Name or module:Name) the run folder names.")(f)
+                        help="Run the guide and prior code (file.py:Name or module:Name) the run folder names.")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -255,7 +265,8 @@ def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_
             f"({result['samples']} importance samples, {result['items']} test items)"
         )
         click.echo(
-            f"ELBO = reconstruction {result['reconstruction']:.3f} - KL {result['kl']:.3f} nats; "
+            f"ELBO = reconstruction {result['reconstruction']:.3f} - KL {result['kl']:.3f} nats (KL: "
+            f"{result['kl_estimate']}); "
             f"{result['active_units']} active latent units"
         )
         if result["bits_per_dim"] is not None:

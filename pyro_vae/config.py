@@ -22,7 +22,19 @@ LEGACY_OPTIONS = {
     "sigma": "likelihood_options",
     "mixtures": "likelihood_options",
     "flow_steps": "guide_options",
+    # the prior's options, given flat as --prior-components / --prior-flow-steps (their key in prior_options
+    # drops the "prior_" prefix: see PRIOR_PREFIX)
+    "prior_components": "prior_options",
+    "prior_flow_steps": "prior_options",
 }
+
+#: a flat setting of ``prior_options`` is named ``prior_<option>`` (``prior_components`` -> ``components``)
+PRIOR_PREFIX = "prior_"
+
+
+def option_key(key, group):
+    """The key of the flat setting ``key`` inside its option dict ``group``."""
+    return key[len(PRIOR_PREFIX):] if group == "prior_options" else key
 
 #: ``--lr-schedule`` choices (built in :mod:`pyro_vae.train.schedules`)
 LR_SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
@@ -82,6 +94,10 @@ class Config:
     guide: str = "diagonal"
     #: constructor keywords of the guide, e.g. ``{"flow_steps": 4}``
     guide_options: dict = field(default_factory=dict)
+    #: the prior p(z): standard (N(0, I)), mog, vamp, flow or a user's FILE.py:CLASS (pyro_vae.vae.priors)
+    prior: str = "standard"
+    #: constructor keywords of the prior, e.g. ``{"components": 500}``
+    prior_options: dict = field(default_factory=dict)
     #: training objective (``pyro_vae.OBJECTIVES``): elbo (estimator A), elbo-analytic (B), iwae, rws
     objective: str = "elbo"
     #: samples K of z per datapoint and step (vectorized); iwae and rws need K >= 2
@@ -151,7 +167,7 @@ class Config:
                 raise UserError(f"--image-size takes H or H,W, got {self.image_size!r}")
             self.image_size = size * 2 if len(size) == 1 else size
         self.validate()
-        for name in ("likelihood_options", "guide_options"):
+        for name in ("likelihood_options", "guide_options", "prior_options"):
             value = getattr(self, name)
             if value is None:
                 setattr(self, name, {})
@@ -211,6 +227,8 @@ class Config:
                 raise UserError(f"--{name} must be a name, got {getattr(self, name)!r}")
         if not isinstance(self.guide, str) or not self.guide:
             raise UserError(f"--guide must be a name or FILE.py:CLASS, got {self.guide!r}")
+        if not isinstance(self.prior, str) or not self.prior:
+            raise UserError(f"--prior must be a name or FILE.py:CLASS, got {self.prior!r}")
         if self.layout is not None and self.layout not in ("nchw", "nhwc"):
             raise UserError(f"--layout must be nchw or nhwc, got {self.layout!r}")
         if not isinstance(self.stream, bool):
@@ -242,8 +260,8 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         settings = {k: v for k, v in d.items() if k in names}
         for key, group in LEGACY_OPTIONS.items():
-            if d.get(key) is not None and key not in (d.get(group) or {}):
-                settings[group] = {**(settings.get(group) or {}), key: d[key]}
+            if d.get(key) is not None and option_key(key, group) not in (d.get(group) or {}):
+                settings[group] = {**(settings.get(group) or {}), option_key(key, group): d[key]}
         return cls(**settings)
 
     def replace(self, **changes):
@@ -254,6 +272,7 @@ class Config:
         return self.replace(
             likelihood_options={**saved.likelihood_options, **self.likelihood_options},
             guide_options={**saved.guide_options, **self.guide_options},
+            prior_options={**saved.prior_options, **self.prior_options},
         )
 
     def differences(self, other, ignore=RESUMABLE):

@@ -29,6 +29,8 @@ EXAMPLES_RUN = {
     "reproduce/figure2.py": (SMOKE, ["figure2_mnist.png", "figure2_frey.png", "figure2.json"]),
     "reproduce/figure4_5.py": (SMOKE, ["figure4.png", "figure5.png", "figure4_5.json"]),
     "reproduce/iwae_table1.py": (SMOKE, ["table1.png", "table1.md", "table1.json"]),
+    "reproduce/priors.py": (SMOKE, ["priors.md", "priors.json", "priors_samples.png", "pseudo_inputs.png",
+                                    "comparison/comparison.md"]),
     "reproduce/mnist_recipe.py": (SMOKE, ["recipe.png", "recipe.md", "recipe.json", "runs/recipe/best.pt"]),
     "compare_likelihoods.py": (SMOKE, ["comparison.md", "comparison.csv", "comparison.json", "comparison.png"]),
     "first_fit.py": (SMOKE, ["more-samples.png", "checkpoint.pt"]),
@@ -42,6 +44,7 @@ def run_example(name, args, monkeypatch):
     for registry in (
         pyro_vae.LIKELIHOODS,
         pyro_vae.GUIDES,
+        pyro_vae.PRIORS,
         pyro_vae.OBJECTIVES,
         pyro_vae.DATASETS,
         pyro_vae.OPTIMIZERS,

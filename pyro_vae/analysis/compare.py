@@ -2,12 +2,11 @@ r"""Which likelihood family, guide, objective, latent size or network is better?
 else equal, and score it fairly.
 
 **Any axis.** :func:`compare` varies any of the settings in :data:`AXES` (``likelihood``, ``guide``,
-``objective``, ``particles``, ``z_dim``, ``hidden``, ``arch``, and ``beta`` once :class:`Config`
-has it): ``grid={"guide": ["diagonal", "iaf"], "objective": ["elbo", "iwae"]}`` trains every
-combination (the CLI: repeat ``--guide`` and ``--objective``). A configuration is named by its
-varying values (``iaf/iwae``) and its run folders are ``<values joined by _>/seed-<s>/``. With only
-likelihoods varying (or nothing: every family that fits the data) it is the likelihood comparison
-described below, unchanged.
+``objective``, ``particles``, ``z_dim``, ``hidden``, ``arch``, ``beta`` and ``prior``):
+``grid={"guide": ["diagonal", "iaf"], "objective": ["elbo", "iwae"]}`` trains every combination
+(the CLI: repeat ``--guide`` and ``--objective``). A configuration is named by its varying values
+(``iaf/iwae``) and its run folders are ``<values joined by _>/seed-<s>/``. With only likelihoods varying
+(or nothing: every family that fits the data) it is the likelihood comparison described below, unchanged.
 
 **Paired statistics.** Each run's per-item IS :math:`\log p(x)` is saved as ``log_px_per_item.npy``
 beside its ``evaluation.json``. Within a group scored on the same data, every pair of configurations
@@ -61,6 +60,7 @@ from ..vae.evaluation import evaluate_terms, summarize
 from ..vae.guides import guide_class
 from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
 from ..vae.objectives import OBJECTIVES
+from ..vae.priors import prior_class
 from .paired import all_pairs
 
 
@@ -85,6 +85,7 @@ AXES = (
     Axis("hidden", lambda v: "h" + "-".join(map(str, parse_hidden(v))), parse_hidden),
     Axis("arch"),
     Axis("beta", lambda v: f"beta{v:g}", float),
+    Axis("prior"),
 )
 
 
@@ -343,7 +344,8 @@ class Comparison:
             fixed.append(f"encoder and decoder {net} {self.x_dim}-{'-'.join(map(str, c.hidden))} ({c.activation})")
         fixed += [f"{name} {_text(getattr(c, f))}" for f, name in
                   (("likelihood", "likelihood"), ("z_dim", "latent size"), ("guide", "guide"), ("objective", "objective"),
-                   ("particles", "particles K"), ("beta", "beta")) if f not in vary and hasattr(c, f)]  # fmt: skip
+                   ("particles", "particles K"), ("beta", "beta"), ("prior", "prior")) if f not in vary and hasattr(c, f)
+                  and not (f == "prior" and c.prior == "standard")]  # fmt: skip
         if likelihoods_only:
             fixed = [f for f in fixed if not f.startswith("likelihood ")]
         varied = "; ".join(
@@ -465,8 +467,10 @@ def _train(config, directory, overwrite):
         check_same_settings(saved, config.resumed_from(saved),
                             f"{directory} holds a run with other settings ({{changed}} differ); "
                             "pass --overwrite to replace it, or choose another --out")  # fmt: skip
+        # the guide and prior code these runs name is what this comparison's own settings named (checked just
+        # above): opening them runs nothing the user did not give
         if state["epoch"] == config.epochs:
-            return load_run(directory, config.device), True
+            return load_run(directory, config.device, trust_guide=True), True
         if state["epoch"] > config.epochs:
             raise UserError(
                 f"{directory} holds a run of {state['epoch']} epochs, more than --epochs {config.epochs}; "
@@ -476,7 +480,7 @@ def _train(config, directory, overwrite):
     else:
         run = fit(config, directory, overwrite=True, quiet=True)
     # every family is scored with its best.pt (by validation ELBO), whether trained now or reused
-    return (load_run(directory, config.device) if (directory / "best.pt").exists() else run), False
+    return (load_run(directory, config.device, trust_guide=True) if (directory / "best.pt").exists() else run), False
 
 
 def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_samples=100, eval_subset=None,
@@ -640,7 +644,21 @@ def _with(config, point):
         changes["likelihood_options"] = _options_for(point["likelihood"], config)
     if "guide" in point:
         changes["guide_options"] = _guide_options_for(point["guide"], config)
+    if "prior" in point:
+        changes["prior_options"] = _prior_options_for(point["prior"], config)
     return config.replace(**changes)
+
+
+def _prior_options_for(prior, config):
+    """The prior options of ``config`` that ``prior``'s constructor takes (``--prior-components`` goes to mog and
+    vamp only, ``--prior-flow-steps`` to flow)."""
+    cls = prior_class(prior)
+    if not isinstance(cls, type):
+        return dict(config.prior_options)
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(config.prior_options)
+    return {k: v for k, v in config.prior_options.items() if k in params}
 
 
 def _guide_options_for(guide, config):

@@ -59,6 +59,7 @@ import torch
 
 from ..errors import UserError
 from ..vae.guides import preserved_rng
+from ..vae.priors import StandardPrior
 
 #: draws per item for the Monte Carlo moments of a guide without closed-form mean or variance
 MC_SAMPLES = 256
@@ -338,14 +339,31 @@ def unit_kl(vae, data, samples=MC_SAMPLES, batch_size=1024, seed=0):
     return (total / data.shape[0]).numpy()
 
 
+def _standard(vae):
+    prior = getattr(vae, "prior_module", None)
+    return prior is None or isinstance(prior, StandardPrior)
+
+
+def prior_ranges(vae):
+    """Each unit's prior marginal mean and standard deviation, NumPy ``(z_dim,)`` each: 0 and 1 for the
+    standard prior, else :meth:`~pyro_vae.vae.priors.Prior.marginals` (estimated from draws of a fixed seed)."""
+    if _standard(vae):
+        return np.zeros(vae.z_dim), np.ones(vae.z_dim)
+    with preserved_rng(_param(vae).device):
+        mean, std, _ = vae.prior_module.marginals()
+    return mean.double().cpu().numpy(), std.double().cpu().numpy()
+
+
 @torch.no_grad()
 def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, samples=None, seed=0):
     r"""Latent traversals: vary one unit at a time, the others held at the code of an item.
 
-    The base code is the posterior mean of the item ``x`` (shape ``item_shape``), or 0 (the
-    prior's mean) when ``x`` is None. For each unit ``j``, ``z_j`` takes ``steps`` values evenly
-    spaced on ``[-span, span]`` (prior standard deviations, absolute, as in Higgins et al. 2017)
-    and the decoder means are returned.
+    The base code is the posterior mean of the item ``x`` (shape ``item_shape``), or the prior's
+    mean (0 for the standard prior) when ``x`` is None. For each unit ``j``, ``z_j`` takes ``steps``
+    values evenly spaced on ``[-span, span]`` prior standard deviations: absolute, as in Higgins et
+    al. 2017, for :math:`\mathcal{N}(0, I)`; for a learned prior, ``m_j + [-span, span] s_j`` with
+    ``m_j, s_j`` the mean and standard deviation of the prior's marginal of unit ``j``
+    (:func:`prior_ranges`). The decoder means are returned.
 
     :param units: unit indices in the order wanted; ``None``: all units, ordered by decreasing
         :func:`unit_kl` over ``data`` (by index when ``data`` is None).
@@ -371,14 +389,15 @@ def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, sa
         if top < 1:
             raise UserError(f"top must be at least 1, got {top}")
         order = order[:top]
+    center, scale = prior_ranges(vae)
     if x is None:
-        base = np.zeros(zd)
+        base = center
     else:
         base = encode(vae, torch.as_tensor(x)[None], "mean", samples=samples, seed=seed)[0]
     values = np.linspace(-span, span, steps)
     codes = np.repeat(base[None, None].astype(np.float64), len(order), 0).repeat(steps, 1)  # (U, steps, z)
     for r, j in enumerate(order):
-        codes[r, :, j] = values
+        codes[r, :, j] = values if _standard(vae) else center[j] + values * scale[j]
     return order, decode(vae, codes.astype(np.float32))
 
 
@@ -617,8 +636,12 @@ def traverse_run(run, units=None, span=3.0, steps=9, item=None, top=None, split=
     if path is not None:
         labels = [f"z{u}  KL {kl[u]:.2f}" for u in order]
         start = "the prior mean" if item is None else f"item {item}"
-        plots.save_image_rows(images, run.image_shape, path, row_labels=labels,
-                              title=f"each unit from -{span:g} to {span:g} around {start}; KL over {what}",
+        if _standard(run.vae):
+            title = f"each unit from -{span:g} to {span:g} around {start}; KL over {what}"
+        else:
+            title = (f"each unit over ±{span:g} sd of {run.vae.prior_module.describe()}'s marginal, around {start}; "
+                     f"KL to N(0, 1) over {what}")  # fmt: skip
+        plots.save_image_rows(images, run.image_shape, path, row_labels=labels, title=title,
                               value_range=_display_range(run))  # fmt: skip
     return order, kl[order], images
 

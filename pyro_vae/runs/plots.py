@@ -83,6 +83,23 @@ def manifold_codes(n=20, device=None, dtype=None):
     return z.to(device=device, dtype=dtype or torch.float32)
 
 
+def prior_manifold_codes(prior, n=20, device=None, dtype=None):
+    """An ``n x n`` grid over the latent plane of a 2-D ``prior`` (:class:`~pyro_vae.vae.priors.Prior`), evenly
+    spaced in probability under each unit's marginal: the quantiles :math:`(i + 1/2)/n` of each marginal
+    (exact for ``standard``, where it is :func:`manifold_codes`; else estimated from draws). Returns
+    ``(codes (n*n, 2), caption)``; the caption is ``None`` for the standard prior."""
+    from ..vae.priors import StandardPrior
+
+    if isinstance(prior, StandardPrior):
+        return manifold_codes(n, device, dtype), None
+    p = torch.linspace(0.5 / n, 1 - 0.5 / n, n, dtype=torch.float64)
+    _, _, q = prior.marginals(quantiles=p.tolist())
+    z1, z2 = torch.meshgrid(q[:, 0], q.flip(0)[:, 1], indexing="xy")
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
+    caption = f"grid over the marginal quantiles {p[0]:.3f}..{p[-1]:.3f} of {prior.describe()} (estimated from draws)"
+    return z.to(device=device, dtype=dtype or torch.float32), caption
+
+
 def save_comparison(groups, originals, strips, image_shape, path, title=None, value_range=(0.0, 1.0)):
     """The picture of a likelihood comparison (``comparison.png``).
 

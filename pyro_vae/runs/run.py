@@ -234,9 +234,26 @@ class Run:
             write_file_checked(d / "curves.png", lambda p: plots.save_curves(self.metrics, p, title=curves_title),
                                "picture")  # fmt: skip
         if self.config.z_dim == 2:
-            z = plots.manifold_codes(20, device=self.device)
+            z, caption = plots.prior_manifold_codes(self.vae.prior_module, 20, device=self.device)
             write_file_checked(d / "manifold.png", lambda p: plots.save_grid(
-                self.vae.decode(z), self.image_shape, p, ncol=20, value_range=self._display_range()), "picture")
+                self.vae.decode(z), self.image_shape, p, ncol=20, title=caption, value_range=self._display_range()),
+                "picture")  # fmt: skip
+        if hasattr(self.vae.prior_module, "pseudo_inputs"):
+            self.save_pseudo_inputs(d / "pseudo_inputs.png")
+
+    def save_pseudo_inputs(self, path, n=100):
+        """The first ``n`` pseudo-inputs :math:`u_k` of a VampPrior as a PNG grid, in the data's shape.
+
+        :raises UserError: for a run whose prior has no pseudo-inputs, or a write that fails.
+        """
+        prior = self.vae.prior_module
+        if not hasattr(prior, "pseudo_inputs"):
+            raise UserError(f"the run's prior ({prior.describe()}) has no pseudo-inputs")
+        with torch.no_grad():
+            u = prior.pseudo_inputs()[:n].detach().float().cpu().reshape(min(n, len(prior.pseudo)), -1)
+        title = f"pseudo-inputs ({len(u)} of {len(prior.pseudo)})"
+        write_file_checked(Path(path), lambda p: plots.save_grid(u, self.image_shape, p, title=title,
+                                                                  value_range=self._display_range()), "picture")
 
     # The latent space (pyro_vae.runs.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
     def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
@@ -274,17 +291,23 @@ def check_guide_trusted(config, directory, trust_guide=False, guide=None):
     A guide given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
     built. A run folder received from someone else could name any file or module; opening it
     (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or
-    the user names the same guide again (``guide``, ``--guide`` on the command line).
+    the user names the same guide again (``guide``, ``--guide`` on the command line). A prior given
+    as code (``--prior file.py:Name``) follows the same rule; ``trust_guide`` allows it.
 
     :raises UserError: one line, saying how to allow it.
     """
     spec = config.guide
-    if not (isinstance(spec, str) and is_import_spec(spec)) or trust_guide or guide == spec:
-        return
-    raise UserError(
-        f"the run in {directory} names its guide as code, {spec}; opening it would run that code. If you trust it, "
-        f"pass --trust-guide (or --guide {shlex.quote(spec)}; in Python load_run(..., trust_guide=True))"
-    )
+    if isinstance(spec, str) and is_import_spec(spec) and not trust_guide and guide != spec:
+        raise UserError(
+            f"the run in {directory} names its guide as code, {spec}; opening it would run that code. If you trust "
+            f"it, pass --trust-guide (or --guide {shlex.quote(spec)}; in Python load_run(..., trust_guide=True))"
+        )
+    prior = getattr(config, "prior", "standard")
+    if isinstance(prior, str) and is_import_spec(prior) and not trust_guide:
+        raise UserError(
+            f"the run in {directory} names its prior as code, {prior}; opening it would run that code. If you trust "
+            "it, pass --trust-guide (in Python load_run(..., trust_guide=True))"
+        )
 
 
 def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None):

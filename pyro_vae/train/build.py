@@ -13,7 +13,7 @@ import torch
 
 import pyro.optim
 
-from ..config import LEGACY_OPTIONS, Config
+from ..config import LEGACY_OPTIONS, Config, option_key
 from ..data.dataset import Dataset
 from ..data.load import load_dataset, with_validation
 from ..data.sources import DATASETS
@@ -24,6 +24,7 @@ from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
 from ..vae.model import VAE
 from ..vae.nets import build_architecture
 from ..vae.objectives import OBJECTIVES
+from ..vae.priors import prior_class
 from .schedules import GlobalClipOptim
 
 __all__ = [
@@ -83,7 +84,7 @@ def make_config(config=None, **settings):
         if group is None:
             raise UserError(f"unknown setting {key!r}; the settings are the fields of pyro_vae.Config")
         if value is not None:
-            changes[group] = {**changes.get(group, getattr(config, group)), key: value}
+            changes[group] = {**changes.get(group, getattr(config, group)), option_key(key, group): value}
     return config.replace(**changes) if changes else config
 
 
@@ -101,6 +102,7 @@ def check_names(config):
     if unknown:
         build_likelihood(config.likelihood, **config.likelihood_options)  # raises the message for the option
     guide_class(config.guide)
+    prior_class(config.prior)
     OBJECTIVES.get(config.objective)
     OPTIMIZERS.get(config.optimizer)
     build_architecture(config.arch, config.hidden, config.activation, config.channels)
@@ -115,7 +117,7 @@ def build_vae(config, x_dim, levels=None, check=True):
     likelihood = build_likelihood(config.likelihood, levels=levels, **config.likelihood_options)
     return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
                guide_options=config.guide_options, check_guide=check, arch=config.arch,
-               channels=config.channels)  # fmt: skip
+               channels=config.channels, prior=config.prior, prior_options=config.prior_options)  # fmt: skip
 
 
 def build_optimizer(config):
@@ -353,9 +355,11 @@ def build(config):
     dataset, train, test = prepare_data(config, likelihood, device, dataset, torch.device("cpu") if stream else None)
     train = TrainingData(train, device, stream=stream)
     vae = VAE(dataset.item_shape, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
-              guide_options=config.guide_options, arch=config.arch, channels=config.channels).to(device)  # fmt: skip
+              guide_options=config.guide_options, arch=config.arch, channels=config.channels, prior=config.prior,
+              prior_options=config.prior_options).to(device)  # fmt: skip
     options = vae.encoder.options() if hasattr(vae.encoder, "options") else dict(config.guide_options)
-    resolved = config.replace(likelihood_options=likelihood.options(), guide_options=options)
+    resolved = config.replace(likelihood_options=likelihood.options(), guide_options=options,
+                              prior_options=vae.prior_module.options())  # fmt: skip
     valid = prepare_valid(config, likelihood, device, dataset)
     return Parts(resolved, device, dataset, train, test, vae, build_optimizer(config), valid)
 

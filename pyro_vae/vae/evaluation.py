@@ -88,7 +88,8 @@ class Scores:
     :ivar log_px: :math:`\log\frac1K\sum_k w_k`, the importance-sampled :math:`\log p(x)`, ``(N,)``.
     :ivar reconstruction: :math:`\frac1K\sum_k \log p_\theta(x \mid z_k)`, the expected log-likelihood, ``(N,)``.
     :ivar kl: :math:`\frac1K\sum_k [\log q_\phi(z_k \mid x) - \log p(z_k)]`, the Monte Carlo
-        :math:`\mathrm{KL}(q_\phi(z \mid x) \,\|\, p(z))`, ``(N,)``; ``elbo == reconstruction - kl``.
+        :math:`\mathrm{KL}(q_\phi(z \mid x) \,\|\, p(z))`, ``(N,)``; ``elbo == reconstruction - kl``. Monte
+        Carlo whatever the prior (also where a closed form exists), so that it adds up with the same draws.
     :ivar posterior_mean: :math:`\mathbb{E}_{q_\phi}[z \mid x]`, ``(N, z_dim)`` (exact when the
         guide's distribution has a ``mean``, else the average of the :math:`K` draws).
     :ivar int num_samples: :math:`K`.
@@ -150,6 +151,8 @@ def evaluate_terms(vae, x, num_samples=1000, progress=None):
     :rtype: Scores
     """
     n, d = x.shape[0], math.prod(x.shape[1:])
+    # a mixture prior's log_prob makes (..., K, z_dim) per value: size the chunks by the larger of the two
+    d = max(d, getattr(getattr(vae, "prior_module", None), "elements_per_value", None) or 0)
     particles = max(1, min(num_samples, MAX_ELEMENTS // max(d, 1)))
     items = max(1, MAX_ELEMENTS // (particles * max(d, 1)))
     names = ("elbo", "log_px", "reconstruction", "kl", "posterior_mean", "posterior_mean_noise")
@@ -218,7 +221,8 @@ def summarize(scores, likelihood, x_dim):
 
     Keys: ``test_elbo``, ``test_log_likelihood`` (nats per item on the data as prepared, so a
     density's score on dequantized data), ``reconstruction`` and ``kl`` (the ELBO's two terms,
-    ``test_elbo == reconstruction - kl``), ``discrete_test_elbo`` and ``discrete_test_log_likelihood``
+    ``test_elbo == reconstruction - kl``; ``kl_estimate`` says that the KL is the Monte Carlo estimate
+    from the same draws, for every prior), ``discrete_test_elbo`` and ``discrete_test_log_likelihood``
     (the same minus :meth:`~pyro_vae.vae.likelihoods.Likelihood.dequantization_nats`: nats against the
     discrete data of ``scored_data``; equal to the first two for a pmf), ``bits_per_dim`` and
     ``elbo_bits_per_dim`` (from those, :func:`bits_per_dim`; ``None`` on continuous data), ``active_units``,
@@ -240,6 +244,7 @@ def summarize(scores, likelihood, x_dim):
         "test_log_likelihood": log_px,
         "reconstruction": scores.reconstruction.mean().item(),
         "kl": scores.kl.mean().item(),
+        "kl_estimate": f"monte carlo, {scores.num_samples} draws per item",
         "discrete_test_elbo": elbo - offset if on_levels else None,
         "discrete_test_log_likelihood": log_px - offset if on_levels else None,
         "bits_per_dim": bits_per_dim(log_px - offset, x_dim) if on_levels else None,

@@ -54,7 +54,8 @@ freeze a CPU scalar.
 
 **Free bits** cannot be written as a scale (the max is over minibatch averages):
 :class:`FreeBitsELBO` is a :class:`~pyro.infer.Trace_ELBO` whose KL term for the latent site is
-computed per unit. It needs a guide that factorizes over latent units (``diagonal``): with
+computed per unit. It needs a guide and a prior that factorize over latent units (``diagonal`` and
+``standard``; the learned priors of :mod:`pyro_vae.vae.priors` do not, and are refused): with
 ``elbo-analytic`` the per-unit KL is the closed form
 :math:`\mathrm{KL}_{ij} = \log\frac{1}{\sigma_{ij}} + \frac{\sigma_{ij}^2 + \mu_{ij}^2 - 1}{2}` (the
 paper's Appendix B, per unit), with ``elbo`` the single-sample estimate
@@ -340,6 +341,13 @@ class KLWeighting:
         with preserved_rng(x.device), torch.no_grad():
             q = vae.encoder(x)
             p = vae.prior(x).expand(q.batch_shape)
+            if _per_unit(q) is not None and _per_unit(p) is None:
+                prior = getattr(getattr(vae, "prior_module", None), "name", type(p).__name__)
+                raise UserError(
+                    f"--free-bits needs the KL of each latent unit, but the {prior} prior's {type(p).__name__} does not "
+                    "factorize over units, so no per-unit KL exists (free bits is defined per unit, Kingma et al. "
+                    "2016); use --prior standard with free bits, or --beta / --kl-warmup with this prior"
+                )
             try:
                 per_unit_kl(q, p, None if getattr(objective, "analytic_kl", False) else q.sample())
             except NotImplementedError:

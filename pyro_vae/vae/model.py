@@ -4,7 +4,9 @@ Generative model (:meth:`VAE.model`), for each datapoint :math:`i` in the miniba
 
 .. math::
 
-    z_i \sim p(z) = \mathcal{N}(0, I), \qquad x_i \sim p_\theta(x \mid z_i)
+    z_i \sim p_\lambda(z), \qquad x_i \sim p_\theta(x \mid z_i)
+
+with the paper's :math:`p(z) = \mathcal{N}(0, I)` by default, or a learned prior (:mod:`pyro_vae.vae.priors`).
 
 Inference network (:meth:`VAE.guide`): :math:`z_i \sim q_\phi(z \mid x_i)`, reparameterized.
 
@@ -23,11 +25,11 @@ import torch
 import torch.nn as nn
 
 import pyro
-import pyro.distributions as dist
 
 from .guides import build_guide
 from .likelihoods import Likelihood, build_likelihood
 from .nets import build_architecture, check_architecture, item_shape, parse_hidden
+from .priors import build_prior
 
 
 class VAE(nn.Module):
@@ -53,12 +55,17 @@ class VAE(nn.Module):
         ``resnet``), a user's ``file.py:Name``, or an :class:`~pyro_vae.vae.nets.Architecture`; it builds
         the decoder and the encoder body the guide puts its heads on (checked on a tiny batch).
     :param channels: convolution widths of the image architectures (``--channels``).
-    :raises UserError: for an unknown family, guide or architecture, or a guide that breaks the contract.
+    :param prior: a :class:`~pyro_vae.vae.priors.Prior` class, instance, registered name (``standard``,
+        ``mog``, ``vamp``, ``flow``) or import spec (see :mod:`pyro_vae.vae.priors` for the contract).
+    :param dict prior_options: keyword options of the prior's constructor, e.g. ``{"components": 500}``.
+    :raises UserError: for an unknown family, guide, prior or architecture, or a guide or prior that breaks
+        its contract.
     """
 
     def __init__(
         self, x_dim, z_dim=20, hidden=(400,), activation="relu", likelihood="bernoulli", guide="diagonal",
         guide_options=None, check_guide=True, decoder=None, arch="mlp", channels=(32, 64, 128, 256),
+        prior="standard", prior_options=None,
     ):  # fmt: skip
         super().__init__()
         hidden = parse_hidden(hidden)
@@ -82,6 +89,11 @@ class VAE(nn.Module):
                                nets=(decoder, None))  # fmt: skip
         #: :math:`f_\theta`: z -> the likelihood's parameters for every data dimension
         self.decoder = decoder
+        # built last: a learned prior draws its initial values after the nets (the standard prior draws none)
+        bounds = (0.0, 1.0) if self.likelihood.domain in ("binary", "unit") else None
+        #: :math:`p_\lambda(z)`, a :class:`~pyro_vae.vae.priors.Prior` (``prior.*`` in the state dict)
+        self.prior_module = build_prior(prior, z_dim, encoder=self.encoder, x_shape=self.x_shape, bounds=bounds,
+                                        **(prior_options or {}))  # fmt: skip
 
     def flat(self, x):
         """Items ``(..., *x_shape)`` flattened to ``(..., D)`` (flat batches are returned as they are)."""
@@ -93,12 +105,14 @@ class VAE(nn.Module):
         return x
 
     def prior(self, like):
-        """:math:`p(z) = \\mathcal{N}(0, I)` on the dtype and device of ``like``."""
-        return dist.Normal(like.new_zeros(()), like.new_ones(())).expand([self.z_dim]).to_event(1)
+        """:math:`p_\\lambda(z)` (the prior module's distribution) on the dtype and device of ``like``."""
+        return self.prior_module(like)
 
     def model(self, x):
-        """:math:`p(z)\\,p_\\theta(x \\mid z)` for a minibatch ``x`` of shape ``(B, D)``."""
+        """:math:`p_\\lambda(z)\\,p_\\theta(x \\mid z)` for a minibatch ``x`` of shape ``(B, D)``."""
         pyro.module("decoder", self.decoder)
+        if self.prior_module.learned:
+            pyro.module("prior", self.prior_module)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.likelihood.distribution(self.decoder(z)).to_event(1), obs=self.flat(x))
@@ -118,9 +132,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n, generator=None):
         """Decoder means for ``n`` codes drawn from the prior: shape ``(n, D)``."""
-        p = next(self.parameters())
-        z = torch.randn(n, self.z_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return self.decode(z)
+        return self.decode(self.prior_module.sample(n, generator, like=next(self.parameters())))
 
     @torch.no_grad()
     def reconstruct(self, x):

@@ -9,9 +9,9 @@ datapoint (``--particles K``) vectorized over a particle plate. For a datapoint 
   :class:`~pyro.infer.Trace_ELBO`: :math:`\widetilde{\mathcal{L}}^A = \frac1K \sum_k \log w_k`.
 - ``elbo-analytic``: estimator B, eq. 7, Pyro's :class:`~pyro.infer.TraceMeanField_ELBO`:
   :math:`\widetilde{\mathcal{L}}^B = -\mathrm{KL}(q_\phi(z \mid x) \,\|\, p(z)) + \frac1K \sum_k \log p_\theta(x \mid z_k)`,
-  with the KL in closed form. Same expectation as A, lower variance. Only for guides whose KL to
-  the prior has a closed form (``diagonal``, ``full-rank``); Pyro would silently fall back to
-  sampling for others, so we refuse them.
+  with the KL in closed form. Same expectation as A, lower variance. Only for a guide and prior
+  whose KL has a closed form (``diagonal`` or ``full-rank`` with the ``standard`` prior); Pyro would
+  silently fall back to sampling for others, so we refuse them, naming the pair.
 - ``iwae``: the importance weighted bound of Burda, Grosse & Salakhutdinov (2015), Pyro's
   :class:`~pyro.infer.RenyiELBO` with :math:`\alpha = 0`:
   :math:`\mathcal{L}_K = \mathbb{E}\big[\log \frac1K \sum_k w_k\big]`, with
@@ -124,10 +124,13 @@ class AnalyticELBO(Objective):
             with torch.no_grad():
                 kl_divergence(q, p)
         except NotImplementedError:
+            prior = getattr(getattr(vae, "prior_module", None), "name", "standard")
+            fix = ("use --objective elbo, or a diagonal or full-rank guide" if prior == "standard"
+                   else "use --objective elbo (the Monte Carlo KL), or --prior standard")  # fmt: skip
             raise UserError(
-                f"the elbo-analytic objective needs a closed-form KL(q || p) but the guide's {type(q).__name__} "
-                "has none (Pyro would silently fall back to sampling, i.e. to the elbo objective); use "
-                "--objective elbo, or a diagonal or full-rank guide"
+                f"the elbo-analytic objective needs a closed-form KL(q || p), which the pair of the guide's "
+                f"{type(q).__name__} and the {prior} prior's {type(p).__name__} does not have (Pyro would silently "
+                f"fall back to sampling, i.e. to the elbo objective); {fix}"
             ) from None
 
 
