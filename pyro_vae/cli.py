@@ -6,6 +6,7 @@ run exits with code 1 and keeps its last good checkpoint.
 
 import errno
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -489,8 +490,37 @@ class _NoBar:
         pass
 
 
+class EchoHandler(logging.Handler):
+    """Prints the library's messages (the ``logging`` logger ``"pyro_vae"``) as the CLI always has:
+    information on stdout as it is, warnings and errors on stderr as ``warning: ...``."""
+
+    def emit(self, record):
+        try:
+            message = self.format(record)
+        except Exception:  # a message that cannot be formatted: logging's own report
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            click.echo(f"{record.levelname.lower()}: {message}", err=True)
+        else:
+            click.echo(message)
+
+
 def main(argv=None):
     """Entry point of the ``pyro-vae`` console script and of ``python cli.py``."""
+    log = logging.getLogger("pyro_vae")
+    handler, level = EchoHandler(), log.level
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        return _main(argv)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _main(argv):
     try:
         cli.main(args=argv, prog_name="pyro-vae", standalone_mode=False)
     except click.exceptions.Exit as e:

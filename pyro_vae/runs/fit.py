@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import shutil
 import sys
 import time
@@ -31,7 +32,7 @@ from ..config import Config
 from ..errors import TrainingDiverged, TrainingInterrupted, UserError
 from ..vae.evaluation import evaluate
 from ..vae.kl_weighting import KLWeighting
-from ..train.loggers import Loggers, PlainProgress, build_loggers, format_epoch_line
+from ..train.loggers import Loggers, PlainProgress, build_loggers, format_elbo, format_epoch_line
 from ..vae.model import VAE
 from ..vae.objectives import build_objective
 from .run import (
@@ -44,12 +45,16 @@ from .run import (
     read_metrics,
     resume_command,
     write_config,
+    use_best,
     write_metrics,
 )
 from ..train.schedules import LRSchedule
 from ..speed import Speed, SVIStep, compile_nets
 
 __all__ = ["Step", "Trainer", "fit"]
+
+#: the library's messages (warnings, the closing summary); the CLI prints them (see pyro_vae.cli)
+log = logging.getLogger("pyro_vae")
 
 
 class Step(NamedTuple):
@@ -283,7 +288,7 @@ class Trainer:
 
 def _diverged(value, epoch, step):
     raise TrainingDiverged(
-        f"the loss became {value} at epoch {epoch}, step {step}; training stopped (try a smaller --lr)"
+        f"the loss became {format_elbo(value)} at epoch {epoch}, step {step}; training stopped (try a smaller --lr)"
     )
 
 
@@ -365,7 +370,8 @@ def _io_error(e, out):
 
 
 def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
-        speed=None, rank=0, make_trainer=None, loggers=None, log_images_every=5, **settings):  # fmt: skip
+        speed=None, rank=0, make_trainer=None, loggers=None, log_images_every=5, checkpoint="best",
+        **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     The run folder is locked while the run trains (``RUN/.lock``): a second ``fit`` or ``fit
@@ -402,8 +408,11 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param loggers: logger names (``["csv", "tensorboard", "mlflow"]``, see :mod:`pyro_vae.train.loggers`)
         or a :class:`~pyro_vae.train.loggers.Loggers`: each epoch's record, the config as hyperparameters,
         and images (samples, validation reconstructions) every ``log_images_every`` epochs and at the last.
-    :returns: the trained :class:`~pyro_vae.runs.run.Run` (the model of the last epoch; ``run.final``
-        holds what ``final.json`` holds).
+    :param str checkpoint: which model the returned run holds: ``"best"`` (default; ``best.pt``, the
+        epoch with the best validation ELBO, as :func:`~pyro_vae.runs.run.load_run` opens it) or
+        ``"last"`` (the last epoch); ``run.checkpoint`` says which.
+    :returns: the trained :class:`~pyro_vae.runs.run.Run` (``run.final`` holds what ``final.json`` holds).
+        The summary line and warnings go to the ``logging`` logger ``"pyro_vae"``.
     :raises UserError: for bad settings, a folder in use, changed data, unwritable folders (one line).
     :raises TrainingDiverged: when a loss or a parameter becomes NaN or infinite; the message says
         whether a checkpoint is kept.
@@ -418,6 +427,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     ``epochs`` (run) and ``stopped_early``.
     """
     config = make_config(config, **settings)
+    if checkpoint not in ("best", "last"):
+        raise UserError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if not isinstance(loggers, Loggers):  # built first: a missing optional package fails before any work
         loggers = build_loggers(loggers or (), log_images_every)
     if out is not None and not str(out).strip():
@@ -429,7 +440,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         loggers = build_loggers(loggers or (), log_images_every)
     locks = []  # the run folder's lock, once taken
     try:
-        return _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank, make_trainer, loggers)
+        return _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank, make_trainer, loggers,
+                    checkpoint)  # fmt: skip
     except OSError as e:  # a read-only folder, a full disk, a name too long
         raise _io_error(e, out) from None
     finally:
@@ -438,7 +450,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
 
 
 def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank=0, make_trainer=None,
-         loggers=None):  # fmt: skip
+         loggers=None, checkpoint="best"):  # fmt: skip
     lead = rank == 0  # data parallelism: only rank 0 writes the run folder
     state, saved_meta, replacing = None, {}, False
     if resume:
@@ -558,9 +570,9 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
                     where = out
             if lead and not warned and max(abs(record["train_elbo"]), abs(valid_elbo or 0.0)) > ABSURD_ELBO:
                 warned = True
-                print(f"warning: epoch {epoch}'s ELBO is {record['train_elbo']:.3g} nats per item (train), "
-                      f"{valid_elbo:.3g} (validation): absurdly large; check the data's scale and the likelihood",
-                      file=sys.stderr)  # fmt: skip
+                log.warning(f"epoch {epoch}'s ELBO is {format_elbo(record['train_elbo'])} nats per item (train), "
+                            f"{format_elbo(valid_elbo)} (validation): absurdly large; check the data's scale and "
+                            "the likelihood")  # fmt: skip
             if loggers:
                 if not started:
                     loggers.start(out, {**config.to_dict(), **meta})
@@ -587,27 +599,36 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
             loggers.close(failed=True)
         raise
     stopped_early = bool(config.early_stopping) and trainer.epoch < config.epochs
-    if started:
-        loggers.close()
 
     run = Run(out, config, {**config.to_dict(), **meta}, vae, metrics)
     if not lead:
         run.final = _final(trainer, out, metrics, stopped_early, best_state, lead=False)  # its collectives
         return run
-    if not (where / "checkpoint.pt").exists():  # --epochs 0: the untrained model, at epoch 0
-        save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
-    if where != out:
-        _swap_in(where, out)
-    run.final = final = _final(trainer, out, metrics, stopped_early, best_state)
-    run.write_pictures(trainer.test)
+    try:
+        if not (where / "checkpoint.pt").exists():  # --epochs 0: the untrained model, at epoch 0
+            save_checkpoint(where / "checkpoint.pt", trainer.state_dict())
+        if where != out:
+            _swap_in(where, out)
+        run.final = final = _final(trainer, out, metrics, stopped_early, best_state)
+        run.write_pictures(trainer.test)
+        if started:
+            loggers.log_final(final, out)
+    except BaseException:
+        if started:
+            loggers.close(failed=True)
+        raise
+    if started:
+        loggers.close()
+    if checkpoint == "best":
+        use_best(run, best_state)
     if not quiet:
         summary = (
-            f"test ELBO {final['test_elbo']:.3f} nats/item (best epoch {final['best_epoch']} by validation; "
-            f"last epoch {final['test_elbo_last']:.3f}) after {final['epochs']} epochs"
+            f"test ELBO {format_elbo(final['test_elbo'])} nats/item (best epoch {final['best_epoch']} by validation; "
+            f"last epoch {format_elbo(final['test_elbo_last'])}) after {final['epochs']} epochs"
             + (" (stopped early)" if stopped_early else "")
             if metrics and final["test_elbo"] is not None else "no epochs run" if not metrics else "no best.pt"
         )
-        print(f"{config.likelihood} VAE on {dataset.name}: {summary}; run folder {out}")
+        log.info(f"{config.likelihood} VAE on {dataset.name}: {summary}; run folder {out}")
     return run
 
 

@@ -35,7 +35,8 @@ from ..user_code import is_import_spec
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png", "curves.png",
-    "manifold.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns",
+    "manifold.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns", "mlflow.json",
+    "guide_code.py", "arch_code.py", "likelihood_code.py",
 )  # fmt: skip
 
 #: ``load_run(checkpoint=...)`` / ``--checkpoint``: the file of each choice
@@ -458,6 +459,22 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
             run.final = json.loads((directory / "final.json").read_text())
         except ValueError:
             raise UserError(f"{directory / 'final.json'} is damaged") from None
+    return run
+
+
+def use_best(run, best_state=None):
+    """Put the best epoch's model into ``run`` (the one :func:`fit` just trained), as :func:`load_run` opens
+    it by default: ``best_state`` (a state dict held in memory) or else ``best.pt``; a run without
+    ``best.pt`` (no epochs) keeps its last model. Sets ``run.checkpoint``."""
+    final = run.final or {}
+    if final.get("best_epoch") is None or final.get("best_epoch") == final.get("epochs"):
+        run.checkpoint = "best" if (run.directory / "best.pt").exists() else "last"
+        return run
+    if best_state is None:
+        best_state = load_checkpoint(run.directory / "best.pt", map_location=run.device)["model"]
+    run.vae.load_state_dict(best_state)
+    run.vae.eval()
+    run.checkpoint = "best"
     return run
 
 
