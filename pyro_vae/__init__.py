@@ -15,7 +15,7 @@ from .data.datasets import DATASETS, Dataset, DatasetSource, load_dataset  # noq
 from .errors import TrainingDiverged, UserError  # noqa: E402
 from .vae.evaluation import evaluate, log_weights  # noqa: E402
 from .vae.guides import GUIDES, DiagonalGuide, FullRankGuide, Guide, IAFGuide, PlanarGuide  # noqa: E402
-from .vae.likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
+from .vae.likelihoods import LIKELIHOODS, Density, Likelihood, build_likelihood  # noqa: E402
 from .vae.model import VAE  # noqa: E402
 from .vae.nets import ARCHITECTURES  # noqa: E402
 from .vae.objectives import OBJECTIVES, Objective  # noqa: E402
@@ -24,7 +24,8 @@ from .speed import Speed  # noqa: E402
 from .runs.fit import Trainer, fit  # noqa: E402
 
 __all__ = [
-    "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",
+    "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "Density", "DiagonalGuide",
+    "FullRankGuide", "GUIDES",
     "Guide", "IAFGuide", "LIKELIHOODS", "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "PlanarGuide", "Run",
     "Speed", "Trainer", "TrainingDiverged", "UserError", "VAE", "build_likelihood", "build_vae", "compare",
     "evaluate", "fit", "load_dataset", "load_run", "log_weights",

@@ -148,11 +148,13 @@ def _resume_settings(ctx, settings, out):
 
 
 def trust_options(f):
-    """``--trust-guide`` and ``--guide``: allow a run folder's guide code to run (see :func:`~pyro_vae.runs.run.load_run`)."""
+    """``--trust-guide`` and ``--guide``: allow a run folder's code (a guide, architecture or likelihood given
+    as ``file.py:Name``) to run (see :func:`~pyro_vae.runs.run.load_run`)."""
     f = click.option("--guide", "guide", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
                      help="Allow the run's guide code by naming it again, exactly as its config.json does.")(f)
     return click.option("--trust-guide", is_flag=True,
-                        help="Run the guide code (file.py:Name or module:Name) the run folder names.")(f)
+                        help="Run the code (file.py:Name or module:Name) the run folder names as its guide, "
+                             "architecture or likelihood (the copy in the run folder, checked against its hash).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,8 +164,9 @@ def cli():
 
 
 @cli.command()
-@click.option("--likelihood", default=DEFAULTS.likelihood, show_default=True, type=_choice(LIKELIHOODS),
-              help="The family p(x|z) of the decoder.")  # fmt: skip
+@click.option("--likelihood", default=DEFAULTS.likelihood, show_default=True, metavar="NAME|FILE.py:CLASS|MODULE:CLASS",
+              help=f"The family p(x|z) of the decoder: {', '.join(LIKELIHOODS.names())}, or your own subclass of "
+                   "pyro_vae.Likelihood (see docs/guides.md).")  # fmt: skip
 @fit_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder [default: a new folder under runs/].")  # fmt: skip
@@ -308,7 +311,7 @@ def compare_fit_options(f):
 
 
 @cli.command()
-@click.option("--likelihood", "likelihoods", multiple=True, type=_choice(LIKELIHOODS),
+@click.option("--likelihood", "likelihoods", multiple=True, metavar="NAME|FILE.py:CLASS|MODULE:CLASS",
               help="A family to compare; repeat the option for several [default: every family that fits the data, "
                    "unless another setting varies].")  # fmt: skip
 @compare_fit_options

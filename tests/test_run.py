@@ -235,3 +235,98 @@ def test_evaluate_seed_and_unwritable_evaluation(trained, tmp_path, capsys):
             run.evaluate(samples=2)
     finally:
         shutil.move(tmp_path / "moved.npy", trained / "digits.npy")
+
+
+# Runs you can share: parts given as code travel in the run folder; registered parts say what to register ---
+
+SHARED_PARTS = '''
+import pyro.distributions as dist
+import torch
+
+from pyro_vae import Density, DiagonalGuide
+
+
+class MyGuide(DiagonalGuide):
+    pass
+
+
+class FixedGaussian(Density):
+    """N(mu, 0.2^2) on the data as given."""
+
+    params_per_dim = 1
+    domain = "real"
+
+    def __init__(self, sigma=0.2, levels=None):
+        super().__init__(levels)
+        self.sigma = sigma
+
+    def options(self):
+        return {"sigma": self.sigma}
+
+    def distribution(self, params):
+        return dist.Normal(params, torch.full_like(params, self.sigma))
+
+    def mean(self, params):
+        return params
+'''
+
+
+def test_parts_given_as_code_are_copied_and_the_folder_opens_elsewhere(tmp_path):
+    import hashlib
+
+    source = tmp_path / "lab" / "parts.py"
+    source.parent.mkdir()
+    source.write_text(SHARED_PARTS)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    fit(out=tmp_path / "run", epochs=1, guide=f"{source}:MyGuide", likelihood=f"{source}:FixedGaussian", **TINY)
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta["code"]["guide"] == {"spec": f"{source}:MyGuide", "file": "guide_code.py", "name": "MyGuide",
+                                     "sha256": digest}  # fmt: skip
+    assert meta["code"]["likelihood"]["file"] == "likelihood_code.py" and meta["code"]["likelihood"]["sha256"] == digest
+    assert meta["likelihood_options"] == {"sigma": 0.2}
+    x = torch.rand(5, 64, generator=torch.Generator().manual_seed(1))
+    want = load_run(tmp_path / "run", trust_guide=True).encode(x)
+    # "another machine": the folder moved, the source file gone
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "lab")
+    with pytest.raises(UserError, match="names its guide as code.*pass --trust-guide"):
+        load_run(tmp_path / "moved")
+    run = load_run(tmp_path / "moved", trust_guide=True)
+    assert type(run.vae.encoder).__name__ == "MyGuide" and type(run.vae.likelihood).__name__ == "FixedGaussian"
+    assert run.vae.encoder.__module__ != "pyro_vae" and torch.equal(run.encode(x), want)
+    # a copy altered since training is refused with one line, before it runs
+    copy = tmp_path / "moved" / "likelihood_code.py"
+    copy.write_text(copy.read_text() + "\nraise SystemExit('ran')\n")
+    with pytest.raises(UserError, match="likelihood_code.py was altered since training .*sha256.*refusing to run it"):
+        load_run(tmp_path / "moved", trust_guide=True)
+
+
+def test_an_architecture_as_code_alone_still_needs_trust(tmp_path):
+    source = tmp_path / "arch.py"
+    source.write_text("from pyro_vae.vae.nets import MLPArchitecture as Mine\n")
+    fit(out=tmp_path / "run", epochs=1, arch=f"{source}:Mine", **TINY)
+    assert (tmp_path / "run" / "arch_code.py").read_text() == source.read_text()
+    with pytest.raises(UserError, match="names its architecture as code"):
+        load_run(tmp_path / "run")
+    source.unlink()
+    assert load_run(tmp_path / "run", trust_guide=True).sample(2).shape[0] == 2
+
+
+def test_parts_registered_in_python_say_what_to_register(tmp_path, monkeypatch):
+    monkeypatch.setattr(pyro_vae.GUIDES, "_entries", dict(pyro_vae.GUIDES._entries))
+
+    class NotebookGuide(pyro_vae.DiagonalGuide):
+        pass
+
+    pyro_vae.GUIDES.register("notebook-guide", NotebookGuide)
+    fit(out=tmp_path / "run", epochs=1, guide="notebook-guide", **TINY)
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta["registered"] == {"guide": {"name": "notebook-guide", "class": f"{__name__}.{NotebookGuide.__qualname__}"}}
+    assert load_run(tmp_path / "run").vae.encoder.__class__ is NotebookGuide
+    del pyro_vae.GUIDES._entries["notebook-guide"]  # a fresh process: nothing registered
+    with pytest.raises(UserError) as e:
+        load_run(tmp_path / "run")
+    assert "uses the guide 'notebook-guide', registered in Python as" in str(e.value)
+    assert str(e.value).endswith("register it before opening the run: "
+                                 "pyro_vae.GUIDES.register('notebook-guide', NotebookGuide)")  # fmt: skip
+    assert "\n" not in str(e.value)

@@ -56,7 +56,7 @@ from ..data.datasets import load_dataset
 from ..errors import UserError
 from ..vae.evaluation import evaluate_terms, summarize
 from ..vae.guides import guide_class
-from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
+from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_class, likelihood_options
 from ..vae.objectives import OBJECTIVES
 from .paired import all_pairs
 from ..runs.run import load_run, write_evaluation
@@ -521,7 +521,7 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     values = {a.field: values[a.field] for a in axes() if a.field in values}  # in the order of AXES
     families = values.get("likelihood", [config.likelihood])
     for family in families:
-        LIKELIHOODS.get(family)  # unknown names fail before anything is trained
+        likelihood_class(family)  # unknown names (and broken files) fail before anything is trained
     out = Path(out)
     say = progress or (lambda line: None)
 

@@ -43,6 +43,7 @@ from .run import (
     new_run_dir,
     package_versions,
     read_metrics,
+    record_parts,
     resume_command,
     write_config,
     use_best,
@@ -518,6 +519,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
         trainer.load_state_dict(state, where=f"the checkpoint in {out}")
         metrics = read_metrics(out / "metrics.jsonl", trainer.epoch)  # skips a partial line older versions left
     if lead:
+        meta.update(record_parts(config, where, saved_meta if resume else None))  # copies a guide given as code
         write_config(where, config, meta)
         write_metrics(where, metrics)
 

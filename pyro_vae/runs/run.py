@@ -25,12 +25,12 @@ import pyro
 
 from . import latent, plots
 from ..train.build import build_vae, prepare_data, resolve_device
-from ..checkpoint import atomic_write_text, load_checkpoint, refuse_symlink
+from ..checkpoint import atomic_write, atomic_write_text, load_checkpoint, refuse_symlink
 from ..config import Config
 from ..data.datasets import interpret_array
 from ..errors import UserError
 from ..vae.evaluation import evaluate_terms, summarize
-from ..user_code import is_import_spec
+from ..user_code import is_import_spec, sha256_file, spec_file
 
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
@@ -373,23 +373,121 @@ class Run:
         return latent.latents_run(self, path, method, split, data, labels, seed)
 
 
-def check_guide_trusted(config, directory, trust_guide=False, guide=None):
-    """Refuse to run code a run folder names as its guide unless the user allows it.
+#: the parts a config may give as code (``file.py:Name``), and the file of the run folder that keeps a copy of each
+CODE_PARTS = {"guide": "guide_code.py", "arch": "arch_code.py", "likelihood": "likelihood_code.py"}
+#: how each part is named in messages, its registry and the name users import it by
+_PART_KINDS = {"guide": ("guide", "GUIDES"), "arch": ("architecture", "ARCHITECTURES"),
+               "likelihood": ("likelihood", "LIKELIHOODS")}  # fmt: skip
 
-    A guide given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
+
+def _registry(part):
+    from ..vae.guides import GUIDES
+    from ..vae.likelihoods import LIKELIHOODS
+    from ..vae.nets import ARCHITECTURES
+
+    return {"guide": GUIDES, "arch": ARCHITECTURES, "likelihood": LIKELIHOODS}[part]
+
+
+def record_parts(config, folder, saved=None):
+    """Make a run folder self-contained: what ``config.json`` records about the parts given as code or
+    registered in Python.
+
+    - A part given as a file (``--guide my.py:Name``, ``--arch``, ``--likelihood``) is copied into ``folder``
+      (:data:`CODE_PARTS`, e.g. ``guide_code.py``) and recorded under ``"code"`` with its sha256; :func:`load_run`
+      runs that copy (only when trusted), after checking the hash, so the folder opens on another machine.
+      A ``package.module:Name`` part is recorded, not copied: it must be importable where the run is opened.
+    - A part named by a name registered outside pyro-vae (``GUIDES.register("mine", MyGuide)`` in a notebook)
+      is recorded under ``"registered"`` with its class, so that opening the run in a process that has not
+      registered it says what to register.
+
+    ``saved``: the ``config.json`` of the run being resumed (its records are kept as they are).
+    :returns: ``{"code": {...}, "registered": {...}}`` to add to ``config.json``.
+    """
+    if saved is not None:
+        return {k: saved[k] for k in ("code", "registered") if isinstance(saved.get(k), dict)}
+    code, registered = {}, {}
+    for part, filename in CODE_PARTS.items():
+        spec = getattr(config, part)
+        if not isinstance(spec, str):
+            continue
+        if is_import_spec(spec) and spec not in _registry(part):
+            located = spec_file(spec)
+            if located is None:
+                code[part] = {"spec": spec, "module": spec.rpartition(":")[0], "name": spec.rpartition(":")[2]}
+                continue
+            source, name = located
+            data = source.read_bytes()
+            target = Path(folder) / filename
+            atomic_write(target, lambda f: f.write(data))
+            code[part] = {"spec": spec, "file": filename, "name": name, "sha256": sha256_file(target)}
+        elif spec in _registry(part):
+            cls = _registry(part).get(spec)
+            module = getattr(cls, "__module__", "") or ""
+            if not module.startswith("pyro_vae."):
+                registered[part] = {"name": spec, "class": f"{module}.{getattr(cls, '__qualname__', cls)}"}
+    return {"code": code, "registered": registered}
+
+
+def check_guide_trusted(config, directory, trust_guide=False, guide=None):
+    """Refuse to run code a run folder names as its guide, architecture or likelihood unless the user allows it.
+
+    A part given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
     built. A run folder received from someone else could name any file or module; opening it
-    (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or
-    the user names the same guide again (``guide``, ``--guide`` on the command line).
+    (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or,
+    for the guide, the user names the same guide again (``guide``, ``--guide`` on the command line).
 
     :raises UserError: one line, saying how to allow it.
     """
-    spec = config.guide
-    if not (isinstance(spec, str) and is_import_spec(spec)) or trust_guide or guide == spec:
+    if trust_guide:
         return
-    raise UserError(
-        f"the run in {directory} names its guide as code, {spec}; opening it would run that code. If you trust it, "
-        f"pass --trust-guide (or --guide {shlex.quote(spec)}; in Python load_run(..., trust_guide=True))"
-    )
+    for part in CODE_PARTS:
+        spec = getattr(config, part)
+        if not (isinstance(spec, str) and is_import_spec(spec)) or spec in _registry(part):
+            continue
+        if part == "guide" and guide == spec:
+            continue
+        kind = _PART_KINDS[part][0]
+        also = f" (or --guide {shlex.quote(spec)})" if part == "guide" else ""
+        raise UserError(
+            f"the run in {directory} names its {kind} as code, {spec}; opening it would run that code. If you trust "
+            f"it, pass --trust-guide{also}; in Python load_run(..., trust_guide=True)"
+        )
+
+
+def _buildable(config, meta, directory):
+    """``config`` with each part given as a file replaced by the run folder's copy (checked against its
+    sha256), and each registered name checked: the config :func:`load_run` builds the model from.
+
+    :raises UserError: a copy that is missing or was altered since training; a name no longer registered.
+    """
+    changes = {}
+    code = meta.get("code") if isinstance(meta.get("code"), dict) else {}
+    for part, entry in code.items():
+        if part not in CODE_PARTS or not isinstance(entry, dict) or "file" not in entry:
+            continue
+        if entry.get("spec") != getattr(config, part):
+            continue  # a record of another spec: not this part's code
+        path = Path(directory) / str(entry["file"])
+        if path.name != CODE_PARTS[part] or path.is_symlink() or not path.is_file():
+            raise UserError(f"the run in {directory} keeps its {_PART_KINDS[part][0]} code in {CODE_PARTS[part]}, "
+                            "which is missing; the run folder is incomplete")  # fmt: skip
+        if sha256_file(path) != entry.get("sha256"):
+            raise UserError(f"{path} was altered since training (its sha256 differs from the one in config.json); "
+                            "refusing to run it")  # fmt: skip
+        changes[part] = f"{path.resolve()}:{entry['name']}"
+    registered = meta.get("registered") if isinstance(meta.get("registered"), dict) else {}
+    for part, (kind, registry_name) in _PART_KINDS.items():
+        spec = getattr(config, part)
+        if part in changes or not isinstance(spec, str) or is_import_spec(spec) or spec in _registry(part):
+            continue
+        entry = registered.get(part) if isinstance(registered.get(part), dict) else {}
+        cls = str(entry.get("class") or "YourClass")
+        where = f", registered in Python as {cls}" if entry.get("class") else ", registered in Python"
+        raise UserError(
+            f"the run in {directory} uses the {kind} {spec!r}{where}; register it before opening the run: "
+            f"pyro_vae.{registry_name}.register({spec!r}, {cls.rpartition('.')[2]})"
+        )
+    return config.replace(**changes) if changes else config
 
 
 def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None):
@@ -401,10 +499,13 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
     :param str checkpoint: ``"best"`` (default): ``best.pt``, the epoch with the best validation
         ELBO; ``"last"``: ``checkpoint.pt``, the last epoch. A run written before ``best.pt``
         existed falls back to ``checkpoint.pt``.
-    :param bool trust_guide: allow running the code a run names as its guide (``file.py:Name`` or
-        ``module:Name``); see :func:`check_guide_trusted`. ``guide``: the same spec, named again.
-    :raises UserError: for an unknown ``checkpoint``, a folder that is not a run, a damaged ``config.json`` or checkpoint, or
-        an untrusted guide.
+    :param bool trust_guide: allow running the code a run names as its guide, architecture or likelihood
+        (``file.py:Name`` or ``module:Name``); see :func:`check_guide_trusted`. ``guide``: the same spec,
+        named again. A part given as a file runs from the run folder's copy (``guide_code.py``, ...),
+        checked against the sha256 ``config.json`` records (:func:`record_parts`), so the folder opens
+        on another machine.
+    :raises UserError: for an unknown ``checkpoint``, a folder that is not a run, a damaged ``config.json`` or checkpoint,
+        untrusted code, a copied part altered since training, or a part registered in Python and not registered now.
     """
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
@@ -446,7 +547,7 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
         raise UserError(f"the checkpoint in {directory} is damaged (its config: {e}); retrain the run") from None
     if saved.differences(config):
         raise UserError(f"the checkpoint in {directory} is from another configuration than its config.json")
-    vae = build_vae(config, item, levels).to(device)
+    vae = build_vae(_buildable(config, meta, directory), item, levels).to(device)
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError:

@@ -17,7 +17,7 @@ from ..config import LEGACY_OPTIONS, Config
 from ..data.datasets import DATASETS, Dataset, load_dataset, with_validation
 from ..errors import UserError
 from ..vae.guides import guide_class
-from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
+from ..vae.likelihoods import build_likelihood, likelihood_class, likelihood_options
 from ..vae.model import VAE
 from ..vae.nets import build_architecture
 from ..vae.objectives import OBJECTIVES
@@ -94,7 +94,7 @@ def check_names(config):
     """
     if not config.data:
         DATASETS.get(config.dataset)
-    LIKELIHOODS.get(config.likelihood)
+    likelihood_class(config.likelihood)  # a user's file.py:Name is imported here
     unknown = set(config.likelihood_options) - set(likelihood_options(config.likelihood))
     if unknown:
         build_likelihood(config.likelihood, **config.likelihood_options)  # raises the message for the option
