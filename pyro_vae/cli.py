@@ -294,6 +294,32 @@ def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
     click.echo(f"wrote {num} samples to {output}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", default=None, type=click.Path(file_okay=False),
+              help="The export folder [default: RUN_DIR-export beside the run].")
+@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
+              help="best.pt (the best validation ELBO) or checkpoint.pt (the last epoch).")
+@click.option("--eval-samples", default=100, show_default=True, type=click.IntRange(1),
+              help="Importance samples K per test item for the model card's log p(x), when the run has no "
+                   "evaluation.json of the best checkpoint.")
+@click.option("--eval-subset", default=None, type=click.IntRange(1), help="Evaluate on the first N test items only.")
+@click.option("--overwrite", is_flag=True, help="Write into an export folder that is not empty.")
+@trust_options
+def export(run_dir, output, checkpoint, eval_samples, eval_subset, overwrite, trust_guide, guide):
+    """Write the run for use without pyro-vae: weights (safetensors), the encoder and decoder as
+    torch.export programs that need only PyTorch, and a model card (README.md) with scores and pictures."""
+    from .runs.export import export_run
+    from .runs.run import load_run
+
+    output = output or f"{str(run_dir).rstrip('/')}-export"
+    run = load_run(run_dir, "cpu", checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
+    manifest = export_run(run, output, eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite)
+    if manifest["encoder_skipped"]:
+        click.echo(f"note: no encoder program: {manifest['encoder_skipped']}", err=True)
+    click.echo(f"exported {', '.join(manifest['files'])} to {output}")
+
+
 def compare_fit_options(f):
     """:func:`fit_options` with the options of :data:`pyro_vae.analysis.compare.AXES` repeatable (``--guide A --guide B``)."""
     from .analysis.compare import axes
