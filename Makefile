@@ -2,7 +2,8 @@
 #   make demo   creates .venv, installs pyro-vae, trains a Bernoulli VAE on the bundled digits (runs/demo)
 #   make test   creates .venv if needed, installs the test extras, runs the test suite
 #   make docs   installs the docs extras and builds the Sphinx site (docs/_build/html), warnings as errors
-#   make examples  runs every example and reproduction in its smoke mode (a few seconds each)
+#   make examples  runs every example and reproduction in its smoke mode (a few seconds each); says which tests
+#                  were skipped and why (-rs) and which runs an example skipped
 #   make lint   installs the lint extras and runs ruff check (rules in pyproject.toml)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -39,7 +40,7 @@ lint: $(VENV)/.lint-installed
 	$(PY) -m ruff check .
 
 examples: install
-	$(PY) -m pytest -q -m examples tests/test_example_smoke.py
+	$(PY) -m pytest -q -rs -m examples tests/test_example_smoke.py
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache docs/_build docs/reference/_api

@@ -421,9 +421,11 @@ def encode(run_dir, output, what, samples, labels, split, data_file, seed, devic
     from .runs.run import load_run
 
     _output(output, (".npy", ".csv"))
+    from .runs.latent import encode_run, labels_path
+
     run = load_run(run_dir, device)
-    codes, labels = run.encode(split=split, data=data_file, what=what, samples=samples, labels=labels, path=output, seed=seed)
-    from .runs.latent import labels_path
+    codes, labels = encode_run(run, split=split, data=data_file, what=what, samples=samples, labels=labels, path=output,
+                               seed=seed)  # fmt: skip
 
     beside = "" if labels is None else (" with labels" + (f" in {labels_path(output)}" if output.lower().endswith(".npy") else ""))
     click.echo(f"wrote {what} codes of shape {tuple(codes.shape)} to {output}{beside}")

@@ -186,7 +186,7 @@ def test_untrusted_guide_code_is_not_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--trust-guide" in err and not marker.exists()
     # allowed: the file runs (once per process: it was run by fit above, so the module is reused)
-    assert load_run(tmp_path / "run", trust_guide=True).sample(2).shape == (2, 64)
+    assert load_run(tmp_path / "run", trust_guide=True).sample(2).shape == (2, 1, 8, 8)
     assert main(["sample", str(tmp_path / "run"), "-n", "4", "-o", str(tmp_path / "s.png"), "--guide", spec]) == 0
     assert main(["evaluate", str(tmp_path / "run"), "--samples", "2", "--trust-guide"]) == 0
     assert (tmp_path / "s.png").exists()
@@ -201,7 +201,7 @@ def test_reconstruct_and_encode_take_the_training_layout(trained):
         torch.manual_seed(1)
         a = run.reconstruct(layout)
         torch.manual_seed(1)
-        assert torch.equal(a, run.reconstruct(as_floats)) and a.shape == (8, 64)
+        assert torch.equal(a, run.reconstruct(as_floats)) and a.shape == (8, 1, 8, 8)
     assert run.encode(images[0]).shape == (1, 3)  # one item without N
     for bad in (torch.zeros(2, 5), np.zeros((2, 8, 9)), np.array(["a", "b"])):
         with pytest.raises(UserError):
@@ -330,3 +330,61 @@ def test_parts_registered_in_python_say_what_to_register(tmp_path, monkeypatch):
     assert str(e.value).endswith("register it before opening the run: "
                                  "pyro_vae.GUIDES.register('notebook-guide', NotebookGuide)")  # fmt: skip
     assert "\n" not in str(e.value)
+
+
+# One API: encode's type, items in the data's shape, fit returns the best checkpoint, messages through logging ---
+
+
+def test_encode_returns_one_type_and_items_keep_the_data_shape(trained, tmp_path):
+    from pyro_vae.runs import latent
+
+    run = load_run(trained / "run", "cpu")
+    x = run.test_data()[:6]
+    results = [run.encode(x), run.encode(x, what="scale"), run.encode(split="test"),
+               run.encode(split="test", what="samples", samples=2), run.encode(split="test", path=tmp_path / "z.npy")]  # fmt: skip
+    assert all(type(r) is torch.Tensor and r.dtype == torch.float32 and r.device.type == "cpu" for r in results)
+    codes, labels = latent.encode_run(run, split="test")
+    assert torch.equal(results[2], torch.as_tensor(codes)) and torch.equal(results[0], results[2][:6])
+    assert results[3].shape == (len(codes), 2, 3) and np.array_equal(np.load(tmp_path / "z.npy"), codes)
+    with pytest.raises(UserError, match="not of given items"):
+        run.encode(x, path=tmp_path / "z2.npy")
+    # sample and reconstruct: items shaped as the data was, (N, 1, 8, 8) here and (N, 64) for flat data
+    assert run.sample(4).shape == (4, 1, 8, 8) and run.reconstruct(x).shape == (6, 1, 8, 8)
+    flat = np.load(trained / "digits.npy").reshape(-1, 64)
+    np.save(tmp_path / "flat.npy", flat)
+    flat_run = fit(out=tmp_path / "flat", epochs=1, **{**TINY, "dataset": "mnist", "data": str(tmp_path / "flat.npy")})
+    assert flat_run.sample(3).shape == (3, 64) and flat_run.reconstruct(flat[:2]).shape == (2, 64)
+
+
+def test_fit_returns_the_best_checkpoint_as_load_run_does(tmp_path, monkeypatch):
+    from pyro_vae.runs.fit import Trainer
+
+    scores = iter([-100.0, -90.0, -95.0] * 2)  # the best validation ELBO at epoch 2 of 3
+    monkeypatch.setattr(Trainer, "valid_elbo", lambda self: next(scores))
+    best = fit(out=tmp_path / "a", epochs=3, **TINY)
+    assert best.checkpoint == "best" and best.final["best_epoch"] == 2
+    opened = load_run(tmp_path / "a", "cpu")
+    assert all(torch.equal(v, opened.vae.state_dict()[k]) for k, v in best.vae.state_dict().items())
+    last = fit(out=tmp_path / "b", epochs=3, checkpoint="last", **TINY)
+    opened = load_run(tmp_path / "b", "cpu", checkpoint="last")
+    assert last.checkpoint == "last"
+    assert all(torch.equal(v, opened.vae.state_dict()[k]) for k, v in last.vae.state_dict().items())
+    assert not all(torch.equal(v, best.vae.state_dict()[k]) for k, v in last.vae.state_dict().items())
+    with pytest.raises(UserError, match="checkpoint must be 'best' or 'last'"):
+        fit(out=tmp_path / "c", epochs=1, checkpoint="first", **TINY)
+
+
+def test_messages_go_through_logging_and_the_cli_prints_them(tmp_path, caplog, capsys):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        fit(out=tmp_path / "a", epochs=1, **{**TINY, "quiet": False})
+    (record,) = [r for r in caplog.records if r.name == "pyro_vae"]
+    assert record.levelno == logging.INFO and "test ELBO" in record.getMessage() and str(tmp_path / "a") in record.getMessage()
+    assert "test ELBO" not in capsys.readouterr().out  # the library itself prints nothing
+    caplog.clear()
+    args = ["fit", "--dataset", "digits", "--hidden", "16", "--z-dim", "3", "--epochs", "1", "--out", str(tmp_path / "b")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bernoulli VAE on digits: test ELBO ") and str(tmp_path / "b") in out
+    assert not logging.getLogger("pyro_vae").handlers  # the CLI's handler is removed again

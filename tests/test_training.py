@@ -110,9 +110,9 @@ def test_load_run_sample_reconstruct_evaluate(tmp_path):
     fit(out=tmp_path / "run", epochs=2, **SMALL)
     run = load_run(tmp_path / "run", device="cpu")
     assert isinstance(run.config, Config) and run.config.z_dim == 4
-    assert run.sample(10).shape == (10, 64)
+    assert run.sample(10).shape == (10, 1, 8, 8)  # items in the data's shape
     x = run.test_data()[:5]
-    assert run.reconstruct(x).shape == (5, 64)
+    assert run.reconstruct(x).shape == (5, 1, 8, 8)
     result = run.evaluate(samples=50, subset=20)
     assert result["items"] == 20 and result["samples"] == 50
     assert result["test_log_likelihood"] >= result["test_elbo"]

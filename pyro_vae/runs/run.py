@@ -225,7 +225,8 @@ class Run:
         return test
 
     def sample(self, n=64, seed=0):
-        """Decoder means for ``n`` draws from the prior, shape ``(n, D)``, on the CPU.
+        """Decoder means for ``n`` draws from the prior, items in the data's shape ``(n, *item_shape)``
+        (e.g. ``(n, 1, 28, 28)`` for MNIST, ``(n, D)`` for a ``(N, D)`` array), on the CPU.
 
         :raises UserError: unless ``n`` is a positive integer and ``seed`` an integer in ``[0, 2**64)``.
         """
@@ -234,7 +235,7 @@ class Run:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise UserError(f"the seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.vae.sample(n, generator=generator).cpu()
+        return self.vae.sample(n, generator=generator).cpu().reshape(n, *self.vae.x_shape)
 
     def as_input(self, x):
         """``x`` as the encoder takes it: a float tensor ``(N, *item_shape)`` on the run's device.
@@ -273,11 +274,13 @@ class Run:
         return t.reshape(len(t), *self.vae.x_shape).to(device=self.device, dtype=torch.float32)
 
     def reconstruct(self, x):
-        """Decoder means for one draw from :math:`q(z \\mid x)` for each item of ``x``, shape ``(N, D)``, on the CPU.
+        """Decoder means for one draw from :math:`q(z \\mid x)` for each item of ``x``, items in the data's
+        shape ``(N, *item_shape)`` (as :meth:`sample`), on the CPU.
 
         ``x`` in any layout and dtype training accepts (see :meth:`as_input`).
         """
-        return self.vae.reconstruct(self.as_input(x)).cpu()
+        x = self.as_input(x)
+        return self.vae.reconstruct(x).cpu().reshape(len(x), *self.vae.x_shape)
 
     def evaluate(self, samples=1000, subset=None, progress=None, seed=None):
         """Test ELBO, its two terms, importance-sampled log-likelihood (nats per item), bits per
@@ -330,7 +333,7 @@ class Run:
         torch.manual_seed(self.config.seed)
         self.save_samples(d / "samples.png")
         x = test[:16]
-        pairs = torch.cat([x.cpu().reshape(len(x), -1), self.reconstruct(x)])
+        pairs = torch.cat([x.cpu().reshape(len(x), -1), self.reconstruct(x).reshape(len(x), -1)])
         title = "test inputs (top) and reconstructions (bottom)"
         write_file_checked(d / "reconstructions.png", lambda p: plots.save_grid(
             pairs, self.image_shape, p, ncol=len(x), title=title, value_range=self._display_range()), "picture")
@@ -346,15 +349,19 @@ class Run:
     # The latent space (pyro_vae.runs.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
     def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
         """Posterior codes of the items ``x`` (any layout and dtype training accepts, see :meth:`as_input`),
-        or of a split's or ``data`` file's items.
+        or, without ``x``, of a split's (``split``) or ``data`` file's items.
 
-        With ``x``: posterior means (``what``: ``mean``, ``scale`` or ``samples``), a tensor of shape
-        ``(N, z_dim)`` (``(N, K, z_dim)`` for samples) on the CPU. Without: ``(codes, labels)`` as
-        :func:`pyro_vae.runs.latent.encode_run` gives them (NumPy), also saved to ``path`` when given.
+        :returns: always a float tensor on the CPU: posterior means, scales (``what="scale"``), both
+            ``(N, z_dim)``, or draws (``what="samples"``), ``(N, K, z_dim)``. With ``path`` (``.npy`` or
+            ``.csv``) the codes are also saved, with the split's labels beside them; the labels themselves:
+            :func:`pyro_vae.runs.latent.encode_run`, which returns ``(codes, labels)``.
         """
         if x is not None:
+            if path is not None:
+                raise UserError("encode saves the codes of a split or a data file (path=...), not of given items")
             return torch.as_tensor(latent.encode(self.vae, self.as_input(x), what, samples=samples, seed=seed))
-        return latent.encode_run(self, split, data, what, samples, labels, path, seed)
+        codes, _ = latent.encode_run(self, split, data, what, samples, labels, path, seed)
+        return torch.as_tensor(codes)
 
     def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0):
         """Items above their reconstructions as a PNG: :func:`pyro_vae.runs.latent.save_reconstructions`."""
