@@ -351,7 +351,15 @@ def compare_fit_options(f):
               help="Folder for the run folders and comparison.{md,csv,json,png}.")
 @click.option("--overwrite", is_flag=True,
               help="Retrain runs already in --out [default: reuse finished runs with the same settings, resume others].")
-def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet, **kwargs):
+@click.option("--config", "config_file", type=click.Path(), default=None, metavar="FILE",
+              help="Start from the settings in a JSON, YAML or TOML file (or a run folder); flags override it.")
+@click.option("--logger", "logger_names", multiple=True, type=click.Choice(["csv", "tensorboard", "mlflow"]),
+              help="Log every run (as fit --logger); repeat for several.")
+@click.option("--devices", default=1, show_default=True, type=click.IntRange(1),
+              help="Data-parallel processes per run (as fit --devices).")
+@click.pass_context
+def compare(ctx, likelihoods, seeds, eval_samples, eval_subset, out, overwrite, config_file, logger_names, devices, quiet,
+            **kwargs):  # fmt: skip
     """Train a grid of configurations (repeat --likelihood, --guide, --objective, --particles, --z-dim,
     --hidden, --arch) with the same data, optimizer, budget and seeds, and compare test ELBO, log p(x),
     bits/dim, active units and training time, with paired differences over test items (configurations
@@ -370,10 +378,13 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
     def bar(total, desc):
         return tqdm(total=total, desc=desc, unit="item", leave=False) if show else contextlib.nullcontext(_NoBar())
 
+    settings = settings_from(kwargs)
+    config = _file_settings(ctx, settings, config_file) if config_file else make_config(None, **settings)
     result = run_comparison(
-        make_config(None, **settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, grid=grid, seeds=seeds,
+        config, out, likelihoods=list(likelihoods) or None, grid=grid, seeds=seeds,
         eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
         progress=None if quiet else (lambda line: click.echo(line, err=True)), eval_progress=bar,
+        loggers=list(logger_names), devices=devices,
     )  # fmt: skip
     if not quiet:
         click.echo(result.markdown())
