@@ -427,14 +427,15 @@ def _output(path, suffixes):
                    "mean and scale [default 256].")  # fmt: skip
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
 @_split_options
-def encode(run_dir, output, what, samples, labels, split, data_file, seed, device):
+@trust_options
+def encode(run_dir, output, what, samples, labels, split, data_file, seed, device, trust_guide, guide):
     """Encode data with the run's guide q(z|x) and save the codes (and labels when known)."""
     from .runs.run import load_run
 
     _output(output, (".npy", ".csv"))
     from .runs.latent import encode_run, labels_path
 
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     codes, labels = encode_run(run, split=split, data=data_file, what=what, samples=samples, labels=labels, path=output,
                                seed=seed)  # fmt: skip
 
@@ -448,12 +449,13 @@ def encode(run_dir, output, what, samples, labels, split, data_file, seed, devic
 @click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(1), help="How many items.")
 @click.option("--sample", is_flag=True, help="Decode one draw from q(z|x) instead of its mean.")
 @_split_options
-def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
+@trust_options
+def reconstruct(run_dir, output, num, sample, split, data_file, seed, device, trust_guide, guide):
     """Save items (top row) above their reconstructions as a PNG."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     recon = run.save_reconstructions(output, num, split, data_file, sample, seed)
     click.echo(f"wrote {len(recon)} items and their reconstructions to {output}")
 
@@ -465,12 +467,13 @@ def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
 @click.option("--slerp", is_flag=True, help="Spherical instead of straight path.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_split_options
-def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device):
+@trust_options
+def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device, trust_guide, guide):
     """Decode the path between two items' posterior means (one row, the two items at its ends)."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     run.interpolate(items[0], items[1], steps, slerp, split, data_file, output, seed)
     click.echo(f"wrote a {steps}-step {'spherical' if slerp else 'linear'} interpolation to {output}")
 
@@ -498,12 +501,13 @@ def _units(spec):
               help="Start from this item's posterior mean [default: the prior mean 0].")  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_split_options
-def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device):
+@trust_options
+def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device, trust_guide, guide):
     """Latent traversals: one row per unit, the others held fixed, units ordered by their KL over the data."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     order, kl, _ = run.traverse(_units(units), span, steps, item, top, split, data_file, output, seed)
     shown = ", ".join(f"z{u} ({k:.2f} nats)" for u, k in zip(order, kl))
     click.echo(f"wrote traversals of {len(order)} units to {output}: {shown}")
@@ -517,12 +521,13 @@ def traverse(run_dir, units, top, span, steps, item, output, split, data_file, s
               help="z = 2: the plane itself; else PCA (auto) or t-SNE (slow beyond a few thousand items).")  # fmt: skip
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
 @_split_options
-def latents(run_dir, output, method, labels, split, data_file, seed, device):
+@trust_options
+def latents(run_dir, output, method, labels, split, data_file, seed, device, trust_guide, guide):
     """Scatter the posterior means, coloured by label when the data has labels."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     coords, used = run.latents(output, method, split, data_file, labels, seed)
     click.echo(f"wrote a scatter of {len(coords)} posterior means ({used}) to {output}")
 

@@ -342,5 +342,8 @@ def test_likelihood_from_a_file_through_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "names its likelihood as code" in err and len(err.splitlines()) == 1
     assert main(["sample", str(out), "-n", "4", "-o", str(tmp_path / "s.png"), "--trust-guide"]) == 0
+    assert main(["encode", str(out), "-o", str(tmp_path / "z.npy")]) == 2  # the latent commands too
+    assert main(["encode", str(out), "-o", str(tmp_path / "z.npy"), "--trust-guide"]) == 0
+    assert np.load(tmp_path / "z.npy").shape[1] == 2
     assert main([*args[:-1], str(tmp_path / "other"), "--likelihood", "nope"]) == 2
     assert "unknown likelihood 'nope'" in capsys.readouterr().err
