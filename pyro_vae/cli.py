@@ -305,8 +305,9 @@ def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
                    "evaluation.json of the best checkpoint.")
 @click.option("--eval-subset", default=None, type=click.IntRange(1), help="Evaluate on the first N test items only.")
 @click.option("--overwrite", is_flag=True, help="Write into an export folder that is not empty.")
+@click.option("--onnx", is_flag=True, help="Also write encoder.onnx and decoder.onnx (needs the onnx extra).")
 @trust_options
-def export(run_dir, output, checkpoint, eval_samples, eval_subset, overwrite, trust_guide, guide):
+def export(run_dir, output, checkpoint, eval_samples, eval_subset, overwrite, onnx, trust_guide, guide):
     """Write the run for use without pyro-vae: weights (safetensors), the encoder and decoder as
     torch.export programs that need only PyTorch, and a model card (README.md) with scores and pictures."""
     from .runs.export import export_run
@@ -314,7 +315,8 @@ def export(run_dir, output, checkpoint, eval_samples, eval_subset, overwrite, tr
 
     output = output or f"{str(run_dir).rstrip('/')}-export"
     run = load_run(run_dir, "cpu", checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
-    manifest = export_run(run, output, eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite)
+    manifest = export_run(run, output, eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
+                          onnx=onnx)  # fmt: skip
     if manifest["encoder_skipped"]:
         click.echo(f"note: no encoder program: {manifest['encoder_skipped']}", err=True)
     click.echo(f"exported {', '.join(manifest['files'])} to {output}")

@@ -114,3 +114,57 @@ def test_a_flow_guide_exports_without_an_encoder(tmp_path):
     torch.testing.assert_close(decoder(z), run.vae.decode(z).reshape(3, 1, 8, 8))
     with pytest.raises(UserError, match="not the run folder itself"):
         export_run(run, tmp_path / "run", overwrite=True)
+
+
+WITHOUT_PYRO_ONNX = """
+import sys
+sys.modules["pyro"] = None
+sys.modules["pyro_vae"] = None
+sys.modules["torch"] = None  # ONNX Runtime alone
+import numpy as np
+import onnxruntime
+
+folder = sys.argv[1]
+decoder = onnxruntime.InferenceSession(folder + "/onnx/decoder.onnx")
+encoder = onnxruntime.InferenceSession(folder + "/onnx/encoder.onnx")
+np.save(folder + "/onnx_decoded.npy", decoder.run(None, {decoder.get_inputs()[0].name: np.load(folder + "/z.npy")})[0])
+mean, stddev = encoder.run(None, {encoder.get_inputs()[0].name: np.load(folder + "/x.npy")})
+np.save(folder + "/onnx_mean.npy", mean)
+np.save(folder + "/onnx_stddev.npy", stddev)
+"""
+
+
+def test_onnx_models_match_the_run_in_onnx_runtime(exported):
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from pyro_vae.runs.export import export_run
+
+    run = load_run(exported / "run", "cpu")
+    manifest = export_run(run, exported / "onnx", eval_samples=2, eval_subset=10, onnx=True)
+    assert {"encoder.onnx", "decoder.onnx"} <= set(manifest["files"]) and manifest["onnx"] is True
+    z = torch.randn(9, 2, generator=torch.Generator().manual_seed(2))
+    x = torch.rand(4, *run.vae.x_shape, generator=torch.Generator().manual_seed(3))
+    np.save(exported / "z.npy", z.numpy())
+    np.save(exported / "x.npy", x.numpy())
+    done = subprocess.run([sys.executable, "-c", WITHOUT_PYRO_ONNX, str(exported)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # another runtime's float32 kernels: equal up to rounding
+    np.testing.assert_allclose(np.load(exported / "onnx_decoded.npy"), run.vae.decode(z).reshape(9, 1, 8, 8).numpy(),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    q = run.vae.encoder(x)
+    np.testing.assert_allclose(np.load(exported / "onnx_mean.npy"), q.mean.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(exported / "onnx_stddev.npy"), q.stddev.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert "`decoder.onnx`, `encoder.onnx`" in (exported / "onnx" / "README.md").read_text()
+
+
+def test_onnx_without_its_packages_names_the_extra(exported, monkeypatch):
+    import importlib.util
+
+    from pyro_vae.runs.export import export_run
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(UserError, match=r"--onnx needs the optional packages onnxscript: pip install 'pyro-vae\[onnx\]'"):
+        export_run(load_run(exported / "run", "cpu"), exported / "never", onnx=True)
+    assert not (exported / "never").exists()

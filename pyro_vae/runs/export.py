@@ -13,6 +13,9 @@ r"""``pyro-vae export RUN``: a trained run as files people reuse without pyro-va
   float32 prepared as for training, to the posterior's ``(mean, stddev)``, each ``(N, z_dim)`` (for
   the diagonal guide, its ``loc`` and ``scale``). Guides whose posterior has no closed-form mean
   (the ``iaf`` and ``planar`` flows) have no encoder file; the model card says why.
+- ``encoder.onnx``, ``decoder.onnx`` (with ``onnx=True``, ``--onnx``): the same two programs as ONNX models
+  (:func:`torch.onnx.export` of the exported programs; needs ``pip install 'pyro-vae[onnx]'``: onnx and
+  onnxscript), with a dynamic batch dimension, for ONNX Runtime and other runtimes.
 - ``README.md``: a model card: the data, the settings, the test ELBO (``final.json``) and the
   importance-sampled :math:`\log p(x)` (``evaluation.json``, evaluated now when the run folder has
   none), how to load each file, and the run's pictures (copied beside it).
@@ -44,7 +47,8 @@ from .run import write_file_checked
 __all__ = ["EXPORT_FILES", "export_run"]
 
 #: the files :func:`export_run` may write (pictures of the run folder are copied beside them)
-EXPORT_FILES = ("model.safetensors", "encoder.pt2", "decoder.pt2", "README.md", "export.json", "evaluation.json")
+EXPORT_FILES = ("model.safetensors", "encoder.pt2", "decoder.pt2", "encoder.onnx", "decoder.onnx", "README.md",
+                "export.json", "evaluation.json")
 #: the run folder's pictures the model card shows
 PICTURES = ("samples.png", "reconstructions.png", "curves.png", "manifold.png")
 
@@ -89,11 +93,16 @@ def _no_validation():
     return context()
 
 
-def _export_program(module, example, path):
-    """``torch.export`` ``module`` with a dynamic batch dimension and save it at ``path``."""
+def _export_program(module, example, path, onnx=False):
+    """``torch.export`` ``module`` with a dynamic batch dimension and save it at ``path`` (``.pt2``); with
+    ``onnx`` also as an ONNX model beside it (``.onnx``)."""
     batch = torch.export.Dim("batch", min=1, max=2**20)
     with _no_validation(), torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
+        if onnx:
+            target = Path(path).with_suffix(".onnx")
+            refuse_symlink(target)
+            torch.onnx.export(program, (example,), str(target), dynamo=True, verbose=False)
     refuse_symlink(path)
     torch.export.save(program, str(path))
 
@@ -120,13 +129,14 @@ def _number(value, digits=3):
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def export_run(run, out, eval_samples=100, eval_subset=None, seed=0, overwrite=False):
+def export_run(run, out, eval_samples=100, eval_subset=None, seed=0, overwrite=False, onnx=False):
     """Write the run's weights, its encoder and decoder programs and a model card into the folder ``out``.
 
     :param run: a :class:`~pyro_vae.runs.run.Run` (e.g. :func:`~pyro_vae.runs.run.load_run`'s).
     :param out: the export folder (created; an existing one must be empty unless ``overwrite``).
     :param int eval_samples: importance samples per test item for :math:`\\log p(x)` when the run folder
         has no ``evaluation.json`` (it is evaluated now, seeded by ``seed``, on ``eval_subset`` items).
+    :param bool onnx: also write ``encoder.onnx`` and ``decoder.onnx``.
     :returns: the manifest (``export.json``'s dict).
     :raises UserError: a missing ``safetensors`` package, an export folder in the way or unwritable, a
         model :mod:`torch.export` cannot trace (one line).
@@ -136,6 +146,13 @@ def export_run(run, out, eval_samples=100, eval_subset=None, seed=0, overwrite=F
     except ImportError:
         raise UserError("export needs the optional package safetensors: pip install 'pyro-vae[export]' "
                         "(from a checkout: pip install -e '.[export]')") from None  # fmt: skip
+    if onnx:
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(f"--onnx needs the optional packages {' and '.join(missing)}: pip install 'pyro-vae[onnx]' "
+                            "(from a checkout: pip install -e '.[onnx]')")  # fmt: skip
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"cannot export to {out}: a file of that name exists")
@@ -153,7 +170,8 @@ def export_run(run, out, eval_samples=100, eval_subset=None, seed=0, overwrite=F
         raise UserError("export a run opened on the CPU (--device cpu)")
     meta = {k: v for k, v in run.meta.items()}
     manifest = {"run": str(run.directory.resolve()), "checkpoint": run.checkpoint, "item_shape": list(vae.x_shape),
-                "z_dim": vae.z_dim, "likelihood": run.config.likelihood, "guide": run.config.guide, "files": {}}  # fmt: skip
+                "z_dim": vae.z_dim, "likelihood": run.config.likelihood, "guide": run.config.guide, "onnx": bool(onnx),
+                "files": {}}  # fmt: skip
 
     # the weights
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in vae.state_dict().items()}
@@ -163,7 +181,7 @@ def export_run(run, out, eval_samples=100, eval_subset=None, seed=0, overwrite=F
     # the programs
     example_z = torch.zeros(3, vae.z_dim)
     try:
-        _export_program(DecoderMean(vae), example_z, out / "decoder.pt2")
+        _export_program(DecoderMean(vae), example_z, out / "decoder.pt2", onnx)
     except UserError:
         raise
     except Exception as e:
@@ -171,7 +189,7 @@ def export_run(run, out, eval_samples=100, eval_subset=None, seed=0, overwrite=F
     reason = _encoder_reason(vae)
     if reason is None:
         try:
-            _export_program(EncoderMoments(vae), torch.full((3, *vae.x_shape), 0.5), out / "encoder.pt2")
+            _export_program(EncoderMoments(vae), torch.full((3, *vae.x_shape), 0.5), out / "encoder.pt2", onnx)
         except Exception as e:
             reason = f"torch.export could not trace its guide ({type(e).__name__}: {str(e).splitlines()[0]})"
     manifest["encoder_skipped"] = reason
@@ -251,6 +269,9 @@ def model_card(run, evaluation, manifest, pictures):
         "- `model.safetensors`: the weights (`safetensors.torch.load_file`); the settings in its metadata.",
         f"- `decoder.pt2`: `z` of shape (N, {c.z_dim}) -> E[x | z] of shape (N, {', '.join(map(str, manifest['item_shape']))}).",
     ]
+    if manifest.get("onnx"):
+        lines.append("- `decoder.onnx`" + ("" if manifest.get("encoder_skipped") else ", `encoder.onnx`")
+                     + ": the same as ONNX models (input `z` or `x`, a dynamic batch dimension), e.g. for ONNX Runtime.")
     if manifest.get("encoder_skipped"):
         lines.append(f"- no `encoder.pt2`: {manifest['encoder_skipped']}.")
     else:
