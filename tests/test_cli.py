@@ -95,7 +95,7 @@ def assert_user_error(result, *fragments):
 
 
 def test_unknown_likelihood_and_dataset(capsys):
-    assert_user_error(run_cli(capsys, "fit", "--likelihood", "poisson"), "'poisson' is not one of", "bernoulli")
+    assert_user_error(run_cli(capsys, "fit", "--likelihood", "poisson"), "unknown likelihood 'poisson'", "bernoulli")
     assert_user_error(run_cli(capsys, "fit", "--dataset", "cifar"), "'cifar' is not one of", "digits")
     assert_user_error(run_cli(capsys, "fit", "--hidden", "a,b", "--dataset", "digits"), "--hidden")
     assert_user_error(run_cli(capsys, "fit", "--bogus"), "No such option")
