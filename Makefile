@@ -2,8 +2,8 @@
 #   make demo   creates .venv, installs pyro-vae, trains a Bernoulli VAE on the bundled digits (runs/demo)
 #   make test   creates .venv if needed, installs the test extras, runs the test suite
 #   make docs   installs the docs extras and builds the Sphinx site (docs/_build/html), warnings as errors
-#   make examples  runs every example and reproduction in its smoke mode (a few seconds each), the
-#                  tutorials' commands (tests/test_docs.py) and the tutorial notebook
+#   make examples  runs every example and reproduction in its smoke mode (a few seconds each), the tutorials'
+#                  commands (tests/test_docs.py) and the notebook; says which tests and runs were skipped and why
 #   make lint   installs the lint extras and runs ruff check (rules in pyproject.toml)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -44,7 +44,7 @@ $(VENV)/.notebooks-installed: $(VENV)/.installed setup.cfg
 	touch $@
 
 examples: $(VENV)/.notebooks-installed
-	$(PY) -m pytest -q -m examples tests/test_example_smoke.py tests/test_docs.py
+	$(PY) -m pytest -q -rs -m examples tests/test_example_smoke.py tests/test_docs.py
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache docs/_build docs/reference/_api

@@ -43,7 +43,7 @@ def main(args):
     )
 
     # 3. Generate: decoder means for codes drawn from the prior, and for codes of your own.
-    images = run.sample(64, seed=1)  # (64, 784) on the CPU
+    images = run.sample(64, seed=1)  # (64, 1, 28, 28): items in the data's shape, on the CPU
     run.save_samples(Path(args.out) / "more-samples.png", n=64, seed=1)
     z = torch.zeros(1, run.config.z_dim)  # the prior's mode
     print(

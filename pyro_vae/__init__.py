@@ -21,14 +21,14 @@ from .train.build import OPTIMIZERS, build_vae  # noqa: E402
 from .train.trainer import Trainer  # noqa: E402
 from .vae.evaluation import evaluate, log_weights  # noqa: E402
 from .vae.guides import GUIDES, DiagonalGuide, FullRankGuide, Guide, IAFGuide, PlanarGuide  # noqa: E402
-from .vae.likelihoods import LIKELIHOODS, Likelihood, build_likelihood  # noqa: E402
+from .vae.likelihoods import LIKELIHOODS, Density, Likelihood, build_likelihood  # noqa: E402
 from .vae.model import VAE  # noqa: E402
 from .vae.nets import ARCHITECTURES  # noqa: E402
 from .vae.objectives import OBJECTIVES, Objective  # noqa: E402
 from .vae.priors import PRIORS, FlowPrior, MixturePrior, Prior, StandardPrior, VampPrior  # noqa: E402
 
 __all__ = [
-    "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",
+    "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "Density", "DiagonalGuide", "FullRankGuide", "GUIDES",
     "FlowPrior", "Guide", "IAFGuide", "LIKELIHOODS", "Likelihood", "MixturePrior", "OBJECTIVES", "OPTIMIZERS", "Objective",
     "PRIORS", "PlanarGuide", "Prior", "Run", "StandardPrior", "VampPrior",
     "Speed", "Trainer", "TrainingDiverged", "UserError", "VAE", "build_likelihood", "build_vae", "compare",

@@ -6,6 +6,7 @@ run exits with code 1 and keeps its last good checkpoint.
 
 import errno
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -156,12 +157,13 @@ def _resume_settings(ctx, settings, out):
 
 
 def trust_options(f):
-    """``--trust-guide`` and ``--guide``: allow a run folder's guide (and prior) code to run (see
-    :func:`~pyro_vae.runs.run.load_run`)."""
+    """``--trust-guide`` and ``--guide``: allow a run folder's code (a guide, architecture or likelihood given
+    as ``file.py:Name``) to run (see :func:`~pyro_vae.runs.run.load_run`)."""
     f = click.option("--guide", "guide", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
                      help="Allow the run's guide code by naming it again, exactly as its config.json does.")(f)
     return click.option("--trust-guide", is_flag=True,
-                        help="Run the guide and prior code (file.py:Name or module:Name) the run folder names.")(f)
+                        help="Run the code (file.py:Name or module:Name) the run folder names as its guide, prior, "
+                             "architecture or likelihood (the copy in the run folder, checked against its hash).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,8 +173,9 @@ def cli():
 
 
 @cli.command()
-@click.option("--likelihood", default=DEFAULTS.likelihood, show_default=True, type=_choice(LIKELIHOODS),
-              help="The family p(x|z) of the decoder.")  # fmt: skip
+@click.option("--likelihood", default=DEFAULTS.likelihood, show_default=True, metavar="NAME|FILE.py:CLASS|MODULE:CLASS",
+              help=f"The family p(x|z) of the decoder: {', '.join(LIKELIHOODS.names())}, or your own subclass of "
+                   "pyro_vae.Likelihood (see docs/guides.md).")  # fmt: skip
 @fit_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder [default: a new folder under runs/].")  # fmt: skip
@@ -301,6 +304,34 @@ def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
     click.echo(f"wrote {num} samples to {output}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", default=None, type=click.Path(file_okay=False),
+              help="The export folder [default: RUN_DIR-export beside the run].")
+@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
+              help="best.pt (the best validation ELBO) or checkpoint.pt (the last epoch).")
+@click.option("--eval-samples", default=100, show_default=True, type=click.IntRange(1),
+              help="Importance samples K per test item for the model card's log p(x), when the run has no "
+                   "evaluation.json of the best checkpoint.")
+@click.option("--eval-subset", default=None, type=click.IntRange(1), help="Evaluate on the first N test items only.")
+@click.option("--overwrite", is_flag=True, help="Write into an export folder that is not empty.")
+@click.option("--onnx", is_flag=True, help="Also write encoder.onnx and decoder.onnx (needs the onnx extra).")
+@trust_options
+def export(run_dir, output, checkpoint, eval_samples, eval_subset, overwrite, onnx, trust_guide, guide):
+    """Write the run for use without pyro-vae: weights (safetensors), the encoder and decoder as
+    torch.export programs that need only PyTorch, and a model card (README.md) with scores and pictures."""
+    from .runs.export import export_run
+    from .runs.run import load_run
+
+    output = output or f"{str(run_dir).rstrip('/')}-export"
+    run = load_run(run_dir, "cpu", checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
+    manifest = export_run(run, output, eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
+                          onnx=onnx)  # fmt: skip
+    if manifest["encoder_skipped"]:
+        click.echo(f"note: no encoder program: {manifest['encoder_skipped']}", err=True)
+    click.echo(f"exported {', '.join(manifest['files'])} to {output}")
+
+
 def compare_fit_options(f):
     """:func:`fit_options` with the options of :data:`pyro_vae.analysis.compare.AXES` repeatable (``--guide A --guide B``)."""
     from .analysis.compare import axes
@@ -318,7 +349,7 @@ def compare_fit_options(f):
 
 
 @cli.command()
-@click.option("--likelihood", "likelihoods", multiple=True, type=_choice(LIKELIHOODS),
+@click.option("--likelihood", "likelihoods", multiple=True, metavar="NAME|FILE.py:CLASS|MODULE:CLASS",
               help="A family to compare; repeat the option for several [default: every family that fits the data, "
                    "unless another setting varies].")  # fmt: skip
 @compare_fit_options
@@ -332,7 +363,15 @@ def compare_fit_options(f):
               help="Folder for the run folders and comparison.{md,csv,json,png}.")
 @click.option("--overwrite", is_flag=True,
               help="Retrain runs already in --out [default: reuse finished runs with the same settings, resume others].")
-def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet, **kwargs):
+@click.option("--config", "config_file", type=click.Path(), default=None, metavar="FILE",
+              help="Start from the settings in a JSON, YAML or TOML file (or a run folder); flags override it.")
+@click.option("--logger", "logger_names", multiple=True, type=click.Choice(["csv", "tensorboard", "mlflow"]),
+              help="Log every run (as fit --logger); repeat for several.")
+@click.option("--devices", default=1, show_default=True, type=click.IntRange(1),
+              help="Data-parallel processes per run (as fit --devices).")
+@click.pass_context
+def compare(ctx, likelihoods, seeds, eval_samples, eval_subset, out, overwrite, config_file, logger_names, devices, quiet,
+            **kwargs):  # fmt: skip
     """Train a grid of configurations (repeat --likelihood, --guide, --objective, --particles, --z-dim,
     --hidden, --arch) with the same data, optimizer, budget and seeds, and compare test ELBO, log p(x),
     bits/dim, active units and training time, with paired differences over test items (configurations
@@ -351,10 +390,13 @@ def compare(likelihoods, seeds, eval_samples, eval_subset, out, overwrite, quiet
     def bar(total, desc):
         return tqdm(total=total, desc=desc, unit="item", leave=False) if show else contextlib.nullcontext(_NoBar())
 
+    settings = settings_from(kwargs)
+    config = _file_settings(ctx, settings, config_file) if config_file else make_config(None, **settings)
     result = run_comparison(
-        make_config(None, **settings_from(kwargs)), out, likelihoods=list(likelihoods) or None, grid=grid, seeds=seeds,
+        config, out, likelihoods=list(likelihoods) or None, grid=grid, seeds=seeds,
         eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
         progress=None if quiet else (lambda line: click.echo(line, err=True)), eval_progress=bar,
+        loggers=list(logger_names), devices=devices,
     )  # fmt: skip
     if not quiet:
         click.echo(result.markdown())
@@ -397,14 +439,17 @@ def _output(path, suffixes):
                    "mean and scale [default 256].")  # fmt: skip
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
 @_split_options
-def encode(run_dir, output, what, samples, labels, split, data_file, seed, device):
+@trust_options
+def encode(run_dir, output, what, samples, labels, split, data_file, seed, device, trust_guide, guide):
     """Encode data with the run's guide q(z|x) and save the codes (and labels when known)."""
     from .runs.run import load_run
 
     _output(output, (".npy", ".csv"))
-    run = load_run(run_dir, device)
-    codes, labels = run.encode(split=split, data=data_file, what=what, samples=samples, labels=labels, path=output, seed=seed)
-    from .runs.latent import labels_path
+    from .runs.latent import encode_run, labels_path
+
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
+    codes, labels = encode_run(run, split=split, data=data_file, what=what, samples=samples, labels=labels, path=output,
+                               seed=seed)  # fmt: skip
 
     beside = "" if labels is None else (" with labels" + (f" in {labels_path(output)}" if output.lower().endswith(".npy") else ""))
     click.echo(f"wrote {what} codes of shape {tuple(codes.shape)} to {output}{beside}")
@@ -416,12 +461,13 @@ def encode(run_dir, output, what, samples, labels, split, data_file, seed, devic
 @click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(1), help="How many items.")
 @click.option("--sample", is_flag=True, help="Decode one draw from q(z|x) instead of its mean.")
 @_split_options
-def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
+@trust_options
+def reconstruct(run_dir, output, num, sample, split, data_file, seed, device, trust_guide, guide):
     """Save items (top row) above their reconstructions as a PNG."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     recon = run.save_reconstructions(output, num, split, data_file, sample, seed)
     click.echo(f"wrote {len(recon)} items and their reconstructions to {output}")
 
@@ -433,12 +479,13 @@ def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
 @click.option("--slerp", is_flag=True, help="Spherical instead of straight path.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_split_options
-def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device):
+@trust_options
+def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device, trust_guide, guide):
     """Decode the path between two items' posterior means (one row, the two items at its ends)."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     run.interpolate(items[0], items[1], steps, slerp, split, data_file, output, seed)
     click.echo(f"wrote a {steps}-step {'spherical' if slerp else 'linear'} interpolation to {output}")
 
@@ -466,12 +513,13 @@ def _units(spec):
               help="Start from this item's posterior mean [default: the prior mean 0].")  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_split_options
-def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device):
+@trust_options
+def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device, trust_guide, guide):
     """Latent traversals: one row per unit, the others held fixed, units ordered by their KL over the data."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     order, kl, _ = run.traverse(_units(units), span, steps, item, top, split, data_file, output, seed)
     shown = ", ".join(f"z{u} ({k:.2f} nats)" for u, k in zip(order, kl))
     click.echo(f"wrote traversals of {len(order)} units to {output}: {shown}")
@@ -485,12 +533,13 @@ def traverse(run_dir, units, top, span, steps, item, output, split, data_file, s
               help="z = 2: the plane itself; else PCA (auto) or t-SNE (slow beyond a few thousand items).")  # fmt: skip
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
 @_split_options
-def latents(run_dir, output, method, labels, split, data_file, seed, device):
+@trust_options
+def latents(run_dir, output, method, labels, split, data_file, seed, device, trust_guide, guide):
     """Scatter the posterior means, coloured by label when the data has labels."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
     coords, used = run.latents(output, method, split, data_file, labels, seed)
     click.echo(f"wrote a scatter of {len(coords)} posterior means ({used}) to {output}")
 
@@ -500,8 +549,37 @@ class _NoBar:
         pass
 
 
+class EchoHandler(logging.Handler):
+    """Prints the library's messages (the ``logging`` logger ``"pyro_vae"``) as the CLI always has:
+    information on stdout as it is, warnings and errors on stderr as ``warning: ...``."""
+
+    def emit(self, record):
+        try:
+            message = self.format(record)
+        except Exception:  # a message that cannot be formatted: logging's own report
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            click.echo(f"{record.levelname.lower()}: {message}", err=True)
+        else:
+            click.echo(message)
+
+
 def main(argv=None):
     """Entry point of the ``pyro-vae`` console script and of ``python cli.py``."""
+    log = logging.getLogger("pyro_vae")
+    handler, level = EchoHandler(), log.level
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        return _main(argv)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _main(argv):
     try:
         cli.main(args=argv, prog_name="pyro-vae", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -33,6 +33,20 @@ def _is_path(target):
     return target.endswith(".py") or os.sep in target or "/" in target
 
 
+def spec_file(spec):
+    """``(Path, Name)`` for a file spec ``path/to/file.py:Name``; ``None`` for a registered name or a
+    ``package.module:Name`` spec."""
+    if not is_import_spec(spec):
+        return None
+    target, _, name = spec.rpartition(":")
+    return (Path(target).expanduser(), name) if target and _is_path(target) else None
+
+
+def sha256_file(path):
+    """The sha256 hex digest of the file at ``path`` (the hash a run folder records for a copied part)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def load_module_from_file(path, kind="object"):
     """Execute the Python file ``path`` as a new module and return it.
 

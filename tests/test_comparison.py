@@ -215,3 +215,36 @@ def test_compare_cli_repeated_axis_bad_value_is_one_line(tmp_path, capsys):
     assert main(["compare", "--dataset", "digits", "--z-dim", "2", "--z-dim", "0", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "z-dim" in err and err.count("\n") == 1
+
+
+def test_compare_takes_config_logger_and_devices(tmp_path, capsys, monkeypatch):
+    from pyro_vae.runs import launch
+
+    calls = []
+    real_fit = launch.fit
+
+    def recording_fit(config, out=None, *, devices=1, **kwargs):
+        calls.append((devices, kwargs.get("loggers")))
+        return real_fit(config, out, devices=1, **kwargs)  # trained in this process: the flag reached fit
+
+    monkeypatch.setattr(launch, "fit", recording_fit)
+    (tmp_path / "settings.json").write_text(json.dumps({"dataset": "digits", "epochs": 1, "hidden": [16], "z_dim": 2,
+                                                        "batch_size": 256, "lr": 0.002, "device": "cpu"}))  # fmt: skip
+    out = tmp_path / "cmp"
+    args = ["compare", "--config", str(tmp_path / "settings.json"), "--likelihood", "bernoulli", "--guide", "diagonal",
+            "--guide", "full-rank", "--z-dim", "3", "--logger", "csv", "--devices", "2", "--eval-samples", "2",
+            "--eval-subset", "20", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert calls == [(2, ["csv"]), (2, ["csv"])]
+    folders = sorted(p.parent for p in out.rglob("config.json"))
+    assert len(folders) == 2
+    for folder in folders:
+        meta = json.loads((folder / "config.json").read_text())
+        assert (meta["lr"], meta["hidden"], meta["epochs"]) == (0.002, [16], 1)  # from the file
+        assert meta["z_dim"] == 3  # the flag overrides the file
+        assert (folder / "metrics.csv").exists()  # the csv logger ran
+    with pytest.raises(UserError, match="--devices must be a positive integer"):
+        compare(Config(**TINY), tmp_path / "y", likelihoods=["bernoulli"], devices=0)
+    with pytest.raises(UserError, match="unknown logger 'wandb'"):
+        compare(Config(**TINY), tmp_path / "y", likelihoods=["bernoulli"], loggers=["wandb"])
+    assert not (tmp_path / "y").exists()

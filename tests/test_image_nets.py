@@ -168,7 +168,7 @@ def test_conv_fit_on_patches_writes_colour_pictures_of_the_right_size(tmp_path):
     from pyro_vae.runs.run import load_run
 
     run = load_run(out, "cpu")  # a conv run folder rebuilds its nets from the recorded item shape
-    assert run.vae.x_shape == (3, 32, 32) and run.sample(2).shape == (2, 3072)
+    assert run.vae.x_shape == (3, 32, 32) and run.sample(2).shape == (2, 3, 32, 32)
 
 
 def test_cli_refuses_an_ambiguous_layout_and_an_unknown_arch_in_one_line(tmp_path, capsys):

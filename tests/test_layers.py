@@ -23,7 +23,7 @@ LAYERS = [
     ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),
     ("data", ["images", "dataset", "sources", "files", "load"]),
     ("train", ["schedules", "build", "loggers", "trainer", "progress"]),
-    ("runs", ["plots", "latent", "folder", "run", "fit", "launch"]),
+    ("runs", ["plots", "latent", "folder", "run", "fit", "launch", "export"]),
     ("analysis", ["paired", "compare"]),
     ("", ["cli", "__main__"]),
 ]  # fmt: skip

@@ -1,5 +1,6 @@
 """Every likelihood family: log_prob against scipy or a hand formula, shapes, data preparation, what it scores."""
 
+import json
 import math
 
 import numpy as np
@@ -269,3 +270,80 @@ def test_options_go_to_the_family_that_takes_them():
         build_likelihood("gaussian-fixed", binarize="none")
     with pytest.raises(UserError, match="sigma"):
         build_likelihood("gaussian-fixed", sigma=0.0)
+
+
+# A user's own family as FILE.py:Name (like guides) -------------------------------------------------
+
+USER_FAMILY = '''
+import pyro.distributions as dist
+import torch
+
+from pyro_vae import Density
+
+
+class HalfWidthGaussian(Density):
+    params_per_dim = 1
+    domain = "real"
+
+    def __init__(self, width=0.5, levels=None):
+        super().__init__(levels)
+        self.width = width
+
+    def options(self):
+        return {"width": self.width}
+
+    def distribution(self, params):
+        return dist.Normal(params, torch.full_like(params, self.width))
+
+    def mean(self, params):
+        return params
+
+
+NOT_A_FAMILY = 3
+'''
+
+
+def test_likelihood_from_a_file(tmp_path):
+    import scipy.stats
+
+    from pyro_vae.vae.likelihoods import likelihood_class, likelihood_options
+
+    path = tmp_path / "families.py"
+    path.write_text(USER_FAMILY)
+    spec = f"{path}:HalfWidthGaussian"
+    assert likelihood_class(spec).__name__ == "HalfWidthGaussian" and likelihood_options(spec) == {"width": 0.5}
+    family = build_likelihood(spec, levels=256, width=0.25)
+    assert family.name == spec and family.options() == {"width": 0.25}
+    params, x = torch.tensor([[0.1, 0.7]]), torch.tensor([[0.3, 0.2]])
+    want = scipy.stats.norm(params.numpy(), 0.25).logpdf(x.numpy()).sum()
+    assert family.distribution(params).to_event(1).log_prob(x).item() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(UserError, match="NOT_A_FAMILY is a int, not a class; it must name a subclass of pyro_vae.Likelihood"):
+        build_likelihood(f"{path}:NOT_A_FAMILY")
+    with pytest.raises(UserError, match=r"--sigma does not apply to the .*HalfWidthGaussian likelihood \(it takes width\)"):
+        build_likelihood(spec, sigma=0.1)
+    with pytest.raises(UserError, match="unknown likelihood 'studentt'; choose one of: bernoulli.*; or give your own "
+                                        "likelihood as path/to/file.py:Name"):  # fmt: skip
+        build_likelihood("studentt")
+
+
+def test_likelihood_from_a_file_through_the_cli(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    path = tmp_path / "families.py"
+    path.write_text(USER_FAMILY)
+    out = tmp_path / "run"
+    args = ["fit", "--dataset", "digits", "--hidden", "16", "--z-dim", "2", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main([*args, "--likelihood", f"{path}:HalfWidthGaussian"]) == 0
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["likelihood"] == f"{path}:HalfWidthGaussian" and meta["likelihood_options"] == {"width": 0.5}
+    assert meta["code"]["likelihood"]["file"] == "likelihood_code.py"
+    capsys.readouterr()
+    assert main(["sample", str(out), "-n", "4", "-o", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "names its likelihood as code" in err and len(err.splitlines()) == 1
+    assert main(["sample", str(out), "-n", "4", "-o", str(tmp_path / "s.png"), "--trust-guide"]) == 0
+    assert main(["encode", str(out), "-o", str(tmp_path / "z.npy")]) == 2  # the latent commands too
+    assert main(["encode", str(out), "-o", str(tmp_path / "z.npy"), "--trust-guide"]) == 0
+    assert np.load(tmp_path / "z.npy").shape[1] == 2
+    assert main([*args[:-1], str(tmp_path / "other"), "--likelihood", "nope"]) == 2
+    assert "unknown likelihood 'nope'" in capsys.readouterr().err

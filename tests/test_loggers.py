@@ -4,6 +4,7 @@ import builtins
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,6 +172,7 @@ def test_mlflow_store_read_back(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")  # restored (unset) after the test
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # the logger opts in to the file store itself
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from mlflow.tracking import MlflowClient
 
     run_dir = tmp_path / "run1"
@@ -197,8 +199,9 @@ def test_mlflow_store_read_back(tmp_path, monkeypatch):
     assert np.array_equal(png[..., :3].astype(float), want)
 
 
-def test_mlflow_failed_run(tmp_path):
+def test_mlflow_failed_run(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from mlflow.tracking import MlflowClient
 
     with pytest.raises(RuntimeError):
@@ -229,3 +232,103 @@ def test_progress_bars_in_terminals_and_jupyter_kernels(monkeypatch):
     assert not interactive(io.StringIO())  # another stream of the kernel's process
     shell.config = {}  # IPython in a terminal (no kernel) whose stderr is not a terminal
     assert not interactive()
+# Tracking a whole run: a shared MLflow store, resume into the same MLflow run, final metrics ----
+
+FIT = dict(dataset="digits", hidden=(16,), z_dim=2, batch_size=256, device="cpu", quiet=True)
+
+
+def test_mlflow_shared_sqlite_store_and_resume(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    pytest.importorskip("sqlalchemy", reason="a SQLite MLflow store needs SQLAlchemy")
+    pytest.importorskip("alembic", reason="a SQLite MLflow store needs Alembic")
+    from mlflow.tracking import MlflowClient
+
+    import pyro_vae
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts under ./mlruns
+    out = tmp_path / "run"
+    pyro_vae.fit(out=out, epochs=2, loggers=["mlflow"], **FIT)
+    recorded = json.loads((out / "mlflow.json").read_text())
+    assert recorded["tracking_uri"] == uri
+    assert not (out / "mlruns").exists()  # no store of its own in the run folder
+    pyro_vae.fit(out=out, epochs=3, resume=True, loggers=["mlflow"], **FIT)
+    assert json.loads((out / "mlflow.json").read_text())["run_id"] == recorded["run_id"]
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("pyro-vae").experiment_id])
+    assert run.info.run_id == recorded["run_id"] and run.info.status == "FINISHED"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    history = client.get_metric_history(run.info.run_id, "train_elbo")
+    assert sorted((m.step, m.value) for m in history) == [(m["epoch"], m["train_elbo"]) for m in metrics]
+    final = json.loads((out / "final.json").read_text())
+    for key in ("test_elbo", "test_elbo_last", "best_valid_elbo", "best_epoch"):
+        (value,) = [m.value for m in client.get_metric_history(run.info.run_id, key) if m.step == 3]
+        assert value == pytest.approx(final[key], rel=1e-12)
+    assert run.data.params["z_dim"] == "2" and run.data.params["lr"] == "0.001"
+    assert run.data.params["epochs"] == "2" and run.data.tags["pyro_vae.epochs"] == "3"  # write-once params
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "run")}
+    assert {"run/config.json", "run/final.json", "run/metrics.jsonl", "run/best.pt", "run/samples.png"} <= artifacts
+    path = client.download_artifacts(run.info.run_id, "run/final.json", str(tmp_path))
+    assert json.loads(Path(path).read_text()) == final
+
+
+def test_mlflow_record_of_another_store_starts_a_new_run(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow.tracking import MlflowClient
+
+    from pyro_vae.train.loggers import MLflowLogger
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.json").write_text(json.dumps({"tracking_uri": "sqlite:///elsewhere.db", "run_id": "abc"}))
+    logger = MLflowLogger()
+    logger.start(tmp_path, CONFIG)
+    logger.log_epoch(RECORDS[0])
+    logger.close()
+    record = json.loads((tmp_path / "mlflow.json").read_text())
+    assert record["run_id"] != "abc" and record["tracking_uri"] == (tmp_path / "mlruns").resolve().as_uri()
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    assert client.get_run(record["run_id"]).data.metrics["train_elbo"] == -120.5
+
+
+def test_mlflow_tracking_uri_argument_wins_over_the_environment(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from pyro_vae.train.loggers import MLflowLogger
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    assert MLflowLogger().resolved_uri(tmp_path) == "sqlite:///from-env.db"
+    assert MLflowLogger(tracking_uri="sqlite:///given.db").resolved_uri(tmp_path) == "sqlite:///given.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert MLflowLogger().resolved_uri(tmp_path) == (tmp_path / "mlruns").resolve().as_uri()
+
+
+def test_tensorboard_hparams_with_final_metrics(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    import pyro_vae
+
+    out = tmp_path / "run"
+    pyro_vae.fit(out=out, epochs=2, loggers=["tensorboard"], **FIT)
+    final = json.loads((out / "final.json").read_text())
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    for key in ("test_elbo", "test_elbo_last", "best_valid_elbo"):
+        (event,) = acc.Scalars(f"final/{key}")
+        assert event.step == 2 and event.value == pytest.approx(final[key], rel=1e-6)  # float32 in the event file
+    content = acc.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    names = {m.name.tag for m in experiment.metric_infos}
+    assert {"final/test_elbo", "final/test_elbo_last", "train_elbo", "valid_elbo"} <= names
+
+
+def test_format_elbo_is_readable_when_diverged():
+    from pyro_vae.train.loggers import format_elbo
+
+    assert [format_elbo(v) for v in (float("-inf"), float("inf"), float("nan"), None)] == ["-inf", "inf", "nan", "n/a"]
+    assert format_elbo(-104.2125) == "-104.213" and format_elbo(-3.4e38) == "-3.400e+38"
+    line = format_epoch_line({"epoch": 2, "train_elbo": -3.4e38, "valid_elbo": float("nan")}, 5)
+    assert "train ELBO -3.400e+38" in line and "valid ELBO       nan" in line and "e+38" in line

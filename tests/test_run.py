@@ -186,7 +186,7 @@ def test_untrusted_guide_code_is_not_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--trust-guide" in err and not marker.exists()
     # allowed: the file runs (once per process: it was run by fit above, so the module is reused)
-    assert load_run(tmp_path / "run", trust_guide=True).sample(2).shape == (2, 64)
+    assert load_run(tmp_path / "run", trust_guide=True).sample(2).shape == (2, 1, 8, 8)
     assert main(["sample", str(tmp_path / "run"), "-n", "4", "-o", str(tmp_path / "s.png"), "--guide", spec]) == 0
     assert main(["evaluate", str(tmp_path / "run"), "--samples", "2", "--trust-guide"]) == 0
     assert (tmp_path / "s.png").exists()
@@ -201,7 +201,7 @@ def test_reconstruct_and_encode_take_the_training_layout(trained):
         torch.manual_seed(1)
         a = run.reconstruct(layout)
         torch.manual_seed(1)
-        assert torch.equal(a, run.reconstruct(as_floats)) and a.shape == (8, 64)
+        assert torch.equal(a, run.reconstruct(as_floats)) and a.shape == (8, 1, 8, 8)
     assert run.encode(images[0]).shape == (1, 3)  # one item without N
     for bad in (torch.zeros(2, 5), np.zeros((2, 8, 9)), np.array(["a", "b"])):
         with pytest.raises(UserError):
@@ -256,3 +256,154 @@ def test_run_shows_its_scores_as_text_and_html(tmp_path):
     assert f"{final['test_elbo']:.3f}" in page and "<table>" in page
     (tmp_path / "run" / "evaluation.json").write_text("{damaged")  # shown without it, not an error
     assert "evaluated" not in repr(again)
+# Runs you can share: parts given as code travel in the run folder; registered parts say what to register ---
+
+SHARED_PARTS = '''
+import pyro.distributions as dist
+import torch
+
+from pyro_vae import Density, DiagonalGuide
+
+
+class MyGuide(DiagonalGuide):
+    pass
+
+
+class FixedGaussian(Density):
+    """N(mu, 0.2^2) on the data as given."""
+
+    params_per_dim = 1
+    domain = "real"
+
+    def __init__(self, sigma=0.2, levels=None):
+        super().__init__(levels)
+        self.sigma = sigma
+
+    def options(self):
+        return {"sigma": self.sigma}
+
+    def distribution(self, params):
+        return dist.Normal(params, torch.full_like(params, self.sigma))
+
+    def mean(self, params):
+        return params
+'''
+
+
+def test_parts_given_as_code_are_copied_and_the_folder_opens_elsewhere(tmp_path):
+    import hashlib
+
+    source = tmp_path / "lab" / "parts.py"
+    source.parent.mkdir()
+    source.write_text(SHARED_PARTS)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    fit(out=tmp_path / "run", epochs=1, guide=f"{source}:MyGuide", likelihood=f"{source}:FixedGaussian", **TINY)
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta["code"]["guide"] == {"spec": f"{source}:MyGuide", "file": "guide_code.py", "name": "MyGuide",
+                                     "sha256": digest}  # fmt: skip
+    assert meta["code"]["likelihood"]["file"] == "likelihood_code.py" and meta["code"]["likelihood"]["sha256"] == digest
+    assert meta["likelihood_options"] == {"sigma": 0.2}
+    x = torch.rand(5, 64, generator=torch.Generator().manual_seed(1))
+    want = load_run(tmp_path / "run", trust_guide=True).encode(x)
+    # "another machine": the folder moved, the source file gone
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "lab")
+    with pytest.raises(UserError, match="names its guide as code.*pass --trust-guide"):
+        load_run(tmp_path / "moved")
+    run = load_run(tmp_path / "moved", trust_guide=True)
+    assert type(run.vae.encoder).__name__ == "MyGuide" and type(run.vae.likelihood).__name__ == "FixedGaussian"
+    assert run.vae.encoder.__module__ != "pyro_vae" and torch.equal(run.encode(x), want)
+    # a copy altered since training is refused with one line, before it runs
+    copy = tmp_path / "moved" / "likelihood_code.py"
+    copy.write_text(copy.read_text() + "\nraise SystemExit('ran')\n")
+    with pytest.raises(UserError, match="likelihood_code.py was altered since training .*sha256.*refusing to run it"):
+        load_run(tmp_path / "moved", trust_guide=True)
+
+
+def test_an_architecture_as_code_alone_still_needs_trust(tmp_path):
+    source = tmp_path / "arch.py"
+    source.write_text("from pyro_vae.vae.nets import MLPArchitecture as Mine\n")
+    fit(out=tmp_path / "run", epochs=1, arch=f"{source}:Mine", **TINY)
+    assert (tmp_path / "run" / "arch_code.py").read_text() == source.read_text()
+    with pytest.raises(UserError, match="names its architecture as code"):
+        load_run(tmp_path / "run")
+    source.unlink()
+    assert load_run(tmp_path / "run", trust_guide=True).sample(2).shape[0] == 2
+
+
+def test_parts_registered_in_python_say_what_to_register(tmp_path, monkeypatch):
+    monkeypatch.setattr(pyro_vae.GUIDES, "_entries", dict(pyro_vae.GUIDES._entries))
+
+    class NotebookGuide(pyro_vae.DiagonalGuide):
+        pass
+
+    pyro_vae.GUIDES.register("notebook-guide", NotebookGuide)
+    fit(out=tmp_path / "run", epochs=1, guide="notebook-guide", **TINY)
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta["registered"] == {"guide": {"name": "notebook-guide", "class": f"{__name__}.{NotebookGuide.__qualname__}"}}
+    assert load_run(tmp_path / "run").vae.encoder.__class__ is NotebookGuide
+    del pyro_vae.GUIDES._entries["notebook-guide"]  # a fresh process: nothing registered
+    with pytest.raises(UserError) as e:
+        load_run(tmp_path / "run")
+    assert "uses the guide 'notebook-guide', registered in Python as" in str(e.value)
+    assert str(e.value).endswith("register it before opening the run: "
+                                 "pyro_vae.GUIDES.register('notebook-guide', NotebookGuide)")  # fmt: skip
+    assert "\n" not in str(e.value)
+
+
+# One API: encode's type, items in the data's shape, fit returns the best checkpoint, messages through logging ---
+
+
+def test_encode_returns_one_type_and_items_keep_the_data_shape(trained, tmp_path):
+    from pyro_vae.runs import latent
+
+    run = load_run(trained / "run", "cpu")
+    x = run.test_data()[:6]
+    results = [run.encode(x), run.encode(x, what="scale"), run.encode(split="test"),
+               run.encode(split="test", what="samples", samples=2), run.encode(split="test", path=tmp_path / "z.npy")]  # fmt: skip
+    assert all(type(r) is torch.Tensor and r.dtype == torch.float32 and r.device.type == "cpu" for r in results)
+    codes, labels = latent.encode_run(run, split="test")
+    assert torch.equal(results[2], torch.as_tensor(codes)) and torch.equal(results[0], results[2][:6])
+    assert results[3].shape == (len(codes), 2, 3) and np.array_equal(np.load(tmp_path / "z.npy"), codes)
+    with pytest.raises(UserError, match="not of given items"):
+        run.encode(x, path=tmp_path / "z2.npy")
+    # sample and reconstruct: items shaped as the data was, (N, 1, 8, 8) here and (N, 64) for flat data
+    assert run.sample(4).shape == (4, 1, 8, 8) and run.reconstruct(x).shape == (6, 1, 8, 8)
+    flat = np.load(trained / "digits.npy").reshape(-1, 64)
+    np.save(tmp_path / "flat.npy", flat)
+    flat_run = fit(out=tmp_path / "flat", epochs=1, **{**TINY, "dataset": "mnist", "data": str(tmp_path / "flat.npy")})
+    assert flat_run.sample(3).shape == (3, 64) and flat_run.reconstruct(flat[:2]).shape == (2, 64)
+
+
+def test_fit_returns_the_best_checkpoint_as_load_run_does(tmp_path, monkeypatch):
+    from pyro_vae.runs.fit import Trainer
+
+    scores = iter([-100.0, -90.0, -95.0] * 2)  # the best validation ELBO at epoch 2 of 3
+    monkeypatch.setattr(Trainer, "valid_elbo", lambda self: next(scores))
+    best = fit(out=tmp_path / "a", epochs=3, **TINY)
+    assert best.checkpoint == "best" and best.final["best_epoch"] == 2
+    opened = load_run(tmp_path / "a", "cpu")
+    assert all(torch.equal(v, opened.vae.state_dict()[k]) for k, v in best.vae.state_dict().items())
+    last = fit(out=tmp_path / "b", epochs=3, checkpoint="last", **TINY)
+    opened = load_run(tmp_path / "b", "cpu", checkpoint="last")
+    assert last.checkpoint == "last"
+    assert all(torch.equal(v, opened.vae.state_dict()[k]) for k, v in last.vae.state_dict().items())
+    assert not all(torch.equal(v, best.vae.state_dict()[k]) for k, v in last.vae.state_dict().items())
+    with pytest.raises(UserError, match="checkpoint must be 'best' or 'last'"):
+        fit(out=tmp_path / "c", epochs=1, checkpoint="first", **TINY)
+
+
+def test_messages_go_through_logging_and_the_cli_prints_them(tmp_path, caplog, capsys):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="pyro_vae"):
+        fit(out=tmp_path / "a", epochs=1, **{**TINY, "quiet": False})
+    (record,) = [r for r in caplog.records if r.name == "pyro_vae"]
+    assert record.levelno == logging.INFO and "test ELBO" in record.getMessage() and str(tmp_path / "a") in record.getMessage()
+    assert "test ELBO" not in capsys.readouterr().out  # the library itself prints nothing
+    caplog.clear()
+    args = ["fit", "--dataset", "digits", "--hidden", "16", "--z-dim", "3", "--epochs", "1", "--out", str(tmp_path / "b")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bernoulli VAE on digits: test ELBO ") and str(tmp_path / "b") in out
+    assert not logging.getLogger("pyro_vae").handlers  # the CLI's handler is removed again

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,9 +111,9 @@ def test_load_run_sample_reconstruct_evaluate(tmp_path):
     fit(out=tmp_path / "run", epochs=2, **SMALL)
     run = load_run(tmp_path / "run", device="cpu")
     assert isinstance(run.config, Config) and run.config.z_dim == 4
-    assert run.sample(10).shape == (10, 64)
+    assert run.sample(10).shape == (10, 1, 8, 8)  # items in the data's shape
     x = run.test_data()[:5]
-    assert run.reconstruct(x).shape == (5, 64)
+    assert run.reconstruct(x).shape == (5, 1, 8, 8)
     result = run.evaluate(samples=50, subset=20)
     assert result["items"] == 20 and result["samples"] == 50
     assert result["test_log_likelihood"] >= result["test_elbo"]
@@ -201,3 +202,26 @@ def test_samples_continue_across_resume(tmp_path):
     run = fit(out=tmp_path / "run", epochs=2, resume=True, on_step=steps.append, **SETTINGS)
     n = run.meta["n_train"] - run.meta["n_valid"]  # the items trained on
     assert steps[0].epoch == 2 and steps[0].samples == n + 256 and steps[-1].samples == 2 * n
+
+
+def test_an_absurd_elbo_is_a_logged_warning_printed_readably(tmp_path, caplog, capsys):
+    import logging
+
+    from pyro_vae.cli import main
+
+    x = np.random.default_rng(0).normal(0, 1e4, size=(300, 16)).astype(np.float32)  # far off any image scale
+    np.save(tmp_path / "big.npy", x)
+    settings = dict(data=str(tmp_path / "big.npy"), likelihood="gaussian-fixed", sigma=1e-3, hidden=(8,), z_dim=2,
+                    batch_size=100, device="cpu", quiet=True)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="pyro_vae"):
+        fit(out=tmp_path / "a", epochs=1, **settings)
+    (record,) = [r for r in caplog.records if r.name == "pyro_vae" and r.levelno == logging.WARNING]
+    message = record.getMessage()
+    assert message.startswith("epoch 1's ELBO is -") and "e+" in message and "absurdly large" in message
+    caplog.clear()
+    capsys.readouterr()
+    args = ["fit", "--data", str(tmp_path / "big.npy"), "--likelihood", "gaussian-fixed", "--sigma", "0.001", "--hidden",
+            "8", "--z-dim", "2", "--batch-size", "100", "--epochs", "1", "--quiet", "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: epoch 1's ELBO is -" in err and "absurdly large" in err

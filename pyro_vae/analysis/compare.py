@@ -51,14 +51,13 @@ from ..checkpoint import atomic_write_text, load_checkpoint
 from ..config import Config, parse_hidden
 from ..data.load import load_dataset
 from ..errors import UserError
-from ..runs import plots
-from ..runs.fit import fit
+from ..runs import launch, plots
 from ..runs.folder import check_same_settings, saved_config
 from ..runs.run import load_run, write_evaluation
 from ..train.build import check_names, make_config, resolve_device
 from ..vae.evaluation import evaluate_terms, summarize
 from ..vae.guides import guide_class
-from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
+from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_class, likelihood_options
 from ..vae.objectives import OBJECTIVES
 from ..vae.priors import prior_class
 from .paired import all_pairs
@@ -455,11 +454,15 @@ def machine_info(device):
     return {"summary": summary, "device": str(device), "python": platform.python_version()}
 
 
-def _train(config, directory, overwrite):
-    """Train ``config`` into ``directory``, reusing or extending a run already there with the same settings.
+def _train(config, directory, overwrite, loggers=(), devices=1):
+    """Train ``config`` into ``directory``, reusing or extending a run already there with the same settings,
+    with ``loggers`` (names, as ``fit --logger``) on ``devices`` data-parallel processes.
 
     Returns ``(run, reused)``, the run loaded from its ``best.pt`` (the best validation ELBO).
     """
+    def fit(config, directory, **kwargs):
+        return launch.fit(config, directory, devices=devices, loggers=list(loggers or ()), **kwargs)
+
     checkpoint = directory / "checkpoint.pt"
     if not overwrite and checkpoint.exists():
         state = load_checkpoint(checkpoint)
@@ -470,7 +473,7 @@ def _train(config, directory, overwrite):
         # the guide and prior code these runs name is what this comparison's own settings named (checked just
         # above): opening them runs nothing the user did not give
         if state["epoch"] == config.epochs:
-            return load_run(directory, config.device, trust_guide=True), True
+            return load_run(directory, config.device, trust_guide=True), True  # the code the user named
         if state["epoch"] > config.epochs:
             raise UserError(
                 f"{directory} holds a run of {state['epoch']} epochs, more than --epochs {config.epochs}; "
@@ -484,7 +487,8 @@ def _train(config, directory, overwrite):
 
 
 def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_samples=100, eval_subset=None,
-            overwrite=False, progress=None, eval_progress=None, grid=None, **settings):  # fmt: skip
+            overwrite=False, progress=None, eval_progress=None, grid=None, loggers=None, devices=1,
+            **settings):  # fmt: skip
     """Train and evaluate a grid of configurations with everything else equal; write the comparison.
 
     :param Config config: the shared settings (the varied fields and ``seed`` are replaced);
@@ -505,11 +509,18 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     :param progress: optional callable receiving one line of text per run (start and end).
     :param eval_progress: optional factory ``(total, description) -> context manager with update(n)``
         for a progress bar during evaluation.
+    :param loggers: logger names for every run (``["csv", "tensorboard", "mlflow"]``, as ``fit --logger``).
+    :param int devices: data-parallel processes per run (as ``fit --devices``, :func:`pyro_vae.runs.launch.fit`).
     :raises UserError: an axis that cannot be varied, a bad value or combination (checked for every
         configuration before anything is trained), a family that cannot model the data when named.
     :rtype: Comparison
     """
     config = make_config(config, **settings)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise UserError(f"--devices must be a positive integer, got {devices!r}")
+    from ..train.loggers import build_loggers
+
+    build_loggers(loggers or ())  # unknown names and missing extras fail before anything is trained
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     if eval_samples < 1:
@@ -523,7 +534,7 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     values = {a.field: values[a.field] for a in axes() if a.field in values}  # in the order of AXES
     families = values.get("likelihood", [config.likelihood])
     for family in families:
-        LIKELIHOODS.get(family)  # unknown names fail before anything is trained
+        likelihood_class(family)  # unknown names (and broken files) fail before anything is trained
     out = Path(out)
     say = progress or (lambda line: None)
 
@@ -582,7 +593,7 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
         say(f"{tag}: training {config.epochs} epochs on {dataset.name} ...")
         run_config = point_config.replace(seed=seed)
         directory = out / folder / f"seed-{seed}"
-        run, reused = _train(run_config, directory, overwrite)
+        run, reused = _train(run_config, directory, overwrite, loggers, devices)
         t0 = time.perf_counter()
         cached = _cached_evaluation(directory, eval_samples, items) if reused else None
         if cached is None:

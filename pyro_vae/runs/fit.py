@@ -7,26 +7,30 @@ written through the folder (metrics, ``checkpoint.pt``, ``best.pt``), then score
 :mod:`pyro_vae.train.trainer`.
 """
 
-import sys
+import logging
 
 import torch
 
-from ..errors import TrainingDiverged, TrainingInterrupted
+from ..errors import TrainingDiverged, TrainingInterrupted, UserError
 from ..train.build import make_config
-from ..train.loggers import Loggers, build_loggers
+from ..train.loggers import Loggers, build_loggers, format_elbo
 from ..train.progress import EpochDisplay, OnStep, chain
 from ..train.trainer import Trainer
 from .folder import RunFolder, io_error, new_run_dir, package_versions, read_metrics
-from .run import Run
+from .run import Run, record_parts, use_best
 
 __all__ = ["fit"]
+
+#: the library's messages (warnings, the closing summary); the CLI prints them (see pyro_vae.cli)
+log = logging.getLogger("pyro_vae")
 
 #: a train or test ELBO beyond this many nats per item (in absolute value) is reported as absurd
 ABSURD_ELBO = 1e7
 
 
 def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
-        speed=None, rank=0, make_trainer=None, loggers=None, log_images_every=5, **settings):  # fmt: skip
+        speed=None, rank=0, make_trainer=None, loggers=None, log_images_every=5, checkpoint="best",
+        **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     The run folder is locked while the run trains (``RUN/.lock``): a second ``fit`` or ``fit
@@ -63,8 +67,11 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     :param loggers: logger names (``["csv", "tensorboard", "mlflow"]``, see :mod:`pyro_vae.train.loggers`)
         or a :class:`~pyro_vae.train.loggers.Loggers`: each epoch's record, the config as hyperparameters,
         and images (samples, validation reconstructions) every ``log_images_every`` epochs and at the last.
-    :returns: the trained :class:`~pyro_vae.runs.run.Run` (the model of the last epoch; ``run.final``
-        holds what ``final.json`` holds).
+    :param str checkpoint: which model the returned run holds: ``"best"`` (default; ``best.pt``, the
+        epoch with the best validation ELBO, as :func:`~pyro_vae.runs.run.load_run` opens it) or
+        ``"last"`` (the last epoch); ``run.checkpoint`` says which.
+    :returns: the trained :class:`~pyro_vae.runs.run.Run` (``run.final`` holds what ``final.json`` holds).
+        The summary line and warnings go to the ``logging`` logger ``"pyro_vae"``.
     :raises UserError: for bad settings, a folder in use, changed data, unwritable folders (one line).
     :raises TrainingDiverged: when a loss or a parameter becomes NaN or infinite; the message says
         whether a checkpoint is kept.
@@ -79,6 +86,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     ``epochs`` (run) and ``stopped_early``.
     """
     config = make_config(config, **settings)
+    if checkpoint not in ("best", "last"):
+        raise UserError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if not isinstance(loggers, Loggers):  # built first: a missing optional package fails before any work
         loggers = build_loggers(loggers or (), log_images_every)
     folder = RunFolder(new_run_dir(config) if out is None else out, lead=rank == 0)
@@ -91,11 +100,17 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             trainer.load_state_dict(state, where=f"the checkpoint in {folder.out}")
             metrics = read_metrics(folder.out / "metrics.jsonl", trainer.epoch)  # skips a damaged line
         meta = _meta(trainer)
+        if folder.lead:  # a guide, architecture or likelihood given as a file is copied into the folder
+            meta.update(record_parts(trainer.config, folder.where, folder.saved_meta if resume else None))
         folder.start(trainer.config, meta, metrics)
         display = EpochDisplay(trainer.config.epochs, len(trainer.train), quiet=quiet, lead=folder.lead)
-        best_state, stopped_early = _epochs(trainer, folder, metrics, meta, display, loggers if folder.lead else None,
-                                            on_epoch, on_step)  # fmt: skip
-        return _finish(trainer, folder, metrics, meta, best_state, stopped_early, quiet)
+        loggers = _Loggers(loggers if folder.lead else None, folder, {**trainer.config.to_dict(), **meta})
+        with loggers:
+            best_state, stopped_early = _epochs(trainer, folder, metrics, display, loggers, on_epoch, on_step)
+            run = _finish(trainer, folder, metrics, meta, best_state, stopped_early, loggers, quiet)
+        if checkpoint == "best" and folder.lead:
+            use_best(run, best_state)
+        return run
     except OSError as e:  # a read-only folder, a full disk, a name too long
         raise io_error(e, folder.out) from None
     finally:
@@ -120,10 +135,39 @@ def _meta(trainer):
     }
 
 
-def _epochs(trainer, folder, metrics, meta, display, loggers, on_epoch, on_step):
+class _Loggers:
+    """The run's loggers (:mod:`pyro_vae.train.loggers`), started in the run folder at the first epoch's end (after a
+    staged ``--overwrite`` has swapped its files in) and closed when the run ends, as failed if it ends by an error."""
+
+    def __init__(self, loggers, folder, params):
+        self.loggers, self.folder, self.params, self.started = loggers, folder, params, False
+
+    def log_epoch(self, trainer, record):
+        if not self.loggers:
+            return
+        if not self.started:
+            self.loggers.start(self.folder.out, self.params)
+            self.started = True
+        self.loggers.log_epoch(record)
+        if self.loggers.wants_images(record["epoch"], last=record["epoch"] == trainer.config.epochs):
+            _log_images(trainer, self.loggers, record["epoch"])
+
+    def log_final(self, final):
+        if self.started:
+            self.loggers.log_final(final, self.folder.out)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if self.started:
+            self.loggers.close(failed=kind is not None)
+
+
+def _epochs(trainer, folder, metrics, display, loggers, on_epoch, on_step):
     """Train the remaining epochs, each written through ``folder``; returns ``(best_state, stopped_early)``:
     the model state of the best epoch of this session (``None`` if it was in an earlier one)."""
-    config, started, warned = trainer.config, False, False
+    config, warned = trainer.config, False
     best, best_state = _best(metrics), None
     epoch = trainer.epoch
     try:
@@ -139,28 +183,14 @@ def _epochs(trainer, folder, metrics, meta, display, loggers, on_epoch, on_step)
             folder.save_epoch(metrics, trainer.state_dict() if folder.lead else None, improved)
             if folder.lead and not warned:
                 warned = _warn_if_absurd(record)
-            if loggers:
-                if not started:
-                    loggers.start(folder.out, {**config.to_dict(), **meta})
-                    started = True
-                loggers.log_epoch(record)
-                if loggers.wants_images(epoch, last=epoch == config.epochs):
-                    _log_images(trainer, loggers, epoch)
+            loggers.log_epoch(trainer, record)
             if on_epoch is not None:
                 on_epoch(record)
             display.epoch_done(record)
     except KeyboardInterrupt as e:  # between epochs: while writing the checkpoint, metrics or in on_epoch
-        if started:
-            loggers.close(failed=True)
         if isinstance(e, TrainingInterrupted):
             raise
         raise TrainingInterrupted(f"interrupted after epoch {epoch}'s training; {folder.kept(interrupted=True)}") from None
-    except BaseException:
-        if started:
-            loggers.close(failed=True)
-        raise
-    if started:
-        loggers.close()
     return best_state, bool(config.early_stopping) and trainer.epoch < config.epochs
 
 
@@ -188,7 +218,7 @@ def _train_epoch(trainer, folder, epoch, display, on_step):
     }
 
 
-def _finish(trainer, folder, metrics, meta, best_state, stopped_early, quiet):
+def _finish(trainer, folder, metrics, meta, best_state, stopped_early, loggers, quiet):
     """Score the test set, write ``final.json`` and the pictures, print the summary; the trained :class:`Run`."""
     config = trainer.config
     run = Run(folder.out, config, {**config.to_dict(), **meta}, trainer.vae, metrics)
@@ -199,14 +229,15 @@ def _finish(trainer, folder, metrics, meta, best_state, stopped_early, quiet):
     if not folder.lead:
         return run
     run.write_pictures(trainer.test)
+    loggers.log_final(final)
     if not quiet:
         summary = (
-            f"test ELBO {final['test_elbo']:.3f} nats/item (best epoch {final['best_epoch']} by validation; "
-            f"last epoch {final['test_elbo_last']:.3f}) after {final['epochs']} epochs"
+            f"test ELBO {format_elbo(final['test_elbo'])} nats/item (best epoch {final['best_epoch']} by validation; "
+            f"last epoch {format_elbo(final['test_elbo_last'])}) after {final['epochs']} epochs"
             + (" (stopped early)" if stopped_early else "")
             if metrics and final["test_elbo"] is not None else "no epochs run" if not metrics else "no best.pt"
         )
-        print(f"{config.likelihood} VAE on {trainer.dataset.name}: {summary}; run folder {folder.out}")
+        log.info(f"{config.likelihood} VAE on {trainer.dataset.name}: {summary}; run folder {folder.out}")
     return run
 
 
@@ -230,9 +261,8 @@ def _warn_if_absurd(record):
     valid_elbo = record["valid_elbo"]
     if max(abs(record["train_elbo"]), abs(valid_elbo or 0.0)) <= ABSURD_ELBO:
         return False
-    print(f"warning: epoch {record['epoch']}'s ELBO is {record['train_elbo']:.3g} nats per item (train), "
-          f"{valid_elbo:.3g} (validation): absurdly large; check the data's scale and the likelihood",
-          file=sys.stderr)  # fmt: skip
+    log.warning(f"epoch {record['epoch']}'s ELBO is {format_elbo(record['train_elbo'])} nats per item (train), "
+                f"{format_elbo(valid_elbo)} (validation): absurdly large; check the data's scale and the likelihood")
     return True
 
 

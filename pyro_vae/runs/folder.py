@@ -37,7 +37,8 @@ from ..errors import UserError
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png", "curves.png",
-    "manifold.png", "pseudo_inputs.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns",
+    "manifold.png", "pseudo_inputs.png", "evaluation.json", "best.pt", "final.json", "metrics.csv", "tensorboard", "mlruns", "mlflow.json",
+    "guide_code.py", "arch_code.py", "likelihood_code.py",
 )  # fmt: skip
 
 def package_versions():

@@ -14,12 +14,12 @@ import torch
 
 import pyro
 
-from ..checkpoint import atomic_write_text, load_checkpoint
+from ..checkpoint import atomic_write, atomic_write_text, load_checkpoint
 from ..config import Config
 from ..data.files import interpret_array
 from ..errors import UserError
 from ..train.build import build_vae, prepare_data, resolve_device
-from ..user_code import is_import_spec
+from ..user_code import is_import_spec, sha256_file, spec_file
 from ..vae.evaluation import evaluate_terms, summarize
 from . import latent, plots
 from .folder import check_same_settings, read_metrics, saved_config, write_file_checked
@@ -120,7 +120,8 @@ class Run:
         return test
 
     def sample(self, n=64, seed=0):
-        """Decoder means for ``n`` draws from the prior, shape ``(n, D)``, on the CPU.
+        """Decoder means for ``n`` draws from the prior, items in the data's shape ``(n, *item_shape)``
+        (e.g. ``(n, 1, 28, 28)`` for MNIST, ``(n, D)`` for a ``(N, D)`` array), on the CPU.
 
         :raises UserError: unless ``n`` is a positive integer and ``seed`` an integer in ``[0, 2**64)``.
         """
@@ -129,7 +130,7 @@ class Run:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise UserError(f"the seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.vae.sample(n, generator=generator).cpu()
+        return self.vae.sample(n, generator=generator).cpu().reshape(n, *self.vae.x_shape)
 
     def as_input(self, x):
         """``x`` as the encoder takes it: a float tensor ``(N, *item_shape)`` on the run's device.
@@ -168,11 +169,13 @@ class Run:
         return t.reshape(len(t), *self.vae.x_shape).to(device=self.device, dtype=torch.float32)
 
     def reconstruct(self, x):
-        """Decoder means for one draw from :math:`q(z \\mid x)` for each item of ``x``, shape ``(N, D)``, on the CPU.
+        """Decoder means for one draw from :math:`q(z \\mid x)` for each item of ``x``, items in the data's
+        shape ``(N, *item_shape)`` (as :meth:`sample`), on the CPU.
 
         ``x`` in any layout and dtype training accepts (see :meth:`as_input`).
         """
-        return self.vae.reconstruct(self.as_input(x)).cpu()
+        x = self.as_input(x)
+        return self.vae.reconstruct(x).cpu().reshape(len(x), *self.vae.x_shape)
 
     def evaluate(self, samples=1000, subset=None, progress=None, seed=None):
         """Test ELBO, its two terms, importance-sampled log-likelihood (nats per item), bits per
@@ -225,7 +228,7 @@ class Run:
         torch.manual_seed(self.config.seed)
         self.save_samples(d / "samples.png")
         x = test[:16]
-        pairs = torch.cat([x.cpu().reshape(len(x), -1), self.reconstruct(x)])
+        pairs = torch.cat([x.cpu().reshape(len(x), -1), self.reconstruct(x).reshape(len(x), -1)])
         title = "test inputs (top) and reconstructions (bottom)"
         write_file_checked(d / "reconstructions.png", lambda p: plots.save_grid(
             pairs, self.image_shape, p, ncol=len(x), title=title, value_range=self._display_range()), "picture")
@@ -258,15 +261,19 @@ class Run:
     # The latent space (pyro_vae.runs.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
     def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
         """Posterior codes of the items ``x`` (any layout and dtype training accepts, see :meth:`as_input`),
-        or of a split's or ``data`` file's items.
+        or, without ``x``, of a split's (``split``) or ``data`` file's items.
 
-        With ``x``: posterior means (``what``: ``mean``, ``scale`` or ``samples``), a tensor of shape
-        ``(N, z_dim)`` (``(N, K, z_dim)`` for samples) on the CPU. Without: ``(codes, labels)`` as
-        :func:`pyro_vae.runs.latent.encode_run` gives them (NumPy), also saved to ``path`` when given.
+        :returns: always a float tensor on the CPU: posterior means, scales (``what="scale"``), both
+            ``(N, z_dim)``, or draws (``what="samples"``), ``(N, K, z_dim)``. With ``path`` (``.npy`` or
+            ``.csv``) the codes are also saved, with the split's labels beside them; the labels themselves:
+            :func:`pyro_vae.runs.latent.encode_run`, which returns ``(codes, labels)``.
         """
         if x is not None:
+            if path is not None:
+                raise UserError("encode saves the codes of a split or a data file (path=...), not of given items")
             return torch.as_tensor(latent.encode(self.vae, self.as_input(x), what, samples=samples, seed=seed))
-        return latent.encode_run(self, split, data, what, samples, labels, path, seed)
+        codes, _ = latent.encode_run(self, split, data, what, samples, labels, path, seed)
+        return torch.as_tensor(codes)
 
     def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0):
         """Items above their reconstructions as a PNG: :func:`pyro_vae.runs.latent.save_reconstructions`."""
@@ -285,29 +292,128 @@ class Run:
         return latent.latents_run(self, path, method, split, data, labels, seed)
 
 
-def check_guide_trusted(config, directory, trust_guide=False, guide=None):
-    """Refuse to run code a run folder names as its guide unless the user allows it.
+#: the parts a config may give as code (``file.py:Name``), and the file of the run folder that keeps a copy of each
+CODE_PARTS = {"guide": "guide_code.py", "arch": "arch_code.py", "likelihood": "likelihood_code.py"}
+#: how each part is named in messages, its registry and the name users import it by
+_PART_KINDS = {"guide": ("guide", "GUIDES"), "arch": ("architecture", "ARCHITECTURES"),
+               "likelihood": ("likelihood", "LIKELIHOODS")}  # fmt: skip
 
-    A guide given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
+
+def _registry(part):
+    from ..vae.guides import GUIDES
+    from ..vae.likelihoods import LIKELIHOODS
+    from ..vae.nets import ARCHITECTURES
+
+    return {"guide": GUIDES, "arch": ARCHITECTURES, "likelihood": LIKELIHOODS}[part]
+
+
+def record_parts(config, folder, saved=None):
+    """Make a run folder self-contained: what ``config.json`` records about the parts given as code or
+    registered in Python.
+
+    - A part given as a file (``--guide my.py:Name``, ``--arch``, ``--likelihood``) is copied into ``folder``
+      (:data:`CODE_PARTS`, e.g. ``guide_code.py``) and recorded under ``"code"`` with its sha256; :func:`load_run`
+      runs that copy (only when trusted), after checking the hash, so the folder opens on another machine.
+      A ``package.module:Name`` part is recorded, not copied: it must be importable where the run is opened.
+    - A part named by a name registered outside pyro-vae (``GUIDES.register("mine", MyGuide)`` in a notebook)
+      is recorded under ``"registered"`` with its class, so that opening the run in a process that has not
+      registered it says what to register.
+
+    ``saved``: the ``config.json`` of the run being resumed (its records are kept as they are).
+    :returns: ``{"code": {...}, "registered": {...}}`` to add to ``config.json``.
+    """
+    if saved is not None:
+        return {k: saved[k] for k in ("code", "registered") if isinstance(saved.get(k), dict)}
+    code, registered = {}, {}
+    for part, filename in CODE_PARTS.items():
+        spec = getattr(config, part)
+        if not isinstance(spec, str):
+            continue
+        if is_import_spec(spec) and spec not in _registry(part):
+            located = spec_file(spec)
+            if located is None:
+                code[part] = {"spec": spec, "module": spec.rpartition(":")[0], "name": spec.rpartition(":")[2]}
+                continue
+            source, name = located
+            data = source.read_bytes()
+            target = Path(folder) / filename
+            atomic_write(target, lambda f: f.write(data))
+            code[part] = {"spec": spec, "file": filename, "name": name, "sha256": sha256_file(target)}
+        elif spec in _registry(part):
+            cls = _registry(part).get(spec)
+            module = getattr(cls, "__module__", "") or ""
+            if not module.startswith("pyro_vae."):
+                registered[part] = {"name": spec, "class": f"{module}.{getattr(cls, '__qualname__', cls)}"}
+    return {"code": code, "registered": registered}
+
+
+def check_guide_trusted(config, directory, trust_guide=False, guide=None):
+    """Refuse to run code a run folder names as its guide, architecture or likelihood unless the user allows it.
+
+    A part given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
     built. A run folder received from someone else could name any file or module; opening it
-    (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or
-    the user names the same guide again (``guide``, ``--guide`` on the command line). A prior given
-    as code (``--prior file.py:Name``) follows the same rule; ``trust_guide`` allows it.
+    (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or,
+    for the guide, the user names the same guide again (``guide``, ``--guide`` on the command line). A prior
+    given as code (``--prior file.py:Name``) follows the same rule; ``trust_guide`` allows it.
 
     :raises UserError: one line, saying how to allow it.
     """
-    spec = config.guide
-    if isinstance(spec, str) and is_import_spec(spec) and not trust_guide and guide != spec:
+    if trust_guide:
+        return
+    for part in CODE_PARTS:
+        spec = getattr(config, part)
+        if not (isinstance(spec, str) and is_import_spec(spec)) or spec in _registry(part):
+            continue
+        if part == "guide" and guide == spec:
+            continue
+        kind = _PART_KINDS[part][0]
+        also = f" (or --guide {shlex.quote(spec)})" if part == "guide" else ""
         raise UserError(
-            f"the run in {directory} names its guide as code, {spec}; opening it would run that code. If you trust "
-            f"it, pass --trust-guide (or --guide {shlex.quote(spec)}; in Python load_run(..., trust_guide=True))"
+            f"the run in {directory} names its {kind} as code, {spec}; opening it would run that code. If you trust "
+            f"it, pass --trust-guide{also}; in Python load_run(..., trust_guide=True)"
         )
+
     prior = getattr(config, "prior", "standard")
-    if isinstance(prior, str) and is_import_spec(prior) and not trust_guide:
+    if isinstance(prior, str) and is_import_spec(prior):
         raise UserError(
             f"the run in {directory} names its prior as code, {prior}; opening it would run that code. If you trust "
             "it, pass --trust-guide (in Python load_run(..., trust_guide=True))"
         )
+
+def _buildable(config, meta, directory):
+    """``config`` with each part given as a file replaced by the run folder's copy (checked against its
+    sha256), and each registered name checked: the config :func:`load_run` builds the model from.
+
+    :raises UserError: a copy that is missing or was altered since training; a name no longer registered.
+    """
+    changes = {}
+    code = meta.get("code") if isinstance(meta.get("code"), dict) else {}
+    for part, entry in code.items():
+        if part not in CODE_PARTS or not isinstance(entry, dict) or "file" not in entry:
+            continue
+        if entry.get("spec") != getattr(config, part):
+            continue  # a record of another spec: not this part's code
+        path = Path(directory) / str(entry["file"])
+        if path.name != CODE_PARTS[part] or path.is_symlink() or not path.is_file():
+            raise UserError(f"the run in {directory} keeps its {_PART_KINDS[part][0]} code in {CODE_PARTS[part]}, "
+                            "which is missing; the run folder is incomplete")  # fmt: skip
+        if sha256_file(path) != entry.get("sha256"):
+            raise UserError(f"{path} was altered since training (its sha256 differs from the one in config.json); "
+                            "refusing to run it")  # fmt: skip
+        changes[part] = f"{path.resolve()}:{entry['name']}"
+    registered = meta.get("registered") if isinstance(meta.get("registered"), dict) else {}
+    for part, (kind, registry_name) in _PART_KINDS.items():
+        spec = getattr(config, part)
+        if part in changes or not isinstance(spec, str) or is_import_spec(spec) or spec in _registry(part):
+            continue
+        entry = registered.get(part) if isinstance(registered.get(part), dict) else {}
+        cls = str(entry.get("class") or "YourClass")
+        where = f", registered in Python as {cls}" if entry.get("class") else ", registered in Python"
+        raise UserError(
+            f"the run in {directory} uses the {kind} {spec!r}{where}; register it before opening the run: "
+            f"pyro_vae.{registry_name}.register({spec!r}, {cls.rpartition('.')[2]})"
+        )
+    return config.replace(**changes) if changes else config
 
 
 def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None):
@@ -319,10 +425,13 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
     :param str checkpoint: ``"best"`` (default): ``best.pt``, the epoch with the best validation
         ELBO; ``"last"``: ``checkpoint.pt``, the last epoch. A run written before ``best.pt``
         existed falls back to ``checkpoint.pt``.
-    :param bool trust_guide: allow running the code a run names as its guide (``file.py:Name`` or
-        ``module:Name``); see :func:`check_guide_trusted`. ``guide``: the same spec, named again.
-    :raises UserError: for an unknown ``checkpoint``, a folder that is not a run, a damaged ``config.json`` or checkpoint, or
-        an untrusted guide.
+    :param bool trust_guide: allow running the code a run names as its guide, architecture or likelihood
+        (``file.py:Name`` or ``module:Name``); see :func:`check_guide_trusted`. ``guide``: the same spec,
+        named again. A part given as a file runs from the run folder's copy (``guide_code.py``, ...),
+        checked against the sha256 ``config.json`` records (:func:`record_parts`), so the folder opens
+        on another machine.
+    :raises UserError: for an unknown ``checkpoint``, a folder that is not a run, a damaged ``config.json`` or checkpoint,
+        untrusted code, a copied part altered since training, or a part registered in Python and not registered now.
     """
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
@@ -360,7 +469,7 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
         load_checkpoint(other)
     check_same_settings(saved_config(state, directory), config,
                         f"the checkpoint in {directory} is from another configuration than its config.json")
-    vae = build_vae(config, item, levels).to(device)
+    vae = build_vae(_buildable(config, meta, directory), item, levels).to(device)
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError:
@@ -373,6 +482,22 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
             run.final = json.loads((directory / "final.json").read_text())
         except ValueError:
             raise UserError(f"{directory / 'final.json'} is damaged") from None
+    return run
+
+
+def use_best(run, best_state=None):
+    """Put the best epoch's model into ``run`` (the one :func:`fit` just trained), as :func:`load_run` opens
+    it by default: ``best_state`` (a state dict held in memory) or else ``best.pt``; a run without
+    ``best.pt`` (no epochs) keeps its last model. Sets ``run.checkpoint``."""
+    final = run.final or {}
+    if final.get("best_epoch") is None or final.get("best_epoch") == final.get("epochs"):
+        run.checkpoint = "best" if (run.directory / "best.pt").exists() else "last"
+        return run
+    if best_state is None:
+        best_state = load_checkpoint(run.directory / "best.pt", map_location=run.device)["model"]
+    run.vae.load_state_dict(best_state)
+    run.vae.eval()
+    run.checkpoint = "best"
     return run
 
 

@@ -20,7 +20,7 @@ from ..data.sources import DATASETS
 from ..errors import UserError
 from ..registry import Registry
 from ..vae.guides import guide_class
-from ..vae.likelihoods import LIKELIHOODS, build_likelihood, likelihood_options
+from ..vae.likelihoods import build_likelihood, likelihood_class, likelihood_options
 from ..vae.model import VAE
 from ..vae.nets import build_architecture
 from ..vae.objectives import OBJECTIVES
@@ -97,7 +97,7 @@ def check_names(config):
     """
     if not config.data:
         DATASETS.get(config.dataset)
-    LIKELIHOODS.get(config.likelihood)
+    likelihood_class(config.likelihood)  # a user's file.py:Name is imported here
     unknown = set(config.likelihood_options) - set(likelihood_options(config.likelihood))
     if unknown:
         build_likelihood(config.likelihood, **config.likelihood_options)  # raises the message for the option

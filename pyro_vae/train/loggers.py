@@ -8,6 +8,8 @@ Each logger is one class in the :data:`LOGGERS` registry with four methods, call
 - :meth:`Logger.log_images` ``(epoch, name, images)`` with ``images`` a float tensor ``(N, C, H, W)``
   in :math:`[0, 1]` (decoder means for :math:`z \sim p(z)`, or test inputs above their reconstructions),
   on the epochs :meth:`Loggers.wants_images` selects (every ``image_every`` epochs and the last);
+- :meth:`Logger.log_final` ``(final, run_dir)`` once after training, with ``final.json``'s numbers
+  (the test ELBO of the best and the last epoch) and the finished run folder;
 - :meth:`Logger.close` at the end (``failed=True`` after a diverged or interrupted run).
 
 Built in:
@@ -19,18 +21,21 @@ Built in:
   ``RUN_DIR/tensorboard``: one scalar per number of the record (step = epoch), images as grids
   (:func:`torchvision.utils.make_grid`), the config as text (JSON) and as hyperparameters (the
   HParams plugin's session summaries, written into the same event file rather than the
-  sub-folder :meth:`~torch.utils.tensorboard.SummaryWriter.add_hparams` makes).
-  ``tensorboard --logdir runs/`` shows every run. Needs the extra ``tensorboard``
-  (``pip install -e '.[tensorboard]'`` in a checkout).
-- ``mlflow``: an MLflow run in a local file store, ``RUN_DIR/mlruns`` (``mlflow ui
-  --backend-store-uri RUN_DIR/mlruns``), or in ``tracking_uri`` when given: the config as params
-  (nested keys joined with dots), the record's numbers as metrics (step = epoch), images as PNG
-  artifacts ``NAME/epoch_0001.png``. The process-wide tracking URI is left alone (an
+  sub-folder :meth:`~torch.utils.tensorboard.SummaryWriter.add_hparams` makes), with the final
+  test metrics (:data:`FINAL_METRICS`, tags ``final/test_elbo``, ...) as the hparams' metrics.
+  ``tensorboard --logdir runs/`` shows every run. Needs the extra ``tensorboard`` (``pip install -e '.[tensorboard]'`` in a checkout).
+- ``mlflow``: one MLflow run per run folder, in the tracking store of ``tracking_uri`` when given,
+  else of ``$MLFLOW_TRACKING_URI`` (a shared store, e.g. ``sqlite:///path/mlflow.db``, which needs
+  SQLAlchemy and Alembic beside ``mlflow-skinny``), else a local file store ``RUN_DIR/mlruns``; the
+  experiment is ``$MLFLOW_EXPERIMENT_NAME`` or ``pyro-vae``. It logs the config as params (nested keys
+  joined with dots), the record's numbers as metrics (step = epoch), images as PNG artifacts
+  ``NAME/epoch_0001.png``, and at the end the final test metrics (``final.json``: ``test_elbo``, ...)
+  and the run folder's files as artifacts under ``run/``. The MLflow run's id is recorded in
+  ``RUN_DIR/mlflow.json``, so ``fit --resume`` continues the same MLflow run (its metric history
+  covers every epoch once). The process-wide tracking URI is left alone (an
   :class:`mlflow.tracking.MlflowClient` is used). MLflow 3 keeps its file store in maintenance mode,
   behind ``MLFLOW_ALLOW_FILE_STORE=true``: the logger sets it for its process unless the user set it
-  (set it too for ``mlflow ui``), or pass a ``tracking_uri`` such as ``sqlite:///mlflow.db`` (which
-  needs the full ``mlflow`` package). Needs the extra ``mlflow`` (``pip install -e '.[mlflow]'`` in a
-  checkout).
+  (set it too for ``mlflow ui``). Needs the extra ``mlflow`` (``pip install -e '.[mlflow]'`` in a checkout).
 
 A missing optional package is a :class:`~pyro_vae.errors.UserError` naming the extra, raised when
 the logger is built (before training). Add a logger with ``LOGGERS.register("name", MyLogger)``.
@@ -52,6 +57,12 @@ from ..errors import UserError
 from ..registry import Registry
 
 LOGGERS = Registry("logger")
+
+#: the numbers of ``final.json`` a logger records at the end (as ``final/<key>`` in TensorBoard)
+FINAL_METRICS = ("test_elbo", "test_elbo_last", "best_valid_elbo", "best_epoch", "epochs")
+
+#: the file of a run folder recording its MLflow run (``fit --resume`` continues that run)
+MLFLOW_FILE = "mlflow.json"
 
 
 def _require(module, extra, logger):
@@ -108,6 +119,9 @@ class Logger:
 
     def log_images(self, epoch, name, images):
         """Log ``images``, a tensor ``(N, C, H, W)`` in [0, 1], as ``name`` at ``epoch``."""
+
+    def log_final(self, final, run_dir):
+        """Log the final test metrics ``final`` (``final.json``'s dict) of the finished run in ``run_dir``."""
 
     def close(self, failed=False):
         """Finish (``failed``: the run diverged or was interrupted)."""
@@ -187,7 +201,8 @@ class TensorBoardLogger(Logger):
         """The HParams plugin's experiment and session-start summaries, with the record's numbers as metrics."""
         from torch.utils.tensorboard.summary import hparams
 
-        for summary in hparams(self._hparams, {name: None for name in metric_names}):
+        names = [*metric_names, *(f"final/{k}" for k in FINAL_METRICS)]
+        for summary in hparams(self._hparams, {name: None for name in names}):
             self.writer.file_writer.add_summary(summary)
         self._declared = True
 
@@ -204,6 +219,16 @@ class TensorBoardLogger(Logger):
         self.writer.add_image(name, image_grid(images), global_step=int(epoch))
         self.writer.flush()
 
+    def log_final(self, final, run_dir):
+        if self.writer is None:
+            return
+        if not self._declared:
+            self._declare_hparams([])
+        step = int(final.get("epochs") or 0)
+        for k, v in numbers({k: final.get(k) for k in FINAL_METRICS}).items():
+            self.writer.add_scalar(f"final/{k}", v, global_step=step)
+        self.writer.flush()
+
     def close(self, failed=False):
         if self.writer is not None:
             self.writer.close()
@@ -212,36 +237,85 @@ class TensorBoardLogger(Logger):
 
 @LOGGERS.register("mlflow")
 class MLflowLogger(Logger):
-    """An MLflow run: params = the config, metrics per epoch, image artifacts.
+    """One MLflow run per run folder: params = the config, metrics per epoch, image artifacts, and at
+    the end the final test metrics and the run folder as artifacts.
 
-    :param str tracking_uri: where to log; default a local file store ``RUN_DIR/mlruns``.
-    :param str experiment: the MLflow experiment's name.
+    :param str tracking_uri: where to log; default ``$MLFLOW_TRACKING_URI``, else a local file store
+        ``RUN_DIR/mlruns``.
+    :param str experiment: the MLflow experiment's name; default ``$MLFLOW_EXPERIMENT_NAME``, else ``pyro-vae``.
+
+    The run's id and tracking URI are written to ``RUN_DIR/mlflow.json``; starting again on the
+    same folder (``fit --resume``) continues that MLflow run when it is in the same store.
     """
 
-    def __init__(self, tracking_uri=None, experiment="pyro-vae"):
+    #: files and folders of a run folder not logged as artifacts (locks, scratch, the local store itself)
+    SKIP_ARTIFACTS = (".lock", ".staging", "mlruns")
+
+    def __init__(self, tracking_uri=None, experiment=None):
         _require("mlflow", "mlflow", "mlflow")
         self.tracking_uri, self.experiment = tracking_uri, experiment
-        self.client, self.run_id = None, None
+        self.client, self.run_id, self.resumed = None, None, False
+
+    def resolved_uri(self, run_dir):
+        """The tracking URI used for ``run_dir``: the given one, ``$MLFLOW_TRACKING_URI``, or ``RUN_DIR/mlruns``."""
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        if uri is None:
+            uri = (Path(run_dir) / "mlruns").resolve().as_uri()
+            # MLflow 3.x keeps the file store in maintenance mode and refuses it unless opted in;
+            # the opt-in is per process, and the user's own setting wins
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return uri
+
+    @staticmethod
+    def recorded(run_dir):
+        """``RUN_DIR/mlflow.json`` (``run_id``, ``tracking_uri``, ``experiment_id``), or ``None``."""
+        path = Path(run_dir) / MLFLOW_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("run_id"), str) else None
+
+    def _existing_run(self, record, uri):
+        if record is None or record.get("tracking_uri") != uri:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(record["run_id"])
+        except MlflowException:
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
 
     def start(self, run_dir, config):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         run_dir = Path(run_dir)
-        uri = self.tracking_uri
-        if uri is None:
-            uri = (run_dir / "mlruns").resolve().as_uri()
-            # MLflow 3.x keeps the file store in maintenance mode and refuses it unless opted in;
-            # the opt-in is per process, and the user's own setting wins
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = self.resolved_uri(run_dir)
         self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
-        run = self.client.create_run(experiment_id, run_name=run_dir.resolve().name)
-        self.run_id = run.info.run_id
-        params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in flatten(config).items()]
+        existing = self._existing_run(self.recorded(run_dir), uri)
+        known = {}
+        if existing is not None:  # fit --resume: the same MLflow run goes on
+            self.run_id, self.resumed = existing.info.run_id, True
+            self.client.update_run(self.run_id, status="RUNNING")
+            known = existing.data.params
+        else:
+            name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "pyro-vae"
+            found = self.client.get_experiment_by_name(name)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(name)
+            run = self.client.create_run(experiment_id, run_name=run_dir.resolve().name,
+                                         tags={"pyro_vae.run_dir": str(run_dir.resolve())})  # fmt: skip
+            self.run_id, self.resumed = run.info.run_id, False
+            record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": self.run_id}
+            atomic_write_text(run_dir / MLFLOW_FILE, json.dumps(record, indent=2) + "\n")
+        # params are write-once in MLflow: a resumed run adds only new keys (its epochs differ: a tag says the total)
+        values = {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in flatten(config).items()}
+        params = [Param(k, v[:6000]) for k, v in values.items() if k not in known]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
+        if "epochs" in values:
+            self.client.set_tag(self.run_id, "pyro_vae.epochs", values["epochs"])
 
     def log_epoch(self, record):
         from mlflow.entities import Metric
@@ -254,6 +328,25 @@ class MLflowLogger(Logger):
     def log_images(self, epoch, name, images):
         grid = (image_grid(images).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         self.client.log_image(self.run_id, grid, artifact_file=f"{name}/epoch_{int(epoch):04d}.png")
+
+    def log_final(self, final, run_dir):
+        """The final test metrics (step = the epochs run) and the run folder's files as artifacts under ``run/``."""
+        from mlflow.entities import Metric
+
+        if self.client is None or self.run_id is None:
+            return
+        now, step = int(time.time() * 1000), int(final.get("epochs") or 0)
+        values = numbers({k: final.get(k) for k in FINAL_METRICS if k != "epochs"})
+        metrics = [Metric(k, v, now, step) for k, v in values.items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        for path in sorted(Path(run_dir).iterdir()):
+            if path.name in self.SKIP_ARTIFACTS or path.is_symlink():
+                continue
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path=f"run/{path.name}")
+            elif path.is_file():
+                self.client.log_artifact(self.run_id, str(path), artifact_path="run")
 
     def close(self, failed=False):
         if self.client is not None and self.run_id is not None:
@@ -294,6 +387,10 @@ class Loggers(Logger):
         for lg in self.loggers:
             lg.log_images(epoch, name, images)
 
+    def log_final(self, final, run_dir):
+        for lg in self.loggers:
+            lg.log_final(final, run_dir)
+
     def close(self, failed=False):
         for lg in self.loggers:
             lg.close(failed=failed)
@@ -331,6 +428,17 @@ _LABELS = {
 }
 
 
+def format_elbo(value, digits=3):
+    """An ELBO (or any score in nats) for people: ``-104.212``; ``-1.235e+12`` beyond a million in
+    absolute value; ``-inf``, ``inf``, ``nan`` for a diverged one; ``n/a`` for ``None``."""
+    if value is None:
+        return "n/a"
+    value = float(value)
+    if not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return f"{value:.{digits}e}" if abs(value) >= 1e6 else f"{value:.{digits}f}"
+
+
 def format_epoch_line(record, epochs=None):
     """One plain line for an epoch's ``record``: ``epoch   3/10  train ELBO  -104.212  ...  1.52 s  8123 items/s``."""
     epoch = record.get("epoch")
@@ -340,7 +448,9 @@ def format_epoch_line(record, epochs=None):
         if key == "train_elbo" and "kl_weight" in values:
             label = "train objective"  # with --beta, --kl-warmup or --free-bits it is not the ELBO
         if key in values:
-            parts.append((f"{label} " if label else "") + fmt.format(values.pop(key)))
+            value = values.pop(key)
+            text = f"{format_elbo(value):>9}" if key.endswith("_elbo") else fmt.format(value)
+            parts.append((f"{label} " if label else "") + text)
     parts += [f"{k} {v:.6g}" for k, v in values.items()]
     return "  ".join(parts)
 

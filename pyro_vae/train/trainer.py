@@ -28,6 +28,7 @@ from ..vae.kl_weighting import KLWeighting
 from ..vae.model import VAE
 from ..vae.objectives import build_objective
 from .build import build, make_config, speed_for
+from .loggers import format_elbo
 from .schedules import LRSchedule
 
 __all__ = ["Step", "Trainer"]
@@ -274,5 +275,5 @@ class Trainer:
 
 def _diverged(value, epoch, step):
     raise TrainingDiverged(
-        f"the loss became {value} at epoch {epoch}, step {step}; training stopped (try a smaller --lr)"
+        f"the loss became {format_elbo(value)} at epoch {epoch}, step {step}; training stopped (try a smaller --lr)"
     )

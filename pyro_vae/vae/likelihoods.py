@@ -48,12 +48,14 @@ import pyro.distributions as dist
 
 from ..errors import UserError
 from ..registry import Registry
+from ..user_code import resolve_class
 from .distributions import ContinuousBernoulli as _ContinuousBernoulli
 from .distributions import DiscretizedLogistic as _DiscretizedLogistic
 from .distributions import DiscretizedLogisticMixture as _DiscretizedLogisticMixture
 from .preprocessing import DOMAINS, Binarize, Dequantize, Levels, Preparation
 
-__all__ = ["DOMAINS", "LIKELIHOODS", "Likelihood", "build_likelihood", "likelihood_options"]
+__all__ = ["DOMAINS", "LIKELIHOODS", "Density", "Likelihood", "build_likelihood", "likelihood_class",
+           "likelihood_options"]
 
 LIKELIHOODS = Registry("likelihood")
 
@@ -79,6 +81,10 @@ class Likelihood:
     discrete = False
     #: Number of levels ``L`` of the data (values ``k / (L-1)``); ``None`` for continuous data.
     levels = None
+
+    #: the registered name (set by :meth:`~pyro_vae.registry.Registry.register`; a user's class given as
+    #: ``file.py:Name`` is named by that spec)
+    name = None
 
     def __init__(self, levels=None):
         if levels is not None:
@@ -415,9 +421,22 @@ class DiscretizedLogistic(Likelihood):
         return Levels(self.name, self.levels)
 
 
+def likelihood_class(spec):
+    """The family class ``spec`` names: a registered name, or the user's own class as an import spec
+    ``path/to/file.py:Name`` / ``package.module:Name`` (``--likelihood my_families.py:StudentT``, which
+    runs that file), a subclass of :class:`Likelihood` (or :class:`Density`); a class is returned as it is.
+
+    :raises UserError: an unknown name, a file that fails to load, or an object that is not such a class.
+    """
+    return resolve_class(spec, LIKELIHOODS, "likelihood",
+                         lambda obj: isinstance(obj, type) and issubclass(obj, Likelihood),
+                         "a class", "a subclass of pyro_vae.Likelihood (or pyro_vae.Density)")  # fmt: skip
+
+
 def likelihood_options(name):
-    """The option keywords (and their defaults) of the family registered as ``name``, ``levels`` aside."""
-    parameters = inspect.signature(LIKELIHOODS.get(name).__init__).parameters
+    """The option keywords (and their defaults) of the family ``name`` names (a registered name or an
+    import spec, see :func:`likelihood_class`), ``levels`` aside."""
+    parameters = inspect.signature(likelihood_class(name).__init__).parameters
     return {
         k: p.default for k, p in parameters.items()
         if k not in ("self", "levels") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
@@ -431,15 +450,24 @@ def build_likelihood(name, levels=None, **options):
 
     :raises UserError: for an unknown family, or an option the family does not take.
     """
-    cls = LIKELIHOODS.get(name)
-    accepted = likelihood_options(name)
+    cls = likelihood_class(name)
+    accepted = likelihood_options(cls)
     options = {k: v for k, v in options.items() if v is not None}
     for key in options:
         if key not in accepted:
             flag = "--" + key.replace("_", "-")
             takes = f" (it takes {', '.join(accepted)})" if accepted else " (it takes no options)"
             raise UserError(f"{flag} does not apply to the {name} likelihood{takes}")
-    return cls(levels=levels, **options)
+    try:
+        family = cls(levels=levels, **options)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"could not build the likelihood {name}: {type(e).__name__}: {e} (a family's constructor "
+                        "receives levels and its own keyword options; see docs/guides.md)") from None  # fmt: skip
+    if "name" not in vars(cls) and isinstance(name, str):  # a user's class, not registered: named by its spec
+        family.name = name
+    return family
 
 
 # A mixture of discretized logistics -------------------------------------------------------------
