@@ -14,6 +14,7 @@ from .data.dataset import Dataset
 from .data.load import load_dataset  # noqa: E402
 from .data.sources import DATASETS, DatasetSource
 from .errors import TrainingDiverged, UserError  # noqa: E402
+from .moved import install as _install_moved_paths  # noqa: E402
 from .runs.fit import fit  # noqa: E402
 from .runs.run import Run, load_run  # noqa: E402
 from .speed import Speed  # noqa: E402
@@ -26,6 +27,8 @@ from .vae.model import VAE  # noqa: E402
 from .vae.nets import ARCHITECTURES  # noqa: E402
 from .vae.objectives import OBJECTIVES, Objective  # noqa: E402
 from .vae.priors import PRIORS, FlowPrior, MixturePrior, Prior, StandardPrior, VampPrior  # noqa: E402
+
+_install_moved_paths()  # the module paths of the flat layout stay importable (pyro_vae.moved)
 
 __all__ = [
     "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "Density", "DiagonalGuide", "FullRankGuide", "GUIDES",

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 
 #: The layers, bottom up: a folder of the package (or ``""`` for modules at its top) and its modules in order.
 LAYERS = [
-    ("", ["errors", "registry", "user_code", "config", "config_files", "checkpoint"]),
+    ("", ["errors", "registry", "user_code", "config", "config_files", "checkpoint", "moved"]),
     ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "priors", "model",
              "objectives", "kl_weighting", "evaluation"]),
     ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),
@@ -139,3 +139,12 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
     failures = {name: p.communicate()[1].strip().splitlines()[-1:] for name, p in procs.items()}
     failures = {name: err for name, p in procs.items() if p.returncode != 0 for err in [failures[name]]}
     assert failures == {}
+
+
+@pytest.mark.parametrize("old", sorted(__import__("pyro_vae.moved").moved.MOVED))
+def test_the_old_module_paths_are_the_moved_modules(old):
+    import importlib
+
+    from pyro_vae.moved import MOVED
+
+    assert importlib.import_module(f"pyro_vae.{old}") is importlib.import_module(f"pyro_vae.{MOVED[old]}")
