@@ -538,6 +538,33 @@ def test_cifar10_svhn_celeba_read_from_the_data_folder_or_say_where_they_looked(
         load_dataset("celeba", data_dir=tmp_path)
 
 
+def test_celeba_official_validation_partition_is_the_validation_set(tmp_path):
+    import json
+
+    from test_image_data import write_celeba
+
+    from pyro_vae.data.datasets import with_validation
+    from pyro_vae.data.images import load_celeba
+
+    # images 1..7 marked train, train, valid, test, train, valid, train (list_eval_partition.txt: 0, 1, 2)
+    write_celeba(tmp_path, parts=(0, 0, 1, 2, 0, 1, 0))
+    d = load_dataset("celeba", data_dir=tmp_path)
+    parts = load_celeba(tmp_path)
+    assert (len(d.train), len(d.valid), len(d.test)) == (4, 2, 1) and d.valid_labels is None
+    for split, part in ((d.train, parts.train), (d.valid, parts.valid), (d.test, parts.test)):
+        assert torch.equal(split * 255, torch.as_tensor(part.images).float())  # the files of each partition
+    kept = with_validation(d, "celeba")
+    assert kept is d  # not carved from the training images: all 4 train on
+    # a run scores the two official validation images every epoch and records them as its validation set
+    from pyro_vae import fit
+
+    run = fit(dataset="celeba", data_dir=str(tmp_path), likelihood="bernoulli", z_dim=2, hidden=8, epochs=1,
+              batch_size=4, device="cpu", out=tmp_path / "run", quiet=True)  # fmt: skip
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (meta["n_train"], meta["n_valid"], meta["n_test"]) == (6, 2, 1)  # 4 trained on, as documented
+    assert run.metrics[0]["valid_elbo"] is not None
+
+
 def test_image_folder_with_resize_and_classes(tmp_path):
     from PIL import Image
 

@@ -383,12 +383,20 @@ def images_to_float(images):
 
 
 def _image_dataset(name, data, image_shape=None):
-    """A :class:`Dataset` of 256 levels from an :class:`~pyro_vae.data.images.ImageData`'s uint8 splits."""
-    train, test = data.train, data.test
-    labels = None if train.labels is None else torch.as_tensor(train.labels)
-    test_labels = None if test.labels is None else torch.as_tensor(test.labels)
+    """A :class:`Dataset` of 256 levels from an :class:`~pyro_vae.data.images.ImageData`'s uint8 splits.
+
+    A data set's own validation split (``data.valid``, CelebA's official one) is :attr:`Dataset.valid`,
+    so that :func:`with_validation` keeps it instead of carving one from the training items.
+    """
+    train, test, valid = data.train, data.test, data.valid
+
+    def labels_of(part):
+        return None if part is None or part.labels is None else torch.as_tensor(part.labels)
+
     shape = tuple(image_shape or train.images.shape[1:])
-    return Dataset(name, images_to_float(train.images), images_to_float(test.images), shape, 256, labels, test_labels)
+    return Dataset(name, images_to_float(train.images), images_to_float(test.images), shape, 256, labels_of(train),
+                   labels_of(test), None if valid is None else images_to_float(valid.images),
+                   labels_of(valid))  # fmt: skip
 
 
 class _ImageDatasetSource(DatasetSource):
@@ -472,7 +480,9 @@ class SVHN(_ImageDatasetSource):
 @DATASETS.register("celeba")
 class CelebA(_ImageDatasetSource):
     """CelebA aligned faces (Liu et al. 2015), 140x140 centre crop resized to 64x64 (the usual protocol,
-    :func:`pyro_vae.data.images.load_celeba`); the official train and test partitions.
+    :func:`pyro_vae.data.images.load_celeba`); the official partitions: train (162770 images) to train
+    on, valid (19867) as the validation set that selects ``best.pt`` and early stopping
+    (:attr:`Dataset.valid`, not carved from train), test (19962) for ``final.json`` and ``evaluate``.
 
     Read from ``celeba/img_align_celeba/`` and ``celeba/list_eval_partition.txt`` (torchvision's layout).
     Not downloaded (the files are on Google Drive, whose quota usually refuses scripts): fetch them by hand.
