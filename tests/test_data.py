@@ -308,6 +308,46 @@ def test_npz_single_array_is_the_training_data_with_its_labels_split_alike(tmp_p
     assert d.train.shape == (40, 6) and d.test.shape == (3, 6) and d.test_labels.tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("column", [False, True])
+def test_label_columns_n_by_1_are_read_as_n_labels(tmp_path, column):
+    from torch.utils.data import TensorDataset
+
+    shape = (lambda y: y.reshape(-1, 1)) if column else (lambda y: y)
+    x = np.repeat(np.arange(40, dtype=np.uint8)[:, None], 6, axis=1)  # item i holds the value i
+    y = (np.arange(40) * 7) % 10  # integer class labels, not sorted
+    np.savez(tmp_path / "keras.npz", x_train=x[10:], y_train=shape(y[10:]), x_test=x[:10], y_test=shape(y[:10]))
+    d = load_arrays(tmp_path / "keras.npz")
+    assert d.labels.shape == (30,) and d.labels.tolist() == y[10:].tolist() and d.test_labels.tolist() == y[:10].tolist()
+    np.savez(tmp_path / "xy.npz", x=x, y=shape(y))  # one array: the labels split with their items
+    d = load_arrays(tmp_path / "xy.npz")
+    item = (d.train[:, 0] * 255).round().long()
+    assert d.labels.shape == (36,) and d.labels.tolist() == y[item.numpy()].tolist()
+    np.savez(tmp_path / "t.npz", x_test=x[:3], y_test=shape(y[:3]))  # --test-data with its labels
+    assert load_arrays(tmp_path / "xy.npz", tmp_path / "t.npz").test_labels.tolist() == y[:3].tolist()
+    for obj in ((torch.from_numpy(x), torch.from_numpy(shape(y))), TensorDataset(torch.from_numpy(x), torch.from_numpy(shape(y)))):
+        torch.save(obj, tmp_path / "seq.pt")
+        d = load_arrays(tmp_path / "seq.pt")
+        item = (d.train[:, 0] * 255).round().long()
+        assert d.labels.shape == (36,) and d.labels.tolist() == y[item.numpy()].tolist()
+
+
+@pytest.mark.parametrize("bad", [(40, 2), (1, 40), (40, 1, 1), (39,), (39, 1)])
+def test_labels_of_other_shapes_are_refused_naming_the_shape(tmp_path, bad):
+    from torch.utils.data import TensorDataset
+
+    x = np.zeros((40, 6), np.uint8)
+    labels = np.zeros(bad, np.int64)  # one-hot columns, a row, an extra axis, a label missing
+    np.savez(tmp_path / "d.npz", x=x, y=labels)
+    with pytest.raises(UserError, match=rf"d.npz holds labels of shape \({bad[0]}, ?{', '.join(map(str, bad[1:]))}\) "
+                                        r"for 40 items; labels are one class per item, shape \(40,\) or \(40, 1\)") as e:
+        load_arrays(tmp_path / "d.npz")
+    assert "\n" not in str(e.value)
+    torch.save(TensorDataset(torch.from_numpy(x), torch.from_numpy(labels)) if bad[0] == 40 else (torch.from_numpy(x), torch.from_numpy(labels)),
+               tmp_path / "d.pt")  # fmt: skip
+    with pytest.raises(UserError, match=r"second item \(shape .*\) is not labels of shape \(40,\) or \(40, 1\)"):
+        load_arrays(tmp_path / "d.pt")
+
+
 @pytest.mark.parametrize(
     "arrays,keys",
     [
