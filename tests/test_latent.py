@@ -8,10 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.runs import latent
-
-from pyro_vae.runs import plots
 from pyro_vae.errors import UserError
+from pyro_vae.runs import latent, plots
 from pyro_vae.vae.guides import DiagonalGuide
 from pyro_vae.vae.model import VAE
 

@@ -490,8 +490,8 @@ def run_items(run, split="test", data=None, labels=None):
     :raises UserError: an unknown split, data of another size or outside the likelihood's support,
         labels of the wrong length.
     """
-    from ..train.build import TEST_PREP_SEED, prepare_data, prepare_valid
     from ..data.datasets import _labels, _read_file, interpret_array
+    from ..train.build import TEST_PREP_SEED, prepare_data, prepare_valid
 
     seed = run.config.seed + TEST_PREP_SEED
     if data is not None:
