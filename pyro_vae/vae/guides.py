@@ -26,9 +26,9 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive, Condi
 from pyro.nn import ConditionalAutoRegressiveNN
 
 from ..errors import UserError
-from .nets import ACTIVATIONS, MLP
 from ..registry import Registry
 from ..user_code import resolve_class
+from .nets import ACTIVATIONS, MLP
 
 GUIDES = Registry("guide")
 

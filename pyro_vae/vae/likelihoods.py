@@ -47,12 +47,12 @@ import torch.nn.functional as F
 
 import pyro.distributions as dist
 
+from ..errors import UserError
+from ..registry import Registry
 from .distributions import ContinuousBernoulli as _ContinuousBernoulli
 from .distributions import DiscretizedLogistic as _DiscretizedLogistic
 from .distributions import DiscretizedLogisticMixture as _DiscretizedLogisticMixture
-from ..errors import UserError
 from .preprocessing import DOMAINS, Binarize, Dequantize, Levels, Preparation
-from ..registry import Registry
 
 __all__ = ["DOMAINS", "LIKELIHOODS", "Likelihood", "build_likelihood", "likelihood_options"]
 
