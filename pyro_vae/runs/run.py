@@ -334,9 +334,9 @@ class Run:
             without ``best.pt`` (``epochs=0``) uses ``checkpoint.pt``. ``"last"``: ``checkpoint.pt``.
             :attr:`vae` is given that checkpoint's weights while drawing and its own back afterwards.
         :returns: which model they show, ``{"checkpoint": "best.pt", "epoch": N}``. It is written into the
-            titles of ``reconstructions.png`` and ``manifold.png`` and, when the run has a ``final.json``
-            (:attr:`final`), into it as ``"pictures"`` (``samples.png`` stays untitled, pixel for pixel what
-            ``pyro-vae sample`` writes).
+            title of ``reconstructions.png`` and, when the run has a ``final.json`` (:attr:`final`), into it
+            as ``"pictures"`` (``samples.png`` stays untitled, pixel for pixel what ``pyro-vae sample``
+            writes; ``manifold.png`` keeps the paper's untitled grid).
         :raises UserError: for an unknown ``checkpoint``, a missing or damaged checkpoint file, an unwritable folder.
         """
         if checkpoint not in CHECKPOINTS:
@@ -378,8 +378,7 @@ class Run:
         if self.config.z_dim == 2:
             z = plots.manifold_codes(20, device=self.device)
             write_file_checked(d / "manifold.png", lambda p: plots.save_grid(
-                self.vae.decode(z), self.image_shape, p, ncol=20, title=f"decoded latent grid; {label}",
-                value_range=self._display_range()), "picture")  # fmt: skip
+                self.vae.decode(z), self.image_shape, p, ncol=20, value_range=self._display_range()), "picture")
 
     # The latent space (pyro_vae.runs.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
     def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
