@@ -339,7 +339,7 @@ def test_labels_of_other_shapes_are_refused_naming_the_shape(tmp_path, bad):
     labels = np.zeros(bad, np.int64)  # one-hot columns, a row, an extra axis, a label missing
     np.savez(tmp_path / "d.npz", x=x, y=labels)
     with pytest.raises(UserError, match=rf"d.npz holds labels of shape \({bad[0]}, ?{', '.join(map(str, bad[1:]))}\) "
-                                        r"for 40 items; labels are one class per item, shape \(40,\) or \(40, 1\)") as e:
+                                        r"for 40 items; labels must be one per item, shape \(40,\) or \(40, 1\)") as e:
         load_arrays(tmp_path / "d.npz")
     assert "\n" not in str(e.value)
     torch.save(TensorDataset(torch.from_numpy(x), torch.from_numpy(labels)) if bad[0] == 40 else (torch.from_numpy(x), torch.from_numpy(labels)),

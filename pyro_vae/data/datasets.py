@@ -897,7 +897,7 @@ def label_column(labels, n, where):
     if labels.shape == (n, 1):
         labels = labels.reshape(n)
     if labels.shape != (n,):
-        raise UserError(f"{where} holds labels of shape {labels.shape} for {n} items; labels are one class per item, "
+        raise UserError(f"{where} holds labels of shape {labels.shape} for {n} items; labels must be one per item, "
                         f"shape ({n},) or ({n}, 1)")  # fmt: skip
     return labels
 

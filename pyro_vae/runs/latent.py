@@ -200,7 +200,7 @@ def labels_path(path):
 
 
 def save_codes(path, codes, labels=None):
-    """Write ``codes`` (``(N, z)``, or ``(N, K, z)`` for ``.npy`` only) and optional ``labels`` (``(N,)``).
+    """Write ``codes`` (``(N, z)``, or ``(N, K, z)`` for ``.npy`` only) and optional ``labels`` (``(N,)``, or a column ``(N, 1)``).
 
     ``.npy``: the array as is, labels in :func:`labels_path`. ``.csv``: a header ``z0,...,z{d-1}``
     (plus ``label``), one row per item, floats written with ``repr`` precision.
@@ -212,9 +212,7 @@ def save_codes(path, codes, labels=None):
     if codes.ndim not in (2, 3):
         raise UserError(f"codes must have shape (N, z) or (N, K, z), got {codes.shape}")
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (codes.shape[0],):
-            raise UserError(f"labels have shape {labels.shape}, expected ({codes.shape[0]},), one per item")
+        labels = label_column(labels, codes.shape[0], "the labels given")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         np.save(path, codes)
@@ -433,9 +431,7 @@ def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0
 
     coords, used = project_2d(codes, method, seed, tsne_options)
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (coords.shape[0],):
-            raise UserError(f"labels have shape {labels.shape}, expected ({coords.shape[0]},), one per item")
+        labels = label_column(labels, coords.shape[0], "the labels given")
     axes = {"plane": ("z0", "z1"), "line": ("z0", "jitter"), "pca": ("PC 1", "PC 2"), "tsne": ("t-SNE 1", "t-SNE 2")}
     plots.save_scatter(coords, labels, path, axes[used], title or f"posterior means ({used})")
     return coords, used
