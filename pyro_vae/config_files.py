@@ -17,6 +17,11 @@ with ``versions``), where it may be a setting of another pyro-vae version, is an
 resembles no setting set aside too. Every error is one line, a :class:`~pyro_vae.errors.UserError`
 naming the file and, where known, the line.
 
+Numbers may be written as text (:data:`NUMBER`): ``lr: 1e-3``, which PyYAML reads as a string (YAML
+1.1 wants ``1.0e-3``), and ``"lr": "1e-3"`` in JSON or TOML are the number 0.001, in every numeric
+setting, in layer sizes and in the option mappings (``likelihood_options: {min_scale: 1e-3}``); text
+that is no number (``lr: fast``, ``lr: inf``) is refused in one line naming the setting.
+
 YAML needs PyYAML (the extra ``yaml``: ``pip install -e '.[yaml]'`` in a checkout); TOML uses :mod:`tomllib` (Python >= 3.11) or,
 before, the ``tomli`` package.
 """
@@ -96,31 +101,70 @@ def _kind(value):
             dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
+#: A number written as text: decimal digits with an optional sign, fraction and exponent (``10``, ``-2.5``,
+#: ``.5``, ``1e-3``, ``1.5E+4``), the number syntax of JSON, TOML and YAML 1.2. PyYAML follows YAML 1.1,
+#: whose floats need a dot and a signed exponent, so it reads ``lr: 1e-3`` or ``lr: 1e3`` as the *string*
+#: ``"1e-3"``; JSON and TOML files may quote numbers (``"lr": "1e-3"``) as well.
+NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def as_number(value):
+    """``value`` as a number when it is text that :data:`NUMBER` matches (surrounding blanks allowed):
+    an ``int`` for whole-number digits (``"10"``), else a ``float`` (``"1e-3"`` -> ``0.001``); any
+    other value is returned unchanged (``"fast"``, ``"inf"``, ``"0x10"``, ``True``, ``2``)."""
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    return value
+
+
+def numbers_in(value):
+    """``value`` with :func:`as_number` applied to every string in it, through nested mappings and lists:
+    the options of ``likelihood_options`` / ``guide_options``, whose types are their part's to check."""
+    if isinstance(value, dict):
+        return {k: numbers_in(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [numbers_in(v) for v in value]
+    return as_number(value)
+
+
 def _check_value(name, value, field):
-    """``value`` for ``field`` in the type its annotation names, or a message saying why not."""
+    """``value`` for ``field`` in the type its annotation names, or a message saying why not.
+
+    Numeric fields (``int``, ``float``, layer sizes) and option mappings read number-like text as the
+    number (:func:`as_number`), the same in JSON, TOML and YAML; other text in a numeric field is refused.
+    """
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
     if value is None:
         return (value, None) if field.default is None else (None, f"{name} cannot be null")
+    given, value = value, as_number(value) if kind in ("int", "float") else value
     if kind == "bool":
         return (value, None) if isinstance(value, bool) else (None, f"{name} must be true or false, got {value!r} ({_kind(value)})")
     if kind == "int":
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
-        return (value, None) if ok else (None, f"{name} must be an integer, got {value!r} ({_kind(value)})")
+        return (value, None) if ok else (None, f"{name} must be an integer, got {given!r} ({_kind(given)})")
     if kind == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return (float(value), None) if ok else (None, f"{name} must be a number, got {value!r} ({_kind(value)})")
+        return (float(value), None) if ok else (None, f"{name} must be a number, got {given!r} ({_kind(given)})")
     if kind == "str":
         return (value, None) if isinstance(value, str) else (None, f"{name} must be a string, got {value!r} ({_kind(value)})")
     if kind == "tuple":  # layer sizes: [200, 200], 400 or "200,200"
+        def whole(v):
+            v = as_number(v)
+            return int(v) if isinstance(v, float) and v.is_integer() else v
+
+        value = [whole(v) for v in value] if isinstance(value, list) else whole(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return [value], None
         if isinstance(value, str):
             return value, None
         if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return value, None
-        return None, f"{name} must be a list of integers (e.g. [200, 200]), got {value!r}"
+        return None, f"{name} must be a list of integers (e.g. [200, 200]), got {given!r}"
+    if kind == "dict" and isinstance(value, dict):
+        return numbers_in(value), None
     return value, None
 
 

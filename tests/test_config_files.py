@@ -1,6 +1,7 @@
 """Config files: JSON, YAML, TOML, a real run's config.json, and one-line errors with file and line."""
 
 import builtins
+import json
 
 import pytest
 
@@ -110,3 +111,92 @@ def test_missing_unreadable_and_not_text(tmp_path):
             read_config_file(bad)
     else:
         pytest.skip("running as root: a file without read permission is still readable")
+
+
+# Numbers written as text (issue 26): PyYAML reads `lr: 1e-3` as a string (YAML 1.1); JSON/TOML may quote numbers
+
+NUMBER_TEXT = [
+    # (YAML text, JSON text, TOML text) of one setting each, and the value it must have
+    ("lr: 1e-3", '{"lr": "1e-3"}', 'lr = "1e-3"', {"lr": 0.001}),
+    ("lr: 5E-4", '{"lr": "5E-4"}', 'lr = "5E-4"', {"lr": 0.0005}),
+    ("beta: 4e0", '{"beta": "4e0"}', 'beta = "4e0"', {"beta": 4.0}),
+    ("clip_norm: .5", '{"clip_norm": " .5 "}', 'clip_norm = "+.5"', {"clip_norm": 0.5}),
+    ("epochs: 1e2", '{"epochs": "1e2"}', 'epochs = "100"', {"epochs": 100}),
+    ("kl_warmup: 1e1", '{"kl_warmup": "10"}', 'kl_warmup = "1.0e1"', {"kl_warmup": 10.0}),
+    ("hidden: [2e2, 1e2]", '{"hidden": ["200", "1e2"]}', 'hidden = ["2e2", 100]', {"hidden": [200, 100]}),
+    ("likelihood_options: {min_scale: 1e-3}", '{"likelihood_options": {"min_scale": "1e-3"}}',
+     'likelihood_options = {min_scale = "1e-3"}', {"likelihood_options": {"min_scale": 0.001}}),
+    ("guide_options: {flow_steps: '4'}", '{"guide_options": {"flow_steps": "4"}}',
+     'guide_options = {flow_steps = "4"}', {"guide_options": {"flow_steps": 4}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json", "toml"])
+@pytest.mark.parametrize("texts", NUMBER_TEXT, ids=[t[3].__repr__()[:30] for t in NUMBER_TEXT])
+def test_number_like_text_is_the_number_in_every_format(tmp_path, fmt, texts):
+    if fmt == "yaml":
+        yaml = pytest.importorskip("yaml", reason="PyYAML (the yaml extra) is not installed")
+        if texts[0].startswith("lr: 1e-3"):
+            assert yaml.safe_load(texts[0]) == {"lr": "1e-3"}  # the YAML 1.1 reading this rule is for
+    text = {"yaml": texts[0], "json": texts[1], "toml": texts[2]}[fmt]
+    got = read_config_file(write(tmp_path, f"fit.{fmt}", text + "\n"))
+    assert json.dumps(got) == json.dumps(texts[3])  # the types too: 100 an int, 10.0 and 0.001 floats
+    Config().replace(**got)  # and the settings are valid
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("a.yaml", "lr: fast\n", r"a\.yaml, line 1: lr must be a number, got 'fast' \(a string\)"),
+    ("a.yaml", "z_dim: 2\nlr: 1e-3x\n", r"a\.yaml, line 2: lr must be a number, got '1e-3x' \(a string\)"),
+    ("a.json", '{"lr": "inf"}', r"lr must be a number, got 'inf' \(a string\)"),
+    ("a.json", '{"lr": "0x10"}', r"lr must be a number, got '0x10' \(a string\)"),
+    ("a.json", '{"lr": ""}', r"lr must be a number, got '' \(a string\)"),
+    ("a.toml", 'epochs = "2.5e0"\n', r"a\.toml, line 1: epochs must be an integer, got '2\.5e0' \(a string\)"),
+    ("a.toml", 'z_dim = "two"\n', r"a\.toml, line 1: z_dim must be an integer, got 'two' \(a string\)"),
+    ("a.json", '{"hidden": ["2.5"]}', r"hidden must be a list of integers \(e\.g\. \[200, 200\]\), got \['2\.5'\]"),
+    ("a.json", '{"stream": "1"}', r"stream must be true or false, got '1' \(a string\)"),  # not a number setting
+])  # fmt: skip
+def test_text_that_is_no_number_is_refused_in_one_line(tmp_path, name, text, match):
+    if name.endswith(".yaml"):
+        pytest.importorskip("yaml", reason="PyYAML (the yaml extra) is not installed")
+    with pytest.raises(UserError, match=match) as e:
+        read_config_file(write(tmp_path, name, text))
+    assert "\n" not in str(e.value)
+
+
+def test_text_stays_text_where_a_setting_is_text(tmp_path):
+    got = read_config_file(write(tmp_path, "a.json", '{"device": "0", "likelihood_options": {"binarize": "static"}}'))
+    assert got == {"device": "0", "likelihood_options": {"binarize": "static"}}
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"likelihood": "gaussian", "likelihood_options": {"min_scale": "tiny"}}, r"needs --min-scale > 0, got 'tiny'"),
+    ({"likelihood": "gaussian-fixed", "likelihood_options": {"sigma": "wide"}}, r"needs --sigma > 0, got 'wide'"),
+    ({"likelihood": "discretized-logistic-mixture", "likelihood_options": {"mixtures": "many"}},
+     r"needs a whole --mixtures of at least 1, got 'many'"),
+    ({"likelihood": "discretized-logistic-mixture", "likelihood_options": {"mixtures": 2.5}},
+     r"needs a whole --mixtures of at least 1, got 2\.5"),
+    ({"guide": "iaf", "guide_options": {"flow_steps": "some"}}, r"--flow-steps must be a whole number of at least 1, got 'some'"),
+    ({"guide": "iaf", "guide_options": {"flow_steps": 2.5}}, r"--flow-steps must be a whole number of at least 1, got 2\.5"),
+])  # fmt: skip
+def test_option_text_that_is_no_number_is_refused_in_one_line_by_the_cli(tmp_path, capsys, options, match):
+    import re
+
+    from pyro_vae.cli import main
+
+    (tmp_path / "fit.json").write_text(json.dumps({"dataset": "digits", "epochs": 1, "hidden": [8], **options}))
+    code = main(["fit", "--config", str(tmp_path / "fit.json"), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(match, err), err
+
+
+def test_yaml_numbers_reach_the_run(tmp_path, capsys):
+    pytest.importorskip("yaml", reason="PyYAML (the yaml extra) is not installed")
+    from pyro_vae.cli import main
+
+    (tmp_path / "fit.yaml").write_text("dataset: digits\nlikelihood: gaussian\nlr: 1e-3\nbeta: 5e-1\nepochs: 1e0\n"
+                                       "likelihood_options:\n  min_scale: 1e-3\n")  # fmt: skip
+    assert main(["fit", "--config", str(tmp_path / "fit.yaml"), "--print-config"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert (resolved["lr"], resolved["beta"], resolved["epochs"]) == (0.001, 0.5, 1)
+    assert resolved["likelihood_options"] == {"min_scale": 0.001}

@@ -310,6 +310,46 @@ def test_npz_single_array_is_the_training_data_with_its_labels_split_alike(tmp_p
     assert d.train.shape == (40, 6) and d.test.shape == (3, 6) and d.test_labels.tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("column", [False, True])
+def test_label_columns_n_by_1_are_read_as_n_labels(tmp_path, column):
+    from torch.utils.data import TensorDataset
+
+    shape = (lambda y: y.reshape(-1, 1)) if column else (lambda y: y)
+    x = np.repeat(np.arange(40, dtype=np.uint8)[:, None], 6, axis=1)  # item i holds the value i
+    y = (np.arange(40) * 7) % 10  # integer class labels, not sorted
+    np.savez(tmp_path / "keras.npz", x_train=x[10:], y_train=shape(y[10:]), x_test=x[:10], y_test=shape(y[:10]))
+    d = load_arrays(tmp_path / "keras.npz")
+    assert d.labels.shape == (30,) and d.labels.tolist() == y[10:].tolist() and d.test_labels.tolist() == y[:10].tolist()
+    np.savez(tmp_path / "xy.npz", x=x, y=shape(y))  # one array: the labels split with their items
+    d = load_arrays(tmp_path / "xy.npz")
+    item = (d.train[:, 0] * 255).round().long()
+    assert d.labels.shape == (36,) and d.labels.tolist() == y[item.numpy()].tolist()
+    np.savez(tmp_path / "t.npz", x_test=x[:3], y_test=shape(y[:3]))  # --test-data with its labels
+    assert load_arrays(tmp_path / "xy.npz", tmp_path / "t.npz").test_labels.tolist() == y[:3].tolist()
+    for obj in ((torch.from_numpy(x), torch.from_numpy(shape(y))), TensorDataset(torch.from_numpy(x), torch.from_numpy(shape(y)))):
+        torch.save(obj, tmp_path / "seq.pt")
+        d = load_arrays(tmp_path / "seq.pt")
+        item = (d.train[:, 0] * 255).round().long()
+        assert d.labels.shape == (36,) and d.labels.tolist() == y[item.numpy()].tolist()
+
+
+@pytest.mark.parametrize("bad", [(40, 2), (1, 40), (40, 1, 1), (39,), (39, 1)])
+def test_labels_of_other_shapes_are_refused_naming_the_shape(tmp_path, bad):
+    from torch.utils.data import TensorDataset
+
+    x = np.zeros((40, 6), np.uint8)
+    labels = np.zeros(bad, np.int64)  # one-hot columns, a row, an extra axis, a label missing
+    np.savez(tmp_path / "d.npz", x=x, y=labels)
+    with pytest.raises(UserError, match=rf"d.npz holds labels of shape \({bad[0]}, ?{', '.join(map(str, bad[1:]))}\) "
+                                        r"for 40 items; labels must be one per item, shape \(40,\) or \(40, 1\)") as e:
+        load_arrays(tmp_path / "d.npz")
+    assert "\n" not in str(e.value)
+    torch.save(TensorDataset(torch.from_numpy(x), torch.from_numpy(labels)) if bad[0] == 40 else (torch.from_numpy(x), torch.from_numpy(labels)),
+               tmp_path / "d.pt")  # fmt: skip
+    with pytest.raises(UserError, match=r"second item \(shape .*\) is not labels of shape \(40,\) or \(40, 1\)"):
+        load_arrays(tmp_path / "d.pt")
+
+
 @pytest.mark.parametrize(
     "arrays,keys",
     [
@@ -538,6 +578,33 @@ def test_cifar10_svhn_celeba_read_from_the_data_folder_or_say_where_they_looked(
     assert s.train.shape == (4, 3, 32, 32) and torch.equal(s.test[1, 2] * 255, torch.as_tensor(x[:, :, 2, 1]).float())
     with pytest.raises(UserError, match=r"celeba data not found: looked for .*celeba/list_eval_partition.txt"):
         load_dataset("celeba", data_dir=tmp_path)
+
+
+def test_celeba_official_validation_partition_is_the_validation_set(tmp_path):
+    import json
+
+    from test_image_data import write_celeba
+
+    from pyro_vae.data.images import load_celeba
+    from pyro_vae.data.load import with_validation
+
+    # images 1..7 marked train, train, valid, test, train, valid, train (list_eval_partition.txt: 0, 1, 2)
+    write_celeba(tmp_path, parts=(0, 0, 1, 2, 0, 1, 0))
+    d = load_dataset("celeba", data_dir=tmp_path)
+    parts = load_celeba(tmp_path)
+    assert (len(d.train), len(d.valid), len(d.test)) == (4, 2, 1) and d.valid_labels is None
+    for split, part in ((d.train, parts.train), (d.valid, parts.valid), (d.test, parts.test)):
+        assert torch.equal(split * 255, torch.as_tensor(part.images).float())  # the files of each partition
+    kept = with_validation(d, "celeba")
+    assert kept is d  # not carved from the training images: all 4 train on
+    # a run scores the two official validation images every epoch and records them as its validation set
+    from pyro_vae import fit
+
+    run = fit(dataset="celeba", data_dir=str(tmp_path), likelihood="bernoulli", z_dim=2, hidden=8, epochs=1,
+              batch_size=4, device="cpu", out=tmp_path / "run", quiet=True)  # fmt: skip
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (meta["n_train"], meta["n_valid"], meta["n_test"]) == (6, 2, 1)  # 4 trained on, as documented
+    assert run.metrics[0]["valid_elbo"] is not None
 
 
 def test_image_folder_with_resize_and_classes(tmp_path):

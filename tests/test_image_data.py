@@ -318,6 +318,118 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path, image_size=(0, 3))
 
 
+# EXIF orientation -------------------------------------------------------------------------------
+
+#: The pixels a camera stores for an image ``a`` (H x W as displayed) under each EXIF Orientation value,
+#: from the tag's definition (EXIF 2.32, tag 0x0112: where the stored 0th row and 0th column lie in the
+#: displayed image), written with numpy, independently of Pillow's ``exif_transpose``:
+#: 1 top/left, 2 top/right, 3 bottom/right, 4 bottom/left, 5 left/top, 6 right/top, 7 right/bottom, 8 left/bottom.
+STORED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, 1),  # stored[i, j] = a[j, W - 1 - i]: display turns it 90 degrees clockwise
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, -1),  # stored[i, j] = a[H - 1 - j, i]
+}
+
+
+def save_oriented(path, upright_pixels, orientation, **kwargs):
+    """Write ``upright_pixels`` (as displayed) the way a camera does: stored turned, with the EXIF tag."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = np.ascontiguousarray(STORED[orientation](upright_pixels))
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), **kwargs)
+
+
+def test_stored_pixels_follow_the_tag_definition():
+    a = np.arange(6).reshape(2, 3)  # 2 high, 3 wide; 0 1 2 / 3 4 5
+    assert STORED[6](a).tolist() == [[2, 5], [1, 4], [0, 3]]  # the right column on top: turned left when stored
+    assert STORED[8](a).tolist() == [[3, 0], [4, 1], [5, 2]]
+    assert STORED[7](a).tolist() == [[5, 2], [4, 1], [3, 0]]
+    assert STORED[5](a).tolist() == [[0, 3], [1, 4], [2, 5]]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_read_upright(tmp_path, orientation):
+    rng = np.random.default_rng(orientation)
+    photo = rng.integers(0, 256, (5, 3, 3), dtype=np.uint8)  # 5 high, 3 wide, no symmetry
+    save_oriented(tmp_path / "photo.png", photo, orientation)  # PNG keeps EXIF in its eXIf chunk, pixels exact
+    with Image.open(tmp_path / "photo.png") as stored:
+        assert stored.size == ((5, 3) if orientation >= 5 else (3, 5))  # (width, height) stored
+    out = load_image_folder(tmp_path)
+    assert out.images.shape == (1, 3, 5, 3)
+    np.testing.assert_array_equal(out.images[0], photo.transpose(2, 0, 1))
+
+
+def test_a_folder_of_portrait_photos_some_stored_sideways(tmp_path):
+    # the arrow of the field report: red head at the top; JPEGs as a phone writes them (orientations 1, 6, 8, 3)
+    arrow = np.zeros((24, 16, 3), np.uint8)
+    arrow[2:22, 7:9] = 255
+    arrow[2:8, 4:12] = [255, 0, 0]
+    for i, orientation in enumerate([1, 6, 8, 3, 6, 1]):
+        save_oriented(tmp_path / f"photo{i}.jpg", arrow, orientation, quality=95)
+    out = load_image_folder(tmp_path)  # one displayed size: no "different sizes"
+    assert out.images.shape == (6, 3, 24, 16)
+    for img in out.images.astype(int):
+        error = np.abs(img - arrow.transpose(2, 0, 1)).mean()  # JPEG noise only: a few levels
+        upside_down = np.abs(img - arrow[::-1].transpose(2, 0, 1)).mean()
+        assert error < 6 and upside_down > 4 * error
+        red = (img[0] > 200) & (img[1] < 80)
+        assert red[:10].sum() > 0.9 * red.sum()  # the head is at the top
+    # with --image-size the displayed image is resized, not the stored one
+    resized = load_image_folder(tmp_path, image_size=(12, 8))
+    assert resized.images.shape == (6, 3, 12, 8)
+    np.testing.assert_allclose(resized.images.astype(float).std(axis=0).mean(), 0, atol=6)
+    # a sideways photo among others of its stored size is now, rightly, of another size
+    save(tmp_path / "landscape.jpg", np.zeros((16, 24, 3), np.uint8))
+    with pytest.raises(UserError, match="landscape.jpg is 16x24"):
+        load_image_folder(tmp_path)
+
+
+def test_exif_orientation_in_gray_palette_and_16_bit_images(tmp_path):
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (4, 7), dtype=np.uint8)
+    save_oriented(tmp_path / "a.png", gray, 6)
+    deep = rng.integers(0, 65536, (4, 7), dtype=np.uint16)
+    save_oriented(tmp_path / "b.png", deep, 8)
+    palette_upright = rng.integers(0, 4, (4, 7), dtype=np.uint8)
+    stored = Image.fromarray(np.ascontiguousarray(STORED[3](palette_upright)), mode="L").convert("P")
+    stored.putpalette([0, 0, 0, 255, 255, 255, 10, 20, 30, 200, 100, 0] + [0] * 756)
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    stored.save(tmp_path / "c.png", exif=exif.tobytes())
+    out = load_image_folder(tmp_path)
+    assert out.images.shape == (3, 3, 4, 7)
+    np.testing.assert_array_equal(out.images[0], np.stack([gray] * 3))
+    np.testing.assert_array_equal(out.images[1, 0], np.round(deep / 65535 * 255).astype(np.uint8))
+    colours = np.array([[0, 0, 0], [255, 255, 255], [10, 20, 30], [200, 100, 0]], dtype=np.uint8)
+    np.testing.assert_array_equal(out.images[2], colours[palette_upright].transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("value", [0, 9, 65535])
+def test_an_orientation_outside_1_to_8_leaves_the_pixels_as_stored(tmp_path, value):
+    photo = np.random.default_rng(value).integers(0, 256, (5, 3, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = value
+    Image.fromarray(photo).save(tmp_path / "p.png", exif=exif.tobytes())
+    np.testing.assert_array_equal(load_image_folder(tmp_path).images[0], photo.transpose(2, 0, 1))
+
+
+def test_celeba_images_are_read_upright(tmp_path):
+    folder, _ = write_celeba(tmp_path)
+    expected = load_celeba(tmp_path, size=140)
+    with Image.open(folder / "000002.jpg") as img:
+        upright_pixels = np.asarray(img)  # decoded once, then stored losslessly
+    (folder / "000002.jpg").unlink()
+    save_oriented(folder / "000002.jpg", upright_pixels, 6, format="PNG")  # PNG bytes: exact pixels
+    got = load_celeba(tmp_path, size=140)
+    np.testing.assert_array_equal(got.train.images, expected.train.images)
+
+
 # Patches of scikit-learn's photos ---------------------------------------------------------------
 
 

@@ -127,6 +127,21 @@ def test_save_codes_refusals(tmp_path):
     assert np.load(tmp_path / "s.npy").shape == (4, 5, 2)
 
 
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_labels_file_as_a_column_is_one_label_per_item(tmp_path, kind):
+    labels = np.array([3, 1, 4, 1, 5]) if kind == "int" else np.array(["cat", "dog", "cat", "ant", "dog"])
+    np.save(tmp_path / "col.npy", labels.reshape(-1, 1))
+    got = latent.read_labels(tmp_path / "col.npy", 5)
+    assert got.shape == (5,) and got.tolist() == labels.tolist()
+    latent.save_codes(tmp_path / "z.npy", np.zeros((5, 2)), labels=labels.reshape(-1, 1))
+    assert latent.load_codes(tmp_path / "z.npy")[1].tolist() == labels.tolist()
+    for bad in [(5, 2), (1, 5), (4, 1)]:
+        np.save(tmp_path / "bad.npy", np.zeros(bad, np.int64))
+        with pytest.raises(UserError, match=rf"bad.npy holds labels of shape \({bad[0]}, {bad[1]}\) for 5 items; .*"
+                                            r"\(5,\) or \(5, 1\)"):  # fmt: skip
+            latent.read_labels(tmp_path / "bad.npy", 5)
+
+
 # interpolation -----------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,6 +155,65 @@ def test_best_checkpoint_final_json_and_load_run(tmp_path):
         assert torch.equal(last.vae.state_dict()[name], value)
     with pytest.raises(UserError, match="--checkpoint must be one of"):
         load_run(d, "cpu", checkpoint="first")
+
+
+def _pixels(path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_run_pictures_show_the_best_checkpoint_and_say_so(tmp_path):
+    import shutil
+
+    d = tmp_path / "r"
+    fit(out=d, epochs=1, lr=0.01, quiet=True, **TINY)
+    shutil.copy(d / "best.pt", tmp_path / "epoch1.pt")
+    fit(out=d, epochs=3, lr=0.01, resume=True, quiet=True, **TINY)
+    shutil.copy(tmp_path / "epoch1.pt", d / "best.pt")  # a run whose best epoch is its first: best.pt != last
+    best, last = load_run(d, "cpu"), load_run(d, "cpu", checkpoint="last")
+    best.save_samples(tmp_path / "best.png")  # what `pyro-vae sample RUN` draws (-n 64 --seed 0)
+    last.save_samples(tmp_path / "last.png")
+    assert not np.array_equal(_pixels(tmp_path / "best.png"), _pixels(tmp_path / "last.png"))
+
+    shown = last.write_pictures(last.test_data())  # a Run holding the last epoch, as fit's own
+    assert shown == {"checkpoint": "best.pt", "epoch": 1}
+    assert np.array_equal(_pixels(d / "samples.png"), _pixels(tmp_path / "best.png"))
+    for name, value in load_checkpoint(d / "checkpoint.pt")["model"].items():  # its own weights given back
+        assert torch.equal(last.vae.state_dict()[name], value)
+    final = json.loads((d / "final.json").read_text())
+    assert final["pictures"] == shown == last.final["pictures"] and final["test_elbo"] == last.final["test_elbo"]
+
+    assert last.write_pictures(last.test_data(), checkpoint="last") == {"checkpoint": "checkpoint.pt", "epoch": 3}
+    assert np.array_equal(_pixels(d / "samples.png"), _pixels(tmp_path / "last.png"))
+    assert json.loads((d / "final.json").read_text())["pictures"]["checkpoint"] == "checkpoint.pt"
+    with pytest.raises(UserError, match="--checkpoint must be one of best, last, got 'first'"):
+        last.write_pictures(last.test_data(), checkpoint="first")
+
+    zero = fit(out=tmp_path / "z", epochs=0, quiet=True, **TINY)  # no best.pt: the untrained checkpoint.pt
+    assert zero.final["pictures"] == {"checkpoint": "checkpoint.pt", "epoch": 0}
+
+
+@pytest.mark.slow
+def test_fit_draws_its_pictures_with_best_pt_when_it_overfits(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from pyro_vae.cli import main
+
+    images = (load_digits().images / 16 * 255).round().astype(np.uint8)
+    np.save(tmp_path / "small.npy", images[:40])  # 40 images (36 train, 4 validation): overfits
+    np.save(tmp_path / "test.npy", images[1000:1100])
+    d = tmp_path / "run"
+    run = fit(out=d, data=str(tmp_path / "small.npy"), test_data=str(tmp_path / "test.npy"), epochs=80, lr=0.01,
+              hidden=(100,), z_dim=2, batch_size=16, device="cpu", quiet=True)  # fmt: skip
+    final = json.loads((d / "final.json").read_text())
+    assert final["best_epoch"] < final["epochs"] == 80  # the scenario: the best epoch is not the last
+    assert final["pictures"] == {"checkpoint": "best.pt", "epoch": final["best_epoch"]} and run.final == final
+    assert main(["sample", str(d), "-n", "64", "--seed", "0", "-o", str(tmp_path / "best.png")]) == 0
+    assert np.array_equal(_pixels(d / "samples.png"), _pixels(tmp_path / "best.png"))
+    for name, value in load_checkpoint(d / "checkpoint.pt")["model"].items():  # fit returns the last epoch's model
+        assert torch.equal(run.vae.state_dict()[name], value)
 
 
 def test_early_stopping_counts_epochs_since_the_best(tmp_path):

@@ -104,11 +104,19 @@ def images_to_float(images):
 
 
 def image_dataset(name, data, image_shape=None):
-    """A :class:`Dataset` of 256 levels from an :class:`~pyro_vae.data.images.ImageData`'s uint8 splits."""
-    train, test = data.train, data.test
-    labels = None if train.labels is None else torch.as_tensor(train.labels)
-    test_labels = None if test.labels is None else torch.as_tensor(test.labels)
+    """A :class:`Dataset` of 256 levels from an :class:`~pyro_vae.data.images.ImageData`'s uint8 splits.
+
+    A data set's own validation split (``data.valid``, CelebA's official one) is :attr:`Dataset.valid`,
+    so that :func:`~pyro_vae.data.load.with_validation` keeps it instead of carving one from the training items.
+    """
+    train, test, valid = data.train, data.test, getattr(data, "valid", None)
+
+    def labels_of(part):
+        return None if part is None or part.labels is None else torch.as_tensor(part.labels)
+
     shape = tuple(image_shape or train.images.shape[1:])
-    return Dataset(name, images_to_float(train.images), images_to_float(test.images), shape, 256, labels, test_labels)
+    return Dataset(name, images_to_float(train.images), images_to_float(test.images), shape, 256, labels_of(train),
+                   labels_of(test), None if valid is None else images_to_float(valid.images),
+                   labels_of(valid))  # fmt: skip
 
 

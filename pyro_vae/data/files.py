@@ -13,10 +13,11 @@ same as in the README's Data section:
   training data. Anything else is refused with the list of the file's keys. In a ``--test-data`` file the
   array is ``x_test``, ``X_test``, ``test``, ``x``, ``X``, ``data`` or the only one. Numeric labels stored
   beside the data (``y_train``/``y_test``; ``train_labels``/``test_labels`` beside ``train``/``test``; ``y``
-  beside ``x``; ``labels`` beside ``data``) are kept as ``Dataset.labels``/``test_labels``.
+  beside ``x``; ``labels`` beside ``data``) are kept as ``Dataset.labels``/``test_labels``: one per item, shape
+  ``(N,)`` or a column ``(N, 1)`` (read as ``(N,)``); other shapes are refused.
 - ``.pt``: read with ``torch.load(..., weights_only=True)``, never unsafely: a tensor; a dict (the ``.npz``
   names); a tuple or list ``(data,)`` or ``(data, labels)``; a ``TensorDataset`` of those. Any other object is
-  refused.
+  refused. Labels in a tuple or ``TensorDataset`` are ``(N,)`` or ``(N, 1)``, as in a dict.
 - Without a test set from the file or ``--test-data``, a fixed seeded 10% of the items is the test set.
 
 **Values.** Each array, the training and the test array separately, is read from its own dtype and values:
@@ -198,9 +199,12 @@ def _contents_from_sequence(items, what, path, kind):
                         "(data, labels); for a train/test pair save a dict {'x_train': ..., 'x_test': ...}")
     x = _to_numpy(items[0], what, path, f"item 0 of the {kind}")
     labels = _to_numpy(items[1], what, path, f"item 1 of the {kind}") if len(items) == 2 else None
-    if labels is not None and (labels.ndim != 1 or len(labels) != len(x)):
-        raise UserError(f"{what} file {path} holds a {kind} whose second item (shape {labels.shape}) is not labels "
-                        f"of shape ({len(x)},); for a train/test pair save a dict {{'x_train': ..., 'x_test': ...}}")
+    if labels is not None:
+        if labels.shape not in ((len(x),), (len(x), 1)):
+            raise UserError(f"{what} file {path} holds a {kind} whose second item (shape {labels.shape}) is not labels "
+                            f"of shape ({len(x)},) or ({len(x)}, 1); for a train/test pair save a dict "
+                            "{'x_train': ..., 'x_test': ...}")  # fmt: skip
+        labels = labels.reshape(len(x))
     return _FileContents(x, labels=labels, x_name=f"item 0 of the {kind}")
 
 
@@ -426,12 +430,28 @@ def _arrange(array, kind):
     return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if kind == "nhwc" else array
 
 
+def label_column(labels, n, where):
+    """``labels`` as one label per item, shape ``(n,)``: an ``(n,)`` array as it is, an ``(n, 1)`` column
+    (as ``y.reshape(-1, 1)``, scikit-learn's and Keras's habit, or a ``TensorDataset`` of ``y[:, None]``)
+    flattened to ``(n,)``.
+
+    :param where: what holds them, for the message (e.g. ``"--data file d.npz (y_train)"``).
+    :raises UserError: one line naming the shape, for any other shape (several columns, e.g. one-hot or
+        multi-label ``(n, k)``; a row ``(1, n)``; another number of items).
+    """
+    labels = np.asarray(labels)
+    if labels.shape == (n, 1):
+        labels = labels.reshape(n)
+    if labels.shape != (n,):
+        raise UserError(f"{where} holds labels of shape {labels.shape} for {n} items; labels must be one per item, "
+                        f"shape ({n},) or ({n}, 1)")  # fmt: skip
+    return labels
+
+
 def _labels(labels, n, what, path):
     if labels is None or labels.dtype.kind not in "biuf":
         return None  # labels that are not numbers (e.g. class names) are not kept
-    if labels.ndim != 1 or len(labels) != n:
-        raise UserError(f"{what} file {path} holds labels of shape {labels.shape} for {n} items; they must be (N,)")
-    return torch.as_tensor(labels)
+    return torch.as_tensor(label_column(labels, n, f"{what} file {path}"))
 
 
 def load_arrays(data, test_data=None, layout=None):

@@ -12,6 +12,8 @@ has none. Nothing is downloaded here and nothing is written; a missing file rais
 - :func:`load_celeba`: ``celeba/img_align_celeba/*.jpg`` and ``celeba/list_eval_partition.txt``
   (Liu et al. 2015), centre-cropped to 140x140 and resized.
 - :func:`load_image_folder`: a folder of PNG/JPEG images, flat or one subfolder per class.
+
+Image files (CelebA's, a folder's) are read upright: the EXIF Orientation tag is applied (:func:`upright`).
 - :func:`load_sample_patches`: patches of the two colour photos bundled with scikit-learn (offline).
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
@@ -247,13 +249,42 @@ CELEBA_CROP = 140
 
 
 def _read_image(path, shown=None):
-    """PIL image of ``path``, fully decoded; :class:`UserError` naming the file if it is unreadable."""
+    """PIL image of ``path``, fully decoded and upright: turned and mirrored as its EXIF Orientation
+    tag says (:func:`upright`), so the pixels are those every image viewer shows.
+
+    :raises UserError: naming the file, if it is unreadable or its EXIF data cannot be read.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy() if img.mode != "P" else img.convert("RGBA")
+            img = upright(img, shown or path)
+            return img if img.mode != "P" else img.convert("RGBA")
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot read image {shown or path}: {_one_line(e)}") from None
+
+
+#: EXIF tag 0x0112, Orientation: how the stored pixels are turned for display (values 1 to 8)
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(img, shown="the image"):
+    """A copy of the PIL image ``img`` as it is displayed: the transposition its EXIF Orientation tag
+    (0x0112) names applied, with Pillow's :func:`PIL.ImageOps.exif_transpose`, and the tag dropped.
+
+    Cameras and phones store a portrait photo as landscape pixels with Orientation 6 ("rotate 90
+    degrees clockwise to display") or 8; 3 is upside down; 2, 4, 5, 7 are the mirrored versions
+    (EXIF 2.32, CIPA DC-008, tag 0x0112). Without the tag, or with a value outside 1..8 (0 is often
+    written for "unknown"), the pixels are taken as stored. JPEG, PNG (eXIf chunk) and every other
+    format Pillow reads EXIF from are handled alike.
+
+    :raises UserError: naming ``shown`` when the EXIF data is present but cannot be parsed.
+    """
+    try:
+        return ImageOps.exif_transpose(img)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        raise
+    except Exception as e:  # Pillow's EXIF parser raises many kinds on damaged data (SyntaxError, KeyError, ...)
+        raise UserError(f"cannot read the EXIF orientation of image {shown}: {type(e).__name__}: {_one_line(e)}") from None
 
 
 def centre_crop(img, size):
@@ -333,6 +364,10 @@ def load_image_folder(path, image_size=None):
     gray (R = G = B at every pixel, e.g. grayscale PNGs or gray JPEGs) the data set has ``C = 1``,
     otherwise ``C = 3``. RGBA's alpha is dropped rather than kept as a fourth channel: most
     transparency in image folders is a cut-out background, not something to model.
+
+    Orientation: every image is first turned upright by its EXIF Orientation tag (:func:`upright`;
+    photos from phones and cameras are often stored sideways with such a tag), so sizes are
+    compared, and images resized, as every viewer shows them (height x width as displayed).
 
     Sizes: ``image_size`` (``(H, W)`` or one int for a square) resizes every image to exactly that
     (bilinear, no crop, as ``torchvision.transforms.Resize((H, W))``); without it all images must

@@ -316,7 +316,9 @@ class SVHN(_ImageDatasetSource):
 @DATASETS.register("celeba")
 class CelebA(_ImageDatasetSource):
     """CelebA aligned faces (Liu et al. 2015), 140x140 centre crop resized to 64x64 (the usual protocol,
-    :func:`pyro_vae.data.images.load_celeba`); the official train and test partitions.
+    :func:`pyro_vae.data.images.load_celeba`); the official partitions: train (162770 images) to train
+    on, valid (19867) as the validation set that selects ``best.pt`` and early stopping
+    (:attr:`Dataset.valid`, not carved from train), test (19962) for ``final.json`` and ``evaluate``.
 
     Read from ``celeba/img_align_celeba/`` and ``celeba/list_eval_partition.txt`` (torchvision's layout).
     Not downloaded (the files are on Google Drive, whose quota usually refuses scripts): fetch them by hand.

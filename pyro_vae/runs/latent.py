@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.files import label_column
 from ..errors import UserError
 from ..vae.guides import preserved_rng
 from ..vae.priors import StandardPrior
@@ -203,7 +204,7 @@ def labels_path(path):
 
 
 def save_codes(path, codes, labels=None):
-    """Write ``codes`` (``(N, z)``, or ``(N, K, z)`` for ``.npy`` only) and optional ``labels`` (``(N,)``).
+    """Write ``codes`` (``(N, z)``, or ``(N, K, z)`` for ``.npy`` only) and optional ``labels`` (``(N,)``, or a column ``(N, 1)``).
 
     ``.npy``: the array as is, labels in :func:`labels_path`. ``.csv``: a header ``z0,...,z{d-1}``
     (plus ``label``), one row per item, floats written with ``repr`` precision.
@@ -215,9 +216,7 @@ def save_codes(path, codes, labels=None):
     if codes.ndim not in (2, 3):
         raise UserError(f"codes must have shape (N, z) or (N, K, z), got {codes.shape}")
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (codes.shape[0],):
-            raise UserError(f"labels have shape {labels.shape}, expected ({codes.shape[0]},), one per item")
+        labels = label_column(labels, codes.shape[0], "the labels given")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         np.save(path, codes)
@@ -455,9 +454,7 @@ def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0
 
     coords, used = project_2d(codes, method, seed, tsne_options)
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (coords.shape[0],):
-            raise UserError(f"labels have shape {labels.shape}, expected ({coords.shape[0]},), one per item")
+        labels = label_column(labels, coords.shape[0], "the labels given")
     axes = {"plane": ("z0", "z1"), "line": ("z0", "jitter"), "pca": ("PC 1", "PC 2"), "tsne": ("t-SNE 1", "t-SNE 2")}
     plots.save_scatter(coords, labels, path, axes[used], title or f"posterior means ({used})")
     return coords, used
@@ -483,9 +480,10 @@ def _prepare(run, x, what, generator_seed):
 
 
 def read_labels(path, n):
-    """A user's labels file (``.npy`` of shape ``(n,)``, numbers or strings) as a NumPy array.
+    """A user's labels file (``.npy`` of shape ``(n,)`` or a column ``(n, 1)``, numbers or strings) as a
+    NumPy array of shape ``(n,)``.
 
-    :raises UserError: a missing or unreadable file, another suffix, a shape other than ``(n,)``.
+    :raises UserError: a missing or unreadable file, another suffix, a shape other than ``(n,)`` or ``(n, 1)``.
     """
     path = Path(path)
     if path.suffix.lower() != ".npy":
@@ -496,9 +494,7 @@ def read_labels(path, n):
         labels = np.load(path, allow_pickle=False)
     except Exception as e:  # numpy raises several types for a damaged or pickled file
         raise UserError(f"cannot read --labels file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if labels.shape != (n,):
-        raise UserError(f"--labels file {path} holds shape {labels.shape}; the data has {n} items, so it must be ({n},)")
-    return labels
+    return label_column(labels, n, f"--labels file {path}")
 
 
 def run_items(run, split="test", data=None, labels=None):
@@ -509,7 +505,7 @@ def run_items(run, split="test", data=None, labels=None):
         dequantization noise); the training set gets a fixed draw of its own (seed ``config.seed + 10007``).
     :param data: a user's array file (``.npy``/``.npz``/``.pt``, read by the rules of ``--data``) of
         items of the run's size ``D``; labels stored beside it are kept.
-    :param labels: a ``.npy`` file or an array of shape ``(N,)`` that replaces the data's own labels.
+    :param labels: a ``.npy`` file or an array of shape ``(N,)`` (or ``(N, 1)``) that replaces the data's own labels.
     :returns: ``x`` ``(N, *item_shape)`` on the run's device, ``labels`` (NumPy ``(N,)`` or None), e.g. ``"the test split"``.
     :raises UserError: an unknown split, data of another size or outside the likelihood's support,
         labels of the wrong length.
@@ -544,9 +540,7 @@ def run_items(run, split="test", data=None, labels=None):
         what = f"the {split} split"
     own = None if own is None else np.asarray(own.cpu() if hasattr(own, "cpu") else own)
     if labels is not None:
-        own = read_labels(labels, len(x)) if isinstance(labels, (str, Path)) else np.asarray(labels)
-        if own.shape != (len(x),):
-            raise UserError(f"labels have shape {own.shape}; {what} has {len(x)} items, so they must be ({len(x)},)")
+        own = read_labels(labels, len(x)) if isinstance(labels, (str, Path)) else label_column(labels, len(x), f"the labels array for {what}")
     return x, own, what
 
 

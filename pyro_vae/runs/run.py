@@ -222,14 +222,52 @@ class Run:
         write_file_checked(Path(path), lambda p: plots.save_grid(images, self.image_shape, p,
                                                                   value_range=self._display_range()), "samples")
 
-    def write_pictures(self, test):
-        """``samples.png``, ``reconstructions.png``, ``curves.png`` and, for a 2-D latent space, ``manifold.png``."""
+    def write_pictures(self, test, checkpoint="best"):
+        """``samples.png``, ``reconstructions.png``, ``curves.png`` and, for a 2-D latent space, ``manifold.png``
+        in the run folder, drawn with the model of one of its checkpoints.
+
+        :param test: the prepared test items (their first 16 are reconstructed).
+        :param str checkpoint: ``"best"`` (default): ``best.pt``, the model that ``final.json``'s
+            ``test_elbo`` scores and that ``evaluate``, ``sample``, ``encode`` and :func:`load_run` use by
+            default, so ``samples.png`` is what ``pyro-vae sample RUN`` (``-n 64 --seed 0``) draws; a run
+            without ``best.pt`` (``epochs=0``) uses ``checkpoint.pt``. ``"last"``: ``checkpoint.pt``.
+            :attr:`vae` is given that checkpoint's weights while drawing and its own back afterwards.
+        :returns: which model they show, ``{"checkpoint": "best.pt", "epoch": N}``. It is written into the
+            title of ``reconstructions.png`` and, when the run has a ``final.json`` (:attr:`final`), into it
+            as ``"pictures"`` (``samples.png`` stays untitled, pixel for pixel what ``pyro-vae sample``
+            writes; ``manifold.png`` keeps the paper's untitled grid).
+        :raises UserError: for an unknown ``checkpoint``, a missing or damaged checkpoint file, an unwritable folder.
+        """
+        if checkpoint not in CHECKPOINTS:
+            raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+        path = self.directory / CHECKPOINTS[checkpoint]
+        if checkpoint == "best" and not path.exists():
+            path = self.directory / "checkpoint.pt"  # no epoch run, or a run from before best.pt
+        state = load_checkpoint(path, map_location=self.device)
+        shown = {"checkpoint": path.name, "epoch": int(state["epoch"])}
+        own = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
+        try:
+            self.vae.load_state_dict(state["model"])
+        except RuntimeError:
+            raise UserError(f"{path} does not fit the run's model (another configuration)") from None
+        try:
+            self._draw_pictures(test, f"{shown['checkpoint']}, epoch {shown['epoch']}")
+        finally:
+            self.vae.load_state_dict(own)
+        if isinstance(self.final, dict) and (self.directory / "final.json").exists():
+            self.final["pictures"] = shown
+            write_file_checked(self.directory / "final.json",
+                               lambda p: atomic_write_text(p, json.dumps(self.final, indent=2) + "\n"), "final.json")
+        return shown
+
+    def _draw_pictures(self, test, label):
+        """The pictures of :meth:`write_pictures` with the model :attr:`vae` holds now; ``label`` names it."""
         d = self.directory
         torch.manual_seed(self.config.seed)
         self.save_samples(d / "samples.png")
         x = test[:16]
         pairs = torch.cat([x.cpu().reshape(len(x), -1), self.reconstruct(x).reshape(len(x), -1)])
-        title = "test inputs (top) and reconstructions (bottom)"
+        title = f"test inputs (top) and reconstructions (bottom); {label}"
         write_file_checked(d / "reconstructions.png", lambda p: plots.save_grid(
             pairs, self.image_shape, p, ncol=len(x), title=title, value_range=self._display_range()), "picture")
         if self.metrics:

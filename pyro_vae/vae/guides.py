@@ -15,6 +15,7 @@ Built in: ``diagonal`` (the paper's), ``full-rank``, ``iaf`` (Kingma et al. 2016
 
 import inspect
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -203,9 +204,10 @@ class _FlowGuide(Guide):
     def __init__(self, x_dim, z_dim, hidden, activation="tanh", flow_steps=None, body=None):
         super().__init__(x_dim, z_dim, hidden, activation)
         hidden = tuple(hidden)
-        self.flow_steps = self.DEFAULT_FLOW_STEPS if flow_steps is None else int(flow_steps)
-        if self.flow_steps < 1:
-            raise UserError(f"--flow-steps must be at least 1, got {flow_steps}")
+        steps = self.DEFAULT_FLOW_STEPS if flow_steps is None else flow_steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Real) or not float(steps).is_integer() or steps < 1:
+            raise UserError(f"--flow-steps must be a whole number of at least 1, got {flow_steps!r}")
+        self.flow_steps = int(steps)
         if body is None:
             self.context_dim = hidden[-1]
             #: x -> h, the context of every flow step (the encoder's last hidden layer, activated)

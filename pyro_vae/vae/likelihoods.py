@@ -40,6 +40,7 @@ Adding a family is one class and one registration::
 
 import inspect
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -272,8 +273,8 @@ class ScaleFloor(Density):
 
     def __init__(self, min_scale=0.01, levels=None):
         super().__init__(levels)
-        if not min_scale > 0:
-            raise UserError(f"the {self.name} likelihood needs --min-scale > 0, got {min_scale}")
+        if not _positive(min_scale):
+            raise UserError(f"the {self.name} likelihood needs --min-scale > 0, got {min_scale!r}")
         self.min_scale = float(min_scale)
 
     def options(self):
@@ -318,8 +319,8 @@ class GaussianFixed(Density):
 
     def __init__(self, sigma=0.1, levels=None):
         super().__init__(levels)
-        if not sigma > 0:
-            raise UserError(f"the gaussian-fixed likelihood needs --sigma > 0, got {sigma}")
+        if not _positive(sigma):
+            raise UserError(f"the gaussian-fixed likelihood needs --sigma > 0, got {sigma!r}")
         self.sigma = float(sigma)
 
     def options(self):
@@ -433,6 +434,11 @@ def likelihood_class(spec):
                          "a class", "a subclass of pyro_vae.Likelihood (or pyro_vae.Density)")  # fmt: skip
 
 
+def _positive(value):
+    """True for a number (not a bool, not text) above 0: options from a config file or Python arrive unchecked."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
+
+
 def likelihood_options(name):
     """The option keywords (and their defaults) of the family ``name`` names (a registered name or an
     import spec, see :func:`likelihood_class`), ``levels`` aside."""
@@ -496,8 +502,8 @@ class DiscretizedLogisticMixture(DiscretizedLogistic):
 
     def __init__(self, mixtures=5, levels=None):
         super().__init__(levels)
-        if isinstance(mixtures, bool) or int(mixtures) != mixtures or mixtures < 1:
-            raise UserError(f"the discretized-logistic-mixture likelihood needs --mixtures of at least 1, got {mixtures}")
+        if not _positive(mixtures) or not float(mixtures).is_integer():
+            raise UserError(f"the discretized-logistic-mixture likelihood needs a whole --mixtures of at least 1, got {mixtures!r}")
         self.mixtures = int(mixtures)
         self.params_per_dim = 3 * self.mixtures
 
