@@ -212,7 +212,8 @@ def test_fit_draws_its_pictures_with_best_pt_when_it_overfits(tmp_path):
     assert final["pictures"] == {"checkpoint": "best.pt", "epoch": final["best_epoch"]} and run.final == final
     assert main(["sample", str(d), "-n", "64", "--seed", "0", "-o", str(tmp_path / "best.png")]) == 0
     assert np.array_equal(_pixels(d / "samples.png"), _pixels(tmp_path / "best.png"))
-    for name, value in load_checkpoint(d / "checkpoint.pt")["model"].items():  # fit returns the last epoch's model
+    assert run.checkpoint == "best"
+    for name, value in load_checkpoint(d / "best.pt")["model"].items():  # fit returns the best epoch's model
         assert torch.equal(run.vae.state_dict()[name], value)
 
 
