@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 import pyro
 import pyro.distributions as dist
-from pyro.infer import config_enumerate
+from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 from ..errors import UserError
 from .model import VAE
@@ -78,7 +78,7 @@ from .nets import ACTIVATIONS, MLP, build_architecture, parse_hidden
 
 __all__ = [
     "Classifier", "ConditionalVAE", "LabelledBody", "LabelledVAE", "SemiSupervisedVAE", "check_labels",
-    "class_scores", "conditional_log_weights", "one_hot",
+    "class_scores", "conditional_log_weights", "enumerated_elbo", "one_hot",
 ]  # fmt: skip
 
 
@@ -349,6 +349,15 @@ class SemiSupervisedVAE(LabelledVAE):
             config_enumerate(self._infer, default="parallel")(x_u, None, "unlabelled", "_u")
         if x_l is not None:
             self._infer(x_l, y_l, "labelled", "_l")
+
+
+def enumerated_elbo(particles=1):
+    """The loss of :meth:`SemiSupervisedVAE.training_model`: :class:`~pyro.infer.TraceEnum_ELBO` with one plate
+    dimension (the items), so that the enumerated ``y`` takes the dimension left of it; ``particles`` draws of
+    ``z`` per item and class, vectorized. A step with a labelled minibatch only has nothing to enumerate, which is
+    expected here (no warning)."""
+    return TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1,
+                          strict_enumeration_warning=False)  # fmt: skip
 
 
 # Test-time scores -----------------------------------------------------------------------------------
