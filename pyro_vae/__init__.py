@@ -22,10 +22,12 @@ from .vae.objectives import OBJECTIVES, Objective  # noqa: E402
 from .runs.run import Run, load_run  # noqa: E402
 from .speed import Speed  # noqa: E402
 from .runs.fit import Trainer, fit  # noqa: E402
+from .runs.labelled import LabelledTrainer  # noqa: E402  (registers the trainer of --conditional, --semi-supervised)
+from .vae.labels import ConditionalVAE, SemiSupervisedVAE  # noqa: E402
 
 __all__ = [
-    "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",
-    "Guide", "IAFGuide", "LIKELIHOODS", "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "PlanarGuide", "Run",
-    "Speed", "Trainer", "TrainingDiverged", "UserError", "VAE", "build_likelihood", "build_vae", "compare",
+    "ARCHITECTURES", "Comparison", "ConditionalVAE", "Config", "DATASETS", "Dataset", "DatasetSource", "DiagonalGuide", "FullRankGuide", "GUIDES",
+    "Guide", "IAFGuide", "LIKELIHOODS", "LabelledTrainer", "Likelihood", "OBJECTIVES", "OPTIMIZERS", "Objective", "PlanarGuide", "Run",
+    "SemiSupervisedVAE", "Speed", "Trainer", "TrainingDiverged", "UserError", "VAE", "build_likelihood", "build_vae", "compare",
     "evaluate", "fit", "load_dataset", "load_run", "log_weights",
 ]  # fmt: skip

@@ -23,7 +23,7 @@ LAYERS = [
     ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),
     ("data", ["images", "datasets"]),
     ("train", ["schedules", "build", "loggers"]),
-    ("runs", ["plots", "latent", "run", "fit", "launch"]),
+    ("runs", ["plots", "latent", "run", "fit", "labelled", "launch"]),
     ("analysis", ["paired", "compare"]),
     ("", ["cli"]),
 ]  # fmt: skip

@@ -94,6 +94,29 @@ class Trainer:
     #: rank and the number of processes; one process trains alone
     rank, world_size = 0, 1
 
+    #: trainers of the models with labels, by their flag (``--conditional``, ``--semi-supervised``): filled by
+    #: :mod:`pyro_vae.runs.labelled`; :func:`fit` builds the one a config asks for (:meth:`for_config`)
+    VARIANTS = {}
+
+    @classmethod
+    def for_config(cls, config):
+        """The trainer class for ``config``: a registered variant (models with labels) or this class."""
+        flag = "--conditional" if config.conditional else "--semi-supervised" if config.semi_supervised else None
+        return cls.VARIANTS[flag] if flag is not None else cls
+
+    def extra_meta(self):
+        """Hook: entries a variant adds to ``config.json`` (e.g. the number of classes)."""
+        return {}
+
+    def extra_metrics(self):
+        """Hook: entries a variant adds to each epoch's record, after :meth:`valid_elbo` (e.g. the validation
+        classification error)."""
+        return {}
+
+    def extra_final(self):
+        """Hook: entries a variant adds to ``final.json``, after the test set was scored."""
+        return {}
+
     def __init__(self, config=None, speed=None, **settings):
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
         config = make_config(config, **settings)
@@ -469,7 +492,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
             raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
         replacing = True
 
-    trainer = (make_trainer or Trainer)(config, speed=speed)  # checks every setting, loads the data, builds the guide
+    trainer = (make_trainer or Trainer.for_config(config))(config, speed=speed)  # checks every setting, loads the data
     config, vae, dataset = trainer.config, trainer.vae, trainer.dataset
     fingerprint = dataset.fingerprint()
     if resume and saved_meta.get("data_fingerprint") not in (None, fingerprint):
@@ -499,6 +522,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
         "n_test": len(trainer.test),
         "data_fingerprint": fingerprint,
         "versions": package_versions(),
+        **trainer.extra_meta(),
     }
 
     metrics = []
@@ -541,6 +565,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
                 "seconds": trained["seconds"],
                 "items_per_s": trained["items_per_s"],
                 **{k: trained[k] for k in ("lr", "kl_weight") if k in trained},
+                **trainer.extra_metrics(),
             }
             metrics.append(record)
             improved = best is None or valid_elbo is None or best["valid_elbo"] is None or valid_elbo > best["valid_elbo"]
@@ -599,7 +624,7 @@ def _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks,
     if where != out:
         _swap_in(where, out)
     run.final = final = _final(trainer, out, metrics, stopped_early, best_state)
-    run.write_pictures(trainer.test)
+    run.write_pictures(trainer.test, getattr(trainer, "test_labels", None))
     if not quiet:
         summary = (
             f"test ELBO {final['test_elbo']:.3f} nats/item (best epoch {final['best_epoch']} by validation; "
@@ -674,6 +699,7 @@ def _final(trainer, out, metrics, stopped_early, best_state=None, lead=True):
             trainer.vae.load_state_dict(best_state)
             final["test_elbo"] = trainer.test_elbo()
             trainer.vae.load_state_dict(last)
+    final.update(trainer.extra_final())
     if lead:
         atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
     return final
