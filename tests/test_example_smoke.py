@@ -29,6 +29,7 @@ EXAMPLES_RUN = {
     "reproduce/figure2.py": (SMOKE, ["figure2_mnist.png", "figure2_frey.png", "figure2.json"]),
     "reproduce/figure4_5.py": (SMOKE, ["figure4.png", "figure5.png", "figure4_5.json"]),
     "reproduce/iwae_table1.py": (SMOKE, ["table1.png", "table1.md", "table1.json"]),
+    "reproduce/ss_mnist.py": (SMOKE, ["ss_mnist.png", "ss_mnist.md", "ss_mnist.json", "runs/seed0/best.pt"]),
     "reproduce/mnist_recipe.py": (SMOKE, ["recipe.png", "recipe.md", "recipe.json", "runs/recipe/best.pt"]),
     "compare_likelihoods.py": (SMOKE, ["comparison.md", "comparison.csv", "comparison.json", "comparison.png"]),
     "first_fit.py": (SMOKE, ["more-samples.png", "checkpoint.pt"]),
