@@ -19,9 +19,11 @@ from .runs.fit import fit  # noqa: E402
 from .runs.run import Run, load_run  # noqa: E402
 from .speed import Speed  # noqa: E402
 from .train.build import OPTIMIZERS, build_vae  # noqa: E402
+from .train.labelled import LabelledTrainer  # noqa: E402
 from .train.trainer import Trainer  # noqa: E402
 from .vae.evaluation import evaluate, log_weights  # noqa: E402
 from .vae.guides import GUIDES, DiagonalGuide, FullRankGuide, Guide, IAFGuide, PlanarGuide  # noqa: E402
+from .vae.labels import ConditionalVAE, SemiSupervisedVAE  # noqa: E402
 from .vae.likelihoods import LIKELIHOODS, Density, Likelihood, build_likelihood  # noqa: E402
 from .vae.model import VAE  # noqa: E402
 from .vae.nets import ARCHITECTURES  # noqa: E402
@@ -31,9 +33,9 @@ from .vae.priors import PRIORS, FlowPrior, MixturePrior, Prior, StandardPrior, V
 _install_moved_paths()  # the module paths of the flat layout stay importable (pyro_vae.moved)
 
 __all__ = [
-    "ARCHITECTURES", "Comparison", "Config", "DATASETS", "Dataset", "DatasetSource", "Density", "DiagonalGuide", "FullRankGuide", "GUIDES",
-    "FlowPrior", "Guide", "IAFGuide", "LIKELIHOODS", "Likelihood", "MixturePrior", "OBJECTIVES", "OPTIMIZERS", "Objective",
-    "PRIORS", "PlanarGuide", "Prior", "Run", "StandardPrior", "VampPrior",
+    "ARCHITECTURES", "Comparison", "ConditionalVAE", "Config", "DATASETS", "Dataset", "DatasetSource", "Density", "DiagonalGuide", "FullRankGuide", "GUIDES",
+    "FlowPrior", "Guide", "IAFGuide", "LIKELIHOODS", "LabelledTrainer", "Likelihood", "MixturePrior", "OBJECTIVES", "OPTIMIZERS", "Objective",
+    "PRIORS", "PlanarGuide", "Prior", "Run", "SemiSupervisedVAE", "StandardPrior", "VampPrior",
     "Speed", "Trainer", "TrainingDiverged", "UserError", "VAE", "build_likelihood", "build_vae", "compare",
     "evaluate", "fit", "load_dataset", "load_run", "log_weights",
 ]  # fmt: skip

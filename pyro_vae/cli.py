@@ -195,6 +195,14 @@ def cli():
               help="Log scalars, images and the config; repeat for several (tensorboard and mlflow are extras).")
 @click.option("--log-images-every", default=5, show_default=True, type=click.IntRange(0), metavar="N",
               help="Log samples and reconstructions every N epochs and at the last (0: the last only).")
+@click.option("--conditional", is_flag=True,
+              help="The conditional VAE p(x|z,y), q(z|x,y): the label enters both nets (labelled data).")
+@click.option("--semi-supervised", is_flag=True,
+              help="M2 of Kingma et al. (2014): the label a latent variable, summed out by enumeration where unknown.")
+@click.option("--labelled", default=None, type=click.IntRange(1), metavar="N",
+              help="--semi-supervised: labelled training items, balanced over the classes [default: 100].")
+@click.option("--alpha", default=DEFAULTS.alpha, show_default=True, type=click.FloatRange(min=0),
+              help="--semi-supervised: weight of the classification loss on labelled items (the paper's eq. 9).")
 @click.option("--config", "config_file", type=click.Path(), default=None, metavar="FILE",
               help="Start from the settings in a JSON, YAML or TOML file (or a run folder); flags override it.")
 @click.option("--print-config", is_flag=True, help="Print the resolved settings as JSON and exit.")
@@ -262,6 +270,14 @@ def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_
         click.echo(f"note: {e}; the results are printed only", err=True)
     if as_json:
         click.echo(json.dumps(result))
+    elif run.labelled:
+        click.echo(
+            f"test ELBO {result['test_elbo']:.3f} nats, {result['log_likelihood_of']} >= "
+            f"{result['test_log_likelihood']:.3f} nats ({result['samples']} importance samples per class, "
+            f"{result['items']} test items)"
+            + ("" if result["test_error"] is None else f"; test classification error of q(y|x) "
+               f"{100 * result['test_error']:.2f}%")
+        )
     else:
         click.echo(
             f"test ELBO {result['test_elbo']:.3f} nats, log p(x) >= {result['test_log_likelihood']:.3f} nats "
@@ -290,9 +306,12 @@ def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_
 @click.option("--device", default="auto", show_default=True)
 @click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
               help="best.pt (the best validation ELBO) or checkpoint.pt (the last epoch).")
+@click.option("--label", default=None, type=int, metavar="Y",
+              help="A run with labels: draw every sample with class Y [default: one row per class].")
 @trust_options
-def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
-    """Draw z from the prior and save the decoder means as a PNG grid."""
+def sample(run_dir, num, output, seed, device, checkpoint, label, trust_guide, guide):
+    """Draw z from the prior and save the decoder means as a PNG grid (a run with labels: one row per class,
+    or all of class --label)."""
     from .runs.run import load_run
 
     if not output.lower().endswith(".png"):
@@ -300,8 +319,12 @@ def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
     if not Path(output).parent.is_dir():
         raise UserError(f"cannot write {output}: the folder {Path(output).parent} does not exist")
     run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
-    run.save_samples(output, n=num, seed=seed)
-    click.echo(f"wrote {num} samples to {output}")
+    run.save_samples(output, n=num, seed=seed, label=label)
+    if run.labelled and label is None:
+        columns = -(-num // run.vae.num_classes)
+        click.echo(f"wrote {run.vae.num_classes} rows (one per class) of {columns} samples to {output}")
+    else:
+        click.echo(f"wrote {num} samples{'' if label is None else f' of class {label}'} to {output}")
 
 
 @cli.command()

@@ -150,6 +150,14 @@ class Config:
     early_stopping: int = None
     #: stream minibatches from host memory through a DataLoader instead of holding the data on the device
     stream: bool = False
+    #: the conditional VAE p(x | z, y), q(z | x, y) on labelled data (pyro_vae.vae.labels)
+    conditional: bool = False
+    #: M2 of Kingma, Rezende, Mohamed & Welling (2014): the label a latent variable, observed on --labelled items
+    semi_supervised: bool = False
+    #: labelled training items of a --semi-supervised run, balanced over the classes (None: 100)
+    labelled: int = None
+    #: weight alpha of the classification term on labelled items (eq. 9 of Kingma et al. 2014)
+    alpha: float = 50.0
 
     #: The settings a resumed run may change: they do not change what is computed. The one list
     #: that ``fit --resume``, ``compare`` and ``load_run`` consult.
@@ -233,6 +241,17 @@ class Config:
             raise UserError(f"--layout must be nchw or nhwc, got {self.layout!r}")
         if not isinstance(self.stream, bool):
             raise UserError(f"--stream must be true or false, got {self.stream!r}")
+        for name in ("conditional", "semi_supervised"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"--{name.replace('_', '-')} must be true or false, got {getattr(self, name)!r}")
+        if self.conditional and self.semi_supervised:
+            raise UserError("--conditional and --semi-supervised exclude each other (the first observes every label, "
+                            "the second only --labelled ones)")  # fmt: skip
+        if self.labelled is not None:
+            if not self.semi_supervised:
+                raise UserError("--labelled applies to --semi-supervised runs only")
+            integer("labelled", 1)
+        real("alpha", 0)
         for name in ("data", "test_data", "data_dir"):
             value = getattr(self, name)
             if value is None:

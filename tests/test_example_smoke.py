@@ -31,6 +31,7 @@ EXAMPLES_RUN = {
     "reproduce/iwae_table1.py": (SMOKE, ["table1.png", "table1.md", "table1.json"]),
     "reproduce/priors.py": (SMOKE, ["priors.md", "priors.json", "priors_samples.png", "pseudo_inputs.png",
                                     "comparison/comparison.md"]),
+    "reproduce/ss_mnist.py": (SMOKE, ["ss_mnist.png", "ss_mnist.md", "ss_mnist.json", "runs/seed0/best.pt"]),
     "reproduce/mnist_recipe.py": (SMOKE, ["recipe.png", "recipe.md", "recipe.json", "runs/recipe/best.pt"]),
     "compare_likelihoods.py": (SMOKE, ["comparison.md", "comparison.csv", "comparison.json", "comparison.png"]),
     "first_fit.py": (SMOKE, ["more-samples.png", "checkpoint.pt"]),

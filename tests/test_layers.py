@@ -18,11 +18,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 #: The layers, bottom up: a folder of the package (or ``""`` for modules at its top) and its modules in order.
 LAYERS = [
     ("", ["errors", "registry", "user_code", "config", "config_files", "checkpoint", "moved"]),
-    ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "priors", "model",
+    ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "priors", "model", "labels",
              "objectives", "kl_weighting", "evaluation"]),
     ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),
     ("data", ["images", "dataset", "sources", "files", "load"]),
-    ("train", ["schedules", "build", "loggers", "trainer", "progress"]),
+    ("train", ["schedules", "build", "loggers", "trainer", "progress", "labelled"]),
     ("runs", ["plots", "latent", "folder", "run", "fit", "launch", "export"]),
     ("analysis", ["paired", "compare"]),
     ("", ["cli", "__main__"]),

@@ -376,7 +376,7 @@ def test_encode_returns_one_type_and_items_keep_the_data_shape(trained, tmp_path
 
 
 def test_fit_returns_the_best_checkpoint_as_load_run_does(tmp_path, monkeypatch):
-    from pyro_vae.runs.fit import Trainer
+    from pyro_vae.train.trainer import Trainer
 
     scores = iter([-100.0, -90.0, -95.0] * 2)  # the best validation ELBO at epoch 2 of 3
     monkeypatch.setattr(Trainer, "valid_elbo", lambda self: next(scores))

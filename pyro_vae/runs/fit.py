@@ -13,9 +13,9 @@ import torch
 
 from ..errors import TrainingDiverged, TrainingInterrupted, UserError
 from ..train.build import make_config
+from ..train.labelled import trainer_class
 from ..train.loggers import Loggers, build_loggers, format_elbo
 from ..train.progress import EpochDisplay, OnStep, chain
-from ..train.trainer import Trainer
 from .folder import RunFolder, io_error, new_run_dir, package_versions, read_metrics
 from .run import Run, record_parts, use_best
 
@@ -93,7 +93,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     folder = RunFolder(new_run_dir(config) if out is None else out, lead=rank == 0)
     try:
         config, state = folder.open(config, resume=resume, overwrite=overwrite)
-        trainer = (make_trainer or Trainer)(config, speed=speed)  # checks every setting, loads the data, the guide
+        # checks every setting, loads the data, builds the guide (the trainer of a model with labels for one)
+        trainer = (make_trainer or trainer_class(config))(config, speed=speed)
         folder.claim(trainer.dataset.fingerprint())
         metrics = []
         if state is not None:
@@ -132,6 +133,7 @@ def _meta(trainer):
         "n_test": len(trainer.test),
         "data_fingerprint": dataset.fingerprint(),
         "versions": package_versions(),
+        **trainer.extra_meta(),
     }
 
 
@@ -215,6 +217,7 @@ def _train_epoch(trainer, folder, epoch, display, on_step):
         "seconds": trained["seconds"],
         "items_per_s": trained["items_per_s"],
         **{k: trained[k] for k in ("lr", "kl_weight") if k in trained},
+        **trainer.extra_metrics(),
     }
 
 
@@ -228,7 +231,7 @@ def _finish(trainer, folder, metrics, meta, best_state, stopped_early, loggers, 
     folder.finish(final)
     if not folder.lead:
         return run
-    run.write_pictures(trainer.test)
+    run.write_pictures(trainer.test, test_labels=getattr(trainer, "test_labels", None))
     loggers.log_final(final)
     if not quiet:
         summary = (
@@ -293,8 +296,10 @@ def _final(trainer, folder, metrics, stopped_early, best_state=None):
         return final
     final["test_elbo_last"] = trainer.test_elbo()
     final.update(best_epoch=best["epoch"], best_valid_elbo=best["valid_elbo"])
+    # the order matters to a trainer with labels: extra_final reports the test error of the model scored last
     if best["epoch"] == trainer.epoch:
         final["test_elbo"] = final["test_elbo_last"]
     else:  # the best epoch's state: kept in memory, or from best.pt when it was in an earlier session of a resumed run
         final["test_elbo"] = trainer.test_elbo_of(best_state if best_state is not None else folder.best_state(trainer.device))
+    final.update(trainer.extra_final())
     return final

@@ -518,6 +518,9 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
         raise UserError(f"--devices must be a positive integer, got {devices!r}")
     device = _device_of(config)
     check_precision(precision, device)
+    if (config.conditional or config.semi_supervised) and (devices != 1 or precision != "fp32" or launcher_env()):
+        flag = "--conditional" if config.conditional else "--semi-supervised"
+        raise UserError(f"{flag} runs train in one process in fp32: leave --devices and --precision out")
     launched = launcher_env()
     if launched is not None:
         if devices != 1 and launched["local_world_size"] not in (None, devices):

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..train.build import build_vae, prepare_data, resolve_device
 from ..user_code import is_import_spec, sha256_file, spec_file
 from ..vae.evaluation import evaluate_terms, summarize
+from ..vae.labels import LabelledVAE, SemiSupervisedVAE, check_labels, class_scores
 from . import latent, plots
 from .folder import check_same_settings, read_metrics, saved_config, write_file_checked
 
@@ -45,6 +46,8 @@ class Run:
         self.final = None
         #: which checkpoint the model is from: ``"best"`` or ``"last"``
         self.checkpoint = "last"
+        #: the test items' labels, once :meth:`test_data` read them (class indices; ``None`` without labels)
+        self.test_labels = None
 
     # How a run shows itself (a terminal, a Jupyter cell) ------------------------------------------
     def _summary(self):
@@ -113,24 +116,48 @@ class Run:
             if path and not Path(path).exists():
                 raise UserError(f"the run's data file {path} (recorded as {key} in {self.directory / 'config.json'}) "
                                 "is missing; put it back there to evaluate the run")  # fmt: skip
-        test = prepare_data(self.config, self.vae.likelihood, self.device)[2]
+        dataset, _, test = prepare_data(self.config, self.vae.likelihood, self.device)
         if test[0].numel() != self.vae.x_dim:
             raise UserError(f"the run's data now has {test[0].numel()} values per item but the run was trained on "
                             f"{self.vae.x_dim}; the data file changed since training")  # fmt: skip
+        #: the test items' labels (class indices on the run's device; ``None`` when the data has none)
+        self.test_labels = None if dataset.test_labels is None else dataset.test_labels.long().to(self.device)
         return test
 
-    def sample(self, n=64, seed=0):
-        """Decoder means for ``n`` draws from the prior, items in the data's shape ``(n, *item_shape)``
-        (e.g. ``(n, 1, 28, 28)`` for MNIST, ``(n, D)`` for a ``(N, D)`` array), on the CPU.
+    @property
+    def labelled(self):
+        """Whether the model has labels (``--conditional`` or ``--semi-supervised``)."""
+        return isinstance(self.vae, LabelledVAE)
 
-        :raises UserError: unless ``n`` is a positive integer and ``seed`` an integer in ``[0, 2**64)``.
+    def _labels_for(self, x, labels, what="reconstruct"):
+        """``labels`` checked for the items ``x`` of a model with labels (``None`` is fine for M2: its classifier's)."""
+        if labels is None:
+            if isinstance(self.vae, SemiSupervisedVAE):
+                return None
+            raise UserError(f"{what} on a --conditional run needs the items' labels")
+        return check_labels(labels, self.vae.num_classes, len(x)).to(self.device)
+
+    def _no_labels(self, what):
+        if self.labelled:
+            raise UserError(f"{what} is not available for runs with labels (--conditional, --semi-supervised) yet")
+
+    def sample(self, n=64, seed=0, label=None):
+        """Decoder means for ``n`` draws from the prior, items in the data's shape ``(n, *item_shape)``, on the CPU; for a model with labels,
+        of the class ``label`` (default: the classes in turn).
+
+        :raises UserError: unless ``n`` is a positive integer and ``seed`` an integer in ``[0, 2**64)``; for a
+            ``label`` out of range, or given to a model without labels.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise UserError(f"the number of samples must be a positive integer, got {n!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise UserError(f"the seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.vae.sample(n, generator=generator).cpu().reshape(n, *self.vae.x_shape)
+        if label is not None and not self.labelled:
+            raise UserError("--label applies to runs with labels (trained with --conditional or --semi-supervised)")
+        samples = self.vae.sample(n, generator=generator, label=label) if self.labelled else self.vae.sample(
+            n, generator=generator)
+        return samples.cpu().reshape(n, *self.vae.x_shape)
 
     def as_input(self, x):
         """``x`` as the encoder takes it: a float tensor ``(N, *item_shape)`` on the run's device.
@@ -168,14 +195,16 @@ class Run:
                             f"got shape {shape}")  # fmt: skip
         return t.reshape(len(t), *self.vae.x_shape).to(device=self.device, dtype=torch.float32)
 
-    def reconstruct(self, x):
+    def reconstruct(self, x, labels=None):
         """Decoder means for one draw from :math:`q(z \\mid x)` for each item of ``x``, items in the data's
         shape ``(N, *item_shape)`` (as :meth:`sample`), on the CPU.
 
-        ``x`` in any layout and dtype training accepts (see :meth:`as_input`).
+        ``x`` in any layout and dtype training accepts (see :meth:`as_input`). A ``--conditional`` run needs
+        the items' ``labels``; a ``--semi-supervised`` one uses them if given, else its classifier's classes.
         """
         x = self.as_input(x)
-        return self.vae.reconstruct(x).cpu().reshape(len(x), *self.vae.x_shape)
+        means = self.vae.reconstruct(x, self._labels_for(x, labels)) if self.labelled else self.vae.reconstruct(x)
+        return means.cpu().reshape(len(x), *self.vae.x_shape)
 
     def evaluate(self, samples=1000, subset=None, progress=None, seed=None):
         """Test ELBO, its two terms, importance-sampled log-likelihood (nats per item), bits per
@@ -198,6 +227,8 @@ class Run:
         x = self.test_data()
         if subset is not None:
             x = x[:subset]
+        if self.labelled:
+            return self._evaluate_labelled(x, samples, progress, seed)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext():
             if seed is not None:
@@ -205,28 +236,65 @@ class Run:
             scores = evaluate_terms(self.vae, x, num_samples=samples, progress=progress)
         return summarize(scores, self.vae.likelihood, math.prod(x.shape[1:]))
 
+    def _evaluate_labelled(self, x, samples, progress, seed):
+        """:meth:`evaluate` for a model with labels: ``test_elbo`` and ``test_log_likelihood`` (of
+        :math:`\\log p(x \\mid y)` for ``--conditional``; of :math:`\\log p(x)` with :math:`y` summed out for
+        ``--semi-supervised``, which adds ``test_error``, the classification error of :math:`q(y \\mid x)`),
+        :func:`~pyro_vae.vae.labels.class_scores`; the other keys of :meth:`evaluate` are ``None``."""
+        labels = self.test_labels
+        if labels is None:
+            raise UserError("the run's test items have no labels now; the data changed since training")
+        labels = labels[: len(x)]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext():
+            if seed is not None:
+                pyro.set_rng_seed(seed)
+            scores = class_scores(self.vae, x, labels, num_samples=samples)
+        if progress is not None:
+            progress(len(x))
+        n = len(x)
+        return {
+            "test_elbo": scores["elbo"].mean().item(),
+            "test_log_likelihood": scores["log_px"].mean().item(),
+            "log_likelihood_of": "log p(x | y)" if self.config.conditional else "log p(x), y summed out",
+            "test_error": 1.0 - scores["correct"].mean().item() if "correct" in scores else None,
+            "log_likelihood_sem": scores["log_px"].std().item() / math.sqrt(n) if n > 1 else None,
+            "samples": samples, "items": n, "reconstruction": None, "kl": None, "bits_per_dim": None,
+            "active_units": None, "num_classes": self.vae.num_classes,
+        }  # fmt: skip
+
     # Pictures ------------------------------------------------------------------------------------
     def _display_range(self):
         """[0, 1] for images; the data's own range for real-valued user data."""
         return (0.0, 1.0) if self.vae.likelihood.domain != "real" or not self.config.data else None
 
-    def save_samples(self, path, n=64, seed=0):
-        """Save ``n`` samples as a PNG grid at ``path``.
+    def save_samples(self, path, n=64, seed=0, label=None):
+        """Save ``n`` samples as a PNG grid at ``path``. For a model with labels and no ``label``: one row per
+        class, the same code ``z`` down each column (``ceil(n / C)`` columns; Kingma et al. 2014, Figure 1).
 
         :raises UserError: for a missing folder, a link at ``path``, or a write that fails.
         """
-        images = self.sample(n, seed)
+        ncol, title = None, None
+        if self.labelled and label is None:
+            columns = max(1, -(-n // self.vae.num_classes))
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            images, ncol = self.vae.class_grid(columns, generator=generator).cpu(), columns
+            title = "one row per class (0 at the top), the same z down each column"
+        else:
+            images = self.sample(n, seed, label)
         parent = Path(path).parent
         if not parent.is_dir():
             raise UserError(f"cannot write {path}: the folder {parent} does not exist")
-        write_file_checked(Path(path), lambda p: plots.save_grid(images, self.image_shape, p,
+        write_file_checked(Path(path), lambda p: plots.save_grid(images, self.image_shape, p, ncol=ncol, title=title,
                                                                   value_range=self._display_range()), "samples")
 
-    def write_pictures(self, test, checkpoint="best"):
+    def write_pictures(self, test, checkpoint="best", test_labels=None):
         """``samples.png``, ``reconstructions.png``, ``curves.png`` and, for a 2-D latent space, ``manifold.png``
         in the run folder, drawn with the model of one of its checkpoints.
 
         :param test: the prepared test items (their first 16 are reconstructed).
+        :param test_labels: the labels of ``test``, for a ``--conditional`` run (a run with labels draws no
+            ``manifold.png``).
         :param str checkpoint: ``"best"`` (default): ``best.pt``, the model that ``final.json``'s
             ``test_elbo`` scores and that ``evaluate``, ``sample``, ``encode`` and :func:`load_run` use by
             default, so ``samples.png`` is what ``pyro-vae sample RUN`` (``-n 64 --seed 0``) draws; a run
@@ -251,7 +319,7 @@ class Run:
         except RuntimeError:
             raise UserError(f"{path} does not fit the run's model (another configuration)") from None
         try:
-            self._draw_pictures(test, f"{shown['checkpoint']}, epoch {shown['epoch']}")
+            self._draw_pictures(test, f"{shown['checkpoint']}, epoch {shown['epoch']}", test_labels)
         finally:
             self.vae.load_state_dict(own)
         if isinstance(self.final, dict) and (self.directory / "final.json").exists():
@@ -260,13 +328,15 @@ class Run:
                                lambda p: atomic_write_text(p, json.dumps(self.final, indent=2) + "\n"), "final.json")
         return shown
 
-    def _draw_pictures(self, test, label):
+    def _draw_pictures(self, test, label, test_labels=None):
         """The pictures of :meth:`write_pictures` with the model :attr:`vae` holds now; ``label`` names it."""
         d = self.directory
         torch.manual_seed(self.config.seed)
-        self.save_samples(d / "samples.png")
+        self.save_samples(d / "samples.png", n=80 if self.labelled else 64)
         x = test[:16]
-        pairs = torch.cat([x.cpu().reshape(len(x), -1), self.reconstruct(x).reshape(len(x), -1)])
+        labels = None if test_labels is None or not self.labelled else test_labels[:16]
+        recon = self.reconstruct(x, labels) if self.labelled else self.reconstruct(x)
+        pairs = torch.cat([x.cpu().reshape(len(x), -1), recon.reshape(len(x), -1)])
         title = f"test inputs (top) and reconstructions (bottom); {label}"
         write_file_checked(d / "reconstructions.png", lambda p: plots.save_grid(
             pairs, self.image_shape, p, ncol=len(x), title=title, value_range=self._display_range()), "picture")
@@ -274,7 +344,7 @@ class Run:
             curves_title = f"{self.config.likelihood} VAE on {self.config.dataset}"
             write_file_checked(d / "curves.png", lambda p: plots.save_curves(self.metrics, p, title=curves_title),
                                "picture")  # fmt: skip
-        if self.config.z_dim == 2:
+        if self.config.z_dim == 2 and not self.labelled:
             z, caption = plots.prior_manifold_codes(self.vae.prior_module, 20, device=self.device)
             write_file_checked(d / "manifold.png", lambda p: plots.save_grid(
                 self.vae.decode(z), self.image_shape, p, ncol=20, title=caption, value_range=self._display_range()),
@@ -306,6 +376,7 @@ class Run:
             ``.csv``) the codes are also saved, with the split's labels beside them; the labels themselves:
             :func:`pyro_vae.runs.latent.encode_run`, which returns ``(codes, labels)``.
         """
+        self._no_labels("encode")
         if x is not None:
             if path is not None:
                 raise UserError("encode saves the codes of a split or a data file (path=...), not of given items")
@@ -315,18 +386,22 @@ class Run:
 
     def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0):
         """Items above their reconstructions as a PNG: :func:`pyro_vae.runs.latent.save_reconstructions`."""
+        self._no_labels("reconstruct")
         return latent.save_reconstructions(self, path, n, split, data, sample, seed)
 
     def interpolate(self, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0):
         """Decoded path between items ``i`` and ``j``: :func:`pyro_vae.runs.latent.interpolate_run`."""
+        self._no_labels("interpolate")
         return latent.interpolate_run(self, i, j, steps, slerp, split, data, path, seed)
 
     def traverse(self, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0):
         """One latent unit at a time, ordered by KL: :func:`pyro_vae.runs.latent.traverse_run`."""
+        self._no_labels("traverse")
         return latent.traverse_run(self, units, span, steps, item, top, split, data, path, seed)
 
     def latents(self, path, method="auto", split="test", data=None, labels=None, seed=0):
         """Scatter of the posterior means coloured by label: :func:`pyro_vae.runs.latent.latents_run`."""
+        self._no_labels("latents")
         return latent.latents_run(self, path, method, split, data, labels, seed)
 
 
@@ -507,7 +582,10 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
         load_checkpoint(other)
     check_same_settings(saved_config(state, directory), config,
                         f"the checkpoint in {directory} is from another configuration than its config.json")
-    vae = build_vae(_buildable(config, meta, directory), item, levels).to(device)
+    classes = meta.get("num_classes")
+    if (config.conditional or config.semi_supervised) and (isinstance(classes, bool) or not isinstance(classes, int)):
+        raise UserError(f"{where} is damaged (a run with labels needs its num_classes, got {classes!r}); retrain the run")
+    vae = build_vae(_buildable(config, meta, directory), item, levels, num_classes=classes).to(device)
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError:

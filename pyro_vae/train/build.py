@@ -20,6 +20,7 @@ from ..data.sources import DATASETS
 from ..errors import UserError
 from ..registry import Registry
 from ..vae.guides import guide_class
+from ..vae.labels import ConditionalVAE, SemiSupervisedVAE, check_labels
 from ..vae.likelihoods import build_likelihood, likelihood_class, likelihood_options
 from ..vae.model import VAE
 from ..vae.nets import build_architecture
@@ -29,7 +30,8 @@ from .schedules import GlobalClipOptim
 
 __all__ = [
     "OPTIMIZERS", "TEST_PREP_SEED", "VALID_PREP_SEED", "Parts", "build", "build_optimizer", "build_vae", "check_names",
-    "fusable_optimizer", "load_prepared", "make_config", "prepare_data", "prepare_valid", "resolve_device", "speed_for",
+    "fusable_optimizer", "labels_flag", "load_prepared", "make_config", "num_classes", "prepare_data", "prepare_valid",
+    "resolve_device", "speed_for",
 ]  # fmt: skip
 
 #: ``--optimizer``: :class:`pyro.optim.PyroOptim` constructors called with ``{"lr": lr}``.
@@ -108,16 +110,53 @@ def check_names(config):
     build_architecture(config.arch, config.hidden, config.activation, config.channels)
 
 
-def build_vae(config, x_dim, levels=None, check=True):
+def build_vae(config, x_dim, levels=None, check=True, num_classes=None, likelihood=None):
     """The :class:`~pyro_vae.vae.model.VAE` a config describes, for items of ``x_dim`` values (or of shape
     ``x_dim``, e.g. ``(C, H, W)``) with ``levels`` levels.
 
     ``check``: run its guide once on a tiny batch (clear errors for a user's guide before training).
+    With ``config.conditional`` or ``config.semi_supervised`` it is the model with labels of
+    :mod:`pyro_vae.vae.labels` for ``num_classes`` classes (see :func:`num_classes`).
     """
-    likelihood = build_likelihood(config.likelihood, levels=levels, **config.likelihood_options)
-    return VAE(x_dim, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
-               guide_options=config.guide_options, check_guide=check, arch=config.arch,
-               channels=config.channels, prior=config.prior, prior_options=config.prior_options)  # fmt: skip
+    if likelihood is None:
+        likelihood = build_likelihood(config.likelihood, levels=levels, **config.likelihood_options)
+    args = (config.z_dim, config.hidden, config.activation, likelihood, config.guide)
+    kwargs = dict(guide_options=config.guide_options, check_guide=check, arch=config.arch, channels=config.channels,
+                  prior=config.prior, prior_options=config.prior_options)
+    if config.conditional:
+        return ConditionalVAE(x_dim, num_classes, *args, **kwargs)
+    if config.semi_supervised:
+        return SemiSupervisedVAE(x_dim, num_classes, *args, alpha=config.alpha, **kwargs)
+    return VAE(x_dim, *args, **kwargs)
+
+
+def labels_flag(config):
+    """``"--conditional"``, ``"--semi-supervised"`` or ``None``: which model with labels ``config`` asks for."""
+    return "--conditional" if config.conditional else "--semi-supervised" if config.semi_supervised else None
+
+
+def num_classes(config, dataset):
+    """The number of classes :math:`C` of a labelled ``dataset``: one more than its largest label (labels
+    are class indices ``0 .. C - 1``), over its training, validation and test labels.
+
+    :raises UserError: when the training or test items have no labels, or labels that are not class indices.
+    """
+    flag = labels_flag(config)
+    source = "--data" if config.data else f"--dataset {config.dataset}"
+    for name, what in (("labels", "training"), ("test_labels", "test")):
+        labels = getattr(dataset, name)
+        if labels is None:
+            raise UserError(f"{flag} needs labelled data, but the {what} items of {source} have no labels (a --data "
+                            "file holds them as y_train/y_test, labels, or (data, labels); an image folder as one "
+                            "subfolder per class)")  # fmt: skip
+    parts = [dataset.labels, dataset.test_labels] + ([dataset.valid_labels] if dataset.valid_labels is not None else [])
+    for part, n, what in zip(parts, (len(dataset.train), len(dataset.test), 0 if dataset.valid is None else len(dataset.valid)),
+                             ("training", "test", "validation")):  # fmt: skip
+        check_labels(part, 2**31, n, f"the {what} labels of {source}")
+    classes = int(max(int(p.max()) for p in parts if len(p))) + 1
+    if classes < 2:
+        raise UserError(f"{flag} needs at least 2 classes; the labels of {source} hold only class 0")
+    return classes
 
 
 def build_optimizer(config):
@@ -354,9 +393,8 @@ def build(config):
     likelihood = build_likelihood(config.likelihood, levels=dataset.levels, **config.likelihood_options)
     dataset, train, test = prepare_data(config, likelihood, device, dataset, torch.device("cpu") if stream else None)
     train = TrainingData(train, device, stream=stream)
-    vae = VAE(dataset.item_shape, config.z_dim, config.hidden, config.activation, likelihood, config.guide,
-              guide_options=config.guide_options, arch=config.arch, channels=config.channels, prior=config.prior,
-              prior_options=config.prior_options).to(device)  # fmt: skip
+    classes = num_classes(config, dataset) if labels_flag(config) else None
+    vae = build_vae(config, dataset.item_shape, likelihood=likelihood, num_classes=classes).to(device)
     options = vae.encoder.options() if hasattr(vae.encoder, "options") else dict(config.guide_options)
     resolved = config.replace(likelihood_options=likelihood.options(), guide_options=options,
                               prior_options=vae.prior_module.options())  # fmt: skip

@@ -76,6 +76,20 @@ class Trainer:
     #: rank and the number of processes; one process trains alone
     rank, world_size = 0, 1
 
+    def extra_meta(self):
+        """Hook: entries a variant adds to ``config.json`` (e.g. the number of classes,
+        :class:`~pyro_vae.train.labelled.LabelledTrainer`)."""
+        return {}
+
+    def extra_metrics(self):
+        """Hook: entries a variant adds to each epoch's record, after :meth:`valid_elbo` (e.g. the validation
+        classification error)."""
+        return {}
+
+    def extra_final(self):
+        """Hook: entries a variant adds to ``final.json``, after the test set was scored."""
+        return {}
+
     def __init__(self, config=None, speed=None, **settings):
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
         config = make_config(config, **settings)

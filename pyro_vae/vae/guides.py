@@ -68,6 +68,15 @@ class Guide(nn.Module):
        registers exactly those with Pyro's parameter store, so the optimizer trains them (nets
        kept in a plain Python list or dict would silently not be trained).
 
+    4. **Models with labels** (``--conditional``, ``--semi-supervised``; :mod:`pyro_vae.vae.labels`). There the
+       guide is :math:`q_\phi(z \mid x, y)` and takes the label through its input: it is built with
+       ``x_dim = D + C`` (``C`` classes) and called with *packed* inputs, the flattened item followed by the
+       one-hot label, shape ``(B, D + C)``; when the label is enumerated the input has a leading class
+       dimension, ``(C, B, D + C)``, and the distribution must then have ``batch_shape (C, B)`` (nets of
+       :class:`torch.nn.Linear` layers broadcast over it). With an image architecture the guide's ``body``
+       (:class:`~pyro_vae.vae.labels.LabelledBody`) takes the packed input and returns the image features
+       followed by the label. So every guide written to points 1-3 works unchanged in a model with labels.
+
     **Using it.** On the command line, with no registration: ``--guide path/to/file.py:MyGuide``
     (the file is run as a fresh module) or ``--guide package.module:MyGuide``; ``config.json``
     keeps the spec as given, so reload from the same working directory or give an absolute path.

@@ -79,13 +79,15 @@ class VAE(nn.Module):
         if body is not None:  # a user's --arch file fails here, clearly, before a guide is put on it
             check_architecture(architecture, self.x_shape, z_dim, self.likelihood.params_per_dim, label,
                                nets=(None, body))  # fmt: skip
+        guide_input, body = self.guide_input(body)
         #: :math:`q_\phi(z \mid x)`, built and checked once on a tiny batch (:func:`~pyro_vae.vae.guides.build_guide`)
-        self.encoder = build_guide(guide, self.x_shape, z_dim, hidden, activation, check=check_guide, body=body,
+        self.encoder = build_guide(guide, guide_input, z_dim, hidden, activation, check=check_guide, body=body,
                                    **(guide_options or {}))  # fmt: skip
         if decoder is None:
-            decoder = architecture.decoder(z_dim, self.x_shape, self.likelihood.params_per_dim)
+            code_dim = z_dim + self.label_dim
+            decoder = architecture.decoder(code_dim, self.x_shape, self.likelihood.params_per_dim)
             # run the nets once on a tiny batch: a user's --arch file fails here, clearly
-            check_architecture(architecture, self.x_shape, z_dim, self.likelihood.params_per_dim, label,
+            check_architecture(architecture, self.x_shape, code_dim, self.likelihood.params_per_dim, label,
                                nets=(decoder, None))  # fmt: skip
         #: :math:`f_\theta`: z -> the likelihood's parameters for every data dimension
         self.decoder = decoder
@@ -94,6 +96,20 @@ class VAE(nn.Module):
         #: :math:`p_\lambda(z)`, a :class:`~pyro_vae.vae.priors.Prior` (``prior.*`` in the state dict)
         self.prior_module = build_prior(prior, z_dim, encoder=self.encoder, x_shape=self.x_shape, bounds=bounds,
                                         **(prior_options or {}))  # fmt: skip
+
+    #: Hooks for models whose nets also take a label (:mod:`pyro_vae.vae.labels`): the size of the
+    #: one-hot label appended to the decoder's input (0 here: the decoder takes ``z`` alone) ...
+    label_dim = 0
+
+    def guide_input(self, body):
+        """... and what the guide is built for: ``(input shape, encoder body)``; here the items' shape
+        and the architecture's body as they are."""
+        return self.x_shape, body
+
+    @property
+    def encoder_input_shape(self):
+        """The shape of one input of :attr:`encoder` (the items' shape here)."""
+        return self.x_shape
 
     def flat(self, x):
         """Items ``(..., *x_shape)`` flattened to ``(..., D)`` (flat batches are returned as they are)."""

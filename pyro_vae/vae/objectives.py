@@ -74,7 +74,7 @@ class Objective:
 
     def check(self, vae):
         """Refuse, with a :class:`UserError`, a guide this estimator cannot use. Returns ``self``."""
-        q = check_guide(vae.encoder, getattr(vae, "x_shape", vae.x_dim), vae.z_dim)
+        q = check_guide(vae.encoder, getattr(vae, "encoder_input_shape", getattr(vae, "x_shape", vae.x_dim)), vae.z_dim)
         if self.needs_rsample and not q.has_rsample:
             raise UserError(
                 f"the {self.name} objective needs a reparameterized guide (z = g(eps, x), has_rsample), but the "
