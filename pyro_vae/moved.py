@@ -33,10 +33,14 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        return importlib.import_module(f"pyro_vae.{MOVED[spec.name.rpartition('.')[2]]}")
+        module = importlib.import_module(f"pyro_vae.{MOVED[spec.name.rpartition('.')[2]]}")
+        spec.loader_state = module.__spec__  # the import system sets the alias's spec on the module: put it back
+        return module
 
     def exec_module(self, module):
-        pass  # the target module is already executed; importing the alias runs nothing more
+        # the target module is already executed; importing the alias runs nothing more, and leaves the module's
+        # own spec in place (its relative imports resolve from its own package)
+        module.__spec__ = module.__spec__.loader_state
 
 
 def install():

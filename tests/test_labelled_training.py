@@ -113,7 +113,7 @@ def test_conditional_run_from_the_cli(tmp_path, capsys):
     assert code == 0 and "log p(x | y)" in text
     run = load_run(out)
     x = run.test_data()[:4]
-    assert run.reconstruct(x, labels=[0, 1, 2, 3]).shape == (4, 64)
+    assert run.reconstruct(x, labels=[0, 1, 2, 3]).shape == (4, 1, 8, 8)  # items in the data's shape (issue 25)
     assert_user_error(run_cli(capsys, "sample", tmp_path / "cvae", "--label", "-1", "-o", tmp_path / "t.png"), "0..9")
     with pytest.raises(UserError, match="needs the items' labels"):
         run.reconstruct(x)

@@ -147,4 +147,6 @@ def test_the_old_module_paths_are_the_moved_modules(old):
 
     from pyro_vae.moved import MOVED
 
-    assert importlib.import_module(f"pyro_vae.{old}") is importlib.import_module(f"pyro_vae.{MOVED[old]}")
+    module = importlib.import_module(f"pyro_vae.{old}")
+    assert module is importlib.import_module(f"pyro_vae.{MOVED[old]}")
+    assert module.__spec__.name == f"pyro_vae.{MOVED[old]}"  # its own spec: relative imports still resolve

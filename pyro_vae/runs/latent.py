@@ -553,11 +553,19 @@ def _display_range(run):
     return run._display_range() if hasattr(run, "_display_range") else (0.0, 1.0)
 
 
+def _no_labels(run, what):
+    """:raises UserError: for a run with labels (``--conditional``, ``--semi-supervised``): the latent tools
+    take items without their labels, which those models' guides need."""
+    if getattr(run, "labelled", False):
+        raise UserError(f"{what} is not available for runs with labels (--conditional, --semi-supervised) yet")
+
+
 def encode_run(run, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
     """:func:`encode` the items of :func:`run_items`; with ``path`` (``.npy``/``.csv``) also :func:`save_codes`.
 
     :returns: ``(codes, labels)``: ``(N, z)`` (``(N, K, z)`` for ``what="samples"``) and ``(N,)`` or None.
     """
+    _no_labels(run, "encode")
     if path is not None and Path(path).suffix.lower() not in (".npy", ".csv"):
         raise UserError(f"cannot write codes to {Path(path).name}: use a .npy or .csv file")
     if path is not None and what == "samples" and Path(path).suffix.lower() == ".csv":
@@ -596,6 +604,7 @@ def _item_index(i, n, what):
 def interpolate_run(run, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0):
     """:func:`interpolate` between items ``i`` and ``j`` of :func:`run_items`; with ``path``, a PNG row of the
     ``steps`` decoded images. Returns ``(codes (steps, z), images (steps, D))``."""
+    _no_labels(run, "interpolate")
     from . import plots
 
     _check_png(path)
@@ -618,6 +627,7 @@ def traverse_run(run, units=None, span=3.0, steps=9, item=None, top=None, split=
 
     :returns: ``(units (U,), kl (U,) nats, images (U, steps, D))``.
     """
+    _no_labels(run, "traverse")
     from . import plots
 
     _check_png(path)
@@ -643,6 +653,7 @@ def traverse_run(run, units=None, span=3.0, steps=9, item=None, top=None, split=
 def latents_run(run, path, method="auto", split="test", data=None, labels=None, seed=0, tsne_options=None):
     """:func:`latent_scatter` of the posterior means of :func:`run_items`, coloured by their labels.
     Returns ``(coords (N, 2), method used)``."""
+    _no_labels(run, "latents")
     _check_png(path)
     x, labels, what = run_items(run, split, data, labels)
     codes = encode(run.vae, x, "mean", seed=seed)
