@@ -129,7 +129,15 @@ def settings_from(kwargs):
     return {k: v for k, v in kwargs.items() if k in Config.__dataclass_fields__ or (k in LEGACY_OPTIONS and v is not None)}
 
 
-def _resume_settings(ctx, settings, out):
+def _untrusted_code(found, given, source, trust_guide):
+    """Refuse code (``--guide``/``--arch`` as ``file.py:Name`` or ``module:Name``) that settings read from
+    ``source`` name, unless ``--trust-guide`` or the flag given on the command line overrides it."""
+    from .user_code import check_code_trusted
+
+    check_code_trusted({k: v for k, v in found.items() if k not in given}, source, trust_guide)
+
+
+def _resume_settings(ctx, settings, out, trust_guide=False):
     """The saved settings of the run in ``out``, overridden by the flags given on the command line."""
     from .checkpoint import load_checkpoint
 
@@ -139,6 +147,7 @@ def _resume_settings(ctx, settings, out):
 
     saved = Config.from_dict(load_checkpoint(Path(out) / "checkpoint.pt")["config"])
     given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    _untrusted_code(saved.to_dict(), given, f"the run in {out}", trust_guide)
     if "device" not in given and saved.device.startswith("cuda") and not torch.cuda.is_available():
         click.echo(f"note: the run was trained with --device {saved.device}; no CUDA GPU here, so it continues "
                    "on the CPU (give --device to choose)", err=True)  # fmt: skip
@@ -147,11 +156,14 @@ def _resume_settings(ctx, settings, out):
 
 
 def trust_options(f):
-    """``--trust-guide`` and ``--guide``: allow a run folder's guide code to run (see :func:`~pyro_vae.runs.run.load_run`)."""
+    """``--trust-guide``, ``--guide`` and ``--arch``: allow a run folder's guide or architecture code to run
+    (see :func:`~pyro_vae.runs.run.load_run`)."""
+    f = click.option("--arch", "arch", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
+                     help="Allow the run's architecture code by naming it again, exactly as its config.json does.")(f)
     f = click.option("--guide", "guide", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
                      help="Allow the run's guide code by naming it again, exactly as its config.json does.")(f)
     return click.option("--trust-guide", is_flag=True,
-                        help="Run the guide code (file.py:Name or module:Name) the run folder names.")(f)
+                        help="Run the guide or architecture code (file.py:Name or module:Name) the run folder names.")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -185,9 +197,12 @@ def cli():
 @click.option("--config", "config_file", type=click.Path(), default=None, metavar="FILE",
               help="Start from the settings in a JSON, YAML or TOML file (or a run folder); flags override it.")
 @click.option("--print-config", is_flag=True, help="Print the resolved settings as JSON and exit.")
+@click.option("--trust-guide", is_flag=True,
+              help="Run the guide or architecture code (file.py:Name or module:Name) that a --config file or the "
+                   "run resumed names (not needed for code you name with --guide or --arch).")  # fmt: skip
 @click.pass_context
 def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, precision, logger_names,
-        log_images_every, config_file, print_config, **kwargs):  # fmt: skip
+        log_images_every, config_file, print_config, trust_guide, **kwargs):  # fmt: skip
     """Train a VAE and write a run folder (config, metrics, checkpoints, pictures)."""
     from .runs.launch import fit as fit_run
     from .speed import Speed
@@ -197,9 +212,9 @@ def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, p
         if config_file:
             raise UserError("--config and --resume exclude each other: a resumed run keeps its saved settings")
         # a resumed run keeps its saved settings; flags given on the command line must agree with them
-        config = _resume_settings(ctx, settings, out)
+        config = _resume_settings(ctx, settings, out, trust_guide)
     elif config_file:
-        config = _file_settings(ctx, settings, config_file)
+        config = _file_settings(ctx, settings, config_file, trust_guide)
     else:
         config = make_config(None, **settings)
     if print_config:
@@ -210,13 +225,17 @@ def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, p
             precision=precision, loggers=list(logger_names), log_images_every=log_images_every)  # fmt: skip
 
 
-def _file_settings(ctx, settings, path):
+def _file_settings(ctx, settings, path, trust_guide=False):
     """The settings of the file ``path`` (:func:`~pyro_vae.config_files.read_config_file`), overridden by
-    the flags given on the command line (click's ``ParameterSource.COMMANDLINE``)."""
+    the flags given on the command line (click's ``ParameterSource.COMMANDLINE``). Code the file names
+    as its guide or architecture is refused unless ``--trust-guide`` (or the flag overrides it)."""
     from .config_files import read_config_file
 
-    base = make_config(None, **read_config_file(path))
+    found = read_config_file(path)
     given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    source = f"the run in {path}" if Path(path).is_dir() else f"the config file {path}"
+    _untrusted_code(found, given, source, trust_guide)
+    base = make_config(None, **found)
     return make_config(base, **given)
 
 
@@ -232,14 +251,14 @@ def _file_settings(ctx, settings, path):
 @click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
               help="best.pt (the best validation ELBO) or checkpoint.pt (the last epoch).")
 @trust_options
-def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_guide, guide):
+def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_guide, guide, arch):
     """Test ELBO (with its reconstruction and KL terms), importance-sampled log-likelihood, bits/dim
     and active units of a trained run."""
     from tqdm.auto import tqdm
 
     from .runs.run import load_run, write_evaluation
 
-    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide, arch=arch)
     n = min(subset or run.meta["n_test"], run.meta["n_test"])
     with tqdm(total=n, desc="evaluate", unit="item", disable=as_json or not sys.stderr.isatty(), leave=False) as bar:
         result = run.evaluate(samples=samples, subset=subset, progress=bar.update, seed=seed)
@@ -277,7 +296,7 @@ def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_
 @click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
               help="best.pt (the best validation ELBO) or checkpoint.pt (the last epoch).")
 @trust_options
-def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
+def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide, arch):
     """Draw z from the prior and save the decoder means as a PNG grid."""
     from .runs.run import load_run
 
@@ -285,7 +304,7 @@ def sample(run_dir, num, output, seed, device, checkpoint, trust_guide, guide):
         raise UserError(f"-o must name a .png file, got {output}")
     if not Path(output).parent.is_dir():
         raise UserError(f"cannot write {output}: the folder {Path(output).parent} does not exist")
-    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide, arch=arch)
     run.save_samples(output, n=num, seed=seed)
     click.echo(f"wrote {num} samples to {output}")
 
@@ -386,12 +405,13 @@ def _output(path, suffixes):
                    "mean and scale [default 256].")  # fmt: skip
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
 @_split_options
-def encode(run_dir, output, what, samples, labels, split, data_file, seed, device):
+@trust_options
+def encode(run_dir, output, what, samples, labels, split, data_file, seed, device, trust_guide, guide, arch):
     """Encode data with the run's guide q(z|x) and save the codes (and labels when known)."""
     from .runs.run import load_run
 
     _output(output, (".npy", ".csv"))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     codes, labels = run.encode(split=split, data=data_file, what=what, samples=samples, labels=labels, path=output, seed=seed)
     from .runs.latent import labels_path
 
@@ -405,12 +425,13 @@ def encode(run_dir, output, what, samples, labels, split, data_file, seed, devic
 @click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(1), help="How many items.")
 @click.option("--sample", is_flag=True, help="Decode one draw from q(z|x) instead of its mean.")
 @_split_options
-def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
+@trust_options
+def reconstruct(run_dir, output, num, sample, split, data_file, seed, device, trust_guide, guide, arch):
     """Save items (top row) above their reconstructions as a PNG."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     recon = run.save_reconstructions(output, num, split, data_file, sample, seed)
     click.echo(f"wrote {len(recon)} items and their reconstructions to {output}")
 
@@ -422,12 +443,13 @@ def reconstruct(run_dir, output, num, sample, split, data_file, seed, device):
 @click.option("--slerp", is_flag=True, help="Spherical instead of straight path.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_split_options
-def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device):
+@trust_options
+def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device, trust_guide, guide, arch):
     """Decode the path between two items' posterior means (one row, the two items at its ends)."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     run.interpolate(items[0], items[1], steps, slerp, split, data_file, output, seed)
     click.echo(f"wrote a {steps}-step {'spherical' if slerp else 'linear'} interpolation to {output}")
 
@@ -455,12 +477,13 @@ def _units(spec):
               help="Start from this item's posterior mean [default: the prior mean 0].")  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_split_options
-def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device):
+@trust_options
+def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device, trust_guide, guide, arch):
     """Latent traversals: one row per unit, the others held fixed, units ordered by their KL over the data."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     order, kl, _ = run.traverse(_units(units), span, steps, item, top, split, data_file, output, seed)
     shown = ", ".join(f"z{u} ({k:.2f} nats)" for u, k in zip(order, kl))
     click.echo(f"wrote traversals of {len(order)} units to {output}: {shown}")
@@ -474,12 +497,13 @@ def traverse(run_dir, units, top, span, steps, item, output, split, data_file, s
               help="z = 2: the plane itself; else PCA (auto) or t-SNE (slow beyond a few thousand items).")  # fmt: skip
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
 @_split_options
-def latents(run_dir, output, method, labels, split, data_file, seed, device):
+@trust_options
+def latents(run_dir, output, method, labels, split, data_file, seed, device, trust_guide, guide, arch):
     """Scatter the posterior means, coloured by label when the data has labels."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     coords, used = run.latents(output, method, split, data_file, labels, seed)
     click.echo(f"wrote a scatter of {len(coords)} posterior means ({used}) to {output}")
 

@@ -50,7 +50,7 @@ import torch
 
 from ..runs import plots
 from ..train.build import check_names, make_config, resolve_device
-from ..checkpoint import atomic_write_text, load_checkpoint
+from ..checkpoint import atomic_write, atomic_write_text, load_checkpoint
 from ..config import Config, parse_hidden
 from ..data.datasets import load_dataset
 from ..errors import UserError
@@ -408,7 +408,9 @@ class Comparison:
         for key, kind, rows in groups:
             for row in rows:
                 first = next(r for r in self.runs if r.family == row["family"])
-                run = first.run if first.run is not None else load_run(first.directory, device="cpu")
+                run = first.run if first.run is not None else load_run(
+                    first.directory, "cpu", guide=first.configuration.get("guide", self.config.guide),
+                    arch=first.configuration.get("arch", self.config.arch))  # the code the user gave, see _open
                 x = run.test_data()[:n]
                 strips.append((row["family"], run.sample(n, seed=0), run.reconstruct(x)))
         what = "likelihood families" if self.varying == ["likelihood"] else " × ".join(self.varying)
@@ -468,7 +470,7 @@ def _train(config, directory, overwrite):
                 "pass --overwrite to replace it, or choose another --out"
             )
         if state["epoch"] == config.epochs:
-            return load_run(directory, config.device), True
+            return _open(directory, config, config.device), True
         if state["epoch"] > config.epochs:
             raise UserError(
                 f"{directory} holds a run of {state['epoch']} epochs, more than --epochs {config.epochs}; "
@@ -478,7 +480,14 @@ def _train(config, directory, overwrite):
     else:
         run = fit(config, directory, overwrite=True, quiet=True)
     # every family is scored with its best.pt (by validation ELBO), whether trained now or reused
-    return (load_run(directory, config.device) if (directory / "best.pt").exists() else run), False
+    return (_open(directory, config, config.device) if (directory / "best.pt").exists() else run), False
+
+
+def _open(directory, config, device):
+    """Load a run of the comparison. Code its settings name (``--guide my.py:G``) is allowed when it is
+    the code the user gave this comparison (``config``, a point of the grid): the user named it
+    (:func:`pyro_vae.runs.run.check_guide_trusted`); other code is refused."""
+    return load_run(directory, device, guide=config.guide, arch=config.arch)
 
 
 def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_samples=100, eval_subset=None,
@@ -667,7 +676,7 @@ def _evaluate(run, samples, items, progress=None):
     scores = evaluate_terms(run.vae, x, num_samples=samples, progress=progress)
     result = summarize(scores, run.vae.likelihood, run.vae.x_dim)
     log_px = scores.log_px.detach().double().cpu().numpy()
-    np.save(run.directory / ITEM_SCORES, log_px)
+    atomic_write(run.directory / ITEM_SCORES, lambda f: np.save(f, log_px))  # never through a link
     write_evaluation(run, result)
     return result, log_px
 

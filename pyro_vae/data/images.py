@@ -16,6 +16,7 @@ has none. Nothing is downloaded here and nothing is written; a missing file rais
 """
 
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -24,12 +25,29 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
+from ..resources import check_memory
 
 #: Seed and fraction of the fixed test split of data sets that come without one (as pyro_vae.data.datasets).
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 #: File name endings read by :func:`load_image_folder` (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The only formats an image file is decoded as (Pillow's names, passed to ``Image.open(formats=...)``),
+#: whatever its content says: PostScript/EPS, PDF and the other formats Pillow knows are refused, so
+#: opening a data folder never hands a file to another program (Ghostscript for EPS).
+IMAGE_FORMATS = ("PNG", "JPEG")
+#: Estimated peak bytes per pixel of loading an image folder as a data set: the RGB uint8 images
+#: while they are stacked (3 + 3), then the uint8 set and its float32 tensors for C <= 3 channels
+#: (3 + 4 x 3) alive together; see :func:`load_image_folder`.
+BYTES_PER_PIXEL = 18
+
+
+def max_image_pixels():
+    """The most pixels one image may have, checked from its header before it is decoded: Pillow's
+    decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS`` (89 478 485 by default; Pillow itself only
+    warns up to twice that), or None when a user disabled it. A small file that decodes to a huge
+    image is refused with one line."""
+    return Image.MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -246,10 +264,35 @@ def load_svhn(root):
 CELEBA_CROP = 140
 
 
-def _read_image(path, shown=None):
-    """PIL image of ``path``, fully decoded; :class:`UserError` naming the file if it is unreadable."""
+def _open_image(path, shown=None):
+    """The PIL image of ``path``, opened lazily (its header only) as one of :data:`IMAGE_FORMATS`,
+    with at most :func:`max_image_pixels` pixels; :class:`UserError` naming the file otherwise."""
+    shown = shown or path
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, as one line
+            img = Image.open(path, formats=list(IMAGE_FORMATS))
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {shown}: not a {' or '.join(IMAGE_FORMATS)} image "
+                        f"(pyro-vae reads only {', '.join(IMAGE_FORMATS)})") from None  # fmt: skip
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {shown}: {_one_line(e)}") from None
+    w, h = img.size
+    limit = max_image_pixels()
+    if limit is not None and w * h > limit:
+        img.close()
+        raise UserError(f"image {shown} has {w}x{h} = {w * h} pixels, more than the limit of {limit} "
+                        "(PIL.Image.MAX_IMAGE_PIXELS, Pillow's decompression-bomb guard); shrink it first")  # fmt: skip
+    return img
+
+
+def _read_image(path, shown=None):
+    """PIL image of ``path``, fully decoded (:func:`_open_image`); :class:`UserError` naming the file if it
+    is unreadable, of another format, or larger than :func:`max_image_pixels`."""
+    img = _open_image(path, shown)
+    try:
+        with img, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked above, as one line
             img.load()
             return img.copy() if img.mode != "P" else img.convert("RGBA")
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
@@ -338,11 +381,18 @@ def load_image_folder(path, image_size=None):
     (bilinear, no crop, as ``torchvision.transforms.Resize((H, W))``); without it all images must
     have one size.
 
+    Formats: only :data:`IMAGE_FORMATS` (PNG and JPEG) are decoded, whatever a file's content says (an
+    EPS file named ``.png`` is refused, never handed to Ghostscript); an image of more than
+    :func:`max_image_pixels` pixels is refused from its header. Memory: before decoding, the set's
+    peak memory is estimated as N x H x W x :data:`BYTES_PER_PIXEL` bytes and refused when it exceeds
+    the memory available (:func:`pyro_vae.resources.check_memory`).
+
     :returns: :class:`FolderImages`: uint8 ``(N, C, H, W)``, labels int64 ``(N,)`` or ``None``,
         class names, file paths relative to ``path``.
     :raises UserError: a missing folder; no images; images both at the top and in class folders;
-        an unreadable or corrupt image (named); images of different sizes without ``image_size``
-        (two of them named with their sizes); a bad ``image_size``.
+        an unreadable or corrupt image, one of another format or too many pixels (named); images of
+        different sizes without ``image_size`` (two of them named with their sizes); a bad
+        ``image_size``; a set that would not fit in memory.
     """
     root = Path(path)
     if not root.is_dir():
@@ -375,11 +425,20 @@ def load_image_folder(path, image_size=None):
     if not files:
         raise UserError(f"no PNG or JPEG images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
 
+    if size is None:  # all images must have the first one's size (checked below)
+        with _open_image(files[0], files[0].relative_to(root).as_posix()) as img:
+            size = img.size[::-1]
+        resize = False
+    else:
+        resize = True
+    h, w = size
+    check_memory(len(files) * h * w * BYTES_PER_PIXEL, f"{len(files)} images of {h}x{w} pixels in {root}",
+                 "use fewer images or a smaller --image-size")  # fmt: skip
     arrays, first = [], None
     for f in files:
         shown = f.relative_to(root).as_posix()
         img = _read_image(f, shown)
-        if size is not None:
+        if resize:
             img = img.resize((size[1], size[0]), Image.BILINEAR)
         a = _pixels(img)
         if first is None:

@@ -538,4 +538,4 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
             raise UserError(f"{name} callbacks do not cross into spawned processes; run under torchrun instead")
     out = Path(out) if out is not None and str(out).strip() else (out if out is not None else new_run_dir(config))
     _spawn(devices, config, out, precision, fit_kwargs)
-    return load_run(out)
+    return load_run(out, guide=config.guide, arch=config.arch)  # code the run names is the code the caller gave

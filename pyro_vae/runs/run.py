@@ -30,7 +30,7 @@ from ..config import Config
 from ..data.datasets import interpret_array
 from ..errors import UserError
 from ..vae.evaluation import evaluate_terms, summarize
-from ..user_code import is_import_spec
+from ..user_code import check_code_trusted, named_code
 
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
@@ -165,9 +165,11 @@ class RunLock:
         self.release()
 
 
-def resume_command(out):
-    """The command that continues the run in ``out`` (for messages)."""
-    return f"pyro-vae fit --out {shlex.quote(str(out))} --resume"
+def resume_command(out, config=None):
+    """The command that continues the run in ``out`` (for messages); with ``--trust-guide`` when the
+    run's ``config`` names code (:func:`~pyro_vae.user_code.check_code_trusted`), which ``--resume`` asks for."""
+    trust = " --trust-guide" if config is not None and named_code(config) else ""
+    return f"pyro-vae fit --out {shlex.quote(str(out))} --resume{trust}"
 
 
 def write_file_checked(path, write, what):
@@ -372,26 +374,22 @@ class Run:
         return latent.latents_run(self, path, method, split, data, labels, seed)
 
 
-def check_guide_trusted(config, directory, trust_guide=False, guide=None):
-    """Refuse to run code a run folder names as its guide unless the user allows it.
+def check_guide_trusted(config, directory, trust_guide=False, guide=None, arch=None):
+    """Refuse to run code a run folder names as its guide or architecture unless the user allows it.
 
-    A guide given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
-    built. A run folder received from someone else could name any file or module; opening it
-    (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or
-    the user names the same guide again (``guide``, ``--guide`` on the command line).
+    A guide or architecture given as ``file.py:Name`` or ``module:Name`` is Python code that runs when
+    the model is built. A run folder received from someone else could name any file or module; opening
+    it (:func:`load_run`, ``evaluate``, ``sample``, the latent commands) runs that code only when
+    ``trust_guide`` is true or the user names the same code again (``guide``, ``arch``: ``--guide`` /
+    ``--arch`` on the command line). The rule is :func:`pyro_vae.user_code.check_code_trusted`'s.
 
     :raises UserError: one line, saying how to allow it.
     """
-    spec = config.guide
-    if not (isinstance(spec, str) and is_import_spec(spec)) or trust_guide or guide == spec:
-        return
-    raise UserError(
-        f"the run in {directory} names its guide as code, {spec}; opening it would run that code. If you trust it, "
-        f"pass --trust-guide (or --guide {shlex.quote(spec)}; in Python load_run(..., trust_guide=True))"
-    )
+    named = {k: v for k, v in (("guide", guide), ("arch", arch)) if v is not None}
+    check_code_trusted(config, f"the run in {directory}", trust_guide, named)
 
 
-def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None):
+def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None, arch=None):
     """Load the run in ``directory`` (its ``config.json`` and a checkpoint) onto ``device``.
 
     :param device: ``"auto"`` (CUDA when available, else the CPU, whatever the run was trained on),
@@ -400,8 +398,9 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
     :param str checkpoint: ``"best"`` (default): ``best.pt``, the epoch with the best validation
         ELBO; ``"last"``: ``checkpoint.pt``, the last epoch. A run written before ``best.pt``
         existed falls back to ``checkpoint.pt``.
-    :param bool trust_guide: allow running the code a run names as its guide (``file.py:Name`` or
-        ``module:Name``); see :func:`check_guide_trusted`. ``guide``: the same spec, named again.
+    :param bool trust_guide: allow running the code a run names as its guide or architecture
+        (``file.py:Name`` or ``module:Name``); see :func:`check_guide_trusted`. ``guide``, ``arch``:
+        the same spec, named again.
     :raises UserError: for an unknown ``checkpoint``, a folder that is not a run, a damaged ``config.json`` or checkpoint, or
         an untrusted guide.
     """
@@ -430,7 +429,7 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
         raise UserError(f"{where} is damaged ({e})") from None
     except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); retrain the run") from None
-    check_guide_trusted(config, directory, trust_guide, guide)
+    check_guide_trusted(config, directory, trust_guide, guide, arch)
     device = resolve_device(device or "auto")
     path = directory / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.exists() and (directory / "checkpoint.pt").exists():
