@@ -21,10 +21,6 @@ import os
 
 from .errors import UserError
 
-#: 1024 ** 3, for messages
-GIB = 1024**3
-
-
 def _meminfo_available():
     try:
         with open("/proc/meminfo") as f:

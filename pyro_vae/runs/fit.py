@@ -38,6 +38,7 @@ from .run import (
     RUN_FILES,
     Run,
     RunLock,
+    fit_command,
     holds_run,
     new_run_dir,
     package_versions,
@@ -357,9 +358,17 @@ def _make_folder(out):
         raise UserError(f"cannot create the run folder {out}: a file of that name exists")
 
 
-def _io_error(e, out):
+def _io_error(e, out, config=None):
     if e.errno == errno.ENOSPC:
-        return UserError(f"the disk is full (writing to {out}); free space and continue with: {resume_command(out)}")
+        staged = (out / ".staging").is_dir()  # an --overwrite that had not replaced the old run yet
+        if (out / "checkpoint.pt").exists() and not staged:
+            return UserError(f"the disk is full (writing to {out}); free space and continue with: "
+                             f"{resume_command(out, config)}")  # fmt: skip
+        shutil.rmtree(out / ".staging", ignore_errors=True)
+        again = fit_command(config, out, overwrite=staged or holds_run(out)) if config is not None else None
+        advice = f"continue with: {again}" if again else "run the same command again" + (
+            " with --overwrite" if holds_run(out) and not staged else "")
+        return UserError(f"the disk is full (writing to {out}) before the first checkpoint; free space and {advice}")
     where = e.filename or out
     return UserError(f"cannot write to the run folder {out}: {e.strerror or e} ({where})")
 
@@ -431,7 +440,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     try:
         return _fit(config, out, resume, overwrite, quiet, on_epoch, on_step, speed, locks, rank, make_trainer, loggers)
     except OSError as e:  # a read-only folder, a full disk, a name too long
-        raise _io_error(e, out) from None
+        raise _io_error(e, out, config) from None
     finally:
         for lock in locks:
             lock.release()
@@ -615,11 +624,12 @@ def _kept(where, out, interrupted=False):
     """What a stopped run leaves: the checkpoint kept (and how to resume), or that none was written."""
     if where == out and (out / "checkpoint.pt").exists():
         try:
-            epoch = load_checkpoint(out / "checkpoint.pt")["epoch"]
-        except UserError:
-            epoch = "?"
+            state = load_checkpoint(out / "checkpoint.pt")
+            epoch, config = state["epoch"], Config.from_dict(state["config"])
+        except (UserError, ValueError, TypeError, KeyError):
+            epoch, config = "?", None
         if interrupted:
-            return f"the checkpoint of epoch {epoch} in {out} is kept; continue with: {resume_command(out)}"
+            return f"the checkpoint of epoch {epoch} in {out} is kept; continue with: {resume_command(out, config)}"
         return f"the last good checkpoint, of epoch {epoch}, in {out} is kept"
     old = " (the previous run in it is unchanged)" if where != out else ""
     shutil.rmtree(out / ".staging", ignore_errors=True)

@@ -172,6 +172,36 @@ def resume_command(out, config=None):
     return f"pyro-vae fit --out {shlex.quote(str(out))} --resume{trust}"
 
 
+#: the per-component options that have a flag of ``pyro-vae fit`` (the others are set in Python only)
+OPTION_FLAGS = {"likelihood_options": ("binarize", "min_scale", "sigma", "mixtures"), "guide_options": ("flow_steps",)}
+
+
+def fit_command(config, out, overwrite=False):
+    """The ``pyro-vae fit`` command that trains ``config`` into ``out`` (for messages): a flag for each
+    setting that differs from its default, or None when a setting has no flag (an option of a user's
+    own part). ``--trust-guide`` is not needed: the command names the code itself.
+    """
+    default = Config().to_dict()
+    words = ["pyro-vae", "fit"]
+    for name, value in config.to_dict().items():
+        if name in OPTION_FLAGS:
+            if any(k not in OPTION_FLAGS[name] for k in value):
+                return None
+            words += [w for k, v in value.items() for w in (f"--{k.replace('_', '-')}", str(v))]
+            continue
+        if value == default[name] or value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif isinstance(value, list):
+            words += [flag, ",".join(str(v) for v in value)]
+        else:
+            words += [flag, repr(value) if isinstance(value, float) else str(value)]
+    words += ["--out", str(out)] + (["--overwrite"] if overwrite else [])
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def write_file_checked(path, write, what):
     """Write a file of a run folder, refusing links; an :class:`OSError` (read-only folder, full disk)
     becomes a one-line :class:`UserError` naming ``what``."""
