@@ -82,6 +82,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import torch_load
 from ..errors import UserError
 from ..registry import Registry
 
@@ -654,7 +655,7 @@ def _load_pt(path, what):
 
     try:
         with torch.serialization.safe_globals([TensorDataset]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch_load(path)  # torch.load(weights_only=True), without its pickle-protocol warning
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if not found:

@@ -180,10 +180,34 @@ def _key(d, name, path):
     raise UserError(f"{path} has no {name!r} entry; it is not a CIFAR-10 batch")
 
 
+#: CIFAR-10's classes: labels are 0..9
+CIFAR_CLASSES = 10
+
+
+def _cifar_labels(raw, path):
+    """A batch's ``labels`` entry as int64 ``(n,)``: a list (or 1-d integer array) of whole numbers 0..9."""
+    problem = None
+    try:
+        labels = np.asarray(raw)
+    except (ValueError, TypeError, OverflowError):  # ragged lists, objects numpy cannot hold
+        labels, problem = None, "ragged or not numbers"
+    if problem is None and (labels.ndim != 1 or labels.dtype.kind not in "iu"):
+        problem = f"a {type(raw).__name__}" if labels.ndim != 1 else f"values of type {labels.dtype}"
+    elif problem is None and len(labels) and (labels.min() < 0 or labels.max() >= CIFAR_CLASSES):
+        problem = f"values from {labels.min()} to {labels.max()}"
+    if problem is not None:
+        raise UserError(f"{path}: its labels must be a list of whole numbers 0..{CIFAR_CLASSES - 1}, got {problem}; "
+                        "it is not a CIFAR-10 batch")  # fmt: skip
+    return labels.astype(np.int64)
+
+
 def _cifar_batch(path):
     d = restricted_load(path)
-    data = np.asarray(_key(d, "data", path))
-    labels = np.asarray(_key(d, "labels", path), dtype=np.int64)
+    try:
+        data = np.asarray(_key(d, "data", path))
+    except (ValueError, TypeError, OverflowError):
+        raise UserError(f"{path}: its data is not an array of numbers; it is not a CIFAR-10 batch") from None
+    labels = _cifar_labels(_key(d, "labels", path), path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise UserError(
             f"{path}: expected uint8 data of shape (n, 3072) and n labels, got {data.dtype} {data.shape} "
@@ -215,7 +239,12 @@ def load_cifar10(root):
     classes = None
     if (folder / "batches.meta").exists():
         meta = restricted_load(folder / "batches.meta")
-        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _key(meta, "label_names", folder / "batches.meta")]
+        names = _key(meta, "label_names", folder / "batches.meta")
+        if not isinstance(names, (list, tuple)) or len(names) != CIFAR_CLASSES \
+                or not all(isinstance(c, (bytes, str)) for c in names):  # fmt: skip
+            raise UserError(f"{folder / 'batches.meta'}: label_names must be a list of {CIFAR_CLASSES} names, got "
+                            f"{type(names).__name__}{f' of {len(names)}' if isinstance(names, (list, tuple)) else ''}")
+        classes = [c.decode("latin1") if isinstance(c, bytes) else c for c in names]
     return ImageData(
         "cifar10",
         Split(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
