@@ -238,3 +238,14 @@ def test_compare_with_the_users_own_guide_and_no_writes_through_links(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and "log_px_per_item.npy is a symbolic link" in err and err.count("\n") == 1
     assert victim.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"grid": 5}, "grid must be a dict"), ({"grid": ["guide"]}, "grid must be a dict"),
+    ({"eval_samples": "a"}, "--eval-samples must be an integer"), ({"seeds": 1.0}, "--seeds must be an integer"),
+    ({"eval_subset": 0}, "--eval-subset must be at least 1"), ({"out": None}, "--out must be a path"),
+])  # fmt: skip
+def test_compare_api_validates_as_the_cli(tmp_path, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        compare(Config(**TINY), **{"out": tmp_path / "cmp", **kwargs})
+    assert not (tmp_path / "cmp").exists()

@@ -283,3 +283,16 @@ def test_logger_files_and_folders_are_never_written_through_links(tmp_path, monk
         with pytest.raises(UserError, match=f"{folder} is a symbolic link"):
             build_loggers([name]).start(run, CONFIG)
     assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.csv"]
+
+
+@pytest.mark.parametrize("names,every,message", [
+    (5, 5, "loggers must be a list of logger names"), ([1], 5, "loggers must be a list of logger names"),
+    (["csv"], "x", "--log-images-every must be an integer, got 'x'"), (["csv"], -1, "must be at least 0, got -1"),
+])  # fmt: skip
+def test_build_loggers_validates_as_the_cli(names, every, message):
+    with pytest.raises(UserError, match=message):
+        build_loggers(names, every)
+
+
+def test_one_logger_name_as_a_string_is_that_logger():
+    assert [type(lg) for lg in build_loggers("csv").loggers] == [CSVLogger]

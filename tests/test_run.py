@@ -324,3 +324,20 @@ def test_a_run_naming_its_architecture_as_code_is_not_opened_untrusted(trained, 
         load_run(tmp_path / "recv", arch=meta["arch"])
     with pytest.raises(UserError, match="from another configuration than its config.json"):
         load_run(tmp_path / "recv", trust_guide=True)
+
+
+def test_the_api_validates_as_the_cli(trained, tmp_path):
+    with pytest.raises(UserError, match="the run folder must be a path"):
+        load_run(None)
+    with pytest.raises(UserError, match="--checkpoint must be one of best, last, got 5"):
+        load_run(trained / "run", checkpoint=5)
+    run = load_run(trained / "run", "cpu")
+    for kwargs, message in [({"samples": "a"}, "--samples must be an integer"), ({"samples": 0}, "at least 1, got 0"),
+                            ({"samples": 2, "subset": 1.5}, "--subset must be an integer")]:  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            run.evaluate(**kwargs)
+    for kwargs, message in [({"out": 5}, "out must be a path"), ({"out": tmp_path / "x", "loggers": 5}, "logger names"),
+                            ({"out": tmp_path / "x", "log_images_every": "x"}, "--log-images-every must be an integer")]:
+        with pytest.raises(UserError, match=message):
+            fit(epochs=0, **TINY, **kwargs)
+    assert not (tmp_path / "x").exists()

@@ -51,7 +51,7 @@ import torch
 from ..runs import plots
 from ..train.build import check_names, make_config, resolve_device
 from ..checkpoint import atomic_write, atomic_write_text, load_checkpoint
-from ..config import Config, parse_hidden
+from ..config import Config, check_integer, check_path, parse_hidden
 from ..data.datasets import load_dataset
 from ..errors import UserError
 from ..vae.evaluation import evaluate_terms, summarize
@@ -517,12 +517,10 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     :rtype: Comparison
     """
     config = make_config(config, **settings)
-    if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
-    if eval_samples < 1:
-        raise UserError(f"--eval-samples must be at least 1, got {eval_samples}")
-    if eval_subset is not None and eval_subset < 1:
-        raise UserError(f"--eval-subset must be at least 1, got {eval_subset}")
+    seeds = check_integer(seeds, "--seeds", 1)
+    eval_samples = check_integer(eval_samples, "--eval-samples", 1)
+    eval_subset = None if eval_subset is None else check_integer(eval_subset, "--eval-subset", 1)
+    out = check_path(out, "--out")
     values = _grid_values(grid, likelihoods)
     explicit = "likelihood" in values
     if not explicit and not any(len(v) > 1 for v in values.values()):
@@ -621,6 +619,8 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
 def _grid_values(grid, likelihoods):
     """``{field: [values, parsed, without repeats]}`` of the axes given (``likelihoods`` joins ``grid["likelihood"]``)."""
     known = {a.field: a for a in axes()}
+    if grid is not None and not isinstance(grid, dict):
+        raise UserError(f"grid must be a dict of setting names to lists of values, got {type(grid).__name__}")
     grid = dict(grid or {})
     unknown = [f for f in grid if f not in known]
     if unknown:

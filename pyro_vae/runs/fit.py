@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import os
 import shutil
 import sys
 import time
@@ -431,6 +432,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         loggers = build_loggers(loggers or (), log_images_every)
     if out is not None and not str(out).strip():
         raise UserError("--out is empty; give the run folder a name (or leave --out out for a new one under runs/)")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise UserError(f"out must be a path (a str or pathlib.Path), got {out!r}")
     out = Path(out) if out is not None else new_run_dir(config)
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")

@@ -26,7 +26,7 @@ import pyro
 from . import latent, plots
 from ..train.build import build_vae, prepare_data, resolve_device
 from ..checkpoint import atomic_write_text, load_checkpoint, refuse_symlink
-from ..config import Config
+from ..config import Config, check_integer, check_path
 from ..data.datasets import interpret_array
 from ..errors import UserError
 from ..vae.evaluation import evaluate_terms, summarize
@@ -322,10 +322,8 @@ class Run:
             ``reconstruction``, ``kl``, ``bits_per_dim``, ``active_units`` and the other keys of
             :func:`~pyro_vae.vae.evaluation.summarize`.
         """
-        if samples < 1:
-            raise UserError(f"--samples must be at least 1, got {samples}")
-        if subset is not None and subset < 1:
-            raise UserError(f"--subset must be at least 1, got {subset}")
+        samples = check_integer(samples, "--samples", 1)
+        subset = None if subset is None else check_integer(subset, "--subset", 1)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
             raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
         x = self.test_data()
@@ -434,9 +432,9 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
     :raises UserError: for an unknown ``checkpoint``, a folder that is not a run, a damaged ``config.json`` or checkpoint, or
         an untrusted guide.
     """
-    if checkpoint not in CHECKPOINTS:
+    if not isinstance(checkpoint, str) or checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
-    directory = Path(directory)
+    directory = Path(check_path(directory, "the run folder"))
     if not (directory / "config.json").exists():
         raise UserError(f"{directory} is not a pyro-vae run folder (no config.json)")
     where = directory / "config.json"

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write_text, refuse_symlink
+from ..config import check_integer
 from ..errors import UserError
 from ..registry import Registry
 
@@ -304,9 +305,8 @@ class Loggers(Logger):
     """
 
     def __init__(self, loggers, image_every=5):
-        self.loggers, self.image_every = list(loggers), int(image_every)
-        if self.image_every < 0:
-            raise UserError(f"the image interval must be at least 0 epochs, got {self.image_every}")
+        self.loggers = list(loggers)
+        self.image_every = check_integer(image_every, "--log-images-every", 0)
 
     def __bool__(self):
         return bool(self.loggers)
@@ -348,6 +348,10 @@ def build_loggers(names, image_every=5, options=None):
     :param dict options: per-name constructor keywords, e.g. ``{"mlflow": {"tracking_uri": "..."}}``.
     """
     options = options or {}
+    if isinstance(names, str):
+        names = [names]
+    if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
+        raise UserError(f"loggers must be a list of logger names ({', '.join(LOGGERS.names())}), got {names!r}")
     unique = list(dict.fromkeys(names or ()))
     return Loggers([LOGGERS.get(name)(**options.get(name, {})) for name in unique], image_every)
 
