@@ -21,6 +21,7 @@ import os
 
 from .errors import UserError
 
+
 def _meminfo_available():
     try:
         with open("/proc/meminfo") as f:
