@@ -3,6 +3,7 @@ replaces the last good one; read back with clear errors for corrupt or foreign f
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -84,6 +85,15 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def torch_load(path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` without torch's own warnings: a raw pickle (not a torch zip
+    file) of protocol 3 to 5 makes torch warn "Detected pickle protocol ..." before it refuses or reads
+    the file, and the caller's one-line :class:`UserError` is all the user should see."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def save_checkpoint(path, state):
     """Save ``state`` (a dict of tensors, numbers and strings) atomically, tagged with the format."""
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
@@ -95,7 +105,7 @@ def load_checkpoint(path, map_location="cpu"):
     if not path.exists():
         raise UserError(f"no checkpoint at {path}: nothing to resume or load (train first with pyro-vae fit)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch_load(path, map_location=map_location)
     except Exception as e:  # pickle, zip and torch errors of every kind mean a damaged file
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -139,7 +139,15 @@ def settings_from(kwargs):
     return {k: v for k, v in kwargs.items() if k in Config.__dataclass_fields__ or (k in LEGACY_OPTIONS and v is not None)}
 
 
-def _resume_settings(ctx, settings, out):
+def _untrusted_code(found, given, source, trust_guide):
+    """Refuse code (``--guide``/``--arch`` as ``file.py:Name`` or ``module:Name``) that settings read from
+    ``source`` name, unless ``--trust-guide`` or the flag given on the command line overrides it."""
+    from .user_code import check_code_trusted
+
+    check_code_trusted({k: v for k, v in found.items() if k not in given}, source, trust_guide)
+
+
+def _resume_settings(ctx, settings, out, trust_guide=False):
     """The saved settings of the run in ``out``, overridden by the flags given on the command line."""
     from .checkpoint import load_checkpoint
 
@@ -149,6 +157,7 @@ def _resume_settings(ctx, settings, out):
 
     saved = Config.from_dict(load_checkpoint(Path(out) / "checkpoint.pt")["config"])
     given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    _untrusted_code(saved.to_dict(), given, f"the run in {out}", trust_guide)
     if "device" not in given and saved.device.startswith("cuda") and not torch.cuda.is_available():
         click.echo(f"note: the run was trained with --device {saved.device}; no CUDA GPU here, so it continues "
                    "on the CPU (give --device to choose)", err=True)  # fmt: skip
@@ -157,8 +166,10 @@ def _resume_settings(ctx, settings, out):
 
 
 def trust_options(f):
-    """``--trust-guide`` and ``--guide``: allow a run folder's code (a guide, architecture or likelihood given
-    as ``file.py:Name``) to run (see :func:`~pyro_vae.runs.run.load_run`)."""
+    """``--trust-guide``, ``--guide`` and ``--arch``: allow a run folder's guide or architecture code to run
+    (see :func:`~pyro_vae.runs.run.load_run`)."""
+    f = click.option("--arch", "arch", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
+                     help="Allow the run's architecture code by naming it again, exactly as its config.json does.")(f)
     f = click.option("--guide", "guide", default=None, metavar="FILE.py:CLASS|MODULE:CLASS",
                      help="Allow the run's guide code by naming it again, exactly as its config.json does.")(f)
     return click.option("--trust-guide", is_flag=True,
@@ -206,9 +217,12 @@ def cli():
 @click.option("--config", "config_file", type=click.Path(), default=None, metavar="FILE",
               help="Start from the settings in a JSON, YAML or TOML file (or a run folder); flags override it.")
 @click.option("--print-config", is_flag=True, help="Print the resolved settings as JSON and exit.")
+@click.option("--trust-guide", is_flag=True,
+              help="Run the guide or architecture code (file.py:Name or module:Name) that a --config file or the "
+                   "run resumed names (not needed for code you name with --guide or --arch).")  # fmt: skip
 @click.pass_context
 def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, precision, logger_names,
-        log_images_every, config_file, print_config, **kwargs):  # fmt: skip
+        log_images_every, config_file, print_config, trust_guide, **kwargs):  # fmt: skip
     """Train a VAE and write a run folder (config, metrics, checkpoints, pictures)."""
     from .runs.launch import fit as fit_run
     from .speed import Speed
@@ -218,9 +232,9 @@ def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, p
         if config_file:
             raise UserError("--config and --resume exclude each other: a resumed run keeps its saved settings")
         # a resumed run keeps its saved settings; flags given on the command line must agree with them
-        config = _resume_settings(ctx, settings, out)
+        config = _resume_settings(ctx, settings, out, trust_guide)
     elif config_file:
-        config = _file_settings(ctx, settings, config_file)
+        config = _file_settings(ctx, settings, config_file, trust_guide)
     else:
         config = make_config(None, **settings)
     if print_config:
@@ -231,13 +245,17 @@ def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, p
             precision=precision, loggers=list(logger_names), log_images_every=log_images_every)  # fmt: skip
 
 
-def _file_settings(ctx, settings, path):
+def _file_settings(ctx, settings, path, trust_guide=False):
     """The settings of the file ``path`` (:func:`~pyro_vae.config_files.read_config_file`), overridden by
-    the flags given on the command line (click's ``ParameterSource.COMMANDLINE``)."""
+    the flags given on the command line (click's ``ParameterSource.COMMANDLINE``). Code the file names
+    as its guide or architecture is refused unless ``--trust-guide`` (or the flag overrides it)."""
     from .config_files import read_config_file
 
-    base = make_config(None, **read_config_file(path))
+    found = read_config_file(path)
     given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    source = f"the run in {path}" if Path(path).is_dir() else f"the config file {path}"
+    _untrusted_code(found, given, source, trust_guide)
+    base = make_config(None, **found)
     return make_config(base, **given)
 
 
@@ -253,14 +271,14 @@ def _file_settings(ctx, settings, path):
 @click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "last"]),
               help="best.pt (the best validation ELBO) or checkpoint.pt (the last epoch).")
 @trust_options
-def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_guide, guide):
+def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_guide, guide, arch):
     """Test ELBO (with its reconstruction and KL terms), importance-sampled log-likelihood, bits/dim
     and active units of a trained run."""
     from tqdm.auto import tqdm
 
     from .runs.run import load_run, write_evaluation
 
-    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide, arch=arch)
     n = min(subset or run.meta["n_test"], run.meta["n_test"])
     with tqdm(total=n, desc="evaluate", unit="item", disable=as_json or not sys.stderr.isatty(), leave=False) as bar:
         result = run.evaluate(samples=samples, subset=subset, progress=bar.update, seed=seed)
@@ -309,7 +327,7 @@ def evaluate(run_dir, samples, subset, device, seed, as_json, checkpoint, trust_
 @click.option("--label", default=None, type=int, metavar="Y",
               help="A run with labels: draw every sample with class Y [default: one row per class].")
 @trust_options
-def sample(run_dir, num, output, seed, device, checkpoint, label, trust_guide, guide):
+def sample(run_dir, num, output, seed, device, checkpoint, label, trust_guide, guide, arch):
     """Draw z from the prior and save the decoder means as a PNG grid (a run with labels: one row per class,
     or all of class --label)."""
     from .runs.run import load_run
@@ -318,7 +336,7 @@ def sample(run_dir, num, output, seed, device, checkpoint, label, trust_guide, g
         raise UserError(f"-o must name a .png file, got {output}")
     if not Path(output).parent.is_dir():
         raise UserError(f"cannot write {output}: the folder {Path(output).parent} does not exist")
-    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, checkpoint=checkpoint, trust_guide=trust_guide, guide=guide, arch=arch)
     run.save_samples(output, n=num, seed=seed, label=label)
     if run.labelled and label is None:
         columns = -(-num // run.vae.num_classes)
@@ -340,14 +358,14 @@ def sample(run_dir, num, output, seed, device, checkpoint, label, trust_guide, g
 @click.option("--overwrite", is_flag=True, help="Write into an export folder that is not empty.")
 @click.option("--onnx", is_flag=True, help="Also write encoder.onnx and decoder.onnx (needs the onnx extra).")
 @trust_options
-def export(run_dir, output, checkpoint, eval_samples, eval_subset, overwrite, onnx, trust_guide, guide):
+def export(run_dir, output, checkpoint, eval_samples, eval_subset, overwrite, onnx, trust_guide, guide, arch):
     """Write the run for use without pyro-vae: weights (safetensors), the encoder and decoder as
     torch.export programs that need only PyTorch, and a model card (README.md) with scores and pictures."""
     from .runs.export import export_run
     from .runs.run import load_run
 
     output = output or f"{str(run_dir).rstrip('/')}-export"
-    run = load_run(run_dir, "cpu", checkpoint=checkpoint, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, "cpu", checkpoint=checkpoint, trust_guide=trust_guide, guide=guide, arch=arch)
     manifest = export_run(run, output, eval_samples=eval_samples, eval_subset=eval_subset, overwrite=overwrite,
                           onnx=onnx)  # fmt: skip
     if manifest["encoder_skipped"]:
@@ -463,14 +481,14 @@ def _output(path, suffixes):
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
 @_split_options
 @trust_options
-def encode(run_dir, output, what, samples, labels, split, data_file, seed, device, trust_guide, guide):
+def encode(run_dir, output, what, samples, labels, split, data_file, seed, device, trust_guide, guide, arch):
     """Encode data with the run's guide q(z|x) and save the codes (and labels when known)."""
     from .runs.run import load_run
 
     _output(output, (".npy", ".csv"))
     from .runs.latent import encode_run, labels_path
 
-    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     codes, labels = encode_run(run, split=split, data=data_file, what=what, samples=samples, labels=labels, path=output,
                                seed=seed)  # fmt: skip
 
@@ -485,12 +503,12 @@ def encode(run_dir, output, what, samples, labels, split, data_file, seed, devic
 @click.option("--sample", is_flag=True, help="Decode one draw from q(z|x) instead of its mean.")
 @_split_options
 @trust_options
-def reconstruct(run_dir, output, num, sample, split, data_file, seed, device, trust_guide, guide):
+def reconstruct(run_dir, output, num, sample, split, data_file, seed, device, trust_guide, guide, arch):
     """Save items (top row) above their reconstructions as a PNG."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     recon = run.save_reconstructions(output, num, split, data_file, sample, seed)
     click.echo(f"wrote {len(recon)} items and their reconstructions to {output}")
 
@@ -503,12 +521,12 @@ def reconstruct(run_dir, output, num, sample, split, data_file, seed, device, tr
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_split_options
 @trust_options
-def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device, trust_guide, guide):
+def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device, trust_guide, guide, arch):
     """Decode the path between two items' posterior means (one row, the two items at its ends)."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     run.interpolate(items[0], items[1], steps, slerp, split, data_file, output, seed)
     click.echo(f"wrote a {steps}-step {'spherical' if slerp else 'linear'} interpolation to {output}")
 
@@ -537,12 +555,12 @@ def _units(spec):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @_split_options
 @trust_options
-def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device, trust_guide, guide):
+def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device, trust_guide, guide, arch):
     """Latent traversals: one row per unit, the others held fixed, units ordered by their KL over the data."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     order, kl, _ = run.traverse(_units(units), span, steps, item, top, split, data_file, output, seed)
     shown = ", ".join(f"z{u} ({k:.2f} nats)" for u, k in zip(order, kl))
     click.echo(f"wrote traversals of {len(order)} units to {output}: {shown}")
@@ -557,12 +575,12 @@ def traverse(run_dir, units, top, span, steps, item, output, split, data_file, s
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
 @_split_options
 @trust_options
-def latents(run_dir, output, method, labels, split, data_file, seed, device, trust_guide, guide):
+def latents(run_dir, output, method, labels, split, data_file, seed, device, trust_guide, guide, arch):
     """Scatter the posterior means, coloured by label when the data has labels."""
     from .runs.run import load_run
 
     _output(output, (".png",))
-    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide)
+    run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
     coords, used = run.latents(output, method, split, data_file, labels, seed)
     click.echo(f"wrote a scatter of {len(coords)} posterior means ({used}) to {output}")
 

@@ -58,6 +58,30 @@ def parse_widths(spec, flag="--channels", example="32,64,128,256", unit="size"):
     return sizes
 
 
+def check_integer(value, flag, low=None, high=None):
+    """``value`` as an ``int`` when it is a whole number (not a bool) from ``low`` to ``high``.
+
+    The Python API's check of the integers the CLI checks with ``click.IntRange`` (``--samples``,
+    ``--seeds``, ...), so that both refuse the same values with one line.
+
+    :raises UserError: naming ``flag`` and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UserError(f"{flag} must be an integer, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None and low is not None else (
+            f"at least {low}" if low is not None else f"at most {high}")
+        raise UserError(f"{flag} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_path(value, what):
+    """``value`` when it is a path (``str`` or :class:`os.PathLike`, not empty); :class:`UserError` otherwise."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise UserError(f"{what} must be a path (a str or pathlib.Path), got {value!r}")
+    return value
+
+
 def parse_hidden(spec):
     """``"400"`` -> ``(400,)``, ``"200,200"`` -> ``(200, 200)``: the hidden layer sizes of ``--hidden``.
 
@@ -276,6 +300,8 @@ class Config:
         Files written before options became per-component dicts carry them as flat keys
         (``binarize``, ``min_scale``, ``sigma``, ``flow_steps``); they are moved into their dict.
         """
+        if not isinstance(d, dict):
+            raise UserError(f"settings must be a mapping of setting names to values, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         settings = {k: v for k, v in d.items() if k in names}
         for key, group in LEGACY_OPTIONS.items():

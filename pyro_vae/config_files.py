@@ -40,6 +40,34 @@ RUN_METADATA = ("x_dim", "item_shape", "image_shape", "levels", "n_train", "n_te
 
 FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}
 
+#: Bounds on what a config file may hold (a file of settings is a few hundred bytes): its size in
+#: bytes, the depth of nested lists and mappings, and the number of values once YAML aliases are
+#: expanded (a "billion laughs" file of a few lines names 10^9 values). Beyond them: one error line.
+MAX_BYTES = 1_000_000
+MAX_DEPTH = 16
+MAX_VALUES = 10_000
+
+
+def _check_bounds(path, data):
+    """Walk ``data`` as its users would (aliases expanded) and refuse more than :data:`MAX_DEPTH` levels or
+    :data:`MAX_VALUES` values, before anything prints or converts it."""
+    count = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise UserError(f"{path}: more than {MAX_VALUES} values (YAML aliases expanded); a config file is a "
+                            "short mapping of settings")  # fmt: skip
+        if isinstance(value, (dict, list, tuple)):
+            if depth > MAX_DEPTH:
+                raise UserError(f"{path}: lists or mappings nested more than {MAX_DEPTH} deep; a config file is a "
+                                "short mapping of settings")  # fmt: skip
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                stack.append((k, depth + 1))
+                stack.append((v, depth + 1))
+
 
 def _line_of(text, key, fmt):
     """The 1-based line where ``key`` is set in ``text``, or None (a best-effort search)."""
@@ -59,6 +87,13 @@ def _where(path, line):
 
 
 def _parse(path, text, fmt):
+    try:
+        return _parse_text(path, text, fmt)
+    except RecursionError:  # [[[[... nested deeper than the parser's recursion allows
+        raise UserError(f"{path}: lists or mappings nested too deep; a config file is a short mapping of settings") from None
+
+
+def _parse_text(path, text, fmt):
     if fmt == "JSON":
         try:
             return json.loads(text)
@@ -199,12 +234,17 @@ def read_config_file(path, fields=None, with_ignored=False):
     if not path.exists():
         raise UserError(f"config file {path} does not exist")
     try:
+        size = path.stat().st_size
+        if size > MAX_BYTES or not path.is_file():
+            what = f"{size} bytes, more than {MAX_BYTES}" if path.is_file() else "not a regular file"
+            raise UserError(f"config file {path} is {what}; a config file is a short mapping of settings")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a text file (not UTF-8 at byte {e.start})") from None
     except OSError as e:
         raise UserError(f"cannot read config file {path}: {e.strerror or e}") from None
     data = _parse(path, text, fmt)
+    _check_bounds(path, data)
     if data is None and fmt == "YAML":
         data = {}
     if not isinstance(data, dict):

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -123,3 +124,42 @@ def resolve_class(spec, registry, kind, is_valid, expected, requirement):
             own = "a user guide" if kind == "guide" else f"your own {kind}"
             raise UserError(f"{e}; or give {own} as path/to/file.py:Name or package.module:Name") from None
     return spec
+
+
+#: the settings that may name code (``file.py:Name`` or ``module:Name``) and what each names
+CODE_SETTINGS = {"guide": "guide", "arch": "architecture", "likelihood": "likelihood", "prior": "prior"}
+
+
+def named_code(settings):
+    """``{setting: spec}`` of the settings in ``settings`` (a dict or a :class:`~pyro_vae.config.Config`)
+    that name code (:data:`CODE_SETTINGS` whose value is an import spec)."""
+    get = settings.get if isinstance(settings, dict) else (lambda k: getattr(settings, k, None))
+    return {k: get(k) for k in CODE_SETTINGS if is_import_spec(get(k))}
+
+
+def check_code_trusted(settings, source, trust=False, named=None):
+    """Refuse settings received in a file (a ``--config`` file, a run folder) that name code, unless the user allows it.
+
+    A guide, architecture, likelihood or prior given as ``file.py:Name`` or ``module:Name`` is Python code that runs
+    when the model is built. A file or run folder received from someone else could name any file or
+    module; every command that reads settings from one (``fit --config``, ``fit --resume``,
+    ``evaluate``, ``sample``, the latent commands, :func:`~pyro_vae.runs.run.load_run`) runs that code
+    only when ``trust`` is true (``--trust-guide``) or the user names the same code again (``named``:
+    ``{setting: spec}`` given by the user, e.g. ``--guide`` on the command line).
+
+    :param settings: a dict or :class:`~pyro_vae.config.Config` read from ``source``.
+    :param str source: what the settings came from, for the message (``"the run in runs/a"``, ``"cfg.json"``).
+    :raises UserError: one line, naming the code and how to allow it.
+    """
+    if trust:
+        return
+    named = named or {}
+    for key, spec in named_code(settings).items():
+        if named.get(key) == spec:
+            continue
+        flag = {"guide": "--guide", "arch": "--arch"}.get(key)
+        also = f" (or {flag} {shlex.quote(spec)})" if flag else ""
+        raise UserError(
+            f"{source} names its {CODE_SETTINGS[key]} as code, {spec}; using it would run that code. If you trust it, "
+            f"pass --trust-guide{also}; in Python trust_guide=True"
+        )

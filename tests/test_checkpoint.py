@@ -104,3 +104,17 @@ def test_fusable_optimizers():
         assert not fusable_optimizer(optimizer)
         assert speed_for(Speed(), optimizer).optimizer == "pyro"
         assert speed_for(Speed(optimizer="torch", capture=False), optimizer) == Speed(optimizer="pyro", capture=False)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_raw_pickle_is_refused_without_torchs_warning(tmp_path, protocol):
+    import pickle
+    import warnings
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(pickle.dumps({"format": "x", "epoch": 1}, protocol=protocol))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError, match="corrupt or unreadable|not a pyro-vae checkpoint"):
+            load_checkpoint(path)
+    assert [str(w.message) for w in caught] == []

@@ -432,3 +432,80 @@ def test_training_flags_and_checkpoint_choice(capsys, tmp_path):
     assert run_cli(capsys, "sample", out, "-o", tmp_path / "s.png", "--checkpoint", "last", "--device", "cpu")[0] == 0
     code, _, err = run_cli(capsys, "evaluate", out, "--checkpoint", "first")
     assert code == 2
+
+
+# Code named by received settings runs only when trusted; the user's own guide works everywhere (issue 20)
+
+MARKER_GUIDE = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\nfrom pyro_vae import DiagonalGuide as G\n"
+MARKER_ARCH = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\nfrom pyro_vae.vae.nets import MLP as Net\n"
+
+
+@pytest.fixture
+def code_files(tmp_path):
+    marker = tmp_path / "MARKER"
+    (tmp_path / "g.py").write_text(MARKER_GUIDE.format(marker=str(marker)))
+    (tmp_path / "a.py").write_text(MARKER_ARCH.format(marker=str(marker)))
+    return marker, f"{tmp_path / 'g.py'}:G", f"{tmp_path / 'a.py'}:Net"
+
+
+@pytest.mark.parametrize("name,field", [("cfg.json", "guide"), ("cfg.toml", "guide"), ("cfg.yaml", "arch"),
+                                        ("cfg.json", "arch"), ("mod.json", "guide")])  # fmt: skip
+def test_fit_config_file_naming_code_is_refused_unless_trusted(tmp_path, capsys, code_files, name, field):
+    marker, guide, arch = code_files
+    spec = {"guide": guide, "arch": arch}[field] if not name.startswith("mod") else "json.decoder:JSONDecoder"
+    path = tmp_path / name
+    if name.endswith(".toml"):
+        path.write_text(f'dataset = "digits"\n{field} = "{spec}"\n')
+    elif name.endswith(".yaml"):
+        path.write_text(f"dataset: digits\n{field}: '{spec}'\n")
+    else:
+        path.write_text(json.dumps({"dataset": "digits", field: spec}))
+    code, out, err = run_cli(capsys, "fit", "--config", path, "--epochs", "1", "--out", tmp_path / "run")
+    kind = "guide" if field == "guide" else "architecture"
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: the config file {path} names its {kind} as code, {spec}") and "--trust-guide" in err
+    assert not marker.exists() and not (tmp_path / "run").exists()
+    # allowed: --trust-guide, or the same code named on the command line; or the flag replaces it
+    flag = "--guide" if field == "guide" else "--arch"
+    for extra in (["--trust-guide"], [flag, spec], [flag, "diagonal" if field == "guide" else "mlp"]):
+        code, out, err = run_cli(capsys, "fit", "--config", path, *extra, "--print-config")
+        assert code == 0, err
+        assert json.loads(out)[field] == (extra[1] if len(extra) == 2 else spec)
+
+
+def test_fit_config_run_folder_and_resume_follow_the_same_rule(tmp_path, capsys, code_files):
+    marker, guide, _ = code_files
+    run = tmp_path / "recv"
+    assert main(["fit", *FAST_CLI_GUIDES, "--guide", guide, "--epochs", "1", "--out", str(run)]) == 0
+    marker.unlink()
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "fit", "--config", run, "--epochs", "1", "--out", tmp_path / "run1")
+    assert code == 2 and err.startswith(f"error: the run in {run} names its guide as code") and not marker.exists()
+    code, _, err = run_cli(capsys, "fit", "--out", run, "--resume", "--epochs", "2", "--quiet")
+    assert code == 2 and err.startswith(f"error: the run in {run} names its guide as code") and not marker.exists()
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "fit", "--out", run, "--resume", "--epochs", "2", "--quiet", "--trust-guide")
+    assert code == 0, err
+    assert json.loads((run / "final.json").read_text())["epochs"] == 2
+    code, _, err = run_cli(capsys, "fit", "--config", run, "--guide", guide, "--epochs", "1", "--quiet",
+                           "--out", tmp_path / "run1")  # fmt: skip
+    assert code == 0, err
+
+
+def test_latent_commands_open_the_users_own_run_with_trust(tmp_path, capsys, code_files):
+    marker, guide, _ = code_files
+    run = tmp_path / "own"
+    assert main(["fit", *FAST_CLI_GUIDES, "--guide", guide, "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    commands = [
+        ["encode", run, "-o", tmp_path / "z.npy"], ["reconstruct", run, "-o", tmp_path / "r.png", "-n", "4"],
+        ["interpolate", run, "--items", "0", "1", "-o", tmp_path / "i.png"],
+        ["traverse", run, "-o", tmp_path / "t.png", "--steps", "3"], ["latents", run, "-o", tmp_path / "l.png"],
+    ]  # fmt: skip
+    for command in commands:
+        code, _, err = run_cli(capsys, *command)
+        assert code == 2 and "--trust-guide" in err and len(err.strip().splitlines()) == 1, command
+        for allow in (["--trust-guide"], ["--guide", guide]):
+            code, _, err = run_cli(capsys, *command, *allow)
+            assert code == 0, (command, err)
+    assert (tmp_path / "z.npy").exists() and (tmp_path / "l.png").exists()

@@ -248,3 +248,36 @@ def test_compare_takes_config_logger_and_devices(tmp_path, capsys, monkeypatch):
     with pytest.raises(UserError, match="unknown logger 'wandb'"):
         compare(Config(**TINY), tmp_path / "y", likelihoods=["bernoulli"], loggers=["wandb"])
     assert not (tmp_path / "y").exists()
+def test_compare_with_the_users_own_guide_and_no_writes_through_links(tmp_path, capsys):
+    (tmp_path / "g.py").write_text("from pyro_vae import DiagonalGuide\nclass G(DiagonalGuide):\n    pass\n")
+    spec = f"{tmp_path / 'g.py'}:G"
+    settings = dict(TINY, likelihood="bernoulli")
+    result = compare(Config(**settings), tmp_path / "cmp", grid={"guide": [spec, "diagonal"]}, eval_samples=2,
+                     eval_subset=10)  # fmt: skip
+    assert [r.configuration["guide"] for r in result.runs] == [spec, "diagonal"]
+    again = compare(Config(**settings), tmp_path / "cmp", grid={"guide": [spec, "diagonal"]}, eval_samples=2,
+                    eval_subset=10)  # reused runs are opened too  # fmt: skip
+    assert all(r.reused for r in again.runs)
+    # the per-item scores are written like every other run file: never through a link
+    own = result.runs[0].directory
+    victim = tmp_path / "victim.npy"
+    victim.write_bytes(b"mine")
+    (own / "log_px_per_item.npy").unlink()
+    (own / "log_px_per_item.npy").symlink_to(victim)
+    code = main(["compare", "--dataset", "digits", "--epochs", "1", "--hidden", "32", "--z-dim", "4", "--batch-size",
+                 "256", "--device", "cpu", "--guide", spec, "--guide", "diagonal", "--likelihood", "bernoulli",
+                 "--eval-samples", "3", "--eval-subset", "10", "--out", str(tmp_path / "cmp"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "log_px_per_item.npy is a symbolic link" in err and err.count("\n") == 1
+    assert victim.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"grid": 5}, "grid must be a dict"), ({"grid": ["guide"]}, "grid must be a dict"),
+    ({"eval_samples": "a"}, "--eval-samples must be an integer"), ({"seeds": 1.0}, "--seeds must be an integer"),
+    ({"eval_subset": 0}, "--eval-subset must be at least 1"), ({"out": None}, "--out must be a path"),
+])  # fmt: skip
+def test_compare_api_validates_as_the_cli(tmp_path, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        compare(Config(**TINY), **{"out": tmp_path / "cmp", **kwargs})
+    assert not (tmp_path / "cmp").exists()

@@ -109,3 +109,32 @@ def test_every_field_has_a_description():
         if not lines[at - 1].strip().startswith("#: ") or len(lines[at - 1].strip()) < 12:
             undocumented.append(f.name)
     assert undocumented == []
+@pytest.mark.parametrize("value,low,high,message", [
+    ("3", 1, None, "--n must be an integer, got '3'"), (True, 0, None, "must be an integer, got True"),
+    (2.0, 1, None, "must be an integer, got 2.0"), (None, 1, None, "must be an integer, got None"),
+    (0, 1, None, "--n must be at least 1, got 0"), (11, 1, 10, "--n must be between 1 and 10, got 11"),
+    (5, None, 4, "--n must be at most 4, got 5"),
+])  # fmt: skip
+def test_check_integer_refuses_what_click_intrange_refuses(value, low, high, message):
+    from pyro_vae.config import check_integer
+
+    with pytest.raises(UserError, match=message):
+        check_integer(value, "--n", low, high)
+
+
+def test_check_integer_and_check_path_accept():
+    import numpy as np
+
+    from pyro_vae.config import check_integer, check_path
+
+    assert check_integer(np.int64(3), "--n", 1) == 3 and type(check_integer(np.int64(3), "--n", 1)) is int
+    assert check_path(Path("a"), "x") == Path("a") and check_path("a", "x") == "a"
+    for bad in (None, 5, "  ", ["a"]):
+        with pytest.raises(UserError, match="x must be a path"):
+            check_path(bad, "x")
+
+
+@pytest.mark.parametrize("value", [[1], "abc", None, 5])
+def test_config_from_dict_takes_a_mapping(value):
+    with pytest.raises(UserError, match="settings must be a mapping of setting names to values"):
+        Config.from_dict(value)

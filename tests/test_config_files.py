@@ -163,6 +163,35 @@ def test_text_that_is_no_number_is_refused_in_one_line(tmp_path, name, text, mat
     assert "\n" not in str(e.value)
 
 
+# Bounds: a small file cannot name a huge or deep structure (issue 20) -----------------------------
+
+
+def _laughs(levels=8):
+    """A "billion laughs" YAML: 9 ** (levels + 1) values from a few lines of aliases."""
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines + [f"hidden: *a{levels}"]) + "\n"
+
+
+@pytest.mark.parametrize("name,text,match", [
+    ("deep.json", '{"hidden": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deep"),
+    ("deep.yaml", "hidden: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deep"),
+    ("deep.toml", "hidden = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deep"),
+    ("nested.json", '{"hidden": ' + "[" * 17 + "1" + "]" * 17 + "}", "nested more than 16 deep"),
+    ("nested.yaml", "guide_options: " + "{a: " * 20 + "1" + "}" * 20 + "\n", "nested more than 16 deep"),
+    ("laughs.yaml", _laughs(), r"more than 10000 values \(YAML aliases expanded\)"),
+    ("wide.json", '{"hidden": [' + ", ".join(["1"] * 20_000) + "]}", "more than 10000 values"),
+    ("big.json", '{"hidden": [1], "dataset": "' + "x" * 1_000_001 + '"}', r"is 1000031 bytes, more than 1000000"),
+])  # fmt: skip
+def test_files_beyond_the_bounds_are_one_line_errors(tmp_path, name, text, match):
+    if name.endswith(".yaml"):
+        pytest.importorskip("yaml", reason="PyYAML (the yaml extra) is not installed")
+    with pytest.raises(UserError, match=match) as e:
+        read_config_file(write(tmp_path, name, text))
+    assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
 def test_text_stays_text_where_a_setting_is_text(tmp_path):
     got = read_config_file(write(tmp_path, "a.json", '{"device": "0", "likelihood_options": {"binarize": "static"}}'))
     assert got == {"device": "0", "likelihood_options": {"binarize": "static"}}
@@ -200,3 +229,20 @@ def test_yaml_numbers_reach_the_run(tmp_path, capsys):
     resolved = json.loads(capsys.readouterr().out)
     assert (resolved["lr"], resolved["beta"], resolved["epochs"]) == (0.001, 0.5, 1)
     assert resolved["likelihood_options"] == {"min_scale": 0.001}
+
+
+def test_settings_within_the_bounds_are_read(tmp_path):
+    pytest.importorskip("yaml", reason="PyYAML (the yaml extra) is not installed")
+    text = "base: &h [64, 32]\nhidden: *h\nchannels: *h\n"  # an alias or two is fine
+    got = read_config_file(write(tmp_path, "alias.yaml", "z_dim: 2\n" + text.replace("base", "versions")))
+    assert got == {"z_dim": 2, "hidden": [64, 32], "channels": [64, 32]}
+    nested = '{"guide_options": ' + '{"a": ' * 14 + "1" + "}" * 14 + "}"
+    assert read_config_file(write(tmp_path, "ok.json", nested))["guide_options"]["a"]["a"]
+
+
+def test_a_fifo_is_not_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.json")
+    with pytest.raises(UserError, match="pipe.json is not a regular file"):
+        read_config_file(tmp_path / "pipe.json")

@@ -656,3 +656,19 @@ def test_streamed_and_device_resident_training_give_the_same_losses(tmp_path, li
         assert trainer.train.x.dtype == torch.uint8 and trainer.train.stream == stream
         records.append([trainer.train_epoch()["train_elbo"] for _ in range(2)] + [trainer.test_elbo()])
     assert records[0] == records[1]  # the same numbers, to the last bit
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_raw_pickle_pt_file_is_one_error_without_torchs_warning(tmp_path, protocol):
+    import pickle
+    import warnings
+
+    (tmp_path / "x.pt").write_bytes(pickle.dumps([[0.5, 0.25]] * 10, protocol=protocol))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            d = load_arrays(tmp_path / "x.pt")  # plain lists unpickle under weights_only: read, or
+            assert d.train.shape[1:] == (2,)
+        except UserError as e:  # refused in one line
+            assert "\n" not in str(e)
+    assert [str(w.message) for w in caught if "pickle protocol" in str(w.message)] == []

@@ -270,3 +270,17 @@ def test_active_units_discount_the_noise_of_sampled_means(spread, expected):
     scores = evaluate_terms(vae, x, num_samples=20)
     assert scores.posterior_mean.var(0).min() > 0.03  # the raw variance of noisy means looks "active"
     assert active_units(scores.posterior_mean, noise=scores.posterior_mean_noise) == expected
+
+
+def test_evaluate_refuses_data_of_another_size_and_bad_sample_counts():
+    from pyro_vae import UserError
+
+    vae = VAE(6, z_dim=2, hidden=(4,))
+    for x in (torch.zeros(2, 5), torch.zeros(6), [[0.0] * 6], torch.zeros(2, 2, 2)):
+        with pytest.raises(UserError, match=r"the model scores a tensor of items of 6 values"):
+            evaluate(vae, x, num_samples=2)
+    for k in (0, "3", 2.5):
+        with pytest.raises(UserError, match="--samples must be"):
+            evaluate_terms(vae, torch.zeros(2, 6), num_samples=k)
+    elbo, log_px = evaluate(vae, torch.zeros(2, 2, 3).bernoulli_(0.5) * 0 + 1, num_samples=2)  # items of shape (2, 3)
+    assert elbo.shape == log_px.shape == (2,)

@@ -474,3 +474,118 @@ def test_files_of_the_wrong_kind_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="train_32x32.mat is not a readable MATLAB file") as e:
         load_svhn(tmp_path)
     assert "\n" not in str(e.value)
+
+
+# Malformed CIFAR entries, image formats and sizes (issue 20) -------------------------------------
+
+
+def _rewrite(path, **entries):
+    with open(path, "rb") as f:
+        d = pickle.load(f)
+    d.update({k.encode(): v for k, v in entries.items()})
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+
+
+@pytest.mark.parametrize("labels,says", [
+    ("abc", "got a str"), (5, "got a int"), ({b"a": 1}, "got a dict"), ([10**30] * 3, "values of type object"),
+    ([[1, 2], [3]], "ragged or not numbers"), ([[1], [2], [3]], "got a list"), ([1.0, 2.0, 3.0], "values of type float64"),
+    ([0, 10, 1], "values from 0 to 10"), ([-1, 0, 1], "values from -1 to 1"), (["1", "2", "3"], "values of type <U1"),
+    (np.array([1, 2, 3], dtype=np.float32), "values of type float32"), ([True, False, True], "values of type bool"),
+])  # fmt: skip
+def test_cifar_labels_that_are_not_0_to_9_are_one_line_errors(tmp_path, labels, says):
+    write_cifar(tmp_path)
+    _rewrite(tmp_path / "cifar-10-batches-py" / "data_batch_2", labels=labels)
+    with pytest.raises(UserError, match="data_batch_2: its labels must be a list of whole numbers 0..9") as e:
+        load_cifar10(tmp_path)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cifar_integer_label_arrays_of_any_width_are_read(tmp_path):
+    _, labels = write_cifar(tmp_path)
+    _rewrite(tmp_path / "cifar-10-batches-py" / "test_batch", labels=np.array(labels["test_batch"], dtype=np.uint8))
+    out = load_cifar10(tmp_path)
+    assert out.test.labels.dtype == np.int64 and out.test.labels.tolist() == labels["test_batch"]
+
+
+@pytest.mark.parametrize("names,says", [(5, "got int"), ([b"x"] * 9, "got list of 9"), ([1] * 10, "got list of 10"),
+                                        ({b"a": b"b"}, "got dict")])  # fmt: skip
+def test_cifar_label_names_must_be_ten_names(tmp_path, names, says):
+    write_cifar(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names}, f, protocol=2)
+    with pytest.raises(UserError, match="batches.meta: label_names must be a list of 10 names") as e:
+        load_cifar10(tmp_path)
+    assert says in str(e.value)
+
+
+def test_cifar_data_that_numpy_cannot_hold_is_one_line(tmp_path):
+    write_cifar(tmp_path)
+    _rewrite(tmp_path / "cifar-10-batches-py" / "data_batch_1", data=[[1, 2], [3]])
+    with pytest.raises(UserError, match="data_batch_1: its data is not an array of numbers"):
+        load_cifar10(tmp_path)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n"
+
+
+@pytest.mark.parametrize("kind", ["eps", "pdf", "gif", "bmp", "tiff", "webp"])
+def test_only_png_and_jpeg_are_decoded_whatever_the_suffix(tmp_path, monkeypatch, kind):
+    # a stand-in Ghostscript on PATH records any call: opening a data folder must never run it
+    calls = tmp_path / "gs_calls"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "gs").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
+    (tmp_path / "bin" / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    folder = tmp_path / "imgs"
+    save(folder / "a.png", np.zeros((8, 8), np.uint8))
+    if kind == "eps":
+        (folder / "evil.png").write_bytes(EPS)
+    elif kind == "pdf":
+        (folder / "evil.jpg").write_bytes(b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n")
+    else:
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "other.png", format=kind.upper())
+    with pytest.raises(UserError, match=r"not a PNG or JPEG image \(pyro-vae reads only PNG, JPEG\)") as e:
+        load_image_folder(folder)
+    assert "\n" not in str(e.value) and not calls.exists()
+
+
+def test_images_beyond_the_pixel_limit_are_refused_from_their_header(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    save(tmp_path / "a.png", np.zeros((20, 20), np.uint8))
+    save(tmp_path / "b.png", np.zeros((20, 20), np.uint8))
+    decoded = []
+    monkeypatch.setattr(PILImage.Image, "load", lambda self: decoded.append(self) or None)
+    # 400 pixels: above the limit, below twice it (where Pillow only warns): one line, no warning
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 300)
+    with pytest.raises(UserError, match=r"image a.png has 20x20 = 400 pixels, more than the limit of 300"):
+        load_image_folder(tmp_path)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # where Pillow raises its own error: one line too
+    with pytest.raises(UserError, match=r"a.png"):
+        load_image_folder(tmp_path)
+    assert decoded == []  # refused before any pixel was decoded
+
+
+def test_a_set_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    import pyro_vae.data.images as images
+
+    for i in range(5):
+        save(tmp_path / f"{i}.png", np.zeros((10, 12), np.uint8))
+    seen = []
+    monkeypatch.setattr(images, "check_memory", lambda needed, what, advice="": seen.append((needed, what)))
+    assert load_image_folder(tmp_path).images.shape == (5, 1, 10, 12)
+    assert load_image_folder(tmp_path, image_size=(30, 40)).images.shape == (5, 1, 30, 40)
+    # the estimate: N x H x W x 18 bytes (the first image's size, or the size asked for)
+    assert [n for n, _ in seen] == [5 * 10 * 12 * 18, 5 * 30 * 40 * 18]
+    assert seen[1][1] == f"5 images of 30x40 pixels in {tmp_path}"
+    monkeypatch.undo()
+    from pyro_vae import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 5 * 10 * 12 * 18 - 1)
+    with pytest.raises(UserError, match=r"5 images of 10x12 pixels in .* would need about 10.8 KB of memory, "
+                                        r"more than the 10.8 KB available; use fewer images or a smaller --image-size"):
+        load_image_folder(tmp_path)
+    monkeypatch.setattr(resources, "available_memory", lambda: 10**9)
+    with pytest.raises(UserError, match=r"5 images of 100000x100000 pixels .* about 900.0 GB"):
+        load_image_folder(tmp_path, image_size=100000)

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 
 #: The layers, bottom up: a folder of the package (or ``""`` for modules at its top) and its modules in order.
 LAYERS = [
-    ("", ["errors", "registry", "user_code", "config", "config_files", "checkpoint", "moved"]),
+    ("", ["errors", "resources", "registry", "user_code", "config", "config_files", "checkpoint", "moved"]),
     ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "priors", "model", "labels",
              "objectives", "kl_weighting", "evaluation"]),
     ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),

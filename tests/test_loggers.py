@@ -332,3 +332,93 @@ def test_format_elbo_is_readable_when_diverged():
     assert format_elbo(-104.2125) == "-104.213" and format_elbo(-3.4e38) == "-3.400e+38"
     line = format_epoch_line({"epoch": 2, "train_elbo": -3.4e38, "valid_elbo": float("nan")}, 5)
     assert "train ELBO -3.400e+38" in line and "valid ELBO       nan" in line and "e+38" in line
+# Records as complete as metrics.jsonl, files never through links (issue 20) -----------------------
+
+MORE = [
+    {"epoch": 1, "train_elbo": -120.5, "valid_elbo": -118.25, "seconds": 1.5},
+    {"epoch": 2, "train_elbo": -110.125, "valid_elbo": None, "seconds": 1.25},
+    {"epoch": 3, "train_elbo": 0.1 + 0.2, "valid_elbo": -101.0, "seconds": 1.0, "kl_weight": 0.5},
+    {"epoch": 4, "train_elbo": -99.0, "valid_elbo": -98.5, "seconds": 1.0, "kl_weight": 1.0},
+]
+
+
+def test_csv_is_rebuilt_from_metrics_jsonl_when_a_row_was_lost(tmp_path):
+    uninterrupted = tmp_path / "a"
+    uninterrupted.mkdir()
+    lg = CSVLogger()
+    lg.start(uninterrupted, CONFIG)
+    for r in MORE:
+        lg.log_epoch(r)
+    # a run killed after epoch 2's checkpoint, before its csv row: metrics.jsonl has 1, 2 (and a partial line)
+    run = tmp_path / "b"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MORE[:2]) + '{"epoch": 3, "tra')
+    (run / "metrics.csv").write_text("epoch,train_elbo,valid_elbo,seconds\n1,-120.5,-118.25,1.5\n")
+    resumed = CSVLogger()
+    resumed.start(run, CONFIG)
+    assert [r["epoch"] for r in read_csv(run / "metrics.csv")] == ["1", "2"]
+    for r in MORE[2:]:  # what fit does: metrics.jsonl first, then the logger
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(r) + "\n")
+        resumed.log_epoch(r)
+    assert (run / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
+    rows = read_csv(run / "metrics.csv")
+    assert rows[1]["valid_elbo"] == "" and float(rows[2]["train_elbo"]) == 0.1 + 0.2 and rows[0]["kl_weight"] == ""
+
+
+def test_csv_rows_survive_a_crash_between_checkpoint_and_row(tmp_path, monkeypatch):
+    from pyro_vae import fit
+    from pyro_vae.runs.run import read_metrics
+
+    original = CSVLogger.log_epoch
+
+    def crash(self, record):
+        if record["epoch"] == 2:
+            raise RuntimeError("killed")  # after epoch 2's metrics.jsonl and checkpoint.pt
+        original(self, record)
+
+    settings = dict(dataset="digits", hidden=(8,), z_dim=2, batch_size=256, device="cpu", quiet=True)
+    monkeypatch.setattr(CSVLogger, "log_epoch", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(out=tmp_path / "run", epochs=3, loggers=["csv"], **settings)
+    monkeypatch.setattr(CSVLogger, "log_epoch", original)
+    fit(out=tmp_path / "run", epochs=3, resume=True, loggers=["csv"], **settings)
+    rows, metrics = read_csv(tmp_path / "run" / "metrics.csv"), read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] == [m["epoch"] for m in metrics]
+    assert [float(r["train_elbo"]) for r in rows] == [m["train_elbo"] for m in metrics]
+
+
+def test_logger_files_and_folders_are_never_written_through_links(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").symlink_to(elsewhere / "victim.csv")
+    (elsewhere / "victim.csv").write_text("mine\n")
+    lg = CSVLogger()
+    lg.path, lg.header, lg.rows = run / "metrics.csv", list(RECORDS[0]), [dict(RECORDS[0])]
+    with pytest.raises(UserError, match="symbolic link"):  # the append of a row
+        lg.log_epoch(RECORDS[1])
+    (run / "metrics.jsonl").write_text(json.dumps(RECORDS[0]) + "\n")
+    with pytest.raises(UserError, match="symbolic link"):  # the rebuild at start
+        CSVLogger().start(run, CONFIG)
+    assert (elsewhere / "victim.csv").read_text() == "mine\n"
+    for name, folder in (("tensorboard", "tensorboard"), ("mlflow", "mlruns")):
+        pytest.importorskip(name, reason=f"the {name} extra is not installed")
+        (run / folder).symlink_to(elsewhere)
+        with pytest.raises(UserError, match=f"{folder} is a symbolic link"):
+            build_loggers([name]).start(run, CONFIG)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.csv"]
+
+
+@pytest.mark.parametrize("names,every,message", [
+    (5, 5, "loggers must be a list of logger names"), ([1], 5, "loggers must be a list of logger names"),
+    (["csv"], "x", "--log-images-every must be an integer, got 'x'"), (["csv"], -1, "must be at least 0, got -1"),
+])  # fmt: skip
+def test_build_loggers_validates_as_the_cli(names, every, message):
+    with pytest.raises(UserError, match=message):
+        build_loggers(names, every)
+
+
+def test_one_logger_name_as_a_string_is_that_logger():
+    assert [type(lg) for lg in build_loggers("csv").loggers] == [CSVLogger]

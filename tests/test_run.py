@@ -407,3 +407,107 @@ def test_messages_go_through_logging_and_the_cli_prints_them(tmp_path, caplog, c
     out = capsys.readouterr().out
     assert out.startswith("bernoulli VAE on digits: test ELBO ") and str(tmp_path / "b") in out
     assert not logging.getLogger("pyro_vae").handlers  # the CLI's handler is removed again
+# Messages that suggest a command suggest one that works; received code needs trust (issue 20) -----
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    dict(dataset="digits", hidden=(16, 8), z_dim=3, batch_size=64, epochs=2, seed=7),
+    dict(lr=0.000123456789, beta=0.5, kl_warmup=1.5, free_bits=0.25, clip_norm=1.5, early_stopping=2,
+         lr_schedule="step", lr_step=3, lr_gamma=0.5, lr_warmup=10, weight_decay=1e-5, stream=True),
+    dict(data="/tmp/my data/x y.npy", test_data="/tmp/t.npy", layout="nhwc", image_size=(30, 20), arch="conv",
+         channels=(8, 16), likelihood="gaussian", likelihood_options={"min_scale": 0.01}, device="cpu"),
+    dict(guide="iaf", guide_options={"flow_steps": 3}, likelihood_options={"binarize": "threshold"}, particles=3,
+         objective="iwae", activation="tanh", optimizer="adagrad", data_dir="/tmp/d"),
+    dict(guide="/tmp/my guides.py:G", likelihood="discretized-logistic-mixture", likelihood_options={"mixtures": 4}),
+])  # fmt: skip
+def test_fit_command_gives_back_the_same_settings(settings, capsys):
+    import shlex
+
+    from pyro_vae.config import Config
+    from pyro_vae.runs.folder import fit_command
+
+    config = Config(**settings)
+    command = fit_command(config, "runs/a b")
+    words = shlex.split(command)
+    assert words[:2] == ["pyro-vae", "fit"] and words[-2:] == ["--out", "runs/a b"] and "--trust-guide" not in words
+    assert main([*words[1:], "--print-config"]) == 0
+    assert Config.from_dict(json.loads(capsys.readouterr().out)).to_dict() == config.to_dict()
+    assert fit_command(config, "r", overwrite=True).endswith("--out r --overwrite")
+    assert fit_command(config.replace(guide_options={"my_option": 1}), "r") is None  # no flag for it
+
+
+def test_resume_advice_names_trust_for_code():
+    from pyro_vae.config import Config
+    from pyro_vae.runs.folder import resume_command
+
+    assert resume_command("r") == resume_command("r", Config()) == "pyro-vae fit --out r --resume"
+    assert resume_command("r", Config(arch="x.py:N")) == "pyro-vae fit --out r --resume --trust-guide"
+
+
+@pytest.mark.parametrize("when", ["config", "checkpoint", "staging"])
+def test_a_full_disk_before_the_first_checkpoint_advises_a_command_that_works(tmp_path, monkeypatch, capsys, when):
+    import errno
+    import shlex
+
+    import pyro_vae.runs.fit as training
+
+    out = tmp_path / "run"
+    base = ["fit", "--dataset", "digits", "--hidden", "16", "--z-dim", "3", "--batch-size", "256", "--device", "cpu",
+            "--lr", "0.003", "--quiet"]  # fmt: skip
+    cli = [*base, "--epochs", "2", "--out", str(out)]
+    if when == "staging":  # an --overwrite of an older run: the old run is kept, the advice replaces it
+        assert main([*base, "--epochs", "1", "--out", str(out)]) == 0
+        cli.append("--overwrite")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training, "write_config" if when == "config" else "save_checkpoint", full)
+    assert main(cli) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "before the first checkpoint; free space and continue with: " in err
+    advice = err.split("continue with: ")[1].strip()
+    assert ("--overwrite" in advice) == (when != "config") and not (out / ".staging").exists()
+    if when == "staging":
+        assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1  # the old run is still there
+    monkeypatch.undo()
+    assert main(shlex.split(advice)[1:]) == 0
+    uninterrupted = tmp_path / "again"
+    assert main([*base, "--epochs", "2", "--out", str(uninterrupted)]) == 0
+    a, b = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(uninterrupted / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_run_naming_its_architecture_as_code_is_not_opened_untrusted(trained, tmp_path):
+    marker = tmp_path / "marker"
+    (tmp_path / "net.py").write_text(f"import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n")
+    shutil.copytree(trained / "run", tmp_path / "recv")
+    meta = json.loads((tmp_path / "recv" / "config.json").read_text())
+    meta["arch"] = f"{tmp_path / 'net.py'}:Net"
+    (tmp_path / "recv" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"names its architecture as code, .*net.py:Net; .* --trust-guide \(or --arch"):
+        load_run(tmp_path / "recv")
+    assert main(["encode", str(tmp_path / "recv"), "-o", str(tmp_path / "z.npy")]) == 2
+    assert not marker.exists()
+    with pytest.raises(UserError, match="from another configuration than its config.json"):  # allowed: next check
+        load_run(tmp_path / "recv", arch=meta["arch"])
+    with pytest.raises(UserError, match="from another configuration than its config.json"):
+        load_run(tmp_path / "recv", trust_guide=True)
+
+
+def test_the_api_validates_as_the_cli(trained, tmp_path):
+    with pytest.raises(UserError, match="the run folder must be a path"):
+        load_run(None)
+    with pytest.raises(UserError, match="--checkpoint must be one of best, last, got 5"):
+        load_run(trained / "run", checkpoint=5)
+    run = load_run(trained / "run", "cpu")
+    for kwargs, message in [({"samples": "a"}, "--samples must be an integer"), ({"samples": 0}, "at least 1, got 0"),
+                            ({"samples": 2, "subset": 1.5}, "--subset must be an integer")]:  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            run.evaluate(**kwargs)
+    for kwargs, message in [({"out": 5}, "out must be a path"), ({"out": tmp_path / "x", "loggers": 5}, "logger names"),
+                            ({"out": tmp_path / "x", "log_images_every": "x"}, "--log-images-every must be an integer")]:
+        with pytest.raises(UserError, match=message):
+            fit(epochs=0, **TINY, **kwargs)
+    assert not (tmp_path / "x").exists()

@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_text, load_checkpoint
-from ..config import Config, parse_hidden
+from ..checkpoint import atomic_write, atomic_write_text, load_checkpoint
+from ..config import Config, check_integer, check_path, parse_hidden
 from ..data.load import load_dataset
 from ..errors import UserError
 from ..runs import launch, plots
@@ -410,7 +410,9 @@ class Comparison:
         for key, kind, rows in groups:
             for row in rows:
                 first = next(r for r in self.runs if r.family == row["family"])
-                run = first.run if first.run is not None else load_run(first.directory, device="cpu")
+                run = first.run if first.run is not None else load_run(
+                    first.directory, "cpu", guide=first.configuration.get("guide", self.config.guide),
+                    arch=first.configuration.get("arch", self.config.arch))  # the code the user gave, see _open
                 x = run.test_data()[:n]
                 strips.append((row["family"], run.sample(n, seed=0), run.reconstruct(x)))
         what = "likelihood families" if self.varying == ["likelihood"] else " × ".join(self.varying)
@@ -521,12 +523,10 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     from ..train.loggers import build_loggers
 
     build_loggers(loggers or ())  # unknown names and missing extras fail before anything is trained
-    if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
-    if eval_samples < 1:
-        raise UserError(f"--eval-samples must be at least 1, got {eval_samples}")
-    if eval_subset is not None and eval_subset < 1:
-        raise UserError(f"--eval-subset must be at least 1, got {eval_subset}")
+    seeds = check_integer(seeds, "--seeds", 1)
+    eval_samples = check_integer(eval_samples, "--eval-samples", 1)
+    eval_subset = None if eval_subset is None else check_integer(eval_subset, "--eval-subset", 1)
+    out = check_path(out, "--out")
     values = _grid_values(grid, likelihoods)
     explicit = "likelihood" in values
     if not explicit and not any(len(v) > 1 for v in values.values()):
@@ -625,6 +625,8 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
 def _grid_values(grid, likelihoods):
     """``{field: [values, parsed, without repeats]}`` of the axes given (``likelihoods`` joins ``grid["likelihood"]``)."""
     known = {a.field: a for a in axes()}
+    if grid is not None and not isinstance(grid, dict):
+        raise UserError(f"grid must be a dict of setting names to lists of values, got {type(grid).__name__}")
     grid = dict(grid or {})
     unknown = [f for f in grid if f not in known]
     if unknown:
@@ -694,7 +696,7 @@ def _evaluate(run, samples, items, progress=None):
     scores = evaluate_terms(run.vae, x, num_samples=samples, progress=progress)
     result = summarize(scores, run.vae.likelihood, run.vae.x_dim)
     log_px = scores.log_px.detach().double().cpu().numpy()
-    np.save(run.directory / ITEM_SCORES, log_px)
+    atomic_write(run.directory / ITEM_SCORES, lambda f: np.save(f, log_px))  # never through a link
     write_evaluation(run, result)
     return result, log_px
 

@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import torch_load
 from ..errors import UserError
 from .dataset import SPLIT_SEED, TEST_FRACTION, Dataset, images_to_float, seeded_split
 
@@ -214,7 +215,7 @@ def _load_pt(path, what):
 
     try:
         with torch.serialization.safe_globals([TensorDataset]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch_load(path)  # torch.load(weights_only=True), without its pickle-protocol warning
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if not found:

@@ -18,6 +18,7 @@ Image files (CelebA's, a folder's) are read upright: the EXIF Orientation tag is
 """
 
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -26,12 +27,29 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
+from ..resources import check_memory
 
 #: Seed and fraction of the fixed test split of data sets that come without one (as pyro_vae.data.dataset).
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1
 #: File name endings read by :func:`load_image_folder` (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The only formats an image file is decoded as (Pillow's names, passed to ``Image.open(formats=...)``),
+#: whatever its content says: PostScript/EPS, PDF and the other formats Pillow knows are refused, so
+#: opening a data folder never hands a file to another program (Ghostscript for EPS).
+IMAGE_FORMATS = ("PNG", "JPEG")
+#: Estimated peak bytes per pixel of loading an image folder as a data set: the RGB uint8 images
+#: while they are stacked (3 + 3), then the uint8 set and its float32 tensors for C <= 3 channels
+#: (3 + 4 x 3) alive together; see :func:`load_image_folder`.
+BYTES_PER_PIXEL = 18
+
+
+def max_image_pixels():
+    """The most pixels one image may have, checked from its header before it is decoded: Pillow's
+    decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS`` (89 478 485 by default; Pillow itself only
+    warns up to twice that), or None when a user disabled it. A small file that decodes to a huge
+    image is refused with one line."""
+    return Image.MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -164,10 +182,34 @@ def _key(d, name, path):
     raise UserError(f"{path} has no {name!r} entry; it is not a CIFAR-10 batch")
 
 
+#: CIFAR-10's classes: labels are 0..9
+CIFAR_CLASSES = 10
+
+
+def _cifar_labels(raw, path):
+    """A batch's ``labels`` entry as int64 ``(n,)``: a list (or 1-d integer array) of whole numbers 0..9."""
+    problem = None
+    try:
+        labels = np.asarray(raw)
+    except (ValueError, TypeError, OverflowError):  # ragged lists, objects numpy cannot hold
+        labels, problem = None, "ragged or not numbers"
+    if problem is None and (labels.ndim != 1 or labels.dtype.kind not in "iu"):
+        problem = f"a {type(raw).__name__}" if labels.ndim != 1 else f"values of type {labels.dtype}"
+    elif problem is None and len(labels) and (labels.min() < 0 or labels.max() >= CIFAR_CLASSES):
+        problem = f"values from {labels.min()} to {labels.max()}"
+    if problem is not None:
+        raise UserError(f"{path}: its labels must be a list of whole numbers 0..{CIFAR_CLASSES - 1}, got {problem}; "
+                        "it is not a CIFAR-10 batch")  # fmt: skip
+    return labels.astype(np.int64)
+
+
 def _cifar_batch(path):
     d = restricted_load(path)
-    data = np.asarray(_key(d, "data", path))
-    labels = np.asarray(_key(d, "labels", path), dtype=np.int64)
+    try:
+        data = np.asarray(_key(d, "data", path))
+    except (ValueError, TypeError, OverflowError):
+        raise UserError(f"{path}: its data is not an array of numbers; it is not a CIFAR-10 batch") from None
+    labels = _cifar_labels(_key(d, "labels", path), path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise UserError(
             f"{path}: expected uint8 data of shape (n, 3072) and n labels, got {data.dtype} {data.shape} "
@@ -199,7 +241,12 @@ def load_cifar10(root):
     classes = None
     if (folder / "batches.meta").exists():
         meta = restricted_load(folder / "batches.meta")
-        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _key(meta, "label_names", folder / "batches.meta")]
+        names = _key(meta, "label_names", folder / "batches.meta")
+        if not isinstance(names, (list, tuple)) or len(names) != CIFAR_CLASSES \
+                or not all(isinstance(c, (bytes, str)) for c in names):  # fmt: skip
+            raise UserError(f"{folder / 'batches.meta'}: label_names must be a list of {CIFAR_CLASSES} names, got "
+                            f"{type(names).__name__}{f' of {len(names)}' if isinstance(names, (list, tuple)) else ''}")
+        classes = [c.decode("latin1") if isinstance(c, bytes) else c for c in names]
     return ImageData(
         "cifar10",
         Split(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
@@ -248,14 +295,39 @@ def load_svhn(root):
 CELEBA_CROP = 140
 
 
-def _read_image(path, shown=None):
-    """PIL image of ``path``, fully decoded and upright: turned and mirrored as its EXIF Orientation
-    tag says (:func:`upright`), so the pixels are those every image viewer shows.
-
-    :raises UserError: naming the file, if it is unreadable or its EXIF data cannot be read.
-    """
+def _open_image(path, shown=None):
+    """The PIL image of ``path``, opened lazily (its header only) as one of :data:`IMAGE_FORMATS`,
+    with at most :func:`max_image_pixels` pixels; :class:`UserError` naming the file otherwise."""
+    shown = shown or path
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, as one line
+            img = Image.open(path, formats=list(IMAGE_FORMATS))
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {shown}: not a {' or '.join(IMAGE_FORMATS)} image "
+                        f"(pyro-vae reads only {', '.join(IMAGE_FORMATS)})") from None  # fmt: skip
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {shown}: {_one_line(e)}") from None
+    w, h = img.size
+    limit = max_image_pixels()
+    if limit is not None and w * h > limit:
+        img.close()
+        raise UserError(f"image {shown} has {w}x{h} = {w * h} pixels, more than the limit of {limit} "
+                        "(PIL.Image.MAX_IMAGE_PIXELS, Pillow's decompression-bomb guard); shrink it first")  # fmt: skip
+    return img
+
+
+def _read_image(path, shown=None):
+    """PIL image of ``path``, fully decoded (:func:`_open_image`) and upright: turned and mirrored as its EXIF
+    Orientation tag says (:func:`upright`), so the pixels are those every image viewer shows.
+
+    :raises UserError: naming the file, if it is unreadable, of another format, larger than
+        :func:`max_image_pixels`, or its EXIF data cannot be read.
+    """
+    img = _open_image(path, shown)
+    try:
+        with img, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked above, as one line
             img.load()
             img = upright(img, shown or path)
             return img if img.mode != "P" else img.convert("RGBA")
@@ -373,11 +445,18 @@ def load_image_folder(path, image_size=None):
     (bilinear, no crop, as ``torchvision.transforms.Resize((H, W))``); without it all images must
     have one size.
 
+    Formats: only :data:`IMAGE_FORMATS` (PNG and JPEG) are decoded, whatever a file's content says (an
+    EPS file named ``.png`` is refused, never handed to Ghostscript); an image of more than
+    :func:`max_image_pixels` pixels is refused from its header. Memory: before decoding, the set's
+    peak memory is estimated as N x H x W x :data:`BYTES_PER_PIXEL` bytes and refused when it exceeds
+    the memory available (:func:`pyro_vae.resources.check_memory`).
+
     :returns: :class:`FolderImages`: uint8 ``(N, C, H, W)``, labels int64 ``(N,)`` or ``None``,
         class names, file paths relative to ``path``.
     :raises UserError: a missing folder; no images; images both at the top and in class folders;
-        an unreadable or corrupt image (named); images of different sizes without ``image_size``
-        (two of them named with their sizes); a bad ``image_size``.
+        an unreadable or corrupt image, one of another format or too many pixels (named); images of
+        different sizes without ``image_size`` (two of them named with their sizes); a bad
+        ``image_size``; a set that would not fit in memory.
     """
     root = Path(path)
     if not root.is_dir():
@@ -410,11 +489,20 @@ def load_image_folder(path, image_size=None):
     if not files:
         raise UserError(f"no PNG or JPEG images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
 
+    if size is None:  # all images must have the first one's size (checked below)
+        with _open_image(files[0], files[0].relative_to(root).as_posix()) as img:
+            size = img.size[::-1]
+        resize = False
+    else:
+        resize = True
+    h, w = size
+    check_memory(len(files) * h * w * BYTES_PER_PIXEL, f"{len(files)} images of {h}x{w} pixels in {root}",
+                 "use fewer images or a smaller --image-size")  # fmt: skip
     arrays, first = [], None
     for f in files:
         shown = f.relative_to(root).as_posix()
         img = _read_image(f, shown)
-        if size is not None:
+        if resize:
             img = img.resize((size[1], size[0]), Image.BILINEAR)
         a = _pixels(img)
         if first is None:

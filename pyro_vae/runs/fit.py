@@ -8,6 +8,7 @@ written through the folder (metrics, ``checkpoint.pt``, ``best.pt``), then score
 """
 
 import logging
+import os
 
 import torch
 
@@ -86,6 +87,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     ``epochs`` (run) and ``stopped_early``.
     """
     config = make_config(config, **settings)
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise UserError(f"out must be a path (a str or pathlib.Path), got {out!r}")
     if checkpoint not in ("best", "last"):
         raise UserError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if not isinstance(loggers, Loggers):  # built first: a missing optional package fails before any work
@@ -113,7 +116,7 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
             use_best(run, best_state)
         return run
     except OSError as e:  # a read-only folder, a full disk, a name too long
-        raise io_error(e, folder.out) from None
+        raise io_error(e, folder.out, config) from None
     finally:
         folder.close()
 

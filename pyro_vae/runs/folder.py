@@ -33,6 +33,7 @@ import pyro
 from ..checkpoint import atomic_write_text, clean_temp_files, load_checkpoint, refuse_symlink, save_checkpoint
 from ..config import Config
 from ..errors import UserError
+from ..user_code import named_code
 
 #: Files a run folder holds; ``--overwrite`` removes exactly these.
 RUN_FILES = (
@@ -164,9 +165,41 @@ class RunLock:
         self.release()
 
 
-def resume_command(out):
-    """The command that continues the run in ``out`` (for messages)."""
-    return f"pyro-vae fit --out {shlex.quote(str(out))} --resume"
+def resume_command(out, config=None):
+    """The command that continues the run in ``out`` (for messages); with ``--trust-guide`` when the
+    run's ``config`` names code (:func:`~pyro_vae.user_code.check_code_trusted`), which ``--resume`` asks for."""
+    trust = " --trust-guide" if config is not None and named_code(config) else ""
+    return f"pyro-vae fit --out {shlex.quote(str(out))} --resume{trust}"
+
+
+#: the per-component options that have a flag of ``pyro-vae fit`` (the others are set in Python only)
+OPTION_FLAGS = {"likelihood_options": ("binarize", "min_scale", "sigma", "mixtures"), "guide_options": ("flow_steps",)}
+
+
+def fit_command(config, out, overwrite=False):
+    """The ``pyro-vae fit`` command that trains ``config`` into ``out`` (for messages): a flag for each
+    setting that differs from its default, or None when a setting has no flag (an option of a user's
+    own part). ``--trust-guide`` is not needed: the command names the code itself.
+    """
+    default = Config().to_dict()
+    words = ["pyro-vae", "fit"]
+    for name, value in config.to_dict().items():
+        if name in OPTION_FLAGS:
+            if any(k not in OPTION_FLAGS[name] for k in value):
+                return None
+            words += [w for k, v in value.items() for w in (f"--{k.replace('_', '-')}", str(v))]
+            continue
+        if value == default[name] or value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif isinstance(value, list):
+            words += [flag, ",".join(str(v) for v in value)]
+        else:
+            words += [flag, repr(value) if isinstance(value, float) else str(value)]
+    words += ["--out", str(out)] + (["--overwrite"] if overwrite else [])
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def write_file_checked(path, write, what):
@@ -203,13 +236,21 @@ def check_same_settings(saved, config, message):
     return config
 
 
-def io_error(e, out):
-    """An :class:`OSError` while writing the run folder ``out`` as one line (a full disk says how to resume,
-    once there is a checkpoint to resume from)."""
+def io_error(e, out, config=None):
+    """An :class:`OSError` while writing the run folder ``out`` as one line. A full disk says how to go on with a
+    command that works: ``--resume`` once there is a checkpoint to resume from; before the first one, the
+    ``fit`` command of ``config`` again (:func:`fit_command`; with ``--overwrite`` where the folder holds a run)."""
+    out = Path(out)
     if e.errno == errno.ENOSPC:
-        if (Path(out) / "checkpoint.pt").exists():
-            return UserError(f"the disk is full (writing to {out}); free space and continue with: {resume_command(out)}")
-        return UserError(f"the disk is full (writing to {out}) before the first checkpoint; free space and start again")
+        staged = (out / ".staging").is_dir()  # an --overwrite that had not replaced the old run yet
+        if (out / "checkpoint.pt").exists() and not staged:
+            return UserError(f"the disk is full (writing to {out}); free space and continue with: "
+                             f"{resume_command(out, config)}")  # fmt: skip
+        shutil.rmtree(out / ".staging", ignore_errors=True)
+        again = fit_command(config, out, overwrite=staged or holds_run(out)) if config is not None else None
+        advice = f"continue with: {again}" if again else "run the same command again" + (
+            " with --overwrite" if holds_run(out) and not staged else "")
+        return UserError(f"the disk is full (writing to {out}) before the first checkpoint; free space and {advice}")
     where = e.filename or out
     return UserError(f"cannot write to the run folder {out}: {e.strerror or e} ({where})")
 
@@ -370,11 +411,12 @@ class RunFolder:
         out = self.out
         if self.where == out and (out / "checkpoint.pt").exists():
             try:
-                epoch = load_checkpoint(out / "checkpoint.pt")["epoch"]
-            except UserError:
-                epoch = "?"
+                state = load_checkpoint(out / "checkpoint.pt")
+                epoch, config = state["epoch"], Config.from_dict(state["config"])
+            except (UserError, ValueError, TypeError, KeyError):
+                epoch, config = "?", None
             if interrupted:
-                return f"the checkpoint of epoch {epoch} in {out} is kept; continue with: {resume_command(out)}"
+                return f"the checkpoint of epoch {epoch} in {out} is kept; continue with: {resume_command(out, config)}"
             return f"the last good checkpoint, of epoch {epoch}, in {out} is kept"
         old = " (the previous run in it is unchanged)" if self.where != out else ""
         shutil.rmtree(out / ".staging", ignore_errors=True)

@@ -434,11 +434,35 @@ def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs
         os._exit(code)
 
 
+def _quiet_resource_tracker():
+    """Start multiprocessing's resource tracker (if it is not running) without its leak warning.
+
+    A rank killed by a signal cannot unregister the semaphores it made; the tracker removes them when
+    the run ends, as it should, but also prints a two-line ``UserWarning`` ("There appear to be 2
+    leaked semaphore objects") after the one ``error:`` line that already says the rank was killed.
+    The tracker is its own process, started with the parent's environment: ``PYTHONWARNINGS`` set
+    while it starts silences that warning there only.
+    """
+    from multiprocessing import resource_tracker
+
+    before = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (before, "ignore:resource_tracker:UserWarning") if w)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if before is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = before
+
+
 def _spawn(world_size, config, out, precision, fit_kwargs):
     """Start ``world_size`` ranks on this node and watch them: the first to fail stops the others."""
     import multiprocessing.connection
 
     import torch.multiprocessing as mp
+
+    _quiet_resource_tracker()
 
     context = mp.get_context("spawn")
     pipes = [context.Pipe(duplex=False) for _ in range(world_size)]  # (read, write): one line back per rank

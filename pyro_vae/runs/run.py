@@ -6,7 +6,6 @@ latent-space tools.
 import contextlib
 import json
 import math
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,11 @@ import torch
 import pyro
 
 from ..checkpoint import atomic_write, atomic_write_text, load_checkpoint
-from ..config import Config
+from ..config import Config, check_integer, check_path
 from ..data.files import interpret_array
 from ..errors import UserError
 from ..train.build import build_vae, prepare_data, resolve_device
-from ..user_code import is_import_spec, sha256_file, spec_file
+from ..user_code import check_code_trusted, is_import_spec, sha256_file, spec_file
 from ..vae.evaluation import evaluate_terms, summarize
 from ..vae.labels import LabelledVAE, SemiSupervisedVAE, check_labels, class_scores
 from . import latent, plots
@@ -218,10 +217,8 @@ class Run:
             ``reconstruction``, ``kl``, ``bits_per_dim``, ``active_units`` and the other keys of
             :func:`~pyro_vae.vae.evaluation.summarize`.
         """
-        if samples < 1:
-            raise UserError(f"--samples must be at least 1, got {samples}")
-        if subset is not None and subset < 1:
-            raise UserError(f"--subset must be at least 1, got {subset}")
+        samples = check_integer(samples, "--samples", 1)
+        subset = None if subset is None else check_integer(subset, "--subset", 1)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
             raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
         x = self.test_data()
@@ -460,38 +457,20 @@ def record_parts(config, folder, saved=None):
     return {"code": code, "registered": registered}
 
 
-def check_guide_trusted(config, directory, trust_guide=False, guide=None):
-    """Refuse to run code a run folder names as its guide, architecture or likelihood unless the user allows it.
+def check_guide_trusted(config, directory, trust_guide=False, guide=None, arch=None):
+    """Refuse to run code a run folder names as its guide or architecture unless the user allows it.
 
-    A part given as ``file.py:Name`` or ``module:Name`` is Python code that runs when the model is
-    built. A run folder received from someone else could name any file or module; opening it
-    (:func:`load_run`, ``evaluate``, ``sample``) runs that code only when ``trust_guide`` is true or,
-    for the guide, the user names the same guide again (``guide``, ``--guide`` on the command line). A prior
-    given as code (``--prior file.py:Name``) follows the same rule; ``trust_guide`` allows it.
+    A guide or architecture given as ``file.py:Name`` or ``module:Name`` is Python code that runs when
+    the model is built. A run folder received from someone else could name any file or module; opening
+    it (:func:`load_run`, ``evaluate``, ``sample``, the latent commands) runs that code only when
+    ``trust_guide`` is true or the user names the same code again (``guide``, ``arch``: ``--guide`` /
+    ``--arch`` on the command line). The rule is :func:`pyro_vae.user_code.check_code_trusted`'s.
 
     :raises UserError: one line, saying how to allow it.
     """
-    if trust_guide:
-        return
-    for part in CODE_PARTS:
-        spec = getattr(config, part)
-        if not (isinstance(spec, str) and is_import_spec(spec)) or spec in _registry(part):
-            continue
-        if part == "guide" and guide == spec:
-            continue
-        kind = _PART_KINDS[part][0]
-        also = f" (or --guide {shlex.quote(spec)})" if part == "guide" else ""
-        raise UserError(
-            f"the run in {directory} names its {kind} as code, {spec}; opening it would run that code. If you trust "
-            f"it, pass --trust-guide{also}; in Python load_run(..., trust_guide=True)"
-        )
+    named = {k: v for k, v in (("guide", guide), ("arch", arch)) if v is not None}
+    check_code_trusted(config, f"the run in {directory}", trust_guide, named)
 
-    prior = getattr(config, "prior", "standard")
-    if isinstance(prior, str) and is_import_spec(prior):
-        raise UserError(
-            f"the run in {directory} names its prior as code, {prior}; opening it would run that code. If you trust "
-            "it, pass --trust-guide (in Python load_run(..., trust_guide=True))"
-        )
 
 def _buildable(config, meta, directory):
     """``config`` with each part given as a file replaced by the run folder's copy (checked against its
@@ -529,7 +508,7 @@ def _buildable(config, meta, directory):
     return config.replace(**changes) if changes else config
 
 
-def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None):
+def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None, arch=None):
     """Load the run in ``directory`` (its ``config.json`` and a checkpoint) onto ``device``.
 
     :param device: ``"auto"`` (CUDA when available, else the CPU, whatever the run was trained on),
@@ -539,16 +518,16 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
         ELBO; ``"last"``: ``checkpoint.pt``, the last epoch. A run written before ``best.pt``
         existed falls back to ``checkpoint.pt``.
     :param bool trust_guide: allow running the code a run names as its guide, architecture or likelihood
-        (``file.py:Name`` or ``module:Name``); see :func:`check_guide_trusted`. ``guide``: the same spec,
-        named again. A part given as a file runs from the run folder's copy (``guide_code.py``, ...),
+        (``file.py:Name`` or ``module:Name``); see :func:`check_guide_trusted`. ``guide``, ``arch``: the
+        same spec, named again (``--guide``, ``--arch``). A part given as a file runs from the run folder's copy (``guide_code.py``, ...),
         checked against the sha256 ``config.json`` records (:func:`record_parts`), so the folder opens
         on another machine.
     :raises UserError: for an unknown ``checkpoint``, a folder that is not a run, a damaged ``config.json`` or checkpoint,
         untrusted code, a copied part altered since training, or a part registered in Python and not registered now.
     """
-    if checkpoint not in CHECKPOINTS:
+    if not isinstance(checkpoint, str) or checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
-    directory = Path(directory)
+    directory = Path(check_path(directory, "the run folder"))
     if not (directory / "config.json").exists():
         raise UserError(f"{directory} is not a pyro-vae run folder (no config.json)")
     where = directory / "config.json"
@@ -571,7 +550,7 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
         raise UserError(f"{where} is damaged ({e})") from None
     except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); retrain the run") from None
-    check_guide_trusted(config, directory, trust_guide, guide)
+    check_guide_trusted(config, directory, trust_guide, guide, arch)
     device = resolve_device(device or "auto")
     path = directory / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.exists() and (directory / "checkpoint.pt").exists():

@@ -16,7 +16,9 @@ Built in:
 
 - ``csv``: ``metrics.csv`` in the run folder, a header from the first record; a record with new
   keys rewrites the file with the wider header (earlier rows get empty cells); a record for an
-  epoch already in the file (a resumed run) replaces that row and the ones after it.
+  epoch already in the file (a resumed run) replaces that row and the ones after it. When the run
+  folder has a ``metrics.jsonl`` (always, under ``fit``), :meth:`CSVLogger.start` rebuilds the rows
+  from it, so a run killed between its checkpoint and the csv row loses no row once resumed.
 - ``tensorboard``: a :class:`torch.utils.tensorboard.SummaryWriter` writing to
   ``RUN_DIR/tensorboard``: one scalar per number of the record (step = epoch), images as grids
   (:func:`torchvision.utils.make_grid`), the config as text (JSON) and as hyperparameters (the
@@ -52,7 +54,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text, refuse_symlink
+from ..config import check_integer
 from ..errors import UserError
 from ..registry import Registry
 
@@ -75,6 +78,27 @@ def _require(module, extra, logger):
             f"the {logger} logger needs the optional package {extra}: pip install -e '.[{extra}]' in a checkout of "
             f"pyro-vae (pip install 'pyro-vae[{extra}]' once it is published)"
         ) from None
+
+
+def run_records(run_dir):
+    """The epoch records of ``RUN_DIR/metrics.jsonl`` (the run's own record, written before any logger is
+    called), or None when there is no such file. Lines that are not a JSON object with an integer
+    ``epoch`` are skipped, as :func:`pyro_vae.runs.run.read_metrics` does."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records, last = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            epoch = record.get("epoch") if isinstance(record, dict) else None
+            if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > last:
+                records.append(record)
+                last = epoch
+    return records
 
 
 def numbers(record):
@@ -138,7 +162,12 @@ class CSVLogger(Logger):
     def start(self, run_dir, config):
         self.path = Path(run_dir) / self.filename
         self.header, self.rows = None, []
-        if self.path.exists():  # a resumed run: keep what is there
+        records = run_records(run_dir)
+        if records:  # the run's own record: the csv holds the same rows, also after a crash
+            for record in records:
+                self._add(record)
+            self._write()
+        elif self.path.exists():  # no metrics.jsonl: keep what is there
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
                 self.header = list(reader.fieldnames or []) or None
@@ -153,6 +182,22 @@ class CSVLogger(Logger):
         return repr(v) if isinstance(v, float) else str(v)
 
     def log_epoch(self, record):
+        if self._add(record):
+            self._write()
+        else:
+            refuse_symlink(self.path)
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.header, restval="", lineterminator="\n").writerow(self.rows[-1])
+
+    def _write(self):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, self.header or [], restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, out.getvalue())
+
+    def _add(self, record):
+        """Add ``record``'s row; whether the file must be rewritten (a new header, a replaced row)."""
         row = {k: self._cell(v) for k, v in record.items()}
         rewrite = False
         if self.header is None:
@@ -167,15 +212,7 @@ class CSVLogger(Logger):
             self.rows = [r for r in self.rows if float(r["epoch"]) < record["epoch"]]
             rewrite = True
         self.rows.append(row)
-        if rewrite:
-            out = io.StringIO()
-            writer = csv.DictWriter(out, self.header, restval="", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.rows)
-            atomic_write_text(self.path, out.getvalue())
-        else:
-            with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, self.header, restval="", lineterminator="\n").writerow(row)
+        return rewrite
 
 
 @LOGGERS.register("tensorboard")
@@ -190,6 +227,7 @@ class TensorBoardLogger(Logger):
     def start(self, run_dir, config):
         from torch.utils.tensorboard import SummaryWriter
 
+        refuse_symlink(Path(run_dir) / self.subdir)  # a run folder is never written through a link
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / self.subdir))
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
         self._hparams = {
@@ -260,6 +298,7 @@ class MLflowLogger(Logger):
         """The tracking URI used for ``run_dir``: the given one, ``$MLFLOW_TRACKING_URI``, or ``RUN_DIR/mlruns``."""
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
         if uri is None:
+            refuse_symlink(Path(run_dir) / "mlruns")  # a run folder is never written through a link
             uri = (Path(run_dir) / "mlruns").resolve().as_uri()
             # MLflow 3.x keeps the file store in maintenance mode and refuses it unless opted in;
             # the opt-in is per process, and the user's own setting wins
@@ -362,9 +401,8 @@ class Loggers(Logger):
     """
 
     def __init__(self, loggers, image_every=5):
-        self.loggers, self.image_every = list(loggers), int(image_every)
-        if self.image_every < 0:
-            raise UserError(f"the image interval must be at least 0 epochs, got {self.image_every}")
+        self.loggers = list(loggers)
+        self.image_every = check_integer(image_every, "--log-images-every", 0)
 
     def __bool__(self):
         return bool(self.loggers)
@@ -410,6 +448,10 @@ def build_loggers(names, image_every=5, options=None):
     :param dict options: per-name constructor keywords, e.g. ``{"mlflow": {"tracking_uri": "..."}}``.
     """
     options = options or {}
+    if isinstance(names, str):
+        names = [names]
+    if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
+        raise UserError(f"loggers must be a list of logger names ({', '.join(LOGGERS.names())}), got {names!r}")
     unique = list(dict.fromkeys(names or ()))
     return Loggers([LOGGERS.get(name)(**options.get(name, {})) for name in unique], image_every)
 

@@ -35,6 +35,9 @@ import torch
 import pyro
 import pyro.poutine as poutine
 
+from ..config import check_integer
+from ..errors import UserError
+
 #: upper bound on particles x items x data dimensions held in memory at once
 MAX_ELEMENTS = 2**23
 
@@ -149,7 +152,13 @@ def evaluate_terms(vae, x, num_samples=1000, progress=None):
     :param int num_samples: importance samples :math:`K` per datapoint.
     :param progress: optional callable taking the number of items just finished.
     :rtype: Scores
+    :raises UserError: for ``x`` that is not a tensor of items of the model's size, or ``num_samples`` below 1.
     """
+    num_samples = check_integer(num_samples, "--samples", 1)
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or math.prod(x.shape[1:]) != getattr(vae, "x_dim", math.prod(x.shape[1:])):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UserError(f"the model scores a tensor of items of {getattr(vae, 'x_dim', '?')} values, shape (N, ...); "
+                        f"got {shape}")  # fmt: skip
     n, d = x.shape[0], math.prod(x.shape[1:])
     # a mixture prior's log_prob makes (..., K, z_dim) per value: size the chunks by the larger of the two
     d = max(d, getattr(getattr(vae, "prior_module", None), "elements_per_value", None) or 0)
