@@ -223,3 +223,114 @@ def test_cli_devices_two_and_a_user_error_on_every_rank(tmp_path):
     assert [line for line in again.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {tmp_path / 'run'} already holds a run; pass --resume to continue it or --overwrite to replace it"
     ]
+
+
+# Every training setting: the same numbers with 1 and 2 processes on the same global batch ---------------
+#: settings of the one-process Trainer that a data-parallel run must apply as it does
+SETTINGS = {
+    "plain": {},
+    "beta": dict(beta=4.0),
+    "kl-warmup": dict(kl_warmup=1),
+    "beta and kl-warmup": dict(beta=2.0, kl_warmup=0.5),
+    "elbo-analytic with beta": dict(objective="elbo-analytic", beta=0.5),
+    "lr-schedule step": dict(lr_schedule="step", lr_step=1, lr_gamma=0.1),
+    "lr-schedule exponential": dict(lr_schedule="exponential", lr_gamma=0.5),
+    "lr-schedule cosine": dict(lr_schedule="cosine"),
+    "lr-warmup": dict(lr_warmup=5),
+    "clip-norm": dict(clip_norm=5.0),
+    "weight-decay": dict(weight_decay=0.1),
+    "adagrad": dict(optimizer="adagrad", lr=0.01),
+    "everything": dict(beta=3.0, kl_warmup=1, lr_schedule="step", lr_step=1, lr_gamma=0.5, lr_warmup=3,
+                       clip_norm=5.0, weight_decay=0.01),
+}  # fmt: skip
+EPOCHS, ITEMS, BATCH = 2, 128, 32  # 4 global batches of 32 an epoch: 16 items a rank, no batch skipped
+
+
+class _SameNoise:
+    """Wraps a trainer's step so that the one-process step on a global batch and the two ranks' steps
+    on its halves draw the same noise: before step t the generator is seeded with 1000 + t, and rank 1
+    first draws (and drops) the normals of rank 0's half. torch's CPU ``normal_`` fills a tensor from
+    a stream of uniforms, 16 at a time (Box-Muller within each 16), so with halves of 16 items x 4
+    latent units (a multiple of 16 numbers) the two halves' draws are the two halves of the
+    one-process draw. After the step the generator is seeded again, so the rest of the run (the
+    next epoch's permutation, drawn on rank 0) does not depend on how many numbers were drawn."""
+
+    def __init__(self, step, burn):
+        self.__dict__["_inner"], self.__dict__["_burn"], self.__dict__["_t"] = step, burn, 0
+
+    def __getattr__(self, name):  # the schedule reads and writes the step's optimizer
+        return getattr(self._inner, name)
+
+    def __call__(self, x):
+        torch.manual_seed(1000 + self._t)
+        if self._burn:
+            torch.empty(self._burn).normal_()
+        loss = self._inner(x)
+        torch.manual_seed(5000 + self._t)
+        self.__dict__["_t"] += 1
+        return loss
+
+
+def _train_with_same_noise(trainer, burn):
+    """Run EPOCHS epochs as fit does (train, validate, end the epoch); returns the records and parameters."""
+    trainer.train.x = trainer.train.x[:ITEMS]
+    trainer.step = _SameNoise(trainer.step, burn)
+    records = []
+    for epoch in range(EPOCHS):
+        torch.manual_seed(77 + epoch)  # the epoch's permutation (rank 0's is broadcast)
+        record = trainer.train_epoch()
+        trainer.end_epoch(trainer.valid_elbo())
+        records.append({k: record[k] for k in ("train_elbo", "lr", "kl_weight") if k in record})
+    return records, {k: v.detach().clone() for k, v in trainer.vae.state_dict().items()}
+
+
+def _settings_rank(rank, port, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=300))  # fmt: skip
+    try:
+        results = {}
+        for name, settings in SETTINGS.items():
+            config = make_config(None, **{**TINY, "batch_size": BATCH, "epochs": EPOCHS, **settings})
+            trainer = DistributedTrainer(config, rank=rank, world_size=WORLD)
+            results[name] = _train_with_same_noise(trainer, burn=rank * (BATCH // WORLD) * TINY["z_dim"])
+        torch.save(results, Path(out) / f"settings{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_training_setting_gives_the_same_numbers_with_one_and_two_processes(tmp_path):
+    """beta, KL warm-up, the learning-rate schedules and warm-up, clipping, weight decay and another
+    optimizer: 8 steps over 2 epochs with 2 processes equal the one-process Trainer's on the same
+    global batches with the same noise (the records' train ELBO, learning rate and KL weight, and
+    the parameters at the end). A setting the data-parallel step dropped (as --beta, --kl-warmup and
+    the schedules once were) would leave it at the plain run's numbers: each setting is also checked
+    to change them."""
+    mp.start_processes(_settings_rank, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"settings{r}.pt", weights_only=False) for r in range(WORLD)]
+    plain_params = None
+    for name, settings in SETTINGS.items():
+        config = make_config(None, **{**TINY, "batch_size": BATCH, "epochs": EPOCHS, **settings})
+        records, params = _train_with_same_noise(Trainer(config), burn=0)
+        for r in range(WORLD):
+            got_records, got_params = ranks[r][name]
+            assert [set(g) for g in got_records] == [set(e) for e in records], name
+            for got, expected in zip(got_records, records):
+                assert got["train_elbo"] == pytest.approx(expected["train_elbo"], rel=1e-5), name
+                for key in set(expected) - {"train_elbo"}:  # lr, kl_weight: the scheduled values
+                    assert got[key] == pytest.approx(expected[key], rel=1e-12), (name, key)
+            for key, value in params.items():
+                torch.testing.assert_close(got_params[key], value, rtol=1e-4, atol=2e-5, msg=f"{name}: {key}")
+        if plain_params is None:
+            plain_params = params
+        else:  # the setting changed training
+            assert max((params[k] - plain_params[k]).abs().max().item() for k in params) > 1e-4, name
+
+
+def test_free_bits_is_refused_with_two_processes_before_anything_starts(monkeypatch):
+    """Free bits penalizes max(lambda, KL_j) of the KL averaged over the whole global batch, which no
+    rank sees: refused with one line (the trainer is built before the process group is used)."""
+    monkeypatch.setattr(DistributedTrainer, "shard", None)
+    with pytest.raises(UserError, match=r"^--free-bits is not available with --devices > 1: .*train with one device$"):
+        DistributedTrainer(make_config(None, **{**TINY, "free_bits": 0.5}), rank=0, world_size=2)

@@ -20,7 +20,7 @@ LAYERS = [
     ("", ["errors", "registry", "user_code", "config", "config_files", "checkpoint"]),
     ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
              "objectives", "kl_weighting", "evaluation"]),
-    ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "step", "__init__"]),
+    ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "fused", "step", "ddp", "__init__"]),
     ("data", ["images", "datasets"]),
     ("train", ["schedules", "build", "loggers"]),
     ("runs", ["plots", "latent", "run", "fit", "launch"]),
