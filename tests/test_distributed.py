@@ -22,11 +22,11 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import pyro
 
-from pyro_vae.train.build import make_config
-from pyro_vae.runs.launch import DistributedTrainer, autocast_networks, fit, launcher_env
 from pyro_vae.errors import UserError
-from pyro_vae.speed import trace_elbo_loss
 from pyro_vae.runs.fit import Trainer
+from pyro_vae.runs.launch import DistributedTrainer, autocast_networks, fit, launcher_env
+from pyro_vae.speed import trace_elbo_loss
+from pyro_vae.train.build import make_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -334,3 +334,173 @@ def test_free_bits_is_refused_with_two_processes_before_anything_starts(monkeypa
     monkeypatch.setattr(DistributedTrainer, "shard", None)
     with pytest.raises(UserError, match=r"^--free-bits is not available with --devices > 1: .*train with one device$"):
         DistributedTrainer(make_config(None, **{**TINY, "free_bits": 0.5}), rank=0, world_size=2)
+
+
+# Ranks die with the process that spawned them ------------------------------------------------------
+PARENT = r"""
+import os, sys, time, multiprocessing as mp
+def grandchild(parent, watchdog_only):
+    import ctypes
+    if watchdog_only:  # as on a system without prctl: the watchdog thread alone
+        ctypes.CDLL = lambda *a, **k: (_ for _ in ()).throw(OSError("no libc"))
+    from pyro_vae.runs.launch import _die_with_parent
+    _die_with_parent(parent)
+    time.sleep(120)
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=grandchild, args=(os.getpid(), sys.argv[1] == "1"))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (dead, not yet reaped by init) counts as dead
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks /proc")
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])  # SIGINT: _spawn stops its ranks itself
+@pytest.mark.parametrize("watchdog_only", [False, True], ids=["prctl", "watchdog"])
+def test_a_rank_dies_with_its_parent_however_the_parent_dies(tmp_path, how, watchdog_only):
+    import signal
+    import subprocess
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen([sys.executable, str(script), "1" if watchdog_only else "0"], stdout=subprocess.PIPE,
+                              text=True, env=env)  # fmt: skip
+    try:
+        rank = int(parent.stdout.readline())
+        deadline = time.monotonic() + 120
+        while not (Path(f"/proc/{rank}/task").exists() and len(os.listdir(f"/proc/{rank}/task")) >= 2):
+            assert time.monotonic() < deadline, "the grandchild never started its watchdog"
+            time.sleep(0.2)  # the watchdog thread runs: _die_with_parent has returned
+        parent.send_signal(getattr(signal, how))
+        parent.wait(60)
+        deadline = time.monotonic() + 15
+        while _alive(rank) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(rank), f"the rank outlived its parent ({how})"
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+
+
+# Rendezvous failures under a launcher: one line per rank, in bounded time -------------------------------
+def _launched_fit(tmp_path, env):
+    import subprocess
+
+    cli = [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py"), "fit", "--dataset", "digits",
+           "--hidden", "16", "--z-dim", "3", "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]  # fmt: skip
+    start = time.monotonic()
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYRO_VAE_DIST_TIMEOUT": "3", "MASTER_ADDR": "127.0.0.1", **env})  # fmt: skip
+    return done, time.monotonic() - start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
+def test_a_port_in_use_and_a_master_that_never_answers_are_one_line(tmp_path, launcher):
+    with socket.socket() as busy:  # another program holds the port: it accepts and never answers
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+
+        def env(rank):
+            if launcher == "torchrun":
+                return {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_PORT": port}
+            return {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "MASTER_PORT": port}
+
+        master, _ = _launched_fit(tmp_path, env(0))
+        worker, seconds = _launched_fit(tmp_path, env(1))
+    assert master.returncode == 2 and master.stderr.splitlines() == [
+        f"error: rank 0 of 2: the rendezvous at 127.0.0.1:{port} (MASTER_ADDR:MASTER_PORT) failed: its port is in "
+        "use by another program; choose a free MASTER_PORT"
+    ], master.stderr
+    assert worker.returncode == 2 and worker.stderr.splitlines() == [
+        f"error: rank 1 of 2: the rendezvous at 127.0.0.1:{port} (MASTER_ADDR:MASTER_PORT) failed: no master answered "
+        "within 3 s (PYRO_VAE_DIST_TIMEOUT); check that rank 0 runs and that MASTER_ADDR and MASTER_PORT name its "
+        "node and a port it can open"
+    ], worker.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# A refused run leaves nothing that blocks the retry ---------------------------------------------------
+def test_what_a_refused_spawned_run_wrote_is_removed_unless_it_holds_a_run(tmp_path):
+    from pyro_vae.runs.launch import _remove_unstarted
+
+    def folder(name, files):
+        out = tmp_path / name
+        out.mkdir()
+        for f in files:
+            (out / f).write_text("x")
+        return out
+
+    new = folder("new", ["config.json", "metrics.jsonl", ".lock"])
+    _remove_unstarted(new, existed=False, held=False)
+    assert not new.exists()
+    empty_before = folder("given", ["config.json", "metrics.jsonl", ".lock"])
+    _remove_unstarted(empty_before, existed=True, held=False)  # the user's own (empty) folder stays
+    assert empty_before.is_dir() and os.listdir(empty_before) == []
+    other = folder("other", ["config.json", "notes.txt"])
+    _remove_unstarted(other, existed=False, held=False)  # someone else's file: the folder stays, theirs too
+    assert os.listdir(other) == ["notes.txt"]
+    old = folder("old", ["config.json", "metrics.jsonl", "checkpoint.pt"])
+    (old / ".staging").mkdir()
+    (old / ".staging" / "config.json").write_text("new")
+    _remove_unstarted(old, existed=True, held=True)  # an --overwrite refused: the old run as it was
+    assert sorted(os.listdir(old)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    trained = folder("trained", ["config.json", "metrics.jsonl", "checkpoint.pt"])
+    _remove_unstarted(trained, existed=False, held=False)  # it wrote a checkpoint: kept, to resume
+    assert sorted(os.listdir(trained)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+
+
+BARE_PARAM_GUIDE = '''
+import pyro, torch
+from pyro_vae.vae.guides import DiagonalGuide
+
+class BareParamGuide(DiagonalGuide):
+    def forward(self, x):
+        pyro.param("extra_scale", torch.ones(()))
+        return super().forward(x)
+'''
+
+
+@pytest.mark.slow
+def test_a_run_refused_by_the_ranks_leaves_no_folder_and_the_retry_runs(tmp_path):
+    guide = tmp_path / "bare.py"
+    guide.write_text(BARE_PARAM_GUIDE)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"^--devices > 1 needs every parameter to be one of the VAE's modules; "
+                                        r"extra_scale is a bare pyro.param$"):  # fmt: skip
+        fit(make_config(None, **{**TINY, "epochs": 1, "guide": f"{guide}:BareParamGuide"}), out, devices=2, quiet=True)
+    assert not out.exists()
+    with pytest.raises(UserError, match="--free-bits is not available with --devices > 1"):
+        fit(make_config(None, **{**TINY, "epochs": 1, "free_bits": 0.5}), out, devices=2, quiet=True)
+    assert not out.exists()
+    fit(make_config(None, **{**TINY, "epochs": 1}), out, devices=2, quiet=True)  # the retry, without the refused setting
+    assert [m["epoch"] for m in _metrics(out)] == [1]
+
+
+# Resume is exact -------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [2, 3])
+def test_a_resumed_data_parallel_run_repeats_the_uninterrupted_one(tmp_path, devices):
+    """Rank 0's generator is in the checkpoint; ranks r > 0 draw their noise from a generator reseeded
+    by (seed, rank, epoch) at every epoch: 1 epoch + a resume to 3 equals 3 epochs, to the last digit."""
+    settings = {**TINY, "binarize": "dynamic", "kl_warmup": 1, "lr_schedule": "exponential", "lr_gamma": 0.5}
+    full = fit(make_config(None, **{**settings, "epochs": 3}), tmp_path / "full", devices=devices, quiet=True)
+    fit(make_config(None, **{**settings, "epochs": 1}), tmp_path / "part", devices=devices, quiet=True)
+    part = fit(make_config(None, **{**settings, "epochs": 3}), tmp_path / "part", resume=True, devices=devices, quiet=True)
+    keys = ("epoch", "train_elbo", "valid_elbo", "lr", "kl_weight")
+    assert [[m[k] for k in keys] for m in part.metrics] == [[m[k] for k in keys] for m in full.metrics]
+    assert part.final["test_elbo"] == full.final["test_elbo"]
+    for name, value in full.vae.state_dict().items():
+        assert torch.equal(part.vae.state_dict()[name], value), name

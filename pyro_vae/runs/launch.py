@@ -55,6 +55,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -292,15 +293,50 @@ def _rendezvous_error(e, rank, world_size, init_method, seconds):
     return UserError(f"rank {rank} of {world_size}: the rendezvous at {where} failed: {why}")
 
 
-def _init_group(backend, init_method, rank, world_size):
+#: seconds the rendezvous may take beyond PYRO_VAE_DIST_TIMEOUT before the rank gives up by itself
+RENDEZVOUS_GRACE = 10
+
+
+def _init_group(backend, init_method, rank, world_size, on_timeout=None):
     """:func:`torch.distributed.init_process_group`; its failure (a port in use, no master within the
-    timeout) is one :class:`UserError` line naming the rank."""
+    timeout) is one :class:`UserError` line naming the rank.
+
+    torch bounds the connection by the timeout, but not the wait for an answer from something that
+    accepted the connection and never speaks (a master that hangs, another program on the port):
+    a timer ends the wait ``RENDEZVOUS_GRACE`` seconds after the timeout, calling ``on_timeout(line)``
+    (default: the line on stderr as ``error: ...``), then ending the process with exit code 2. What
+    torch's C++ side prints meanwhile (its retries, stack frames) goes nowhere: the line says it."""
     seconds = timeout_seconds()
+    done = threading.Event()
+    stderr = os.dup(2)
+
+    def expire():
+        if done.wait(seconds + RENDEZVOUS_GRACE):
+            return
+        e = TimeoutError("timed out")
+        line = str(_rendezvous_error(e, rank, world_size, init_method, seconds))
+        os.dup2(stderr, 2)
+        if on_timeout is not None:
+            on_timeout(line)
+        else:
+            os.write(2, f"error: {line}\n".encode())
+        os._exit(2)
+
+    threading.Thread(target=expire, name="pyro-vae-rendezvous-timer", daemon=True).start()
+    sys.stderr.flush()
     try:
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=seconds))  # fmt: skip
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                        timeout=timedelta(seconds=seconds))  # fmt: skip
+            finally:
+                os.dup2(stderr, 2)
     except (RuntimeError, ValueError, OSError) as e:  # DistNetworkError and DistStoreError are RuntimeErrors
         raise _rendezvous_error(e, rank, world_size, init_method, seconds) from None
+    finally:
+        done.set()
+        os.close(stderr)
 
 
 def _end_group():
@@ -315,7 +351,8 @@ def _end_group():
     gc.collect()
 
 
-def _run_rank(rank, world_size, local_rank, init_method, config, out, precision, fit_kwargs, threads=None):
+def _run_rank(rank, world_size, local_rank, init_method, config, out, precision, fit_kwargs, threads=None,
+              on_timeout=None):  # fmt: skip
     """Initialize the process group, train this rank's part, tear the group down."""
     from . import fit as training
 
@@ -328,7 +365,7 @@ def _run_rank(rank, world_size, local_rank, init_method, config, out, precision,
             config = dataclasses.replace(config, device=f"cuda:{local_rank}")
     if threads:
         torch.set_num_threads(threads)
-    _init_group("nccl" if device.type == "cuda" else "gloo", init_method, rank, world_size)
+    _init_group("nccl" if device.type == "cuda" else "gloo", init_method, rank, world_size, on_timeout)
     try:
 
         def make_trainer(config, speed=None):
@@ -386,7 +423,8 @@ def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs
     # as torchrun sets them, for user code (a custom guide, say) that asks which rank it runs on
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     try:
-        _run_rank(rank, world_size, rank, f"tcp://127.0.0.1:{port}", config, out, precision, fit_kwargs, threads)
+        _run_rank(rank, world_size, rank, f"tcp://127.0.0.1:{port}", config, out, precision, fit_kwargs, threads,
+                  on_timeout=lambda line: messages.send(("user", line)))  # fmt: skip
     except UserError as e:
         messages.send(("user", _one_line(e)))
         code = 2
