@@ -13,7 +13,9 @@ the same seeded permutation of the epoch (drawn on rank 0 and broadcast) and ran
 :math:`r`-th of :math:`W` near-equal slices :math:`B_r` of each global batch
 (:func:`torch.tensor_split`), so :math:`\bigcup_r B_r = B`. Rank :math:`r` computes its loss
 :math:`\ell_r = -\sum_{i\in B_r}\widetilde{\mathcal{L}}(x_i)` *inside the forward of the DDP-wrapped
-module* (:class:`LossModule`, so DDP's gradient hooks fire) and back-propagates :math:`W\ell_r`. DDP
+module* (:class:`~pyro_vae.speed.ddp.LossModule`, so DDP's gradient hooks fire; the step is
+:class:`~pyro_vae.speed.ddp.DDPStep`, with the one-process step's model, guide, KL weighting,
+learning-rate schedule and clipping) and back-propagates :math:`W\ell_r`. DDP
 averages gradients over ranks, so every rank applies
 
 .. math::  \frac1W\sum_r \nabla (W\ell_r) = \nabla \sum_r \ell_r = \nabla\big(-\widetilde{\mathcal{L}}(B)\big),
@@ -22,8 +24,10 @@ the one-process gradient of the union batch (``tests/test_distributed.py`` check
 after a step against one process, to ``atol=1e-6``). No gradient is all-reduced by hand: DDP does it,
 bucketed and overlapped with the backward pass. The only differences from one process are the
 random draws: rank 0 keeps the run's seeded generator (it draws the permutation exactly as one
-process would), rank :math:`r>0` draws its binarization and :math:`\epsilon` from a generator seeded
-by ``(seed, rank, epoch)``. The last global batch of an epoch, if it has fewer items than processes,
+process would), rank :math:`r>0` draws its binarization and :math:`\epsilon` from a generator reseeded
+by ``(seed, rank, epoch)`` at the start of every epoch, so a run resumed with the same number of
+processes repeats the uninterrupted one exactly. ``--free-bits`` is refused (its max is over the
+global batch's average KL, which no rank sees). The last global batch of an epoch, if it has fewer items than processes,
 is skipped for that epoch (at most :math:`W-1` items, a different set each epoch).
 
 **Metrics.** Step losses are summed over ranks (``all_reduce``), so ``train_elbo`` is the mean over all
@@ -38,7 +42,12 @@ system all nodes see).
 :func:`torch.distributed.init_process_group`'s ``timeout``. :func:`fit` watches the processes it
 spawns; when one fails it stops the others and raises one :class:`~pyro_vae.errors.UserError` (or
 :class:`~pyro_vae.errors.TrainingDiverged`) naming the rank. Under an external launcher every rank
-reports its own one-line error and exits non-zero; ``torchrun`` and ``srun`` stop the others.
+reports its own one-line error and exits non-zero; ``torchrun`` and ``srun`` stop the others. A
+failed rendezvous (a port in use, a master that never answers) is one line per rank, within
+``RENDEZVOUS_GRACE`` seconds after the timeout. Spawned ranks die with the process that spawned them,
+however it dies (:func:`_die_with_parent`), and end with :func:`os._exit` after tearing the process
+group down in order (:func:`_end_group`). A refused spawned run removes what it wrote to a folder
+that held no run (:func:`_remove_unstarted`).
 
 **Precision.** ``precision="bf16"`` runs the networks (every :class:`~pyro_vae.vae.nets.MLP`) under
 :func:`torch.autocast` with bfloat16 and casts their outputs back to float32, so the distributions'
