@@ -494,7 +494,9 @@ def test_a_run_refused_by_the_ranks_leaves_no_folder_and_the_retry_runs(tmp_path
 @pytest.mark.parametrize("devices", [2, 3])
 def test_a_resumed_data_parallel_run_repeats_the_uninterrupted_one(tmp_path, devices):
     """Rank 0's generator is in the checkpoint; ranks r > 0 draw their noise from a generator reseeded
-    by (seed, rank, epoch) at every epoch: 1 epoch + a resume to 3 equals 3 epochs, to the last digit."""
+    by (seed, rank, epoch) at every epoch, and every epoch starts with a fresh DDP wrapper (the same
+    gradient buckets, so with 3 ranks the same order of the ring all-reduce's sums; without it the
+    3-rank resume differed in the 9th digit): 1 epoch + a resume to 3 equals 3 epochs, to the last digit."""
     settings = {**TINY, "binarize": "dynamic", "kl_warmup": 1, "lr_schedule": "exponential", "lr_gamma": 0.5}
     full = fit(make_config(None, **{**settings, "epochs": 3}), tmp_path / "full", devices=devices, quiet=True)
     fit(make_config(None, **{**settings, "epochs": 1}), tmp_path / "part", devices=devices, quiet=True)

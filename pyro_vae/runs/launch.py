@@ -215,8 +215,10 @@ class DistributedTrainer(Trainer):
         """:meth:`Trainer.train_epoch`; rank r > 0 first reseeds its noise for the epoch from
         ``(seed, rank, epoch)``, so a resumed run draws what the uninterrupted one drew (rank 0's
         generator is the checkpoint's)."""
-        if self.world_size > 1 and self.rank > 0:
-            _seed_rank(self.config.seed, self.rank, self.epoch)
+        if self.world_size > 1:
+            self.step.new_epoch()  # the same gradient buckets every epoch, resumed or not (see DDPStep.new_epoch)
+            if self.rank > 0:
+                _seed_rank(self.config.seed, self.rank, self.epoch)
         return super().train_epoch(progress)
 
     def shard(self, order):

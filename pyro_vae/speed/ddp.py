@@ -86,8 +86,22 @@ class DDPStep(FusedOptimizerStep):
         capture = is_plain_trace_elbo(loss) and self.speed.capture and not self.speed.validate_every_step
         self._captured = CapturedLoss(self._eager, self.speed.compile) if capture else None
         device = torch.device(device) if device is not None else next(vae.parameters()).device
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-        self.module = nn.parallel.DistributedDataParallel(LossModule(vae, self._loss), device_ids=ids)
+        self._ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        self.module = None
+        self.new_epoch()
+
+    def new_epoch(self):
+        """Wrap the VAE in a fresh DDP (a collective: every rank calls it at the same point; DDP
+        broadcasts rank 0's parameters, which every rank already holds).
+
+        Called at the start of every epoch, so that every epoch's steps use the same gradient buckets:
+        DDP lays its buckets out in parameter order for the first step and rebuilds them in the order
+        gradients became ready after it. With three or more ranks the ring all-reduce's order of
+        summation depends on where a value sits in its bucket, so a run resumed at an epoch (with a
+        new DDP) would round differently from the uninterrupted run (whose DDP had rebuilt its
+        buckets long before) unless every epoch starts from a new one."""
+        self.module = None  # the old reducer and its gradient hooks go first
+        self.module = nn.parallel.DistributedDataParallel(LossModule(self.vae, self._loss), device_ids=self._ids)
 
     @property
     def captures(self):
