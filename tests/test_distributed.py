@@ -341,9 +341,9 @@ PARENT = r"""
 import os, sys, time, multiprocessing as mp
 def grandchild(parent, watchdog_only):
     import ctypes
+    from pyro_vae.runs.launch import _die_with_parent  # before the patch: torch's import loads libraries
     if watchdog_only:  # as on a system without prctl: the watchdog thread alone
         ctypes.CDLL = lambda *a, **k: (_ for _ in ()).throw(OSError("no libc"))
-    from pyro_vae.runs.launch import _die_with_parent
     _die_with_parent(parent)
     time.sleep(120)
 if __name__ == "__main__":
