@@ -13,7 +13,9 @@ the same seeded permutation of the epoch (drawn on rank 0 and broadcast) and ran
 :math:`r`-th of :math:`W` near-equal slices :math:`B_r` of each global batch
 (:func:`torch.tensor_split`), so :math:`\bigcup_r B_r = B`. Rank :math:`r` computes its loss
 :math:`\ell_r = -\sum_{i\in B_r}\widetilde{\mathcal{L}}(x_i)` *inside the forward of the DDP-wrapped
-module* (:class:`LossModule`, so DDP's gradient hooks fire) and back-propagates :math:`W\ell_r`. DDP
+module* (:class:`~pyro_vae.speed.ddp.LossModule`, so DDP's gradient hooks fire; the step is
+:class:`~pyro_vae.speed.ddp.DDPStep`, with the one-process step's model, guide, KL weighting,
+learning-rate schedule and clipping) and back-propagates :math:`W\ell_r`. DDP
 averages gradients over ranks, so every rank applies
 
 .. math::  \frac1W\sum_r \nabla (W\ell_r) = \nabla \sum_r \ell_r = \nabla\big(-\widetilde{\mathcal{L}}(B)\big),
@@ -22,8 +24,10 @@ the one-process gradient of the union batch (``tests/test_distributed.py`` check
 after a step against one process, to ``atol=1e-6``). No gradient is all-reduced by hand: DDP does it,
 bucketed and overlapped with the backward pass. The only differences from one process are the
 random draws: rank 0 keeps the run's seeded generator (it draws the permutation exactly as one
-process would), rank :math:`r>0` draws its binarization and :math:`\epsilon` from a generator seeded
-by ``(seed, rank, epoch)``. The last global batch of an epoch, if it has fewer items than processes,
+process would), rank :math:`r>0` draws its binarization and :math:`\epsilon` from a generator reseeded
+by ``(seed, rank, epoch)`` at the start of every epoch, so a run resumed with the same number of
+processes repeats the uninterrupted one exactly. ``--free-bits`` is refused (its max is over the
+global batch's average KL, which no rank sees). The last global batch of an epoch, if it has fewer items than processes,
 is skipped for that epoch (at most :math:`W-1` items, a different set each epoch).
 
 **Metrics.** Step losses are summed over ranks (``all_reduce``), so ``train_elbo`` is the mean over all
@@ -38,7 +42,12 @@ system all nodes see).
 :func:`torch.distributed.init_process_group`'s ``timeout``. :func:`fit` watches the processes it
 spawns; when one fails it stops the others and raises one :class:`~pyro_vae.errors.UserError` (or
 :class:`~pyro_vae.errors.TrainingDiverged`) naming the rank. Under an external launcher every rank
-reports its own one-line error and exits non-zero; ``torchrun`` and ``srun`` stop the others.
+reports its own one-line error and exits non-zero; ``torchrun`` and ``srun`` stop the others. A
+failed rendezvous (a port in use, a master that never answers) is one line per rank, within
+``RENDEZVOUS_GRACE`` seconds after the timeout. Spawned ranks die with the process that spawned them,
+however it dies (:func:`_die_with_parent`), and end with :func:`os._exit` after tearing the process
+group down in order (:func:`_end_group`). A refused spawned run removes what it wrote to a folder
+that held no run (:func:`_remove_unstarted`).
 
 **Precision.** ``precision="bf16"`` runs the networks (every :class:`~pyro_vae.vae.nets.MLP`) under
 :func:`torch.autocast` with bfloat16 and casts their outputs back to float32, so the distributions'
@@ -47,31 +56,27 @@ it is refused (CPU bfloat16 matmuls are slower than float32 on most CPUs, and no
 """
 
 import contextlib
+import ctypes
 import dataclasses
+import gc
 import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 import pyro
-from pyro import poutine
-from pyro.infer import is_validation_enabled
 
 from ..errors import TrainingDiverged, UserError
-from ..speed import (
-    CapturedLoss,
-    Speed,
-    is_plain_trace_elbo,
-    load_pyro_optim_state,
-    pyro_optim_state,
-    torch_optimizer,
-    trace_elbo_loss,
-)
+from ..speed import DDPStep, LossModule
 from ..train.build import resolve_device
 from ..train.trainer import Trainer
 from ..vae.evaluation import evaluate
@@ -139,127 +144,6 @@ def launcher_env(environ=None):
     return found
 
 
-# The DDP step --------------------------------------------------------------------------------
-class LossModule(nn.Module):
-    """The module DDP wraps: it holds the VAE (so its parameters are registered here) and its
-    ``forward(x)`` returns the step's loss, ``-sum_i ELBO(x_i)`` over the minibatch ``x`` (a 0-dim tensor).
-
-    :param nn.Module vae: the :class:`~pyro_vae.vae.model.VAE`.
-    :param loss_fn: ``x -> loss``: the captured loss graph, or Pyro's ``differentiable_loss``.
-    """
-
-    def __init__(self, vae, loss_fn):
-        super().__init__()
-        self.vae = vae
-        self.loss_fn = loss_fn
-
-    def forward(self, x):
-        return self.loss_fn(x)
-
-
-class DDPStep:
-    """``step(x)``: one data-parallel SVI step on this rank's slice ``x``; returns the rank's loss.
-
-    The interface of :class:`~pyro_vae.speed.SVIStep` (``__call__``, ``get_state``, ``set_state``,
-    ``steps``, ``captures``). The loss runs in :class:`LossModule`'s forward under DDP, the
-    backward of ``world_size * loss`` lets DDP's averaging give the gradient of the global batch's sum,
-    and one torch optimizer built from the :class:`~pyro.optim.PyroOptim` (as ``SVIStep`` builds it)
-    updates the parameters. Optimizer state is read and written in Pyro's format, under the
-    parameter store's names, so checkpoints are those of a one-process run.
-
-    The objective must have a ``differentiable_loss`` (``elbo``, ``elbo-analytic``); plain
-    ``Trace_ELBO`` runs from the captured graph after the first step (:class:`~pyro_vae.speed.CapturedLoss`).
-
-    :raises UserError: for an objective without a differentiable loss, or a guide with parameters
-        that are not the VAE's own (DDP must see every parameter).
-    """
-
-    def __init__(self, vae, elbo, optim, speed, world_size, device):
-        if not hasattr(elbo, "differentiable_loss"):
-            raise UserError(f"--devices > 1 needs an objective with a differentiable loss (elbo, elbo-analytic); "
-                            f"{type(elbo).__name__} has none")  # fmt: skip
-        self.vae, self.elbo, self.optim, self.speed, self.world_size = vae, elbo, optim, speed or Speed(), world_size
-        if is_plain_trace_elbo(elbo):
-            self._eager = lambda x: trace_elbo_loss(elbo, vae.model, vae.guide, x)
-        else:
-            self._eager = lambda x: elbo.differentiable_loss(vae.model, vae.guide, x)
-        capture = is_plain_trace_elbo(elbo) and self.speed.capture and not self.speed.validate_every_step
-        self._captured = CapturedLoss(self._eager, self.speed.compile) if capture else None
-        self.steps = 0
-        self._optimizer, self._names, self._pending_state = None, None, None
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-        # DDP broadcasts rank 0's parameters here: every rank starts from the same ones
-        self.module = nn.parallel.DistributedDataParallel(LossModule(vae, self._loss), device_ids=ids)
-
-    @property
-    def captures(self):
-        return self._captured is not None and not self._captured.given_up
-
-    def _loss(self, x):
-        loss = None
-        if self._captured is not None and self.steps > 0:  # the first step runs Pyro's own checks
-            loss = self._captured(x)
-        return self._eager(x) if loss is None else loss
-
-    def _validation(self):
-        if self.steps == 0 or self.speed.validate_every_step or not is_validation_enabled():
-            return contextlib.nullcontext()
-        return pyro.validation_enabled(False)
-
-    def _build_optimizer(self, trace):
-        store = pyro.get_param_store()
-        params = {}
-        for site in trace.nodes.values():
-            p = site["value"].unconstrained()
-            params[store.param_name(p)] = p
-        own = {id(p) for p in self.vae.parameters()}
-        foreign = sorted(name for name, p in params.items() if id(p) not in own)
-        if foreign:
-            raise UserError(f"--devices > 1 needs every parameter to be one of the VAE's modules; "
-                            f"{', '.join(foreign)} is a bare pyro.param")  # fmt: skip
-        self._names = sorted(params)
-        self._optimizer = torch_optimizer(self.optim, [params[n] for n in self._names], self.speed.optimizer)
-        if self._optimizer is None:
-            raise UserError("--devices > 1 needs an optimizer expressible as one torch optimizer "
-                            "(no per-parameter arguments, no clipping)")  # fmt: skip
-        if self._pending_state is not None:
-            load_pyro_optim_state(self._optimizer, self._names, self._pending_state)
-            self._pending_state = None
-
-    def __call__(self, x):
-        with self._validation():
-            if self._optimizer is None:
-                with poutine.trace(param_only=True) as params:
-                    loss = self.module(x)
-                self._build_optimizer(params.trace)
-            else:
-                loss = self.module(x)
-            (loss * self.world_size).backward()  # DDP averages over ranks: the mean of W * l_r is sum_r l_r
-        try:
-            self._optimizer.step()
-        except RuntimeError:  # a fused kernel refused this device or dtype
-            state = pyro_optim_state(self._optimizer, self._names)
-            params = [p for g in self._optimizer.param_groups for p in g["params"]]
-            self._optimizer = torch_optimizer(self.optim, params, "foreach")
-            load_pyro_optim_state(self._optimizer, self._names, state)
-            self._optimizer.step()
-        self._optimizer.zero_grad(set_to_none=True)
-        self.steps += 1
-        loss = loss.detach()
-        return loss.cpu() if self.speed.sync_every_step else loss
-
-    def get_state(self):
-        if self._optimizer is None:
-            return dict(self._pending_state or {})
-        return pyro_optim_state(self._optimizer, self._names)
-
-    def set_state(self, state):
-        if self._optimizer is None:
-            self._pending_state = state
-        else:
-            load_pyro_optim_state(self._optimizer, self._names, state)
-
-
 # Precision -----------------------------------------------------------------------------------
 def autocast_networks(module, device_type="cuda", dtype=torch.bfloat16):
     """Run every :class:`~pyro_vae.vae.nets.MLP` inside ``module`` under :func:`torch.autocast` and cast
@@ -312,9 +196,30 @@ class DistributedTrainer(Trainer):
             if self.config.batch_size < world_size:
                 raise UserError(f"--batch-size {self.config.batch_size} is smaller than --devices {world_size}: "
                                 "every process needs at least one item per step")  # fmt: skip
-            self.step = DDPStep(self.vae, self.step.loss, self.step.optim, self.speed, world_size, self.device)
+            if self.config.free_bits:
+                raise UserError(
+                    "--free-bits is not available with --devices > 1: its penalty max(lambda, KL_j) is taken on "
+                    "the KL of each latent unit averaged over the whole global batch, which no process sees; "
+                    "train with one device"
+                )
+            # the one-process step's model, guide (KL-weighted), loss and optimizer (schedule, clipping)
+            one = self.step
+            self.step = DDPStep(one.model, one.guide, one.loss, one.optim, self.vae, world_size, self.speed, self.device)
+            with self._own_params(), torch.random.fork_rng([self.device] if self.device.type == "cuda" else []):
+                first = torch.arange(min(2, len(self.train)), device=self.device)
+                self.step.check(self.vae.likelihood.prepare_batch(self.train[first]))
             if rank > 0:
                 _seed_rank(self.config.seed, rank, 0)
+
+    def train_epoch(self, progress=None):
+        """:meth:`Trainer.train_epoch`; rank r > 0 first reseeds its noise for the epoch from
+        ``(seed, rank, epoch)``, so a resumed run draws what the uninterrupted one drew (rank 0's
+        generator is the checkpoint's)."""
+        if self.world_size > 1:
+            self.step.new_epoch()  # the same gradient buckets every epoch, resumed or not (see DDPStep.new_epoch)
+            if self.rank > 0:
+                _seed_rank(self.config.seed, self.rank, self.epoch)
+        return super().train_epoch(progress)
 
     def shard(self, order):
         """Rank 0's permutation, broadcast; rank r's slice of each global batch (the last global
@@ -382,7 +287,83 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_rank(rank, world_size, local_rank, init_method, config, out, precision, fit_kwargs, threads=None):
+def _rendezvous_error(e, rank, world_size, init_method, seconds):
+    """A failed ``init_process_group`` as one line naming the rank, the address and the time waited."""
+    if init_method == "env://":
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} (MASTER_ADDR:MASTER_PORT)"
+    else:
+        where = init_method.removeprefix("tcp://")
+    text = " ".join(str(e).split())
+    if "EADDRINUSE" in text or "address already in use" in text.lower():
+        why = "its port is in use by another program; choose a free MASTER_PORT"
+    elif "timed out" in text.lower() or "timeout" in text.lower():
+        why = (f"no master answered within {seconds:g} s (PYRO_VAE_DIST_TIMEOUT); check that rank 0 runs and "
+               "that MASTER_ADDR and MASTER_PORT name its node and a port it can open")  # fmt: skip
+    else:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return UserError(f"rank {rank} of {world_size}: the rendezvous at {where} failed: {why}")
+
+
+#: seconds the rendezvous may take beyond PYRO_VAE_DIST_TIMEOUT before the rank gives up by itself
+RENDEZVOUS_GRACE = 10
+
+
+def _init_group(backend, init_method, rank, world_size, on_timeout=None):
+    """:func:`torch.distributed.init_process_group`; its failure (a port in use, no master within the
+    timeout) is one :class:`UserError` line naming the rank.
+
+    torch bounds the connection by the timeout, but not the wait for an answer from something that
+    accepted the connection and never speaks (a master that hangs, another program on the port):
+    a timer ends the wait ``RENDEZVOUS_GRACE`` seconds after the timeout, calling ``on_timeout(line)``
+    (default: the line on stderr as ``error: ...``), then ending the process with exit code 2. What
+    torch's C++ side prints meanwhile (its retries, stack frames) goes nowhere: the line says it."""
+    seconds = timeout_seconds()
+    done = threading.Event()
+    stderr = os.dup(2)
+
+    def expire():
+        if done.wait(seconds + RENDEZVOUS_GRACE):
+            return
+        e = TimeoutError("timed out")
+        line = str(_rendezvous_error(e, rank, world_size, init_method, seconds))
+        os.dup2(stderr, 2)
+        if on_timeout is not None:
+            on_timeout(line)
+        else:
+            os.write(2, f"error: {line}\n".encode())
+        os._exit(2)
+
+    threading.Thread(target=expire, name="pyro-vae-rendezvous-timer", daemon=True).start()
+    sys.stderr.flush()
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                        timeout=timedelta(seconds=seconds))  # fmt: skip
+            finally:
+                os.dup2(stderr, 2)
+    except (RuntimeError, ValueError, OSError) as e:  # DistNetworkError and DistStoreError are RuntimeErrors
+        raise _rendezvous_error(e, rank, world_size, init_method, seconds) from None
+    finally:
+        done.set()
+        os.close(stderr)
+
+
+def _end_group():
+    """Tear the process group down in order: first everything that holds it (the DDP wrapper and its
+    reducer live in reference cycles with the step), collected now, on this thread, while the group
+    is alive; then the group itself, which joins its gloo or NCCL threads. Left to the interpreter's
+    exit, these objects were destroyed in no fixed order, and a thread still joinable at that point
+    aborted the process ("terminate called without an active exception", signal 6)."""
+    gc.collect()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
+
+
+def _run_rank(rank, world_size, local_rank, init_method, config, out, precision, fit_kwargs, threads=None,
+              on_timeout=None):  # fmt: skip
     """Initialize the process group, train this rank's part, tear the group down."""
     from . import fit as training
 
@@ -395,8 +376,7 @@ def _run_rank(rank, world_size, local_rank, init_method, config, out, precision,
             config = dataclasses.replace(config, device=f"cuda:{local_rank}")
     if threads:
         torch.set_num_threads(threads)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=init_method, rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=timeout_seconds()))  # fmt: skip
+    _init_group("nccl" if device.type == "cuda" else "gloo", init_method, rank, world_size, on_timeout)
     try:
 
         def make_trainer(config, speed=None):
@@ -404,7 +384,7 @@ def _run_rank(rank, world_size, local_rank, init_method, config, out, precision,
 
         return training.fit(config, out, rank=rank, make_trainer=make_trainer, **fit_kwargs)
     finally:
-        dist.destroy_process_group()
+        _end_group()
 
 
 def _one_line(e):
@@ -412,13 +392,50 @@ def _one_line(e):
     return f"{type(e).__name__}: {text}" if not isinstance(e, (UserError, TrainingDiverged)) else text
 
 
-def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs, threads):
-    """A spawned rank: reports a failure as one line on ``messages`` and exits non-zero."""
+#: Linux's prctl option that sends this process a signal when its parent dies (<linux/prctl.h>)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent):
+    """Make this rank die when the process that spawned it (pid ``parent``) dies, however it dies
+    (SIGTERM from a scheduler, Ctrl-C, kill -9): its ranks must not train on, re-parented, holding
+    the run folder's lock.
+
+    Two guards: Linux's ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (the kernel kills the rank when its
+    parent exits), and on every system a daemon thread that checks once a second that the parent is
+    still this process's parent (``os.getppid()``) and ends the process at once if not. The check runs
+    once before returning too: a parent that died before ``prctl`` is caught."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc symbol: the watchdog alone
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="pyro-vae-parent-watchdog", daemon=True).start()
+
+
+def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs, threads, parent=None):
+    """A spawned rank: reports a failure as one line on ``messages`` and exits non-zero.
+
+    It ends with :func:`os._exit` (as a forked ``multiprocessing`` child does) once the process group is
+    torn down and its output flushed: nothing is left for the interpreter's exit to destroy."""
+    if parent is not None:
+        _die_with_parent(parent)
     code = 0
     # as torchrun sets them, for user code (a custom guide, say) that asks which rank it runs on
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     try:
-        _run_rank(rank, world_size, rank, f"tcp://127.0.0.1:{port}", config, out, precision, fit_kwargs, threads)
+        _run_rank(rank, world_size, rank, f"tcp://127.0.0.1:{port}", config, out, precision, fit_kwargs, threads,
+                  on_timeout=lambda line: messages.send(("user", line)))  # fmt: skip
     except UserError as e:
         messages.send(("user", _one_line(e)))
         code = 2
@@ -428,10 +445,10 @@ def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs
     except BaseException as e:  # a collective that failed or timed out, a rank's crash
         messages.send(("error", _one_line(e)))
         code = 1
+    messages.close()
     sys.stdout.flush()
     sys.stderr.flush()
-    if code:  # a failed rank leaves at once: its exit handlers may wait on a broken collective
-        os._exit(code)
+    os._exit(code)
 
 
 def _quiet_resource_tracker():
@@ -470,7 +487,7 @@ def _spawn(world_size, config, out, precision, fit_kwargs):
     threads = max(1, torch.get_num_threads() // world_size)
     processes = [
         context.Process(target=_worker, args=(rank, world_size, port, pipes[rank][1], config, out, precision, fit_kwargs,
-                                              threads), name=f"pyro-vae-rank-{rank}")  # fmt: skip
+                                              threads, os.getpid()), name=f"pyro-vae-rank-{rank}")  # fmt: skip
         for rank in range(world_size)
     ]
     failed = None
@@ -486,10 +503,11 @@ def _spawn(world_size, config, out, precision, fit_kwargs):
                     if p.exitcode != 0 and failed is None:
                         failed = (processes.index(p), p.exitcode)
     finally:
-        for p in processes:  # the first failure (or an interrupt) stops the rest: no rank waits forever
+        started = [p for p in processes if p.pid is not None]  # a start may have failed (or been interrupted)
+        for p in started:  # the first failure (or an interrupt) stops the rest: no rank waits forever
             if p.is_alive():
                 p.terminate()
-        for p in processes:
+        for p in started:
             p.join(10)
             if p.is_alive():
                 p.kill()
@@ -533,7 +551,7 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
     """
     from ..train.build import make_config
     from . import fit as training
-    from .folder import new_run_dir
+    from .folder import holds_run, new_run_dir
     from .run import load_run
 
     settings = {k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in type(make_config()).__dataclass_fields__}
@@ -565,5 +583,29 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
         if fit_kwargs.get(name) is not None:
             raise UserError(f"{name} callbacks do not cross into spawned processes; run under torchrun instead")
     out = Path(out) if out is not None and str(out).strip() else (out if out is not None else new_run_dir(config))
-    _spawn(devices, config, out, precision, fit_kwargs)
+    existed, held = out.is_dir(), out.is_dir() and holds_run(out)
+    try:
+        _spawn(devices, config, out, precision, fit_kwargs)
+    except UserError:
+        _remove_unstarted(out, existed, held)
+        raise
     return load_run(out, checkpoint=fit_kwargs.get("checkpoint", "best"), trust_guide=True)  # the code it just ran
+
+
+def _remove_unstarted(out, existed, held):
+    """After a refused or failed spawned run: remove what it wrote to ``out`` when it wrote no checkpoint
+    and ``out`` held no run before (``existed``, ``held``: before the ranks started), so that the
+    retry is not refused as "already holds a run". A run folder that held a run is left as it is
+    (an ``--overwrite`` trains in ``out/.staging`` until its first checkpoint: only that is removed)."""
+    if not out.is_dir() or out.is_symlink():
+        return
+    shutil.rmtree(out / ".staging", ignore_errors=True)
+    if held or (out / "checkpoint.pt").exists():
+        return
+    for name in ("config.json", "metrics.jsonl", ".lock"):
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+            out.rmdir()

@@ -41,6 +41,10 @@ switch of :class:`Speed`:
 - ``compile``: :func:`torch.compile` the captured loss graph (a backend name); where the loss is
   not captured, :class:`~pyro_vae.train.trainer.Trainer` compiles the MLPs of the encoder and decoder
   (:func:`compile_nets`);
+- data parallelism: :class:`DDPStep` (:mod:`pyro_vae.speed.ddp`) takes the step of :class:`SVIStep`
+  on each process's slice of the global batch, its gradient averaged by PyTorch's
+  :class:`~torch.nn.parallel.DistributedDataParallel`; the two share the parameter capture, the one
+  torch optimizer, clipping and the state format (:class:`FusedOptimizerStep`, :mod:`pyro_vae.speed.fused`);
 - ``experimental_cuda_graph``: on CUDA, capture a full-size step in a CUDA graph and replay it
   (:mod:`pyro_vae.speed.cuda_graph`). Off by default and experimental: it has not yet been run on
   a GPU.
@@ -62,13 +66,15 @@ from Pyro and PyTorch.
 """
 
 from .capture import CapturedLoss
+from .ddp import DDPStep, LossModule
+from .fused import FusedOptimizerStep, global_clip_norm
 from .loss import PyroInternalsWarning, is_plain_trace_elbo, pyro_internals, trace_elbo_loss
 from .optim import load_pyro_optim_state, pyro_optim_state, torch_optimizer
 from .reference import ReferenceStep
 from .step import Speed, SVIStep, compile_nets
 
 __all__ = [
-    "CapturedLoss", "PyroInternalsWarning", "ReferenceStep", "SVIStep", "Speed", "compile_nets",
-    "is_plain_trace_elbo", "load_pyro_optim_state", "pyro_internals", "pyro_optim_state", "torch_optimizer",
+    "CapturedLoss", "DDPStep", "FusedOptimizerStep", "LossModule", "PyroInternalsWarning", "ReferenceStep",
+    "SVIStep", "Speed", "compile_nets", "global_clip_norm", "is_plain_trace_elbo", "load_pyro_optim_state", "pyro_internals", "pyro_optim_state", "torch_optimizer",
     "trace_elbo_loss",
 ]  # fmt: skip

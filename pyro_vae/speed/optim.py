@@ -28,18 +28,24 @@ def accepts(constructor, name):
         return False
 
 
-def torch_optimizer(pyro_optim, params, kind="fused"):
+def torch_optimizer(pyro_optim, params, kind="fused", clip_norm=None):
     """One :class:`torch.optim.Optimizer` doing what ``pyro_optim`` does to each of ``params``.
 
     ``pyro_optim`` keeps one optimizer per parameter; for element-wise optimizers (Adam, Adagrad,
     SGD, ...) one optimizer over all of them with the same arguments takes the same steps.
     Returns ``None`` when that cannot be guaranteed: per-parameter arguments (a callable), gradient
     clipping, or a constructor that is not a :class:`torch.optim.Optimizer`.
+
+    :param float clip_norm: the caller clips the global gradient norm to this bound itself
+        (:class:`~pyro_vae.speed.fused.FusedOptimizerStep`): ``pyro_optim``'s clip arguments
+        ``{"clip_norm": clip_norm}`` (those of :class:`~pyro_vae.train.schedules.GlobalClipOptim`)
+        are then accepted; any other clipping is not.
     """
     constructor, args = pyro_optim.pt_optim_constructor, pyro_optim.pt_optim_args
+    clip = pyro_optim.pt_clip_args
     if (
         callable(args)
-        or pyro_optim.pt_clip_args
+        or (clip and (clip_norm is None or callable(clip) or dict(clip) != {"clip_norm": float(clip_norm)}))
         or not (inspect.isclass(constructor) and issubclass(constructor, torch.optim.Optimizer))
     ):
         return None

@@ -7,21 +7,20 @@ Pyro's :class:`~pyro.infer.Trace_ELBO`, ``backward``, one optimizer step) or, wi
 random draws are those of the reference step (``tests/test_speed_reference.py``).
 """
 
-import contextlib
 import warnings
 from dataclasses import dataclass, replace
 
 import torch
 
 import pyro
-from pyro import poutine
-from pyro.infer import SVI, is_validation_enabled
+from pyro.infer import SVI
 from pyro.optim import PyroOptim
 
 from ..errors import UserError
 from ..vae.nets import MLP
 from .capture import CapturedLoss
 from .cuda_graph import CUDAGraphStep
+from .fused import FusedOptimizerStep
 from .loss import is_plain_trace_elbo, pyro_internals, trace_elbo_loss
 from .optim import load_pyro_optim_state, pyro_optim_state, torch_optimizer
 
@@ -81,15 +80,19 @@ def compile_nets(module, backend="inductor"):
     return module
 
 
-class SVIStep:
+class SVIStep(FusedOptimizerStep):
     """``step(x)``: one SVI step on minibatch ``x``; the loss comes back as a 0-dim tensor.
 
     With ``speed.sync_every_step=False`` the tensor stays on the device (no host read); otherwise
     (and on the ``"pyro"`` path, where :meth:`SVI.step` returns a float) it is on the CPU.
 
-Where Pyro's internals are missing or changed (:func:`~pyro_vae.speed.loss.pyro_internals` is
-``None``, after one :class:`~pyro_vae.speed.loss.PyroInternalsWarning`), the ``Trace_ELBO`` loss is
-Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no CUDA graph).
+    Where Pyro's internals are missing or changed (:func:`~pyro_vae.speed.loss.pyro_internals` is
+    ``None``, after one :class:`~pyro_vae.speed.loss.PyroInternalsWarning`), the ``Trace_ELBO`` loss is
+    Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no CUDA graph).
+
+    The parameter capture, the one torch optimizer and its state are those of
+    :class:`~pyro_vae.speed.fused.FusedOptimizerStep`, shared with the data-parallel
+    :class:`~pyro_vae.speed.ddp.DDPStep`.
 
     :param model: the Pyro model.
     :param guide: the Pyro guide.
@@ -101,17 +104,13 @@ Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no 
     """
 
     def __init__(self, model, guide, loss, optim, speed=None, to_scalar=None):
-        self.model, self.guide, self.loss, self.optim = model, guide, loss, optim
-        self.to_scalar = to_scalar or (lambda value: value)
-        self.speed = speed or Speed()
         if not isinstance(optim, PyroOptim):
             raise TypeError(f"optim must be a pyro.optim.PyroOptim, got {type(optim).__name__}")
-        self.steps = 0
+        super().__init__(optim, speed or Speed())
+        self.model, self.guide, self.loss = model, guide, loss
+        self.to_scalar = to_scalar or (lambda value: value)
         self._svi = None
-        self._torch_optim = None
-        self._names = None  # param store names of the torch optimizer's params, in order
         self._known = set()  # the param store's names after the last step
-        self._pending_state = None
         self._graph = None
         if self.speed.optimizer == "pyro":
             self._svi = SVI(model, guide, optim, loss)
@@ -135,12 +134,6 @@ Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no 
         """Whether the loss is replayed from captured graphs (:class:`CapturedLoss`) after the first step."""
         return self._captured is not None and not self._captured.given_up
 
-    def _validation(self):
-        """``validation_enabled(False)`` after the first step unless asked otherwise; else Pyro's own setting."""
-        if self.steps == 0 or self.speed.validate_every_step or not is_validation_enabled():
-            return contextlib.nullcontext()
-        return pyro.validation_enabled(False)
-
     def _loss_and_backward(self, x):
         """The loss (a tensor, or a float on Pyro's generic path) with gradients accumulated."""
         if self._plain_elbo and not self.speed.sync_every_step:
@@ -156,16 +149,9 @@ Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no 
 
     def _first_step(self, x):
         """Run the first step under a parameter capture, then build the one torch optimizer."""
-        with poutine.trace(param_only=True) as capture:
+        with self._capture_params() as params:
             loss = self._loss_and_backward(x)
-        store = pyro.get_param_store()
-        params = {}
-        for site in capture.trace.nodes.values():
-            p = site["value"].unconstrained()
-            params[store.param_name(p)] = p
-        self._names = sorted(params)
-        self._torch_optim = torch_optimizer(self.optim, [params[n] for n in self._names], self.speed.optimizer)
-        if self._torch_optim is None:  # not expressible as one torch optimizer: Pyro's own path
+        if self._build_optimizer(params) is None:  # not expressible as one torch optimizer: Pyro's own path
             warnings.warn("this optimizer cannot be fused (per-parameter arguments or clipping); using SVI.step")
             self._svi = SVI(self.model, self.guide, self.optim, self.loss)
             if self._pending_state is not None:
@@ -174,10 +160,7 @@ Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no 
             self.optim(list(params.values()))
             pyro.infer.util.zero_grads(set(params.values()))
             return loss
-        if self._pending_state is not None:
-            load_pyro_optim_state(self._torch_optim, self._names, self._pending_state)
-            self._pending_state = None
-        self._known = set(store.keys())
+        self._known = set(pyro.get_param_store().keys())
         self._optimizer_step()
         return loss
 
@@ -195,23 +178,12 @@ Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no 
         self._names = sorted(self._names + new)
         params = [store[name].unconstrained() for name in self._names]
         kind = "fused" if self._torch_optim.defaults.get("fused") else self.speed.optimizer
-        self._torch_optim = torch_optimizer(self.optim, params, kind)
+        self._torch_optim = torch_optimizer(self.optim, params, kind, self.clip_norm)
         load_pyro_optim_state(self._torch_optim, self._names, state)
 
     def _optimizer_step(self):
         self._adopt_new_params()
-        try:
-            self._torch_optim.step()
-        except RuntimeError as e:  # a fused kernel refused this device or dtype at its first step
-            if not self._torch_optim.defaults.get("fused"):
-                raise
-            state = pyro_optim_state(self._torch_optim, self._names)
-            params = [p for g in self._torch_optim.param_groups for p in g["params"]]
-            self._torch_optim = torch_optimizer(self.optim, params, "foreach")
-            load_pyro_optim_state(self._torch_optim, self._names, state)
-            warnings.warn(f"fused optimizer unavailable ({e}); using the multi-tensor one")
-            self._torch_optim.step()
-        self._torch_optim.zero_grad(set_to_none=True)
+        super()._optimizer_step()
 
     def _eager_step(self, x):
         if self._graph is not None:  # the graph's backward left its static gradients in .grad
@@ -254,15 +226,11 @@ Pyro's public ``differentiable_loss``, run eagerly every step (not captured, no 
         """Optimizer state in :meth:`pyro.optim.PyroOptim.get_state` format (whichever path runs)."""
         if self._svi is not None:
             return self.optim.get_state()
-        if self._torch_optim is None:
-            return dict(self._pending_state or {})
-        return pyro_optim_state(self._torch_optim, self._names)
+        return super().get_state()
 
     def set_state(self, state):
         """Load state saved by :meth:`get_state` (or by :meth:`pyro.optim.PyroOptim.get_state`)."""
         if self._svi is not None:
             self.optim.set_state(state)
-        elif self._torch_optim is None:
-            self._pending_state = state
         else:
-            load_pyro_optim_state(self._torch_optim, self._names, state)
+            super().set_state(state)
