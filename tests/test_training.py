@@ -225,3 +225,23 @@ def test_an_absurd_elbo_is_a_logged_warning_printed_readably(tmp_path, caplog, c
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "warning: epoch 1's ELBO is -" in err and "absurdly large" in err
+
+
+def test_resume_with_a_new_lr_applies_it_from_the_next_step(tmp_path):
+    # fit --resume --lr X: the new rate trains the next steps (not the checkpoint's), and config.json records it
+    import json
+
+    from pyro_vae import fit
+    from pyro_vae.checkpoint import load_checkpoint
+
+    tiny = dict(dataset="digits", hidden=(16,), z_dim=2, batch_size=256, device="cpu", quiet=True)
+    fit(out=tmp_path / "a", epochs=1, lr=1e-2, **tiny)
+    before = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    fit(out=tmp_path / "a", epochs=2, lr=1e-12, resume=True, **tiny)
+    after = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    assert max((after[k] - before[k]).abs().max().item() for k in before) < 1e-9  # Adam moves by about lr
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["lr"] == 1e-12
+    fit(out=tmp_path / "b", epochs=1, lr=1e-2, **tiny)
+    fit(out=tmp_path / "b", epochs=2, resume=True, **tiny)  # the run's own rate: it keeps training
+    moved = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert max((moved[k] - before[k]).abs().max().item() for k in before) > 1e-4

@@ -223,14 +223,19 @@ def saved_config(state, where):
         raise UserError(f"the checkpoint in {where} is damaged (its config: {e}); retrain the run") from None
 
 
-def check_same_settings(saved, config, message):
+#: What ``fit --resume`` may change beyond :attr:`Config.RESUMABLE <pyro_vae.config.Config.RESUMABLE>`: a new
+#: ``--lr`` applies from the next step on (the base rate of a schedule); ``config.json`` records it.
+RESUME_MAY_CHANGE = Config.RESUMABLE + ("lr",)
+
+
+def check_same_settings(saved, config, message, ignore=Config.RESUMABLE):
     """``config``, or a :class:`UserError` when a setting that shapes the run differs from ``saved`` (the
     config a checkpoint was saved with; the settings a resumed run may change are not compared:
     ``Config.RESUMABLE``). For a continuation, pass ``config.resumed_from(saved)``.
 
     :param str message: the error's text, with ``{changed}`` for the names of the settings that differ.
     """
-    changed = saved.differences(config)
+    changed = saved.differences(config, ignore=ignore)
     if changed:
         raise UserError(message.format(changed=", ".join(changed)))
     return config
@@ -313,7 +318,7 @@ class RunFolder:
         config = check_same_settings(
             saved, config.resumed_from(saved),
             f"the checkpoint in {out} is from another configuration ({{changed}} differ); resume with the run's own "
-            "settings, or start a new run",
+            "settings, or start a new run", ignore=RESUME_MAY_CHANGE,
         )  # fmt: skip
         if config.epochs < state["epoch"]:
             raise UserError(f"the run in {out} has run {state['epoch']} epochs; --epochs is the total, so give at "

@@ -158,6 +158,10 @@ class LRSchedule:
         return {"steps": self.steps, "lr": self.epoch_lr,
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}  # fmt: skip
 
+    def rebase(self, lr):
+        """A constant schedule's rate becomes ``lr`` (``fit --resume --lr``)."""
+        self._proxy.param_groups[0]["lr"] = self.base = lr
+
     def load_state_dict(self, state, epochs=None):
         self.steps = int(state["steps"])
         self._proxy.param_groups[0]["lr"] = state["lr"]

@@ -277,9 +277,16 @@ class Trainer:
         else:  # a checkpoint from before schedules: the constant learning rate
             self.schedule.steps = self.epoch * self.steps_per_epoch
         optimizer = state["optimizer"]
-        if not self.schedule.constant:
+        saved_lr = (state.get("config") or {}).get("lr", self.config.lr)
+        if saved_lr != self.config.lr:  # fit --resume --lr X: the new constant rate from the next step on
+            if not self.schedule.constant:
+                raise UserError(f"--lr {self.config.lr:g} differs from the run's {saved_lr:g}, and the run has a "
+                                "learning-rate schedule; resume with the run's own --lr")  # fmt: skip
+            self.schedule.rebase(self.config.lr)
+        if not self.schedule.constant or saved_lr != self.config.lr:
             # the saved groups hold the last step's lr, and loading them (possibly inside the first
             # step, which builds the optimizer) would use it for the next step: give them the next one's
+            # (a schedule's, or the new --lr given to fit --resume)
             lr = self.schedule.lr()
             optimizer = {name: {**s, "param_groups": [{**g, "lr": lr} for g in s["param_groups"]]}
                          for name, s in optimizer.items()}  # fmt: skip
