@@ -219,7 +219,7 @@ def no_pictures(monkeypatch):
     """Pictures are not what these tests are about (and take most of a small fit's time)."""
     from pyro_vae.runs.run import Run
 
-    monkeypatch.setattr(Run, "write_pictures", lambda self, test: None)
+    monkeypatch.setattr(Run, "write_pictures", lambda self, test, **kwargs: None)
 
 
 @pytest.mark.slow

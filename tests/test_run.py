@@ -450,7 +450,7 @@ def test_a_full_disk_before_the_first_checkpoint_advises_a_command_that_works(tm
     import errno
     import shlex
 
-    import pyro_vae.runs.fit as training
+    import pyro_vae.runs.folder as folder  # the run folder writes config.json and the checkpoints
 
     out = tmp_path / "run"
     base = ["fit", "--dataset", "digits", "--hidden", "16", "--z-dim", "3", "--batch-size", "256", "--device", "cpu",
@@ -463,7 +463,7 @@ def test_a_full_disk_before_the_first_checkpoint_advises_a_command_that_works(tm
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(training, "write_config" if when == "config" else "save_checkpoint", full)
+    monkeypatch.setattr(folder, "write_config" if when == "config" else "save_checkpoint", full)
     assert main(cli) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "before the first checkpoint; free space and continue with: " in err

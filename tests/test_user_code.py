@@ -6,10 +6,12 @@ from pyro_vae import Config, UserError
 from pyro_vae.user_code import check_code_trusted, named_code
 
 
-def test_named_code_finds_guides_and_architectures_given_as_code():
-    assert named_code({"guide": "diagonal", "arch": "mlp"}) == {}
-    assert named_code({"guide": "g.py:G", "arch": "lab.nets:Net", "likelihood": "x.py:L"}) == {
-        "guide": "g.py:G", "arch": "lab.nets:Net"}  # fmt: skip
+def test_named_code_finds_every_part_given_as_code():
+    # guides, architectures, likelihoods and priors: each can be given as code, each needs trust
+    assert named_code({"guide": "diagonal", "arch": "mlp", "likelihood": "bernoulli", "prior": "vamp"}) == {}
+    assert named_code({"guide": "g.py:G", "arch": "lab.nets:Net", "likelihood": "x.py:L", "prior": "p.py:P",
+                       "dataset": "a.py:B"}) == {
+        "guide": "g.py:G", "arch": "lab.nets:Net", "likelihood": "x.py:L", "prior": "p.py:P"}  # fmt: skip
     assert named_code(Config(guide="iaf")) == {}
     assert named_code({}) == {} and named_code({"guide": None, "arch": 3}) == {}
 
