@@ -82,7 +82,7 @@ from ..train.trainer import Trainer
 from ..vae.evaluation import evaluate
 from ..vae.nets import MLP
 
-__all__ = ["PRECISIONS", "DDPStep", "DistributedTrainer", "LossModule", "autocast_networks", "fit", "launcher_env"]
+__all__ = ["PRECISIONS", "DistributedTrainer", "autocast_networks", "fit", "launcher_env"]  # DDPStep: pyro_vae.speed
 
 PRECISIONS = ("fp32", "bf16")
 #: seconds a collective operation (and the rendezvous) may wait before it fails

@@ -271,6 +271,7 @@ class SemiSupervisedVAE(LabelledVAE):
 
     :param float alpha: the weight :math:`\\alpha` of the classification loss on labelled items (eq. 9),
         used by :meth:`training_model`.
+
     Other arguments: :class:`LabelledVAE`'s; ``arch``, ``hidden``, ``activation``, ``channels`` also build
     the :class:`Classifier`.
     """
