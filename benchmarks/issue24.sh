@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 24's measurements in one go, on a quiet machine: the speed table with NumPyro, pythae and
-# pyro-vae's variants (--compile, --precision bf16, both, one thread), the bf16-against-fp32 table,
+# pyro-vae's variants (--compile, --precision bf16, both, fast_bernoulli, one thread), the bf16-against-fp32 table,
 # the phase profile against NumPyro's jitted pieces, and a time-to-quality row with start-up counted.
 #
 #   bash benchmarks/issue24.sh                 # waits until the 1-minute load average is below $QUIET
@@ -38,7 +38,7 @@ fi
 
 log "speed.py"
 $PYTHON benchmarks/speed.py --data-dir "$DATA" --threads "$THREADS" --archs $archs --batch-sizes $batches \
-  --loops a,b,d,e,ac,ah,ach,a1 --steps 40 --block 5 --warmup 10 --no-memory --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
+  --loops a,b,d,e,ac,ah,ach,af,a1 --steps 40 --block 5 --warmup 10 --no-memory --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
 log "bf16_cpu.py"
 $PYTHON benchmarks/bf16_cpu.py --data-dir "$DATA" --threads "$THREADS" --archs $archs --batch-sizes $batches \
   --seeds $seeds --epochs $epochs --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
@@ -46,6 +46,6 @@ log "profile_step.py --numpyro --phases-only"
 $PYTHON benchmarks/profile_step.py --data-dir "$DATA" --threads "$THREADS" --numpyro --phases-only --rounds 20 \
   --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
 log "time_to_quality.py"
-$PYTHON benchmarks/time_to_quality.py --data-dir "$DATA" --threads "$THREADS" --loops a,ac,ah,d --targets=-110 \
+$PYTHON benchmarks/time_to_quality.py --data-dir "$DATA" --threads "$THREADS" --loops a,ac,ah,af,d --targets=-110 \
   --milestones=-130,-120 --max-epochs 5 --max-minutes 4 --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
 log "done"

@@ -7,7 +7,8 @@ binarized afresh each time a batch is used (:math:`x \sim \mathrm{Bernoulli}(\te
 one-sample Monte Carlo ELBO (Kingma & Welling 2013, eq. 6) summed over the batch; Adam.
 
 - :class:`PyroVAELoop` (a): pyro-vae's own loop, :meth:`pyro_vae.Trainer.run_steps`; its variants
-  (ac) ``--compile``, (ah) ``--precision bf16``, (ach) both, (a1) one torch thread (issue 24);
+  (ac) ``--compile``, (ah) ``--precision bf16``, (ach) both, (af) ``fast_bernoulli``, (a1) one
+  torch thread (issue 24);
 - :class:`TorchVAELoop` (b): the same VAE written in plain PyTorch, the floor for any PPL;
 - :class:`ExampleLoop` (c): a loop written the way Pyro's ``examples/vae/vae.py`` and the VAE
   tutorial train: a torchvision ``DataLoader`` with ``ToTensor``, each batch copied to the device,
@@ -129,6 +130,17 @@ class PyroVAEBF16CompiledLoop(PyroVAEBF16Loop):
 
     def __init__(self, config):
         super().__init__(config, compile="inductor")
+
+
+class PyroVAEFastBernoulliLoop(PyroVAELoop):
+    """(af) pyro-vae with ``Speed(fast_bernoulli=True)``: the Bernoulli log-density without ``log1p``
+    (:mod:`pyro_vae.speed.fast_ops`; float rounding changes, relative 1e-7)."""
+
+    name = "af"
+    label = "pyro-vae, Speed(fast_bernoulli=True)"
+
+    def __init__(self, config):
+        super().__init__(config, Speed(fast_bernoulli=True))
 
 
 class PyroVAEOneThreadLoop(PyroVAELoop):
@@ -337,4 +349,4 @@ from peers import NumPyroLoop, PythaeLoop, Unavailable  # noqa: E402, F401  (d),
 
 LOOPS = {"a": PyroVAELoop, "a0": PyroVAEBaselineLoop, "b": TorchVAELoop, "c": ExampleLoop, "d": NumPyroLoop,
          "e": PythaeLoop, "ac": PyroVAECompiledLoop, "ah": PyroVAEBF16Loop, "ach": PyroVAEBF16CompiledLoop,
-         "a1": PyroVAEOneThreadLoop}  # fmt: skip
+         "af": PyroVAEFastBernoulliLoop, "a1": PyroVAEOneThreadLoop}  # fmt: skip

@@ -44,7 +44,7 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 TRAIN_SIZE = {"mnist": 60_000, "digits": 1617}
 #: the ratios reported, numerator/denominator loops: each is how many times slower the first is
 RATIOS = (("a", "b"), ("c", "a"), ("d", "a"), ("e", "a"), ("a0", "a"), ("d", "ac"), ("d", "ah"), ("d", "ach"),
-          ("d", "a1"))
+          ("d", "af"), ("d", "a1"), ("a", "ac"), ("a", "ah"), ("a", "ach"), ("a", "af"), ("a", "a1"))
 
 
 def machine():
@@ -253,6 +253,8 @@ def markdown(report):
                 f"{v['s_per_epoch']:.2f} | {_startup(v)} | {peak} |"
             )
     keys = [f"{n}/{d}" for n, d in RATIOS if any(f"{n}/{d}" in row["ratios"] for row in r)]
+    if not keys:
+        return "\n".join(lines) + "\n"
     lines += ["", "| device | net | batch | " + " | ".join(keys) + " | " + " | ".join(f"{k} (CPU time)" for k in keys)
               + " |", "|---|---|---:|" + "---:|" * (2 * len(keys))]  # fmt: skip
     for row in r:
@@ -322,7 +324,7 @@ def parse(argv=None):
                    help="a: pyro-vae, b: hand-written PyTorch, c: Pyro example loop, d: NumPyro (jitted epoch), "
                         "e: pythae (static binarization), a0: pyro-vae before; d and e need the extra [bench] "
                         "and are skipped, with the reason printed, without it; the variants of (a): ac (--compile), "
-                        "ah (--precision bf16), ach (both), a1 (one torch thread)")  # fmt: skip
+                        "ah (--precision bf16), ach (both), af (Speed(fast_bernoulli=True)), a1 (one torch thread)")  # fmt: skip
     p.add_argument("--steps", type=int, default=60, help="timed steps per loop and setting")
     p.add_argument("--block", type=int, default=5, help="steps per timed block")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per loop first")

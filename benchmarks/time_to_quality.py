@@ -33,7 +33,7 @@ from speed import machine
 
 LABELS = {"a": "pyro-vae", "b": "hand-written PyTorch", "d": "NumPyro (jit, fori_loop)"}
 #: pyro-vae's variants (issue 24): their trainers' own train_epoch and test_elbo (the same test binarization)
-VARIANTS = ("ac", "ah", "ach")
+VARIANTS = ("ac", "ah", "ach", "af")
 LABELS.update({name: LOOPS[name].label for name in VARIANTS})
 
 
@@ -153,7 +153,7 @@ def main(argv=None):
                    help="test ELBOs to reach, nats per image (a loop stops at the highest) [-100,-95]")  # fmt: skip
     p.add_argument("--loops", default=["a", "b", "d"], type=lambda v: v.split(","),
                    help="a: pyro-vae (always), b: hand-written PyTorch, d: NumPyro (extra [bench]; skipped without "
-                        "it); pyro-vae's variants ac (--compile), ah (--precision bf16), ach (both)")  # fmt: skip
+                        "it); pyro-vae's variants ac (--compile), ah (--precision bf16), ach (both), af (fast_bernoulli)")  # fmt: skip
     p.add_argument("--milestones", default=[-120.0, -110.0, -105.0], type=_floats,
                    help="also report when the test ELBO first reached these")  # fmt: skip
     p.add_argument("--arch", default="relu400")

@@ -20,7 +20,7 @@ LAYERS = [
     ("", ["errors", "registry", "user_code", "config", "config_files", "checkpoint"]),
     ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "model",
              "objectives", "kl_weighting", "evaluation"]),
-    ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "precision", "step", "__init__"]),
+    ("speed", ["loss", "reference", "optim", "fast_ops", "capture", "cuda_graph", "precision", "step", "__init__"]),
     ("data", ["images", "dataset", "sources", "files", "load"]),
     ("train", ["schedules", "build", "loggers", "trainer", "progress"]),
     ("runs", ["plots", "latent", "folder", "run", "fit", "launch"]),
