@@ -21,14 +21,25 @@ SIZE=${SIZE:-full}
 mkdir -p "$OUT"
 log() { echo "[$(date -u +%H:%M:%S)] load $(cut -d' ' -f1-3 /proc/loadavg): $*" | tee -a "$OUT/log.txt"; }
 
-while true; do
-  load=$(cut -d' ' -f1 /proc/loadavg)
-  if awk -v l="$load" -v q="$QUIET" 'BEGIN{exit !(l < q)}'; then log "quiet enough (< $QUIET)"; break; fi
-  if [ -n "${UNTIL:-}" ] && [[ "$(date -u +%H:%M)" > "$UNTIL" || "$(date -u +%H:%M)" == "$UNTIL" ]]; then
-    log "not quiet by $UNTIL: measuring anyway (the numbers are not trustworthy)"; echo busy > "$OUT/BUSY"; break
-  fi
-  sleep 60
-done
+# quiet: the 1-minute load average below $QUIET at two polls a minute apart (a lull between other
+# jobs is not quiet). Checked once before the first stage (every script logs the load before and after
+# itself); past $UNTIL the run starts anyway, marked BUSY.
+busy=0
+wait_quiet() {
+  local calm=0
+  while true; do
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    if awk -v l="$load" -v q="$QUIET" 'BEGIN{exit !(l < q)}'; then calm=$((calm + 1)); else calm=0; fi
+    if [ "$calm" -ge 2 ]; then log "quiet (< $QUIET twice, a minute apart)"; return; fi
+    if [ -n "${UNTIL:-}" ] && [[ ! "$(date -u +%H:%M)" < "$UNTIL" ]]; then
+      log "not quiet by $UNTIL: measuring anyway (the numbers are not trustworthy)"
+      echo "busy: load $(cut -d' ' -f1-3 /proc/loadavg) at $(date -u +%H:%M)" >> "$OUT/BUSY"
+      busy=1; export OMP_WAIT_POLICY=PASSIVE  # spinning OpenMP threads collapse under contention
+      return
+    fi
+    sleep 60
+  done
+}
 
 if [ "$SIZE" = smallest ]; then
   archs=relu400; batches=128; seeds=0; epochs=2
@@ -36,6 +47,7 @@ else
   archs=relu400,tanh200x2; batches=128,1024; seeds=0,1; epochs=2
 fi
 
+wait_quiet
 log "speed.py"
 $PYTHON benchmarks/speed.py --data-dir "$DATA" --threads "$THREADS" --archs $archs --batch-sizes $batches \
   --loops a,b,d,e,ac,ah,ach,af,a1 --steps 40 --block 5 --warmup 10 --no-memory --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
