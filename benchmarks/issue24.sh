@@ -9,7 +9,7 @@
 # Environment: DATA (the folder with MNIST/, default $PYRO_VAE_DATA or /work/shared/data), OUT (results
 # folder, default benchmarks/results/issue24-<date>), QUIET (load threshold, 2.5), UNTIL (HH:MM UTC: stop
 # waiting then and measure anyway, the load written beside the results; default: wait forever),
-# PYTHON (default python), THREADS (torch threads, 2).
+# STOP (HH:MM UTC: a stage not started by then is skipped), PYTHON (default python), THREADS (torch threads, 2).
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -41,23 +41,29 @@ wait_quiet() {
   done
 }
 
+late() {  # true (and logged) when past $STOP: the stage is skipped
+  if [ -n "${STOP:-}" ] && [[ ! "$(date -u +%H:%M)" < "$STOP" ]]; then log "past $STOP: skipping $1"; return 0; fi
+  return 1
+}
+
+wait_quiet
+[ "$busy" = 1 ] && SIZE=smallest  # a busy machine: the smallest version, its numbers marked BUSY
 if [ "$SIZE" = smallest ]; then
   archs=relu400; batches=128; seeds=0; epochs=2
 else
   archs=relu400,tanh200x2; batches=128,1024; seeds=0,1; epochs=2
 fi
 
-wait_quiet
 log "speed.py"
 $PYTHON benchmarks/speed.py --data-dir "$DATA" --threads "$THREADS" --archs $archs --batch-sizes $batches \
   --loops a,b,d,e,ac,ah,ach,af,a1 --steps 40 --block 5 --warmup 10 --no-memory --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
-log "bf16_cpu.py"
+late bf16_cpu.py || { log "bf16_cpu.py"
 $PYTHON benchmarks/bf16_cpu.py --data-dir "$DATA" --threads "$THREADS" --archs $archs --batch-sizes $batches \
-  --seeds $seeds --epochs $epochs --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
-log "profile_step.py --numpyro --phases-only"
+  --seeds $seeds --epochs $epochs --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"; }
+late profile_step.py || { log "profile_step.py --numpyro --phases-only"
 $PYTHON benchmarks/profile_step.py --data-dir "$DATA" --threads "$THREADS" --numpyro --phases-only --rounds 20 \
-  --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
-log "time_to_quality.py"
+  --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"; }
+late time_to_quality.py || { log "time_to_quality.py"
 $PYTHON benchmarks/time_to_quality.py --data-dir "$DATA" --threads "$THREADS" --loops a,ac,ah,af,d --targets=-110 \
-  --milestones=-130,-120 --max-epochs 5 --max-minutes 4 --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"
+  --milestones=-130,-120 --max-epochs 5 --max-minutes 4 --out "$OUT" 2>&1 | tee -a "$OUT/log.txt"; }
 log "done"
