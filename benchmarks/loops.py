@@ -6,7 +6,9 @@ All three train the same VAE with the same math: a Gaussian encoder
 binarized afresh each time a batch is used (:math:`x \sim \mathrm{Bernoulli}(\text{pixel})`); the
 one-sample Monte Carlo ELBO (Kingma & Welling 2013, eq. 6) summed over the batch; Adam.
 
-- :class:`PyroVAELoop` (a): pyro-vae's own loop, :meth:`pyro_vae.Trainer.run_steps`;
+- :class:`PyroVAELoop` (a): pyro-vae's own loop, :meth:`pyro_vae.Trainer.run_steps`; its variants
+  (ac) ``--compile``, (ah) ``--precision bf16``, (ach) both, (af) ``fast_bernoulli``, (a1) one
+  torch thread (issue 24);
 - :class:`TorchVAELoop` (b): the same VAE written in plain PyTorch, the floor for any PPL;
 - :class:`ExampleLoop` (c): a loop written the way Pyro's ``examples/vae/vae.py`` and the VAE
   tutorial train: a torchvision ``DataLoader`` with ``ToTensor``, each batch copied to the device,
@@ -92,6 +94,68 @@ class PyroVAEBaselineLoop(PyroVAELoop):
 
     def __init__(self, config):
         super().__init__(config, Speed.baseline())
+
+
+class PyroVAECompiledLoop(PyroVAELoop):
+    """(ac) pyro-vae with ``--compile``: the captured loss graph compiled by inductor (opt-in; float
+    rounding changes, relative 1e-7 on the losses)."""
+
+    name = "ac"
+    label = "pyro-vae --compile"
+
+    def __init__(self, config):
+        super().__init__(config, Speed(compile="inductor"))
+
+
+class PyroVAEBF16Loop(PyroVAELoop):
+    """(ah) pyro-vae with ``--precision bf16``: the networks under CPU/CUDA autocast in bfloat16, the
+    ELBO, gradients and Adam state in float32 (:class:`pyro_vae.runs.launch.DistributedTrainer`)."""
+
+    name = "ah"
+    label = "pyro-vae --precision bf16"
+
+    def __init__(self, config, compile=None):
+        from pyro_vae.runs.launch import DistributedTrainer
+
+        self.trainer = DistributedTrainer(config, Speed(compile=compile), precision="bf16")
+        self.device = self.trainer.device
+        self.last = None
+
+
+class PyroVAEBF16CompiledLoop(PyroVAEBF16Loop):
+    """(ach) pyro-vae with ``--precision bf16 --compile``."""
+
+    name = "ach"
+    label = "pyro-vae --precision bf16 --compile"
+
+    def __init__(self, config):
+        super().__init__(config, compile="inductor")
+
+
+class PyroVAEFastBernoulliLoop(PyroVAELoop):
+    """(af) pyro-vae with ``Speed(fast_bernoulli=True)``: the Bernoulli log-density without ``log1p``
+    (:mod:`pyro_vae.speed.fast_ops`; float rounding changes, relative 1e-7)."""
+
+    name = "af"
+    label = "pyro-vae, Speed(fast_bernoulli=True)"
+
+    def __init__(self, config):
+        super().__init__(config, Speed(fast_bernoulli=True))
+
+
+class PyroVAEOneThreadLoop(PyroVAELoop):
+    """(a1) pyro-vae with one torch intra-op thread (set for its own steps, restored after)."""
+
+    name = "a1"
+    label = "pyro-vae, 1 torch thread"
+
+    def run(self, k):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            super().run(k)
+        finally:
+            torch.set_num_threads(threads)
 
 
 # (b) ------------------------------------------------------------------------------------------
@@ -284,4 +348,5 @@ class _DigitImages(torch.utils.data.Dataset):
 from peers import NumPyroLoop, PythaeLoop, Unavailable  # noqa: E402, F401  (d), (e): optional extra ``bench``; Unavailable re-exported
 
 LOOPS = {"a": PyroVAELoop, "a0": PyroVAEBaselineLoop, "b": TorchVAELoop, "c": ExampleLoop, "d": NumPyroLoop,
-         "e": PythaeLoop}  # fmt: skip
+         "e": PythaeLoop, "ac": PyroVAECompiledLoop, "ah": PyroVAEBF16Loop, "ach": PyroVAEBF16CompiledLoop,
+         "af": PyroVAEFastBernoulliLoop, "a1": PyroVAEOneThreadLoop}  # fmt: skip

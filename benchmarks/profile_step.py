@@ -71,14 +71,20 @@ class Timer:
         return 1e3 * statistics.median(self.times[key][skip:])
 
 
-def phases(config, rounds, block=5):
-    """Phase times (ms) of loops a0, a and b: blocks of ``block`` steps per loop, interleaved."""
+def phases(config, rounds, block=5, numpyro=False):
+    """Phase times (ms) of loops a0, a and b: blocks of ``block`` steps per loop, interleaved; with
+    ``numpyro``, also (d) NumPyro's, from its jitted pieces (:mod:`numpyro_phases`), in the same rounds."""
     a = Trainer(config, speed=Speed())
     a.run_steps(3)  # builds the fused optimizer; validation is off from here on
     a0 = Trainer(config, speed=Speed.baseline())  # its own weights and parameter store
     a0.run_steps(3)
     b = TorchVAELoop(config, train=a.train)
     b.run(3)
+    d = None
+    if numpyro:
+        from numpyro_phases import NumPyroPhases
+
+        d = NumPyroPhases(config, train=a.train.tensor().flatten(1).cpu(), block=block)
     t = Timer(a.device)
     order = torch.randperm(len(a.train), device=a.device)
     position = [0]
@@ -131,6 +137,8 @@ def phases(config, rounds, block=5):
                 x = t("data", batch)
                 step(x)
                 nets(name, encoder, decoder, x)
+        if d is not None:
+            d.time_round()
     rows = {}
     for loop in names:
         # forward with autograd records the graph, the nets-only pass does not: "the rest" is an upper bound
@@ -146,6 +154,9 @@ def phases(config, rounds, block=5):
             row["SVI.step parameter capture"] = t.median_ms("a0 parameter capture")
         row["total"] = sum(row.values())
         rows[loop] = row
+    if d is not None:
+        rows["d"] = d.phases()
+        rows["d_compile_s"] = d.compile_s
     return rows
 
 
@@ -300,6 +311,11 @@ def torch_profile_markdown(tp, config):
     return "\n".join(lines) + "\n"
 
 
+def phases_markdown(report):
+    """The phase table alone (``--phases-only``)."""
+    return markdown({**report, "ablation_ms": {}})
+
+
 def markdown(report):
     c, ph, ab = report["config"], report["phases_ms"], report["ablation_ms"]
     clock = "wall-clock" if c["device"].startswith("cuda") else "CPU"
@@ -310,12 +326,23 @@ def markdown(report):
         "",
         f"Phases of one step, {clock} ms per step (medians):",
         "",
-        "| phase | (a0) before | (a) now | (b) hand-written |",
-        "|---|---:|---:|---:|",
+        "| phase | (a0) before | (a) now | (b) hand-written |" + (" (d) NumPyro, jitted pieces | (a) - (d) |" if "d" in ph else ""),
+        "|---|---:|---:|---:|" + ("---:|---:|" if "d" in ph else ""),
     ]
-    for name in ph["a0"]:
-        lines.append(f"| {name} | " + " | ".join(f"{ph[k][name]:.2f}" if name in ph[k] else "-" for k in ("a0", "a", "b"))
-                     + " |")  # fmt: skip
+    keys = ("a0", "a", "b", "d") if "d" in ph else ("a0", "a", "b")
+    names = list(ph["a0"]) + [n for n in ph.get("d", {}) if n not in ph["a0"]]
+    for name in names:
+        cells = [f"{ph[k][name]:.2f}" if name in ph[k] else "-" for k in keys]
+        if "d" in ph:
+            cells.append(f"{ph['a'][name] - ph['d'][name]:+.2f}" if name in ph["a"] and name in ph["d"] else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "d" in ph:
+        lines += ["", "(d)'s phases are differences of jitted pieces, each run in its own `fori_loop` "
+                  "(`benchmarks/numpyro_phases.py`): forward rest = loss - nets, backward = value_and_grad - loss, "
+                  "optimizer = svi.update - value_and_grad; the whole jitted step, where XLA fuses across them, "
+                  f"is the last row. Compiling the pieces took {ph.get('d_compile_s', 0):.1f} s."]  # fmt: skip
+    if not ab:
+        return "\n".join(lines) + "\n"
     base = next(iter(ab.values()))
     lines += ["", "Whole steps, each row adding one switch (interleaved; ms per step, medians):", "",
               "| variant | wall-clock ms | speed-up | CPU ms | speed-up |", "|---|---:|---:|---:|---:|"]  # fmt: skip
@@ -342,6 +369,8 @@ def main(argv=None):
     p.add_argument("--torch-profiler", action="store_true", help="torch.profiler breakdown of (a) and (b), and (d)")
     p.add_argument("--only-torch-profiler", action="store_true", help="only the torch.profiler breakdown")
     p.add_argument("--profiler-steps", type=int, default=100)
+    p.add_argument("--numpyro", action="store_true", help="add (d) NumPyro's phases, from its jitted pieces")
+    p.add_argument("--phases-only", action="store_true", help="only the phase table (no ablation)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--update-docs", action="store_true", help="write the tables into docs/benchmarks.md")
     args = p.parse_args(argv)
@@ -364,13 +393,19 @@ def main(argv=None):
             if args.update_docs:
                 speed.update_docs(table, f"torch-profile:{args.arch}-{args.batch_size}-{args.device}")
             return
-    report["phases_ms"] = phases(config, args.rounds)
+    report["phases_ms"] = phases(config, args.rounds, numpyro=args.numpyro)
     clock = "wall-clock" if torch.device(args.device).type == "cuda" else "CPU"
     print(f"\nphases of one step, {clock} ms (medians), {args.arch}, batch {args.batch_size}:")
     names = list(report["phases_ms"]["a0"])
-    print(f"{'':64s}" + "".join(f"{k:>9s}" for k in ("a0", "a", "b")))
-    for n in names:
-        print(f"{n:64s}" + "".join(f"{report['phases_ms'][k].get(n, 0):9.2f}" for k in ("a0", "a", "b")))
+    keys = [k for k in ("a0", "a", "b", "d") if k in report["phases_ms"]]
+    print(f"{'':64s}" + "".join(f"{k:>9s}" for k in keys))
+    for n in names + [n for n in report["phases_ms"].get("d", {}) if n not in names]:
+        print(f"{n:64s}" + "".join(f"{report['phases_ms'][k].get(n, 0):9.2f}" for k in keys))
+    if args.phases_only:
+        report["load_after"] = os.getloadavg()
+        stem = f"profile-phases-{args.arch}-{args.batch_size}-{args.device}"
+        speed.write_report(args.out, stem, report, phases_markdown(report))
+        return report
     report["ablation_ms"] = ablation(config, args.steps, args.block, args.warmup, args.compile)
     base = next(iter(report["ablation_ms"].values()))
     print("\nablation: ms/step (median; wall-clock, CPU time), speed-up over a0")

@@ -43,7 +43,8 @@ import pyro
 DOCS = ROOT / "docs" / "benchmarks.md"
 TRAIN_SIZE = {"mnist": 60_000, "digits": 1617}
 #: the ratios reported, numerator/denominator loops: each is how many times slower the first is
-RATIOS = (("a", "b"), ("c", "a"), ("d", "a"), ("e", "a"), ("a0", "a"))
+RATIOS = (("a", "b"), ("c", "a"), ("d", "a"), ("e", "a"), ("a0", "a"), ("d", "ac"), ("d", "ah"), ("d", "ach"),
+          ("d", "af"), ("d", "a1"), ("a", "ac"), ("a", "ah"), ("a", "ach"), ("a", "af"), ("a", "a1"))
 
 
 def machine():
@@ -93,9 +94,11 @@ def time_loops(loops, steps, block, warmup, with_cpu=False):
     seconds per step (all threads; unlike wall-clock time it does not count the time the scheduler
     gave the cores to other processes, so it is the steadier number on a shared machine).
     """
-    for loop in loops.values():
+    for loop in loops.values():  # the warm-up's seconds (capture, compile) are kept as loop.startup_s
+        t0 = time.perf_counter()
         loop.run(warmup)
         loop.sync()
+        loop.startup_s = time.perf_counter() - t0
     times = {name: [] for name in loops}
     cpu_times = {name: [] for name in loops}
     names = list(loops)
@@ -195,6 +198,9 @@ def measure(args):
                     }
                     if hasattr(loops[name], "compile_s"):  # jitted loops: compile seconds, not in the step times
                         row["loops"][name]["compile_s"] = loops[name].compile_s
+                    # the warm-up steps' seconds, capture and compile included: start-up ~ warm-up - its steps
+                    row["loops"][name]["warmup_s"] = loops[name].startup_s
+                    row["loops"][name]["startup_s"] = max(0.0, loops[name].startup_s - args.warmup * ms / 1e3)
                 del loops
                 for name in row["loops"]:
                     if args.memory:
@@ -233,8 +239,9 @@ def markdown(report):
         f"after {report['settings']['warmup']} warm-up steps), interleaved; load average (1 min) "
         f"{report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after.",
         "",
-        "| device | net | batch | loop | ms/step (median, IQR) | CPU ms/step | items/s | s/epoch | peak MiB |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| device | net | batch | loop | ms/step (median, IQR) | CPU ms/step | items/s | s/epoch | start-up s | "
+        "peak MiB |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r:
         for name, v in row["loops"].items():
@@ -243,9 +250,11 @@ def markdown(report):
             lines.append(
                 f"| {row['device']} | {row['arch']} | {row['batch_size']} | ({name}) {v['label']} | "
                 f"{v['ms_per_step']:.2f} ({q[0]:.2f}-{q[2]:.2f}) | {v['cpu_ms_per_step']:.2f} | {v['items_per_s']:,.0f} | "
-                f"{v['s_per_epoch']:.2f} | {peak} |"
+                f"{v['s_per_epoch']:.2f} | {_startup(v)} | {peak} |"
             )
     keys = [f"{n}/{d}" for n, d in RATIOS if any(f"{n}/{d}" in row["ratios"] for row in r)]
+    if not keys:
+        return "\n".join(lines) + "\n"
     lines += ["", "| device | net | batch | " + " | ".join(keys) + " | " + " | ".join(f"{k} (CPU time)" for k in keys)
               + " |", "|---|---|---:|" + "---:|" * (2 * len(keys))]  # fmt: skip
     for row in r:
@@ -258,6 +267,10 @@ def markdown(report):
     if compiles:
         notes.append("(d) NumPyro's compile time (one jitted call per number of steps, not in its step times): "
                      + "; ".join(compiles) + ".")  # fmt: skip
+    if any("startup_s" in v for row in r for v in row["loops"].values()):
+        notes.append("start-up s: the warm-up's wall-clock seconds minus its steps at the median rate: (a)'s first "
+                     "eager step and loss capture, (ac)'s inductor compile (one batch shape; an epoch has two), "
+                     "(d)'s XLA compile of one program (an epoch compiles two).")  # fmt: skip
     if any("e" in row["loops"] for row in r):
         notes.append("(e) pythae trains on **statically** binarized data (binarized once, with a fixed seed): its "
                      "trainer iterates a fixed dataset and cannot binarize per batch. Its VAE also parameterizes "
@@ -269,6 +282,12 @@ def markdown(report):
     if notes:
         lines += [""] + notes
     return "\n".join(lines) + "\n"
+
+
+def _startup(loop):
+    """Seconds the warm-up took beyond its steps: the loss capture, compiles (for (d) its XLA compile
+    of the warm-up's program, which speed.py's step times leave out)."""
+    return f"{loop['startup_s']:.1f}" if "startup_s" in loop else "-"
 
 
 def _ratio(ratios, key):
@@ -304,7 +323,8 @@ def parse(argv=None):
     p.add_argument("--loops", default=["a", "b", "c", "d", "e", "a0"], type=lambda s: s.split(","),
                    help="a: pyro-vae, b: hand-written PyTorch, c: Pyro example loop, d: NumPyro (jitted epoch), "
                         "e: pythae (static binarization), a0: pyro-vae before; d and e need the extra [bench] "
-                        "and are skipped, with the reason printed, without it")  # fmt: skip
+                        "and are skipped, with the reason printed, without it; the variants of (a): ac (--compile), "
+                        "ah (--precision bf16), ach (both), af (Speed(fast_bernoulli=True)), a1 (one torch thread)")  # fmt: skip
     p.add_argument("--steps", type=int, default=60, help="timed steps per loop and setting")
     p.add_argument("--block", type=int, default=5, help="steps per timed block")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per loop first")

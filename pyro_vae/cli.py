@@ -201,7 +201,7 @@ def cli():
 @click.option("--devices", default=1, show_default=True, type=click.IntRange(1),
               help="Data-parallel processes on this node (DDP): one per GPU, or CPU processes (see docs/scaling.md).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
-              help="bf16: the networks under autocast, the ELBO in fp32 (CUDA only).")
+              help="bf16: the networks under autocast, the ELBO in fp32 (CUDA, or a CPU with AVX512_BF16 or AMX).")
 @click.option("--logger", "logger_names", multiple=True, type=click.Choice(["csv", "tensorboard", "mlflow"]),
               help="Log scalars, images and the config; repeat for several (tensorboard and mlflow are extras).")
 @click.option("--log-images-every", default=5, show_default=True, type=click.IntRange(0), metavar="N",

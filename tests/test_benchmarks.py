@@ -179,3 +179,37 @@ def test_peers_take_the_data_as_pyro_vae_prepares_it():
     assert train.shape == (1455, 64) and test.shape[1] == 64  # digits: 1617 training items less 10% validation
     assert set(test.unique().tolist()) <= {0.0, 1.0}  # the test set binarized once
     assert 0 <= train.min() and train.max() <= 1  # probabilities, binarized per batch
+
+
+def test_bf16_cpu_report_runs_on_digits(tmp_path):
+    """benchmarks/bf16_cpu.py (issue 24): fp32 and bf16 trainers side by side, one row per setting."""
+    from pyro_vae.speed.precision import cpu_bf16_features
+
+    if not cpu_bf16_features():
+        pytest.skip("this CPU has neither AVX512_BF16 nor AMX")
+    import bf16_cpu
+
+    bf16_cpu.main(["--dataset", "digits", "--archs", "relu400", "--batch-sizes", "128", "--seeds", "0",
+                   "--epochs", "2", "--out", str(tmp_path)])  # fmt: skip
+    report = json.loads((tmp_path / "bf16-cpu.json").read_text())
+    runs = report["results"][0]["runs"]["0"]
+    assert set(runs) == {"fp32", "bf16"} and all(len(r["test_elbo"]) == 2 for r in runs.values())
+    assert runs["fp32"]["test_elbo"][-1] != runs["bf16"]["test_elbo"][-1]  # the products ran in bf16
+    assert abs(runs["fp32"]["test_elbo"][-1] - runs["bf16"]["test_elbo"][-1]) < 1.0
+    assert "| relu400 | 128 |" in (tmp_path / "bf16-cpu.md").read_text()
+
+
+def test_numpyro_phases_take_the_pieces_of_its_step():
+    """benchmarks/numpyro_phases.py (issue 24): NumPyro's step timed piece by piece (skipped without the extra)."""
+    why = peers.available()["d"]
+    if why:
+        pytest.skip(f"(d) {why}")
+    import numpyro_phases
+
+    config = loops.config_for("relu400", 64, "cpu", "digits")
+    d = numpyro_phases.NumPyroPhases(config, train=peers._train_data(config, "cpu")[0], block=2)
+    for _ in range(3):
+        d.time_round()
+    row = d.phases(skip=0)
+    assert row["total"] == pytest.approx(sum(v for k, v in row.items() if k.startswith(("minibatch", "forward", "back", "opt"))))
+    assert row["whole jitted step (fori_loop, fused across phases)"] > 0 and d.compile_s > 0

@@ -117,7 +117,8 @@ def test_user_errors_before_any_process_starts(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match=r"--devices 2 asks for more GPUs than this node has \(1\)"):
         fit(make_config(None, **{**TINY, "device": "cuda"}), tmp_path / "run", devices=2)
-    with pytest.raises(UserError, match="--precision bf16 runs on CUDA only"):
+    monkeypatch.setattr("pyro_vae.speed.precision.cpu_bf16_features", lambda: [])  # a CPU without bfloat16
+    with pytest.raises(UserError, match="--precision bf16 on the CPU needs bfloat16 instructions"):
         fit(make_config(None, **TINY), tmp_path / "run", precision="bf16")
     with pytest.raises(UserError, match="--devices must be a positive integer"):
         fit(make_config(None, **TINY), tmp_path / "run", devices=0)

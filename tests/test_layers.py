@@ -20,7 +20,7 @@ LAYERS = [
     ("", ["errors", "resources", "registry", "user_code", "config", "config_files", "checkpoint", "moved"]),
     ("vae", ["image_nets", "nets", "distributions", "kl", "preprocessing", "likelihoods", "guides", "priors", "model", "labels",
              "objectives", "kl_weighting", "evaluation"]),
-    ("speed", ["loss", "reference", "optim", "capture", "cuda_graph", "fused", "step", "ddp", "__init__"]),
+    ("speed", ["loss", "reference", "optim", "fast_ops", "capture", "cuda_graph", "precision", "fused", "step", "ddp", "__init__"]),
     ("data", ["images", "dataset", "sources", "files", "load"]),
     ("train", ["schedules", "build", "loggers", "trainer", "progress", "labelled"]),
     ("runs", ["plots", "latent", "folder", "run", "fit", "launch", "export"]),

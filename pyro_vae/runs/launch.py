@@ -51,8 +51,9 @@ that held no run (:func:`_remove_unstarted`).
 
 **Precision.** ``precision="bf16"`` runs the networks (every :class:`~pyro_vae.vae.nets.MLP`) under
 :func:`torch.autocast` with bfloat16 and casts their outputs back to float32, so the distributions'
-log-densities and the ELBO are computed in float32 (:func:`autocast_networks`). CUDA only: on the CPU
-it is refused (CPU bfloat16 matmuls are slower than float32 on most CPUs, and nothing is gained).
+log-densities and the ELBO are computed in float32 (:func:`autocast_networks`). On CUDA, and on CPUs with
+bfloat16 instructions (AVX512_BF16 or AMX, :func:`pyro_vae.speed.precision.check_precision`); on other
+CPUs it is refused (there bfloat16 products are slower than float32, and nothing is gained).
 """
 
 import contextlib
@@ -76,7 +77,8 @@ import torch.distributed as dist
 import pyro
 
 from ..errors import TrainingDiverged, UserError
-from ..speed import DDPStep, LossModule
+from ..speed import DDPStep
+from ..speed.precision import PRECISIONS, check_precision
 from ..train.build import resolve_device
 from ..train.trainer import Trainer
 from ..vae.evaluation import evaluate
@@ -84,7 +86,6 @@ from ..vae.nets import MLP
 
 __all__ = ["PRECISIONS", "DistributedTrainer", "autocast_networks", "fit", "launcher_env"]  # DDPStep: pyro_vae.speed
 
-PRECISIONS = ("fp32", "bf16")
 #: seconds a collective operation (and the rendezvous) may wait before it fails
 DEFAULT_TIMEOUT = 300
 
@@ -181,8 +182,9 @@ class DistributedTrainer(Trainer):
 
     :param int rank: this process's rank, ``0 <= rank < world_size``.
     :param int world_size: the number of processes.
-    :param str precision: ``"fp32"`` or ``"bf16"`` (CUDA only, see :func:`autocast_networks`).
-    :raises UserError: for ``bf16`` off CUDA, a batch size below the number of processes, or an
+    :param str precision: ``"fp32"`` or ``"bf16"`` (CUDA, or a CPU with bfloat16 instructions; see
+        :func:`autocast_networks`).
+    :raises UserError: for ``bf16`` where the device cannot run it, a batch size below the number of processes, or an
         objective or guide DDP cannot run (see :class:`DDPStep`).
     """
 
@@ -264,14 +266,6 @@ class DistributedTrainer(Trainer):
         super().load_state_dict(state, where)
         if self.rank > 0:  # the checkpoint holds rank 0's generator state
             _seed_rank(self.config.seed, self.rank, self.epoch)
-
-
-def check_precision(precision, device):
-    """:raises UserError: for an unknown precision, or ``bf16`` on a device other than CUDA."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "bf16" and torch.device(device).type != "cuda":
-        raise UserError("--precision bf16 runs on CUDA only (autocast of the networks); on the CPU use fp32")
 
 
 # Running the processes -----------------------------------------------------------------------
@@ -542,11 +536,11 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
     :param Config config: the settings (keyword ``fit_kwargs`` that are fields of :class:`Config` override).
     :param out: the run folder (default a new one under ``runs/``, named here so all ranks share it).
     :param int devices: processes on this node.
-    :param str precision: ``"fp32"`` or ``"bf16"`` (CUDA only).
+    :param str precision: ``"fp32"`` or ``"bf16"`` (CUDA, or a CPU with AVX512_BF16 or AMX).
     :param fit_kwargs: as :func:`~pyro_vae.runs.fit.fit` (``resume``, ``overwrite``, ``quiet``, ``speed``, ...).
     :returns: the :class:`~pyro_vae.runs.run.Run` (loaded from the run folder when processes were spawned;
         ``None`` on ranks other than 0 of a launched run).
-    :raises UserError: more devices than GPUs, ``bf16`` off CUDA, a missing rendezvous, a rank that
+    :raises UserError: more devices than GPUs, ``bf16`` on a CPU without bfloat16 instructions, a missing rendezvous, a rank that
         failed or died (one line naming the rank); :class:`TrainingDiverged` if the loss diverged.
     """
     from ..train.build import make_config

@@ -47,7 +47,13 @@ switch of :class:`Speed`:
   torch optimizer, clipping and the state format (:class:`FusedOptimizerStep`, :mod:`pyro_vae.speed.fused`);
 - ``experimental_cuda_graph``: on CUDA, capture a full-size step in a CUDA graph and replay it
   (:mod:`pyro_vae.speed.cuda_graph`). Off by default and experimental: it has not yet been run on
-  a GPU.
+  a GPU;
+- ``fast_bernoulli``: in the captured graph, the Bernoulli log-density on logits without
+  :func:`torch.log1p`, which is slow on the CPU (:mod:`pyro_vae.speed.fast_ops`). Off by default: it
+  changes float rounding (relative 1e-7 on the losses).
+
+``--precision bf16`` (which devices may run it: :mod:`pyro_vae.speed.precision`) is not a switch of
+the step: it changes what the networks compute (bfloat16 products).
 
 Each switch keeps a seeded run's losses and parameters equal within float tolerance
 (``tests/test_speed_step.py``), and the fast step computes the same losses, gradients and draws

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from .fast_ops import rewrite_bce_with_logits
 from .loss import pyro_internals
 
 
@@ -48,12 +49,15 @@ class CapturedLoss:
     :param loss_fn: ``x -> loss``, a 0-dim tensor.
     :param str compile: a :func:`torch.compile` backend for each captured graph, or ``None``. The
         random draws stay PyTorch's own (``torch._inductor.config.fallback_random``).
+    :param bool fast_bernoulli: replace the graph's Bernoulli log-densities on logits by
+        :class:`~pyro_vae.speed.fast_ops.BCEWithLogits` (no ``log1p``; float rounding changes, see
+        :mod:`pyro_vae.speed.fast_ops`).
     """
 
     MAX_SHAPES = 4
 
-    def __init__(self, loss_fn, compile=None):
-        self.loss_fn, self.compile = loss_fn, compile
+    def __init__(self, loss_fn, compile=None, fast_bernoulli=False):
+        self.loss_fn, self.compile, self.fast_bernoulli = loss_fn, compile, fast_bernoulli
         self.graphs = {}
         self.given_up = None  # why capture was given up
 
@@ -87,6 +91,8 @@ class CapturedLoss:
             return self._give_up(f"{type(e).__name__}: {first_line}")
         graph.graph.eliminate_dead_code()
         graph.recompile()
+        if self.fast_bernoulli:
+            rewrite_bce_with_logits(graph)
         devices = [x.device] if x.is_cuda else []
         with torch.no_grad():
             with torch.random.fork_rng(devices):

@@ -41,6 +41,9 @@ class Speed:
         graph; where the loss is not captured (``capture=False``, or an objective other than
         ``Trace_ELBO``), :class:`~pyro_vae.train.trainer.Trainer` compiles the encoder and decoder MLPs
         instead. ``None``: no compilation.
+    :param bool fast_bernoulli: in the captured loss graph, compute the Bernoulli log-density on
+        logits without :func:`torch.log1p` (slow on the CPU; :mod:`pyro_vae.speed.fast_ops`). Changes
+        float rounding (about 1e-7 relative on the losses), so it is opt-in; needs ``capture``.
     :param bool experimental_cuda_graph: capture full-size steps in a CUDA graph and replay them
         (:class:`~pyro_vae.speed.cuda_graph.CUDAGraphStep`; CUDA only, ignored on the CPU). Off by
         default and experimental: it has not yet been run on a GPU, so nothing has checked it there.
@@ -52,6 +55,7 @@ class Speed:
     capture: bool = True
     compile: str = None
     experimental_cuda_graph: bool = False
+    fast_bernoulli: bool = False
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZER_KINDS:
@@ -122,7 +126,8 @@ class SVIStep(FusedOptimizerStep):
         )
         self._captured = None
         if self._fast_loss and self.speed.capture and not self.speed.validate_every_step:
-            self._captured = CapturedLoss(lambda x: trace_elbo_loss(loss, model, guide, x), self.speed.compile)
+            self._captured = CapturedLoss(lambda x: trace_elbo_loss(loss, model, guide, x), self.speed.compile,
+                                          self.speed.fast_bernoulli)  # fmt: skip
 
     @property
     def path(self):
