@@ -227,7 +227,7 @@ def test_an_absurd_elbo_is_a_logged_warning_printed_readably(tmp_path, caplog, c
     assert "warning: epoch 1's ELBO is -" in err and "absurdly large" in err
 
 
-def test_resume_with_a_new_lr_applies_it_from_the_next_step(tmp_path):
+def test_resume_with_a_new_lr_applies_it_from_the_next_step(tmp_path, caplog):
     # fit --resume --lr X: the new rate trains the next steps (not the checkpoint's), and config.json records it
     import json
 
@@ -237,7 +237,9 @@ def test_resume_with_a_new_lr_applies_it_from_the_next_step(tmp_path):
     tiny = dict(dataset="digits", hidden=(16,), z_dim=2, batch_size=256, device="cpu", quiet=True)
     fit(out=tmp_path / "a", epochs=1, lr=1e-2, **tiny)
     before = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
-    fit(out=tmp_path / "a", epochs=2, lr=1e-12, resume=True, **tiny)
+    with caplog.at_level("WARNING", logger="pyro_vae"):
+        fit(out=tmp_path / "a", epochs=2, lr=1e-12, resume=True, **tiny)
+    assert "with lr 1e-12 (it trained with 0.01): the new rate applies from the next step" in caplog.text
     after = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
     assert max((after[k] - before[k]).abs().max().item() for k in before) < 1e-9  # Adam moves by about lr
     assert json.loads((tmp_path / "a" / "config.json").read_text())["lr"] == 1e-12

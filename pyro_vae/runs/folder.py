@@ -19,6 +19,7 @@ The rules every writer of a run folder follows, kept here once:
 
 import errno
 import json
+import logging
 import os
 import platform
 import shlex
@@ -320,6 +321,10 @@ class RunFolder:
             f"the checkpoint in {out} is from another configuration ({{changed}} differ); resume with the run's own "
             "settings, or start a new run", ignore=RESUME_MAY_CHANGE,
         )  # fmt: skip
+        if config.lr != saved.lr:  # allowed, never silent (a Python caller may have left lr at its default)
+            logging.getLogger("pyro_vae").warning(
+                f"resuming the run in {out} with lr {config.lr:g} (it trained with {saved.lr:g}): the new rate "
+                "applies from the next step")  # fmt: skip
         if config.epochs < state["epoch"]:
             raise UserError(f"the run in {out} has run {state['epoch']} epochs; --epochs is the total, so give at "
                             f"least {state['epoch']} to continue it")  # fmt: skip
