@@ -10,6 +10,7 @@ place (or give an absolute path).
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import shlex
 import sys
@@ -163,3 +164,20 @@ def check_code_trusted(settings, source, trust=False, named=None):
             f"{source} names its {CODE_SETTINGS[key]} as code, {spec}; using it would run that code. If you trust it, "
             f"pass --trust-guide{also}; in Python trust_guide=True"
         )
+
+
+def accepted_options(cls, options, what, flags=None):
+    """The parameters of ``cls``'s constructor (:func:`inspect.signature`), after checking that it accepts every
+    keyword of ``options`` (or takes ``**kwargs``): the one check of a guide's and a prior's own options.
+
+    :param str what: the part, for the message (``"iaf guide"``, ``"vamp prior"``).
+    :param dict flags: the command-line flag of an option where it is not ``--`` + its name with dashes.
+    :raises UserError: one line naming the flag that does not apply.
+    """
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        for key in options:
+            if key not in params:
+                flag = (flags or {}).get(key, "--" + key.replace("_", "-"))
+                raise UserError(f"{flag} does not apply to the {what} (it takes no {key} option)")
+    return params

@@ -13,7 +13,6 @@ Built in: ``diagonal`` (the paper's), ``full-rank``, ``iaf`` (Kingma et al. 2016
 (Rezende & Mohamed 2015).
 """
 
-import inspect
 import math
 import numbers
 
@@ -27,7 +26,7 @@ from pyro.nn import ConditionalAutoRegressiveNN
 
 from ..errors import UserError
 from ..registry import Registry
-from ..user_code import resolve_class
+from ..user_code import accepted_options, resolve_class
 from .nets import ACTIVATIONS, MLP
 
 GUIDES = Registry("guide")
@@ -346,12 +345,7 @@ def build_guide(spec, x_dim, z_dim, hidden, activation, check=True, body=None, *
     cls = guide_class(spec)
     options = {k: v for k, v in options.items() if v is not None}
     if isinstance(cls, type):
-        params = inspect.signature(cls).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        for key in options:
-            if key not in params and not takes_any:
-                flag = "--" + key.replace("_", "-")
-                raise UserError(f"{flag} does not apply to the {label} guide (it takes no {key} option)")
+        params = accepted_options(cls, options, f"{label} guide")
         if body is not None and "body" in params:
             options = {**options, "body": body}
         try:

@@ -22,7 +22,6 @@ registers the prior with ``pyro.module("prior", prior)``), saved in the checkpoi
 ``state_dict`` and recorded in ``config.json`` as ``prior`` and ``prior_options``.
 """
 
-import inspect
 import math
 
 import torch
@@ -37,7 +36,7 @@ from pyro.nn import AutoRegressiveNN
 
 from ..errors import UserError
 from ..registry import Registry
-from ..user_code import resolve_class
+from ..user_code import accepted_options, resolve_class
 
 PRIORS = Registry("prior")
 
@@ -368,12 +367,7 @@ def build_prior(spec, z_dim, encoder=None, x_shape=None, bounds=None, check=True
     cls = prior_class(spec)
     options = {k: v for k, v in options.items() if v is not None}
     if isinstance(cls, type):
-        params = inspect.signature(cls).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        for key in options:
-            if key not in params and not takes_any:
-                flag = FLAGS.get(key, "--" + key.replace("_", "-"))
-                raise UserError(f"{flag} does not apply to the {label} prior (it takes no {key} option)")
+        params = accepted_options(cls, options, f"{label} prior", FLAGS)
         given = {"encoder": encoder, "x_shape": x_shape, "bounds": bounds}
         options = {**options, **{k: v for k, v in given.items() if k in params and k not in options}}
         try:
