@@ -31,11 +31,11 @@ import time
 
 import torch
 
-from ..errors import TrainingDiverged, UserError
+from ..errors import UserError
 from ..speed import Speed, SVIStep
 from ..vae.labels import class_scores, enumerated_elbo
 from .build import labels_flag, make_config
-from .trainer import Trainer, _diverged
+from .trainer import Trainer
 
 __all__ = ["LABELLED_SEED", "LabelledTrainer", "DEFAULT_LABELLED", "draw_labelled", "trainer_class"]
 
@@ -154,13 +154,7 @@ class LabelledTrainer(Trainer):
                     progress(items, loss)
         losses = torch.stack(losses).cpu()
         seconds = time.perf_counter() - t0
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            _diverged(losses[bad[0, 0]].item(), epoch, bad[0, 0].item() + 1)
-        for name, p in self.vae.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingDiverged(f"the parameters became NaN or infinite ({name}) in the update of epoch {epoch}; "
-                                       "training stopped (try a smaller --lr)")  # fmt: skip
+        self._check_finite(losses, epoch)
         self.epoch = epoch
         record = {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
                   "items_per_s": n / seconds}  # fmt: skip

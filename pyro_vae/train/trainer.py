@@ -179,16 +179,7 @@ class Trainer:
                     progress(x.shape[0], loss)
         losses = self.reduce(torch.stack(losses)).cpu()  # the epoch's one host read (it waits for the device)
         seconds = time.perf_counter() - t0
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            _diverged(losses[bad[0, 0]].item(), epoch, bad[0, 0].item() + 1)
-        # the last step's update is not seen by any loss of this epoch: check the parameters it left
-        for name, p in self.vae.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingDiverged(
-                    f"the parameters became NaN or infinite ({name}) in the update of epoch {epoch}, step "
-                    f"{len(losses)} (its loss was still finite); training stopped (try a smaller --lr)"
-                )
+        self._check_finite(losses, epoch)
         self.epoch = epoch
         record = {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
                   "items_per_s": n / seconds}  # fmt: skip
@@ -197,6 +188,19 @@ class Trainer:
         if self.kl.active:
             record["kl_weight"] = kl_weight  # the last step's; train_elbo is then the training objective
         return record
+
+    def _check_finite(self, losses, epoch):
+        """Raise :class:`TrainingDiverged` for the epoch's first non-finite step loss (``losses``, on the host), or
+        for parameters the last step's update left non-finite (no loss of the epoch sees that update)."""
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            _diverged(losses[bad[0, 0]].item(), epoch, bad[0, 0].item() + 1)
+        for name, p in self.vae.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(
+                    f"the parameters became NaN or infinite ({name}) in the update of epoch {epoch}, step "
+                    f"{len(losses)} (its loss was still finite); training stopped (try a smaller --lr)"
+                )
 
     def end_epoch(self, valid_elbo=None):
         """Step the epoch-level learning-rate schedule (``plateau`` on ``valid_elbo``); :func:`fit`
