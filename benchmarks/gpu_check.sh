@@ -59,7 +59,7 @@ export -f cli_stage  # timeout runs programs, not shell functions: run it in a c
 export DRY PY
 "$PY" benchmarks/gpu_check.py environment --results "$RESULTS" > /dev/null
 if [ $DRY = 1 ]; then
-    stage tests 300 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_speed_step.py tests/test_speed_capture.py -k "switch or capture"
+    stage tests 300 "$PY" -m pytest -q -x -p no:cacheprovider tests/speed/test_step.py tests/speed/test_capture.py -k "switch or capture"
     stage speed 300 "$PY" benchmarks/speed.py --cpu-only --dataset digits --archs relu400 --batch-sizes 128 \
         --loops a,b,c --steps 4 --block 2 --warmup 1 --no-memory --out "$RESULTS"
     stage engine 180 "$PY" benchmarks/gpu_check.py engine --results "$RESULTS" --dataset digits --device cpu \

@@ -20,7 +20,7 @@ averages gradients over ranks, so every rank applies
 
 .. math::  \frac1W\sum_r \nabla (W\ell_r) = \nabla \sum_r \ell_r = \nabla\big(-\widetilde{\mathcal{L}}(B)\big),
 
-the one-process gradient of the union batch (``tests/test_distributed.py`` checks the parameters
+the one-process gradient of the union batch (``tests/runs/test_distributed.py`` checks the parameters
 after a step against one process, to ``atol=1e-6``). No gradient is all-reduced by hand: DDP does it,
 bucketed and overlapped with the backward pass. The only differences from one process are the
 random draws: rank 0 keeps the run's seeded generator (it draws the permutation exactly as one

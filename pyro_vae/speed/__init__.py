@@ -56,8 +56,8 @@ switch of :class:`Speed`:
 the step: it changes what the networks compute (bfloat16 products).
 
 Each switch keeps a seeded run's losses and parameters equal within float tolerance
-(``tests/test_speed_step.py``), and the fast step computes the same losses, gradients and draws
-as :class:`ReferenceStep` (``tests/test_speed_reference.py``); ``docs/benchmarks.md`` has what each
+(``tests/speed/test_step.py``), and the fast step computes the same losses, gradients and draws
+as :class:`ReferenceStep` (``tests/speed/test_reference.py``); ``docs/benchmarks.md`` has what each
 switch gains.
 
 :func:`trace_elbo_loss` reads Pyro internals (``Trace_ELBO._get_traces``,

@@ -19,7 +19,7 @@ with ``log(1 + u)`` for ``log1p(u)``, :math:`u = e^{-|\ell|} \in (0, 1]`, and th
 a 784-pixel log-density moves by at most :math:`10^{-4}` nats and typically by :math:`10^{-6}`: float
 rounding, as with ``torch.compile``, not another estimator; the gradient is unchanged up to rounding
 of the sigmoid. This is why it is a switch and not the default: seeded runs are no longer
-bit-identical to the reference step (they agree within its float tolerance, ``tests/test_speed_fast_ops.py``).
+bit-identical to the reference step (they agree within its float tolerance, ``tests/speed/test_fast_ops.py``).
 """
 
 import torch

@@ -16,7 +16,7 @@ estimate :math:`-\widetilde{\mathcal{L}}^M(\theta, \phi; x)` of eq. 8 from one d
 :math:`\epsilon` per datapoint, its gradient with respect to :math:`(\theta, \phi)` by
 back-propagation through :math:`z = \mu_\phi(x) + \sigma_\phi(x) \odot \epsilon`, and one
 optimizer update. :class:`~pyro_vae.speed.step.SVIStep` computes the same losses, gradients and
-draws (``tests/test_speed_reference.py``); it only runs them with less Python and fewer host reads.
+draws (``tests/speed/test_reference.py``); it only runs them with less Python and fewer host reads.
 """
 
 import torch

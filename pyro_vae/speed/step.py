@@ -4,7 +4,7 @@ r"""One SVI step, :class:`SVIStep`, and its switches, :class:`Speed`.
 Pyro's :class:`~pyro.infer.Trace_ELBO`, ``backward``, one optimizer step) or, with
 :meth:`Speed.baseline`, :meth:`pyro.infer.SVI.step` itself. Its switches (see
 :mod:`pyro_vae.speed`) change how the step runs, never what it computes: the losses, gradients and
-random draws are those of the reference step (``tests/test_speed_reference.py``).
+random draws are those of the reference step (``tests/speed/test_reference.py``).
 """
 
 import warnings

@@ -38,7 +38,7 @@ reporting the true ELBO (weight 1) and :math:`\log p(x)`:
   KL and multiplies it by the *guide* site's scale (``scale_and_mask(kl_qp, scale=guide_site["scale"])``
   in ``pyro/infer/trace_mean_field_elbo.py``, Pyro 1.9), i.e. :math:`w\,\mathrm{KL}`.
 
-``tests/test_kl_weighting.py`` checks both against direct computations. For ``iwae`` and ``rws``
+``tests/vae/test_kl_weighting.py`` checks both against direct computations. For ``iwae`` and ``rws``
 a weighted KL is not a defined objective (the importance weights :math:`p(x, z)/q(z \mid x)` do
 not split into a reconstruction and a KL term), so :meth:`KLWeighting.check` refuses them.
 

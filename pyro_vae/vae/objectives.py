@@ -140,7 +140,7 @@ class IWAE(Objective):
 
     Pyro keeps the data plate outside the log-sum-exp (plates common to all sites are independent
     dimensions), so the bound is per datapoint, :math:`\\sum_i \\log \\frac1K \\sum_k w_{ik}`, as in
-    Burda et al. (2015); ``tests/test_objectives.py`` checks this against a direct computation.
+    Burda et al. (2015); ``tests/vae/test_objectives.py`` checks this against a direct computation.
     """
 
     min_particles = 2

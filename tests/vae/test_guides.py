@@ -333,7 +333,7 @@ def test_guide_without_registered_nets_or_with_a_wrong_constructor():
 
 
 def test_a_non_reparameterized_guide_passes_the_contract_check():
-    """has_rsample is the objectives' business (tests/test_objectives.py), not the contract's."""
+    """has_rsample is the objectives' business (tests/vae/test_objectives.py), not the contract's."""
 
     class ScoreFunctionGuide(MyGuide):
         def forward(self, x):

@@ -213,7 +213,7 @@ def test_a_rank_that_dies_stops_the_run_with_one_line(tmp_path):
 def test_cli_devices_two_and_a_user_error_on_every_rank(tmp_path):
     import subprocess
 
-    cli = [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py"), "fit", "--dataset", "digits",
+    cli = [sys.executable, str(Path(__file__).resolve().parents[2] / "cli.py"), "fit", "--dataset", "digits",
            "--hidden", "32", "--z-dim", "4", "--epochs", "1", "--device", "cpu", "--quiet", "--devices", "2"]  # fmt: skip
     done = subprocess.run(cli + ["--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -373,7 +373,7 @@ def test_a_rank_dies_with_its_parent_however_the_parent_dies(tmp_path, how, watc
 
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     parent = subprocess.Popen([sys.executable, str(script), "1" if watchdog_only else "0"], stdout=subprocess.PIPE,
                               text=True, env=env)  # fmt: skip
     try:
@@ -398,7 +398,7 @@ def test_a_rank_dies_with_its_parent_however_the_parent_dies(tmp_path, how, watc
 def _launched_fit(tmp_path, env):
     import subprocess
 
-    cli = [sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py"), "fit", "--dataset", "digits",
+    cli = [sys.executable, str(Path(__file__).resolve().parents[2] / "cli.py"), "fit", "--dataset", "digits",
            "--hidden", "16", "--z-dim", "3", "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]  # fmt: skip
     start = time.monotonic()
     done = subprocess.run(cli, capture_output=True, text=True, timeout=600,
