@@ -27,6 +27,7 @@ the scores into nats per item and bits per dimension against the discrete data a
 (see :mod:`pyro_vae.vae.likelihoods` for the dequantization bound).
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -136,6 +137,16 @@ def log_weight_terms(vae, x, num_samples):
     return log_lik.expand(shape), log_ratio, z
 
 
+def _prior_elements_per_value(vae, x):
+    """What the prior's ``log_prob`` makes per value scored (its distribution's or its module's
+    ``elements_per_value``; 0 when it says nothing)."""
+    prior = getattr(vae, "prior_module", None)
+    if prior is None:
+        return 0
+    said = getattr(vae.prior(x[:1]), "elements_per_value", None)
+    return int(said if said is not None else getattr(prior, "elements_per_value", 0) or 0)
+
+
 def _posterior_mean(vae, x):
     try:
         return vae.encoder(x).mean
@@ -159,9 +170,15 @@ def evaluate_terms(vae, x, num_samples=1000, progress=None):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise UserError(f"the model scores a tensor of items of {getattr(vae, 'x_dim', '?')} values, shape (N, ...); "
                         f"got {shape}")  # fmt: skip
+    fixed = vae.fixed_prior() if hasattr(vae, "fixed_prior") else contextlib.nullcontext()
+    with fixed:
+        return _evaluate_terms(vae, x, num_samples, progress)
+
+
+def _evaluate_terms(vae, x, num_samples, progress):
     n, d = x.shape[0], math.prod(x.shape[1:])
-    # a mixture prior's log_prob makes (..., K, z_dim) per value: size the chunks by the larger of the two
-    d = max(d, getattr(getattr(vae, "prior_module", None), "elements_per_value", None) or 0)
+    # a mixture prior's log_prob makes up to (..., K, z_dim) per value: size the chunks by the larger
+    d = max(d, _prior_elements_per_value(vae, x))
     particles = max(1, min(num_samples, MAX_ELEMENTS // max(d, 1)))
     items = max(1, MAX_ELEMENTS // (particles * max(d, 1)))
     names = ("elbo", "log_px", "reconstruction", "kl", "posterior_mean", "posterior_mean_noise")

@@ -392,6 +392,11 @@ def class_scores(vae, x, y=None, num_samples=1000):
 
     :returns: dict of ``(N,)`` tensors.
     """
+    with vae.fixed_prior():
+        return _class_scores(vae, x, y, num_samples)
+
+
+def _class_scores(vae, x, y, num_samples):
     n, d = x.shape[0], math.prod(x.shape[1:])
     classes = vae.num_classes if isinstance(vae, SemiSupervisedVAE) else 1
     items = max(1, MAX_ELEMENTS // (num_samples * classes * max(d, 1)))

@@ -19,6 +19,7 @@ Training maximizes the evidence lower bound (the paper's eq. 2; eq. 3 writes it 
     \le \log p_\theta(x_i)
 """
 
+import contextlib
 import math
 
 import torch
@@ -122,7 +123,26 @@ class VAE(nn.Module):
 
     def prior(self, like):
         """:math:`p_\\lambda(z)` (the prior module's distribution) on the dtype and device of ``like``."""
-        return self.prior_module(like)
+        fixed = self.__dict__.get("_fixed_priors")
+        if fixed is None:
+            return self.prior_module(like)
+        key = (like.dtype, like.device)
+        if key not in fixed:
+            fixed[key] = self.prior_module(like)
+        return fixed[key]
+
+    @contextlib.contextmanager
+    def fixed_prior(self):
+        """Within this block :meth:`prior` builds :math:`p_\\lambda(z)` once per dtype and device and
+        reuses it: for evaluation without gradients, where the parameters do not change and a
+        VampPrior's encoder pass over its pseudo-inputs need not be repeated for every chunk of
+        importance samples. Not for training (the distribution would hold stale parameters)."""
+        outer = self.__dict__.get("_fixed_priors")
+        self.__dict__["_fixed_priors"] = {} if outer is None else outer
+        try:
+            yield self
+        finally:
+            self.__dict__["_fixed_priors"] = outer
 
     def model(self, x):
         """:math:`p_\\lambda(z)\\,p_\\theta(x \\mid z)` for a minibatch ``x`` of shape ``(B, D)``."""

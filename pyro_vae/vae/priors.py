@@ -214,8 +214,18 @@ class UniformMixture(TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         return UniformMixture(self.components, batch_shape)
 
+    @property
+    def elements_per_value(self):
+        """Elements of the largest intermediate tensor :meth:`log_prob` makes per value scored: ``K``
+        on the diagonal-Gaussian path without gradients, else ``K * J``."""
+        k, j = self.num_components, self.event_shape[0]
+        return 2 * k if _diagonal_normal(self.components) is not None and not torch.is_grad_enabled() else k * j
+
     def log_prob(self, value):
         k, j = self.num_components, value.shape[-1]
+        diagonal = _diagonal_normal(self.components)
+        if diagonal is not None and not torch.is_grad_enabled():
+            return _diagonal_mixture_log_prob(value, *diagonal) - math.log(k)
         per_component = self.components.log_prob(value.unsqueeze(-2).expand(*value.shape[:-1], k, j))
         return per_component.logsumexp(-1) - math.log(k)
 
@@ -226,6 +236,35 @@ class UniformMixture(TorchDistribution):
             draws = self.components.sample((n,))  # (n, K, J): one draw of every component, one kept
             pick = torch.randint(0, self.num_components, (n,), device=draws.device)
             return draws[torch.arange(n, device=draws.device), pick].reshape(*shape, *self.event_shape)
+
+
+def _diagonal_normal(components):
+    """``(loc, scale)`` of components that are diagonal Gaussians (``Normal(loc, scale).to_event(1)``),
+    else ``None``."""
+    if (isinstance(components, torch.distributions.Independent) and components.reinterpreted_batch_ndims == 1
+            and type(components.base_dist) in (torch.distributions.Normal, dist.Normal)):  # fmt: skip
+        return components.base_dist.loc, components.base_dist.scale
+    return None
+
+
+def _diagonal_mixture_log_prob(value, loc, scale):
+    r""":math:`\operatorname{logsumexp}_k \log \mathcal{N}(z; m_k, \mathrm{diag}\, s_k^2)` for ``value``
+    ``(..., J)`` and ``loc``, ``scale`` ``(K, J)``, with the squares expanded into matrix products,
+    :math:`\sum_j (z_j - m_{kj})^2 / s_{kj}^2 = z^2 \cdot s_k^{-2} - 2\, z \cdot (m_k s_k^{-2}) + m_k^2 \cdot s_k^{-2}`,
+    so that no ``(..., K, J)`` tensor is made (evaluation scores ~10^7 codes against 500 components).
+    Computed in float64, where the expansion loses nothing that matters (relative error ~1e-16 of
+    terms below ~1e6), and returned in ``value``'s dtype; equal to the elementwise form to ~1e-10
+    (``tests/vae/test_priors.py``)."""
+    j = value.shape[-1]
+    z = value.reshape(-1, j).double()
+    loc, scale = loc.double(), scale.double()
+    precision = scale.pow(-2)  # (K, J)
+    constant = -0.5 * (loc.pow(2) * precision).sum(-1) - scale.log().sum(-1) - 0.5 * j * math.log(2 * math.pi)
+    # one product [z^2, z, 1] @ [-precision / 2, loc * precision, constant]^T: (N, K), one pass over memory
+    inputs = torch.cat([z.pow(2), z, torch.ones_like(z[:, :1])], -1)
+    weights = torch.cat([-0.5 * precision, loc * precision, constant.unsqueeze(-1)], -1)
+    log_normal = inputs @ weights.T
+    return log_normal.logsumexp(-1).to(value.dtype).reshape(value.shape[:-1])
 
 
 @PRIORS.register("vamp")
