@@ -1,7 +1,7 @@
 """``--precision bf16`` against fp32 on the CPU: seconds per epoch and test ELBO after the same budget.
 
 For each architecture, batch size and seed, an fp32 :class:`pyro_vae.Trainer` and a bf16
-:class:`pyro_vae.runs.launch.DistributedTrainer` (the networks under ``torch.autocast("cpu",
+:class:`pyro_vae.train.distributed.DistributedTrainer` (the networks under ``torch.autocast("cpu",
 torch.bfloat16)``, the ELBO, gradients and Adam state in float32) start from the same seed and train
 ``--epochs`` epochs on MNIST, their epochs alternating so both see the same machine load. After each
 epoch both record the test ELBO as ``pyro-vae fit`` does (one draw of z per test image, the same
@@ -33,7 +33,7 @@ from loops import ROOT, config_for
 from speed import machine
 
 from pyro_vae import Speed, Trainer
-from pyro_vae.runs.launch import DistributedTrainer
+from pyro_vae.train.distributed import DistributedTrainer
 
 
 def run_setting(arch, batch_size, seed, args):

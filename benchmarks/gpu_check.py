@@ -5,7 +5,7 @@ Subcommands (each writes ``RESULTS/<stage>.json``):
 - ``engine``: ms per SVI step of the eager loss (Pyro's tracing every step), the captured loss and
   (CUDA) the CUDA-graph step, on the same trainer settings, each from the same seed; and the largest
   relative difference of their first losses from the eager ones (they take the same steps).
-- ``precision``: fp32 against bf16 (autocast networks, :func:`pyro_vae.runs.launch.autocast_networks`):
+- ``precision``: fp32 against bf16 (autocast networks, :func:`pyro_vae.train.distributed.autocast_networks`):
   a few epochs each from the same seed, test ELBO and seconds per epoch.
 - ``report``: the markdown section from every stage's results, written into a copy of
   ``docs/benchmarks.md`` (between ``<!-- gpu-check:start -->`` and ``<!-- gpu-check:end -->``).
@@ -21,9 +21,9 @@ import torch
 
 import pyro
 
-from pyro_vae.runs.launch import autocast_networks
 from pyro_vae.speed import Speed
 from pyro_vae.train.build import make_config
+from pyro_vae.train.distributed import autocast_networks
 from pyro_vae.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

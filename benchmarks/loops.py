@@ -109,13 +109,13 @@ class PyroVAECompiledLoop(PyroVAELoop):
 
 class PyroVAEBF16Loop(PyroVAELoop):
     """(ah) pyro-vae with ``--precision bf16``: the networks under CPU/CUDA autocast in bfloat16, the
-    ELBO, gradients and Adam state in float32 (:class:`pyro_vae.runs.launch.DistributedTrainer`)."""
+    ELBO, gradients and Adam state in float32 (:class:`pyro_vae.train.distributed.DistributedTrainer`)."""
 
     name = "ah"
     label = "pyro-vae --precision bf16"
 
     def __init__(self, config, compile=None):
-        from pyro_vae.runs.launch import DistributedTrainer
+        from pyro_vae.train.distributed import DistributedTrainer
 
         self.trainer = DistributedTrainer(config, Speed(compile=compile), precision="bf16")
         self.device = self.trainer.device

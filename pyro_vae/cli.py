@@ -224,7 +224,7 @@ def cli():
 def fit(ctx, out, resume, overwrite, quiet, compile_loss, no_capture, devices, precision, logger_names,
         log_images_every, config_file, print_config, trust_guide, **kwargs):  # fmt: skip
     """Train a VAE and write a run folder (config, metrics, checkpoints, pictures)."""
-    from .runs.launch import fit as fit_run
+    from .runs.fit import fit as fit_run
     from .speed import Speed
 
     settings = settings_from(kwargs)

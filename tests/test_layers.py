@@ -22,8 +22,8 @@ LAYERS = [
              "objectives", "kl_weighting", "evaluation"]),
     ("speed", ["loss", "reference", "optim", "fast_ops", "capture", "cuda_graph", "precision", "fused", "step", "ddp", "__init__"]),
     ("data", ["images", "dataset", "sources", "files", "load"]),
-    ("train", ["schedules", "build", "loggers", "trainer", "progress", "labelled"]),
-    ("runs", ["plots", "latent", "folder", "run", "fit", "launch", "export"]),
+    ("train", ["schedules", "build", "loggers", "trainer", "progress", "labelled", "distributed"]),
+    ("runs", ["plots", "latent", "folder", "run", "launch", "fit", "export"]),
     ("analysis", ["paired", "compare"]),
     ("", ["cli", "__main__"]),
 ]  # fmt: skip

@@ -51,7 +51,8 @@ from ..checkpoint import atomic_write, atomic_write_text, load_checkpoint
 from ..config import Config, check_integer, check_path, parse_hidden
 from ..data.load import load_dataset
 from ..errors import UserError
-from ..runs import launch, plots
+from ..runs import fit as fitting
+from ..runs import plots
 from ..runs.folder import check_same_settings, saved_config
 from ..runs.run import load_run, write_evaluation
 from ..train.build import check_names, make_config, resolve_device
@@ -463,7 +464,7 @@ def _train(config, directory, overwrite, loggers=(), devices=1):
     Returns ``(run, reused)``, the run loaded from its ``best.pt`` (the best validation ELBO).
     """
     def fit(config, directory, **kwargs):
-        return launch.fit(config, directory, devices=devices, loggers=list(loggers or ()), **kwargs)
+        return fitting.fit(config, directory, devices=devices, loggers=list(loggers or ()), **kwargs)
 
     checkpoint = directory / "checkpoint.pt"
     if not overwrite and checkpoint.exists():
@@ -512,7 +513,7 @@ def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_sampl
     :param eval_progress: optional factory ``(total, description) -> context manager with update(n)``
         for a progress bar during evaluation.
     :param loggers: logger names for every run (``["csv", "tensorboard", "mlflow"]``, as ``fit --logger``).
-    :param int devices: data-parallel processes per run (as ``fit --devices``, :func:`pyro_vae.runs.launch.fit`).
+    :param int devices: data-parallel processes per run (as ``fit --devices``, :func:`pyro_vae.fit`).
     :raises UserError: an axis that cannot be varied, a bad value or combination (checked for every
         configuration before anything is trained), a family that cannot model the data when named.
     :rtype: Comparison

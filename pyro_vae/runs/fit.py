@@ -1,24 +1,29 @@
 """``fit``: train a VAE into a run folder, as its outline reads.
 
-Open the run folder (:class:`~pyro_vae.runs.folder.RunFolder`: checks, lock, staging), build the trainer
+:func:`fit` checks the settings and decides where the training runs: in this process, or on N
+data-parallel processes (``devices=N``, or as one rank under ``torchrun``/SLURM; the processes are
+:mod:`pyro_vae.runs.launch`'s), each of which runs the same outline, :func:`_fit`. Open the run folder (:class:`~pyro_vae.runs.folder.RunFolder`: checks, lock, staging), build the trainer
 (:class:`~pyro_vae.train.trainer.Trainer`: the model, data and SVI step in memory), run the epochs, each one
 written through the folder (metrics, ``checkpoint.pt``, ``best.pt``), then score the test set once and write
 ``final.json`` and the pictures. The training loop itself is Algorithm 1 of Kingma & Welling (2013), in
 :mod:`pyro_vae.train.trainer`.
 """
 
+import functools
 import logging
-import os
 
 import torch
 
 from ..errors import TrainingDiverged, TrainingInterrupted, UserError
+from ..speed.precision import check_precision
 from ..train.build import make_config
+from ..train.distributed import DistributedTrainer
 from ..train.labelled import trainer_class
 from ..train.loggers import Loggers, build_loggers, format_elbo
 from ..train.progress import EpochDisplay, OnStep, chain
-from .folder import RunFolder, io_error, new_run_dir, package_versions, read_metrics
-from .run import Run, record_parts, use_best
+from . import launch
+from .folder import RunFolder, check_out, io_error, new_run_dir, package_versions, read_metrics
+from .run import Run, load_run, record_parts, use_best
 
 __all__ = ["fit"]
 
@@ -29,8 +34,8 @@ log = logging.getLogger("pyro_vae")
 ABSURD_ELBO = 1e7
 
 
-def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None,
-        speed=None, rank=0, make_trainer=None, loggers=None, log_images_every=5, checkpoint="best",
+def fit(config=None, out=None, *, devices=1, precision="fp32", resume=False, overwrite=False, quiet=False,
+        on_epoch=None, on_step=None, speed=None, loggers=None, log_images_every=5, checkpoint="best",
         **settings):  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
@@ -46,6 +51,13 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
 
     :param Config config: the settings; keyword arguments override single fields.
     :param out: the run folder; default a new folder under ``runs/``.
+    :param int devices: data-parallel processes on this node (:mod:`pyro_vae.runs.launch`): 1 trains
+        in this process; N > 1 spawns N processes, one per GPU (NCCL) when the device is CUDA, else N
+        CPU processes (gloo), and returns when all are done. Under ``torchrun`` or SLURM this process
+        is one rank (``devices``, if not 1, must equal the launcher's processes per node) and ranks
+        other than 0 return ``None``.
+    :param str precision: ``"fp32"`` or ``"bf16"`` (the networks under autocast, on CUDA or a CPU with
+        bfloat16 instructions; :class:`~pyro_vae.train.distributed.DistributedTrainer`).
     :param bool resume: continue the run in ``out`` from its checkpoint (settings other than
         ``epochs``, ``device`` and ``data_dir`` must match the saved ones, the data must be the same,
         by :meth:`~pyro_vae.data.dataset.Dataset.fingerprint`, and ``epochs`` at least those already run).
@@ -61,10 +73,6 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         it restores the generator state, e.g. inside :func:`torch.random.fork_rng`.
     :param Speed speed: how each step runs (see :class:`~pyro_vae.speed.Speed`; default the fastest).
         It does not change the numbers, so a run may be resumed with another.
-    :param int rank: data parallelism (:mod:`pyro_vae.runs.launch`): this process's rank; only rank 0
-        writes the run folder.
-    :param make_trainer: ``(config, speed=) -> Trainer`` (default :class:`~pyro_vae.train.trainer.Trainer`),
-        e.g. a :class:`~pyro_vae.runs.launch.DistributedTrainer`.
     :param loggers: logger names (``["csv", "tensorboard", "mlflow"]``, see :mod:`pyro_vae.train.loggers`)
         or a :class:`~pyro_vae.train.loggers.Loggers`: each epoch's record, the config as hyperparameters,
         and images (samples, validation reconstructions) every ``log_images_every`` epochs and at the last.
@@ -73,7 +81,8 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
         ``"last"`` (the last epoch); ``run.checkpoint`` says which.
     :returns: the trained :class:`~pyro_vae.runs.run.Run` (``run.final`` holds what ``final.json`` holds).
         The summary line and warnings go to the ``logging`` logger ``"pyro_vae"``.
-    :raises UserError: for bad settings, a folder in use, changed data, unwritable folders (one line).
+    :raises UserError: for bad settings, a folder in use, changed data, unwritable folders, more devices
+        than GPUs, ``bf16`` where the device cannot run it, a rank that failed or died (one line).
     :raises TrainingDiverged: when a loss or a parameter becomes NaN or infinite; the message says
         whether a checkpoint is kept.
     :raises TrainingInterrupted: (a :class:`KeyboardInterrupt`) on Ctrl-C, saying which checkpoint is
@@ -87,10 +96,46 @@ def fit(config=None, out=None, *, resume=False, overwrite=False, quiet=False, on
     ``epochs`` (run) and ``stopped_early``.
     """
     config = make_config(config, **settings)
-    if out is not None and not isinstance(out, (str, os.PathLike)):
-        raise UserError(f"out must be a path (a str or pathlib.Path), got {out!r}")
+    check_out(out)
     if checkpoint not in ("best", "last"):
         raise UserError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+        raise UserError(f"--devices must be a positive integer, got {devices!r}")
+    device = launch.device_of(config)
+    check_precision(precision, device)
+    launched = launch.launcher_env()
+    if (config.conditional or config.semi_supervised) and (devices != 1 or precision != "fp32" or launched):
+        flag = "--conditional" if config.conditional else "--semi-supervised"
+        raise UserError(f"{flag} runs train in one process in fp32: leave --devices and --precision out")
+    options = dict(resume=resume, overwrite=overwrite, quiet=quiet, on_epoch=on_epoch, on_step=on_step, speed=speed,
+                   loggers=loggers, log_images_every=log_images_every, checkpoint=checkpoint)  # fmt: skip
+    if launched is not None:  # this process is one rank of torchrun's or SLURM's
+        if devices != 1 and launched["local_world_size"] not in (None, devices):
+            raise UserError(f"--devices {devices} disagrees with the launcher's {launched['local_world_size']} "
+                            "processes per node; leave --devices out under a launcher")  # fmt: skip
+        run = launch.run_launched(_fit, launched, config, out, precision, options)
+        return run if launched["rank"] == 0 else None
+    if devices == 1:
+        if precision == "fp32":
+            return _fit(config, out, **options)
+        return _fit(config, out, make_trainer=functools.partial(DistributedTrainer, precision=precision), **options)
+    if device.type == "cuda" and devices > torch.cuda.device_count():
+        raise UserError(f"--devices {devices} asks for more GPUs than this node has ({torch.cuda.device_count()}); "
+                        f"use --devices {torch.cuda.device_count()} or --device cpu")  # fmt: skip
+    for name in ("on_epoch", "on_step"):
+        if options[name] is not None:
+            raise UserError(f"{name} callbacks do not cross into spawned processes; run under torchrun instead")
+    out = new_run_dir(config) if out is None else out  # named here, so that every rank writes the same one
+    launch.run_spawned(_fit, devices, config, out, precision, options)
+    return load_run(out, checkpoint=checkpoint, trust_guide=True)  # the code it just ran
+
+
+def _fit(config, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None, speed=None,
+         rank=0, make_trainer=None, loggers=None, log_images_every=5, checkpoint="best"):  # fmt: skip
+    """The outline every process runs: open the run folder, build the trainer, run the epochs writing
+    through the folder, finish. ``rank`` (only rank 0 writes the folder) and ``make_trainer``
+    (``(config, speed=) -> Trainer``, e.g. a :class:`~pyro_vae.train.distributed.DistributedTrainer`)
+    are the data-parallel hooks; the rest is :func:`fit`'s."""
     if not isinstance(loggers, Loggers):  # built first: a missing optional package fails before any work
         loggers = build_loggers(loggers or (), log_images_every)
     folder = RunFolder(new_run_dir(config) if out is None else out, lead=rank == 0)

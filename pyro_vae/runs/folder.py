@@ -261,6 +261,16 @@ def io_error(e, out, config=None):
     return UserError(f"cannot write to the run folder {out}: {e.strerror or e} ({where})")
 
 
+def check_out(out):
+    """Check a run folder's name as given (``None``: a new folder under ``runs/``).
+
+    :raises UserError: for something that is not a path, or an empty name."""
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise UserError(f"out must be a path (a str or pathlib.Path), got {out!r}")
+    if out is not None and not str(out).strip():
+        raise UserError("--out is empty; give the run folder a name (or leave --out out for a new one under runs/)")
+
+
 class RunFolder:
     """One run folder, from the moment ``fit`` opens it to the moment it is finished.
 
@@ -284,8 +294,7 @@ class RunFolder:
     """
 
     def __init__(self, out, lead=True):
-        if out is not None and not str(out).strip():
-            raise UserError("--out is empty; give the run folder a name (or leave --out out for a new one under runs/)")
+        check_out(out)
         #: the run folder
         self.out = Path(out)
         #: where the files are written now: ``out``, or ``out/.staging`` until an overwrite's first checkpoint

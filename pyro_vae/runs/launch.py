@@ -1,34 +1,16 @@
 r"""Data-parallel training with PyTorch's :class:`~torch.nn.parallel.DistributedDataParallel` (DDP).
 
-``pyro-vae fit --devices N`` (or :func:`fit` with ``devices=N``) trains with N processes: one per
+``pyro-vae fit --devices N`` (or :func:`pyro_vae.fit` with ``devices=N``) trains with N processes: one per
 GPU (NCCL backend) or N CPU processes (gloo). Under an external launcher (``torchrun``, which sets
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; or SLURM's ``srun``, with
 ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` and a ``MASTER_ADDR``/``MASTER_PORT`` the job
 script exports) each launched process is one rank and nothing is spawned. See ``docs/scaling.md``.
 
-**What a step computes.** The one-process step on a global minibatch :math:`B` of :math:`M` items
-descends the gradient of :math:`-\widetilde{\mathcal{L}}(B) = -\sum_{i\in B}\widetilde{\mathcal{L}}(x_i)`
-(the per-item estimate of eq. 6 of Kingma & Welling 2013, summed as in eq. 8 without its :math:`N/M`). With :math:`W` processes, every process holds
-the same seeded permutation of the epoch (drawn on rank 0 and broadcast) and rank :math:`r` takes the
-:math:`r`-th of :math:`W` near-equal slices :math:`B_r` of each global batch
-(:func:`torch.tensor_split`), so :math:`\bigcup_r B_r = B`. Rank :math:`r` computes its loss
-:math:`\ell_r = -\sum_{i\in B_r}\widetilde{\mathcal{L}}(x_i)` *inside the forward of the DDP-wrapped
-module* (:class:`~pyro_vae.speed.ddp.LossModule`, so DDP's gradient hooks fire; the step is
-:class:`~pyro_vae.speed.ddp.DDPStep`, with the one-process step's model, guide, KL weighting,
-learning-rate schedule and clipping) and back-propagates :math:`W\ell_r`. DDP
-averages gradients over ranks, so every rank applies
-
-.. math::  \frac1W\sum_r \nabla (W\ell_r) = \nabla \sum_r \ell_r = \nabla\big(-\widetilde{\mathcal{L}}(B)\big),
-
-the one-process gradient of the union batch (``tests/runs/test_distributed.py`` checks the parameters
-after a step against one process, to ``atol=1e-6``). No gradient is all-reduced by hand: DDP does it,
-bucketed and overlapped with the backward pass. The only differences from one process are the
-random draws: rank 0 keeps the run's seeded generator (it draws the permutation exactly as one
-process would), rank :math:`r>0` draws its binarization and :math:`\epsilon` from a generator reseeded
-by ``(seed, rank, epoch)`` at the start of every epoch, so a run resumed with the same number of
-processes repeats the uninterrupted one exactly. ``--free-bits`` is refused (its max is over the
-global batch's average KL, which no rank sees). The last global batch of an epoch, if it has fewer items than processes,
-is skipped for that epoch (at most :math:`W-1` items, a different set each epoch).
+**What each rank trains** is :class:`~pyro_vae.train.distributed.DistributedTrainer`'s (the DDP
+step, the seeded shards of each global batch, the reseeded noise of ranks above 0). This module starts
+the processes, joins them into a process group and watches them; what each runs is the ``target`` it
+is given (:func:`pyro_vae.runs.fit.fit` passes its one-process training), so this module knows nothing
+of fitting.
 
 **Metrics.** Step losses are summed over ranks (``all_reduce``), so ``train_elbo`` is the mean over all
 items trained; the test ELBO is computed on a disjoint slice of the test set per rank and summed.
@@ -39,7 +21,7 @@ processes resumes with M (the other ranks read the checkpoint too: the run folde
 system all nodes see).
 
 **Failures.** Collective operations time out after ``PYRO_VAE_DIST_TIMEOUT`` seconds (default 300):
-:func:`torch.distributed.init_process_group`'s ``timeout``. :func:`fit` watches the processes it
+:func:`torch.distributed.init_process_group`'s ``timeout``. :func:`run_spawned` watches the processes it
 spawns; when one fails it stops the others and raises one :class:`~pyro_vae.errors.UserError` (or
 :class:`~pyro_vae.errors.TrainingDiverged`) naming the rank. Under an external launcher every rank
 reports its own one-line error and exits non-zero; ``torchrun`` and ``srun`` stop the others. A
@@ -48,12 +30,6 @@ failed rendezvous (a port in use, a master that never answers) is one line per r
 however it dies (:func:`_die_with_parent`), and end with :func:`os._exit` after tearing the process
 group down in order (:func:`_end_group`). A refused spawned run removes what it wrote to a folder
 that held no run (:func:`_remove_unstarted`).
-
-**Precision.** ``precision="bf16"`` runs the networks (every :class:`~pyro_vae.vae.nets.MLP`) under
-:func:`torch.autocast` with bfloat16 and casts their outputs back to float32, so the distributions'
-log-densities and the ELBO are computed in float32 (:func:`autocast_networks`). On CUDA, and on CPUs with
-bfloat16 instructions (AVX512_BF16 or AMX, :func:`pyro_vae.speed.precision.check_precision`); on other
-CPUs it is refused (there bfloat16 products are slower than float32, and nothing is gained).
 """
 
 import contextlib
@@ -74,17 +50,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import pyro
-
 from ..errors import TrainingDiverged, UserError
-from ..speed import DDPStep
-from ..speed.precision import PRECISIONS, check_precision
-from ..train.build import resolve_device
-from ..train.trainer import Trainer
-from ..vae.evaluation import evaluate
-from ..vae.nets import MLP
+from ..train.build import make_config, resolve_device
+from ..train.distributed import DistributedTrainer, autocast_networks  # noqa: F401 (also the old path's names)
+from .folder import holds_run
 
-__all__ = ["PRECISIONS", "DistributedTrainer", "autocast_networks", "fit", "launcher_env"]  # DDPStep: pyro_vae.speed
+__all__ = ["launcher_env", "run_launched", "run_spawned"]
 
 #: seconds a collective operation (and the rendezvous) may wait before it fails
 DEFAULT_TIMEOUT = 300
@@ -145,133 +116,9 @@ def launcher_env(environ=None):
     return found
 
 
-# Precision -----------------------------------------------------------------------------------
-def autocast_networks(module, device_type="cuda", dtype=torch.bfloat16):
-    """Run every :class:`~pyro_vae.vae.nets.MLP` inside ``module`` under :func:`torch.autocast` and cast
-    its output back to float32, so everything downstream of the networks (the distributions'
-    ``log_prob``, the KL, the ELBO) stays in float32. Forward hooks: parameter names and
-    checkpoints do not change. Returns the hook handles (``.remove()`` undoes it)."""
-    handles = []
-    for m in module.modules():
-        if not isinstance(m, MLP):
-            continue
-        stack = []
-
-        def enter(_, args, stack=stack):
-            context = torch.autocast(device_type, dtype=dtype)
-            context.__enter__()
-            stack.append(context)
-
-        def leave(_, args, output, stack=stack):
-            stack.pop().__exit__(None, None, None)
-            return output.float()
-
-        handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
-    return handles
-
-
-# The trainer ---------------------------------------------------------------------------------
-def _seed_rank(seed, rank, epoch):
-    """Rank r > 0 draws its noise from its own stream: seeded by (seed, rank, epoch)."""
-    pyro.set_rng_seed((seed * 1_000_003 + rank * 7_919 + epoch) % 2**32)
-
-
-class DistributedTrainer(Trainer):
-    """A :class:`~pyro_vae.train.trainer.Trainer` for one rank of a data-parallel run (or one process
-    with ``precision="bf16"``). The process group must be initialized when ``world_size > 1``.
-
-    :param int rank: this process's rank, ``0 <= rank < world_size``.
-    :param int world_size: the number of processes.
-    :param str precision: ``"fp32"`` or ``"bf16"`` (CUDA, or a CPU with bfloat16 instructions; see
-        :func:`autocast_networks`).
-    :raises UserError: for ``bf16`` where the device cannot run it, a batch size below the number of processes, or an
-        objective or guide DDP cannot run (see :class:`DDPStep`).
-    """
-
-    def __init__(self, config=None, speed=None, *, rank=0, world_size=1, precision="fp32", **settings):
-        super().__init__(config, speed, **settings)
-        self.rank, self.world_size, self.precision = rank, world_size, precision
-        check_precision(precision, self.device)
-        if precision == "bf16":
-            autocast_networks(self.vae, self.device.type)
-        if world_size > 1:
-            if self.config.batch_size < world_size:
-                raise UserError(f"--batch-size {self.config.batch_size} is smaller than --devices {world_size}: "
-                                "every process needs at least one item per step")  # fmt: skip
-            if self.config.free_bits:
-                raise UserError(
-                    "--free-bits is not available with --devices > 1: its penalty max(lambda, KL_j) is taken on "
-                    "the KL of each latent unit averaged over the whole global batch, which no process sees; "
-                    "train with one device"
-                )
-            # the one-process step's model, guide (KL-weighted), loss and optimizer (schedule, clipping)
-            one = self.step
-            self.step = DDPStep(one.model, one.guide, one.loss, one.optim, self.vae, world_size, self.speed, self.device)
-            with self._own_params(), torch.random.fork_rng([self.device] if self.device.type == "cuda" else []):
-                first = torch.arange(min(2, len(self.train)), device=self.device)
-                self.step.check(self.vae.likelihood.prepare_batch(self.train[first]))
-            if rank > 0:
-                _seed_rank(self.config.seed, rank, 0)
-
-    def train_epoch(self, progress=None):
-        """:meth:`Trainer.train_epoch`; rank r > 0 first reseeds its noise for the epoch from
-        ``(seed, rank, epoch)``, so a resumed run draws what the uninterrupted one drew (rank 0's
-        generator is the checkpoint's)."""
-        if self.world_size > 1:
-            self.step.new_epoch()  # the same gradient buckets every epoch, resumed or not (see DDPStep.new_epoch)
-            if self.rank > 0:
-                _seed_rank(self.config.seed, self.rank, self.epoch)
-        return super().train_epoch(progress)
-
-    def shard(self, order):
-        """Rank 0's permutation, broadcast; rank r's slice of each global batch (the last global
-        batch is skipped if it has fewer items than processes)."""
-        if self.world_size == 1:
-            return super().shard(order)
-        dist.broadcast(order, src=0)
-        batches, items = [], 0
-        for i in range(0, len(order), self.config.batch_size):
-            batch = order[i : i + self.config.batch_size]
-            if len(batch) < self.world_size:
-                break
-            batches.append(torch.tensor_split(batch, self.world_size)[self.rank])
-            items += len(batch)
-        return batches, items
-
-    def reduce(self, losses):
-        if self.world_size > 1:
-            dist.all_reduce(losses)  # sum over ranks
-        return losses
-
-    def test_elbo(self):
-        """The mean test ELBO: rank r scores test items r, r + W, ...; the sums are all-reduced."""
-        return self._sliced_elbo(self.test) if self.world_size > 1 else super().test_elbo()
-
-    def valid_elbo(self):
-        """The mean validation ELBO, as :meth:`test_elbo`: the same number on every rank, so that every
-        rank picks the same best epoch and stops early at the same epoch."""
-        if self.world_size == 1 or self.valid is None:
-            return super().valid_elbo()
-        return self._sliced_elbo(self.valid)
-
-    def _sliced_elbo(self, data):
-        self.vae.eval()
-        with self._own_params():
-            elbo, _ = evaluate(self.vae, data[self.rank :: self.world_size], num_samples=1)
-        total = elbo.double().sum().reshape(1)
-        dist.all_reduce(total)
-        return total.item() / len(data)
-
-    def load_state_dict(self, state, where="the checkpoint"):
-        super().load_state_dict(state, where)
-        if self.rank > 0:  # the checkpoint holds rank 0's generator state
-            _seed_rank(self.config.seed, self.rank, self.epoch)
-
-
 # Running the processes -----------------------------------------------------------------------
-def _device_of(config):
-    from ..train.build import make_config
-
+def device_of(config):
+    """The device the config's ``device`` setting resolves to."""
     return resolve_device(make_config(config).device)
 
 
@@ -356,12 +203,10 @@ def _end_group():
     gc.collect()
 
 
-def _run_rank(rank, world_size, local_rank, init_method, config, out, precision, fit_kwargs, threads=None,
+def _run_rank(target, rank, world_size, local_rank, init_method, config, out, precision, fit_kwargs, threads=None,
               on_timeout=None):  # fmt: skip
-    """Initialize the process group, train this rank's part, tear the group down."""
-    from . import fit as training
-
-    device = _device_of(config)
+    """Initialize the process group, run ``target`` for this rank, tear the group down."""
+    device = device_of(config)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"rank {rank} needs GPU {local_rank} but this node has {torch.cuda.device_count()}")
@@ -376,7 +221,7 @@ def _run_rank(rank, world_size, local_rank, init_method, config, out, precision,
         def make_trainer(config, speed=None):
             return DistributedTrainer(config, speed, rank=rank, world_size=world_size, precision=precision)
 
-        return training.fit(config, out, rank=rank, make_trainer=make_trainer, **fit_kwargs)
+        return target(config, out, rank=rank, make_trainer=make_trainer, **fit_kwargs)
     finally:
         _end_group()
 
@@ -417,7 +262,7 @@ def _die_with_parent(parent):
     threading.Thread(target=watch, name="pyro-vae-parent-watchdog", daemon=True).start()
 
 
-def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs, threads, parent=None):
+def _worker(target, rank, world_size, port, messages, config, out, precision, fit_kwargs, threads, parent=None):
     """A spawned rank: reports a failure as one line on ``messages`` and exits non-zero.
 
     It ends with :func:`os._exit` (as a forked ``multiprocessing`` child does) once the process group is
@@ -428,7 +273,7 @@ def _worker(rank, world_size, port, messages, config, out, precision, fit_kwargs
     # as torchrun sets them, for user code (a custom guide, say) that asks which rank it runs on
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     try:
-        _run_rank(rank, world_size, rank, f"tcp://127.0.0.1:{port}", config, out, precision, fit_kwargs, threads,
+        _run_rank(target, rank, world_size, rank, f"tcp://127.0.0.1:{port}", config, out, precision, fit_kwargs, threads,
                   on_timeout=lambda line: messages.send(("user", line)))  # fmt: skip
     except UserError as e:
         messages.send(("user", _one_line(e)))
@@ -467,7 +312,7 @@ def _quiet_resource_tracker():
             os.environ["PYTHONWARNINGS"] = before
 
 
-def _spawn(world_size, config, out, precision, fit_kwargs):
+def _spawn(target, world_size, config, out, precision, fit_kwargs):
     """Start ``world_size`` ranks on this node and watch them: the first to fail stops the others."""
     import multiprocessing.connection
 
@@ -480,7 +325,7 @@ def _spawn(world_size, config, out, precision, fit_kwargs):
     port = _free_port()
     threads = max(1, torch.get_num_threads() // world_size)
     processes = [
-        context.Process(target=_worker, args=(rank, world_size, port, pipes[rank][1], config, out, precision, fit_kwargs,
+        context.Process(target=_worker, args=(target, rank, world_size, port, pipes[rank][1], config, out, precision, fit_kwargs,
                                               threads, os.getpid()), name=f"pyro-vae-rank-{rank}")  # fmt: skip
         for rank in range(world_size)
     ]
@@ -524,66 +369,29 @@ def _spawn(world_size, config, out, precision, fit_kwargs):
     raise UserError(f"rank {rank} of {world_size} {how}; the other ranks were stopped")
 
 
-def fit(config=None, out=None, *, devices=1, precision="fp32", **fit_kwargs):
-    """:func:`pyro_vae.runs.fit.fit` on ``devices`` processes (DDP), or as one rank of an external launch.
+def run_launched(target, launched, config, out, precision, fit_kwargs):
+    """This process as one rank of an external launch (``launched``, from :func:`launcher_env`): join
+    the process group, run ``target(config, out, rank=, make_trainer=, **fit_kwargs)`` with a
+    :class:`~pyro_vae.train.distributed.DistributedTrainer`, leave the group. Returns what ``target``
+    returns."""
+    return _run_rank(target, launched["rank"], launched["world_size"], launched["local_rank"], "env://", config, out,
+                     precision, fit_kwargs)  # fmt: skip
 
-    - not launched, ``devices == 1``: one process (with ``precision="bf16"``, autocast networks);
-    - not launched, ``devices = N > 1``: N processes spawned on this node, one per GPU (NCCL) when the
-      config's device is CUDA, else N CPU processes (gloo); this call returns when all are done;
-    - launched by ``torchrun`` or SLURM (:func:`launcher_env`): this process is one rank; ``devices``,
-      if not 1, must equal the launcher's processes per node.
 
-    :param Config config: the settings (keyword ``fit_kwargs`` that are fields of :class:`Config` override).
-    :param out: the run folder (default a new one under ``runs/``, named here so all ranks share it).
-    :param int devices: processes on this node.
-    :param str precision: ``"fp32"`` or ``"bf16"`` (CUDA, or a CPU with AVX512_BF16 or AMX).
-    :param fit_kwargs: as :func:`~pyro_vae.runs.fit.fit` (``resume``, ``overwrite``, ``quiet``, ``speed``, ...).
-    :returns: the :class:`~pyro_vae.runs.run.Run` (loaded from the run folder when processes were spawned;
-        ``None`` on ranks other than 0 of a launched run).
-    :raises UserError: more devices than GPUs, ``bf16`` on a CPU without bfloat16 instructions, a missing rendezvous, a rank that
-        failed or died (one line naming the rank); :class:`TrainingDiverged` if the loss diverged.
-    """
-    from ..train.build import make_config
-    from . import fit as training
-    from .folder import holds_run, new_run_dir
-    from .run import load_run
+def run_spawned(target, world_size, config, out, precision, fit_kwargs):
+    """Spawn ``world_size`` ranks on this node, each running ``target`` as :func:`run_launched` does
+    (``target`` must be a module-level function: it is pickled by name), and wait for all of them.
 
-    settings = {k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in type(make_config()).__dataclass_fields__}
-    config = make_config(config, **settings)
-    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
-        raise UserError(f"--devices must be a positive integer, got {devices!r}")
-    device = _device_of(config)
-    check_precision(precision, device)
-    if (config.conditional or config.semi_supervised) and (devices != 1 or precision != "fp32" or launcher_env()):
-        flag = "--conditional" if config.conditional else "--semi-supervised"
-        raise UserError(f"{flag} runs train in one process in fp32: leave --devices and --precision out")
-    launched = launcher_env()
-    if launched is not None:
-        if devices != 1 and launched["local_world_size"] not in (None, devices):
-            raise UserError(f"--devices {devices} disagrees with the launcher's {launched['local_world_size']} "
-                            "processes per node; leave --devices out under a launcher")  # fmt: skip
-        run = _run_rank(launched["rank"], launched["world_size"], launched["local_rank"], "env://", config, out,
-                        precision, fit_kwargs)  # fmt: skip
-        return run if launched["rank"] == 0 else None
-    if devices == 1:
-        if precision == "fp32":
-            return training.fit(config, out, **fit_kwargs)
-        return training.fit(config, out, make_trainer=lambda c, speed=None: DistributedTrainer(c, speed, precision=precision),
-                            **fit_kwargs)  # fmt: skip
-    if device.type == "cuda" and devices > torch.cuda.device_count():
-        raise UserError(f"--devices {devices} asks for more GPUs than this node has ({torch.cuda.device_count()}); "
-                        f"use --devices {torch.cuda.device_count()} or --device cpu")  # fmt: skip
-    for name in ("on_epoch", "on_step"):
-        if fit_kwargs.get(name) is not None:
-            raise UserError(f"{name} callbacks do not cross into spawned processes; run under torchrun instead")
-    out = Path(out) if out is not None and str(out).strip() else (out if out is not None else new_run_dir(config))
+    :raises UserError: a rank that failed or died, as one line naming it (what it wrote to ``out`` is
+        removed when ``out`` held no run before and no checkpoint was written).
+    :raises TrainingDiverged: a rank whose loss diverged."""
+    out = Path(out)
     existed, held = out.is_dir(), out.is_dir() and holds_run(out)
     try:
-        _spawn(devices, config, out, precision, fit_kwargs)
+        _spawn(target, world_size, config, out, precision, fit_kwargs)
     except UserError:
         _remove_unstarted(out, existed, held)
         raise
-    return load_run(out, checkpoint=fit_kwargs.get("checkpoint", "best"), trust_guide=True)  # the code it just ran
 
 
 def _remove_unstarted(out, existed, held):

@@ -2,7 +2,7 @@ r"""Which devices can train with ``precision="bf16"``: CUDA, and CPUs with bfloa
 
 ``--precision bf16`` runs the networks (every :class:`~pyro_vae.vae.nets.MLP`) under
 :func:`torch.autocast` with ``dtype=torch.bfloat16`` and casts their outputs back to float32
-(:func:`pyro_vae.runs.launch.autocast_networks`): the matrix products and the activations run in
+(:func:`pyro_vae.train.distributed.autocast_networks`): the matrix products and the activations run in
 bfloat16 (8 bits of mantissa, float32's exponent range), while the parameters, their gradients, the
 optimizer state, the distributions' log-densities, the KL and the ELBO stay float32.
 

@@ -72,7 +72,7 @@ class Trainer:
         arguments, clipping; see :func:`~pyro_vae.train.build.fusable_optimizer`) runs on Pyro's own path.
     """
 
-    #: data-parallel hooks (see :class:`~pyro_vae.runs.launch.DistributedTrainer`): this process's
+    #: data-parallel hooks (see :class:`~pyro_vae.train.distributed.DistributedTrainer`): this process's
     #: rank and the number of processes; one process trains alone
     rank, world_size = 0, 1
 

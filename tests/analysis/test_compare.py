@@ -218,16 +218,16 @@ def test_compare_cli_repeated_axis_bad_value_is_one_line(tmp_path, capsys):
 
 
 def test_compare_takes_config_logger_and_devices(tmp_path, capsys, monkeypatch):
-    from pyro_vae.runs import launch
+    from pyro_vae.runs import fit as fitting
 
     calls = []
-    real_fit = launch.fit
+    real_fit = fitting.fit
 
     def recording_fit(config, out=None, *, devices=1, **kwargs):
         calls.append((devices, kwargs.get("loggers")))
         return real_fit(config, out, devices=1, **kwargs)  # trained in this process: the flag reached fit
 
-    monkeypatch.setattr(launch, "fit", recording_fit)
+    monkeypatch.setattr(fitting, "fit", recording_fit)
     (tmp_path / "settings.json").write_text(json.dumps({"dataset": "digits", "epochs": 1, "hidden": [16], "z_dim": 2,
                                                         "batch_size": 256, "lr": 0.002, "device": "cpu"}))  # fmt: skip
     out = tmp_path / "cmp"

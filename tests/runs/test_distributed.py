@@ -23,7 +23,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import pyro
 
 from pyro_vae.errors import UserError
-from pyro_vae.runs.launch import DistributedTrainer, autocast_networks, fit, launcher_env
+from pyro_vae import fit
+from pyro_vae.runs.launch import launcher_env
+from pyro_vae.train.distributed import DistributedTrainer, autocast_networks
 from pyro_vae.speed import trace_elbo_loss
 from pyro_vae.train.build import make_config
 from pyro_vae.train.trainer import Trainer

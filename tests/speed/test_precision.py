@@ -7,12 +7,13 @@ monkeypatch the detection, so they run everywhere.
 import pytest
 import torch
 
+from pyro_vae import fit
 from pyro_vae.cli import main
 from pyro_vae.errors import UserError
-from pyro_vae.runs.launch import DistributedTrainer, fit
 from pyro_vae.speed import precision
 from pyro_vae.speed.precision import check_precision, cpu_bf16_features
 from pyro_vae.train.build import make_config
+from pyro_vae.train.distributed import DistributedTrainer
 from pyro_vae.vae.nets import MLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
