@@ -51,7 +51,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import TrainingDiverged, UserError
-from ..train.build import make_config, resolve_device
+from ..train.build import resolve_device
 from ..train.distributed import DistributedTrainer, autocast_networks  # noqa: F401 (also the old path's names)
 from .folder import holds_run
 
@@ -118,8 +118,8 @@ def launcher_env(environ=None):
 
 # Running the processes -----------------------------------------------------------------------
 def device_of(config):
-    """The device the config's ``device`` setting resolves to."""
-    return resolve_device(make_config(config).device)
+    """The device a :class:`~pyro_vae.config.Config`'s ``device`` setting resolves to."""
+    return resolve_device(config.device)
 
 
 def _free_port():

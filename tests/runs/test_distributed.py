@@ -342,15 +342,16 @@ def test_free_bits_is_refused_with_two_processes_before_anything_starts(monkeypa
 # Ranks die with the process that spawned them ------------------------------------------------------
 PARENT = r"""
 import os, sys, time, multiprocessing as mp
-def grandchild(parent, watchdog_only):
+def grandchild(parent, watchdog_only, ready):
     import ctypes
     from pyro_vae.runs.launch import _die_with_parent  # before the patch: torch's import loads libraries
     if watchdog_only:  # as on a system without prctl: the watchdog thread alone
         ctypes.CDLL = lambda *a, **k: (_ for _ in ()).throw(OSError("no libc"))
     _die_with_parent(parent)
+    open(ready, "w").close()  # _die_with_parent has returned: its guards are in place
     time.sleep(120)
 if __name__ == "__main__":
-    p = mp.get_context("spawn").Process(target=grandchild, args=(os.getpid(), sys.argv[1] == "1"))
+    p = mp.get_context("spawn").Process(target=grandchild, args=(os.getpid(), sys.argv[1] == "1", sys.argv[2]))
     p.start()
     print(p.pid, flush=True)
     time.sleep(120)
@@ -376,14 +377,15 @@ def test_a_rank_dies_with_its_parent_however_the_parent_dies(tmp_path, how, watc
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    parent = subprocess.Popen([sys.executable, str(script), "1" if watchdog_only else "0"], stdout=subprocess.PIPE,
-                              text=True, env=env)  # fmt: skip
+    ready = tmp_path / "ready"
+    parent = subprocess.Popen([sys.executable, str(script), "1" if watchdog_only else "0", str(ready)],
+                              stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
     try:
         rank = int(parent.stdout.readline())
-        deadline = time.monotonic() + 120
-        while not (Path(f"/proc/{rank}/task").exists() and len(os.listdir(f"/proc/{rank}/task")) >= 2):
-            assert time.monotonic() < deadline, "the grandchild never started its watchdog"
-            time.sleep(0.2)  # the watchdog thread runs: _die_with_parent has returned
+        deadline = time.monotonic() + 300  # importing torch on a loaded machine can take a minute
+        while not ready.exists():  # written once _die_with_parent has returned (not a thread count:
+            assert time.monotonic() < deadline, "the grandchild never started its watchdog"  # torch starts threads)
+            time.sleep(0.2)
         parent.send_signal(getattr(signal, how))
         parent.wait(60)
         deadline = time.monotonic() + 15
