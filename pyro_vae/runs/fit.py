@@ -99,6 +99,23 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", resume=False, ove
     check_out(out)
     if checkpoint not in ("best", "last"):
         raise UserError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    options = dict(resume=resume, overwrite=overwrite, quiet=quiet, on_epoch=on_epoch, on_step=on_step, speed=speed,
+                   loggers=loggers, log_images_every=log_images_every, checkpoint=checkpoint)  # fmt: skip
+    launched = _check_processes(config, devices, precision, options)
+    if launched is not None:  # this process is one rank of torchrun's or SLURM's
+        run = launch.run_launched(_fit, launched, config, out, precision, options)
+        return run if launched["rank"] == 0 else None
+    if devices == 1:  # this process
+        trainer = None if precision == "fp32" else functools.partial(DistributedTrainer, precision=precision)
+        return _fit(config, out, make_trainer=trainer, **options)
+    out = new_run_dir(config) if out is None else out  # named here, so that every rank writes the same one
+    launch.run_spawned(_fit, devices, config, out, precision, options)  # N processes on this node
+    return load_run(out, checkpoint=checkpoint, trust_guide=True)  # the code it just ran
+
+
+def _check_processes(config, devices, precision, options):
+    """Check ``devices`` and ``precision`` against the config, the machine and a launcher; returns
+    :func:`~pyro_vae.runs.launch.launcher_env`'s answer (``None``: not launched)."""
     if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
         raise UserError(f"--devices must be a positive integer, got {devices!r}")
     device = launch.device_of(config)
@@ -107,27 +124,19 @@ def fit(config=None, out=None, *, devices=1, precision="fp32", resume=False, ove
     if (config.conditional or config.semi_supervised) and (devices != 1 or precision != "fp32" or launched):
         flag = "--conditional" if config.conditional else "--semi-supervised"
         raise UserError(f"{flag} runs train in one process in fp32: leave --devices and --precision out")
-    options = dict(resume=resume, overwrite=overwrite, quiet=quiet, on_epoch=on_epoch, on_step=on_step, speed=speed,
-                   loggers=loggers, log_images_every=log_images_every, checkpoint=checkpoint)  # fmt: skip
-    if launched is not None:  # this process is one rank of torchrun's or SLURM's
+    if launched is not None:
         if devices != 1 and launched["local_world_size"] not in (None, devices):
             raise UserError(f"--devices {devices} disagrees with the launcher's {launched['local_world_size']} "
                             "processes per node; leave --devices out under a launcher")  # fmt: skip
-        run = launch.run_launched(_fit, launched, config, out, precision, options)
-        return run if launched["rank"] == 0 else None
-    if devices == 1:
-        if precision == "fp32":
-            return _fit(config, out, **options)
-        return _fit(config, out, make_trainer=functools.partial(DistributedTrainer, precision=precision), **options)
-    if device.type == "cuda" and devices > torch.cuda.device_count():
-        raise UserError(f"--devices {devices} asks for more GPUs than this node has ({torch.cuda.device_count()}); "
-                        f"use --devices {torch.cuda.device_count()} or --device cpu")  # fmt: skip
-    for name in ("on_epoch", "on_step"):
-        if options[name] is not None:
-            raise UserError(f"{name} callbacks do not cross into spawned processes; run under torchrun instead")
-    out = new_run_dir(config) if out is None else out  # named here, so that every rank writes the same one
-    launch.run_spawned(_fit, devices, config, out, precision, options)
-    return load_run(out, checkpoint=checkpoint, trust_guide=True)  # the code it just ran
+        return launched
+    if devices > 1:
+        if device.type == "cuda" and devices > torch.cuda.device_count():
+            raise UserError(f"--devices {devices} asks for more GPUs than this node has ({torch.cuda.device_count()}); "
+                            f"use --devices {torch.cuda.device_count()} or --device cpu")  # fmt: skip
+        for name in ("on_epoch", "on_step"):
+            if options[name] is not None:
+                raise UserError(f"{name} callbacks do not cross into spawned processes; run under torchrun instead")
+    return None
 
 
 def _fit(config, out=None, *, resume=False, overwrite=False, quiet=False, on_epoch=None, on_step=None, speed=None,
