@@ -149,7 +149,7 @@ def guide_labels(vae, x, labels=None, batch_size=1024):
 
 
 def _guide(vae, batch, y):
-    """:math:`q(z \mid x)` of a plain VAE, :math:`q(z \mid x, y)` (``y`` ``(B,)``) of a model with labels."""
+    r""":math:`q(z \mid x)` of a plain VAE, :math:`q(z \mid x, y)` (``y`` ``(B,)``) of a model with labels."""
     return vae.encoder(batch) if y is None else vae.encoder(vae.pack(batch, y))
 
 
