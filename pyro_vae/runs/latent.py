@@ -32,20 +32,29 @@ a given mean and variance the Gaussian has the largest entropy, and
 command calls :func:`encode_run`, :func:`save_reconstructions`, :func:`interpolate_run`, :func:`traverse_run` or
 :func:`latents_run` here, on the items of :func:`run_items`):
 
-``pyro-vae encode RUN [--split train|val|test | --data FILE] [--labels FILE] [--what mean|scale|samples] [--samples K] -o z.npy|z.csv``
+``pyro-vae encode RUN [--split train|val|test | --data FILE] [--labels FILE] [--use-classifier] [--what mean|scale|samples] [--samples K] -o z.npy|z.csv``
     :func:`encode` on the chosen split (default ``test``) or a user's array, then :func:`save_codes`:
     ``z.npy`` holds ``(N, z)`` (or ``(N, K, z)`` for ``--what samples``) and ``z.labels.npy`` the
     labels when the data has them; ``z.csv`` has the header ``z0,...,z{d-1}[,label]``.
 ``pyro-vae reconstruct RUN [--split ...] [-n 16] [--sample] -o FILE.png``
     test inputs above :func:`reconstruct` (decoder means at the posterior mean, or at one draw
     with ``--sample``), drawn with :func:`pyro_vae.runs.plots.save_image_rows`.
-``pyro-vae interpolate RUN --items I J [--steps 10] [--slerp] [--split ...] -o FILE.png``
+``pyro-vae interpolate RUN --items I J [--steps 10] [--slerp] [--label Y] [--split ...] -o FILE.png``
     :func:`interpolate` between items ``I`` and ``J`` of the split: one row of ``steps`` images.
-``pyro-vae traverse RUN [--item I] [--units U ...] [--top N] [--range 3] [--steps 9] -o FILE.png``
+``pyro-vae traverse RUN [--item I] [--units U ...] [--top N] [--range 3] [--steps 9] [--label Y] -o FILE.png``
     :func:`traverse`: one row per unit (ordered by KL over the split unless ``--units`` is
     given), labelled with the unit and its KL in nats.
 ``pyro-vae latents RUN [--split ...] [--labels FILE] [--method auto|pca|tsne] -o latents.png``
     :func:`encode` then :func:`latent_scatter`, coloured by label when the data has labels.
+
+**Runs with labels** (``--conditional``, ``--semi-supervised``; :mod:`pyro_vae.vae.labels`): every tool uses the
+guide :math:`q_\phi(z \mid x, y)` and the decoder :math:`\mathbb{E}[x \mid z, y]`, with the labels of
+:func:`run_labels`: the items' own (the split's, the ``--data`` file's, or ``--labels FILE``), required by a
+conditional run; a semi-supervised run without them (or with ``--use-classifier``) uses its classifier's most
+probable class. ``encode`` saves the labels used; ``reconstruct`` decodes each item with its label;
+``interpolate`` encodes each end with its label and decodes the path with one class (``--label``, default the
+items' common label); ``traverse`` decodes with ``--label``, default ``--item``'s label, else every class (one
+row per class for each unit); ``latents`` colours by the labels used.
 
 Errors a user can cause raise :class:`~pyro_vae.errors.UserError`.
 """

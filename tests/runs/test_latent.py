@@ -322,6 +322,17 @@ def test_on_a_trained_run(tmp_path):
     plots.save_image_rows(np.stack([x[:16].flatten(1).numpy(), recon]), run.image_shape, tmp_path / "r.png")
     for name in "itlr":
         assert png_std(tmp_path / f"{name}.png") > 0.02
+    # the labels options of runs with labels are refused on a plain run, with one line each
+    with pytest.raises(UserError, match="runs with labels"):
+        run.reconstruct(x[:2], labels=[0, 1])
+    with pytest.raises(UserError, match="runs with labels"):
+        run.encode(x[:2], labels=[0, 1])
+    with pytest.raises(UserError, match="--label applies"):
+        run.traverse(label=1)
+    with pytest.raises(UserError, match="--labels applies to interpolate"):
+        run.interpolate(0, 1, labels=np.zeros(len(x)))
+    with pytest.raises(UserError, match="--use-classifier applies"):
+        run.latents(tmp_path / "u.png", use_classifier=True)
 
 
 # models with labels (pyro_vae.vae.labels): q(z | x, y) and E[x | z, y] ---------------------------------------
