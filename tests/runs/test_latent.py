@@ -351,20 +351,21 @@ def make_labelled(kind="conditional", seed=0):
 def labelled_loc_scale(vae, x, y):
     """q(z | x, y)'s loc and scale from the guide's net on (x, onehot(y)), computed directly."""
     with torch.no_grad():
-        out = vae.encoder.net(torch.cat([x, F.one_hot(torch.as_tensor(y), C).float()], -1))
+        out = vae.encoder.net(torch.cat([x, F.one_hot(torch.as_tensor(y, device=x.device), C).float()], -1)).cpu()
     return out[:, :Z].numpy(), (F.softplus(out[:, Z:]) + DiagonalGuide.MIN_SCALE).numpy()
 
 
 def labelled_decode(vae, z, y):
     """E[x | z, y] = sigmoid(decoder(z, onehot(y))), computed directly; y broadcast against z's rows."""
-    z = torch.as_tensor(z, dtype=torch.float32)
-    y = torch.as_tensor(y).expand(z.shape[:-1])
+    device = next(vae.parameters()).device
+    z = torch.as_tensor(z, dtype=torch.float32, device=device)
+    y = torch.as_tensor(y, device=device).expand(z.shape[:-1])
     with torch.no_grad():
-        return torch.sigmoid(vae.decoder(torch.cat([z, F.one_hot(y, C).float()], -1))).numpy()
+        return torch.sigmoid(vae.decoder(torch.cat([z, F.one_hot(y, C).float()], -1))).cpu().numpy()
 
 
-def test_labelled_encode_is_the_guides_loc_and_scale_with_the_one_hot_label():
-    vae, x = make_labelled(), data(10)
+def test_labelled_encode_is_the_guides_loc_and_scale_with_the_one_hot_label(device):
+    vae, x = make_labelled().to(device), data(10).to(device)
     y = np.arange(10) % C
     loc, scale = labelled_loc_scale(vae, x, y)
     np.testing.assert_allclose(latent.encode(vae, x, "mean", labels=y), loc, rtol=1e-5, atol=1e-6)
@@ -400,12 +401,12 @@ def test_labelled_refusals():
         latent.traverse(plain, label=1)
 
 
-def test_semi_supervised_default_label_is_the_classifiers_argmax():
-    vae, x = make_labelled("semi"), data(40)
+def test_semi_supervised_default_label_is_the_classifiers_argmax(device):
+    vae, x = make_labelled("semi").to(device), data(40).to(device)
     with torch.no_grad():
-        predicted = vae.classifier.net(x).argmax(-1).numpy()  # independent: the classifier's MLP's logits
+        predicted = vae.classifier.net(x).argmax(-1).cpu().numpy()  # independent: the classifier's MLP's logits
     assert len(set(predicted.tolist())) > 1  # a test that can tell labels apart
-    np.testing.assert_array_equal(latent.guide_labels(vae, x, batch_size=7).numpy(), predicted)
+    np.testing.assert_array_equal(latent.guide_labels(vae, x, batch_size=7).cpu().numpy(), predicted)
     loc, _ = labelled_loc_scale(vae, x, predicted)
     np.testing.assert_allclose(latent.encode(vae, x), loc, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(latent.reconstruct(vae, x), labelled_decode(vae, loc, predicted), rtol=1e-5, atol=1e-6)
