@@ -462,6 +462,30 @@ def _split_options(f):
     return f
 
 
+def _label_options(label=False):
+    """``--labels`` / ``--use-classifier`` (and ``--label``) of the latent commands: which labels a run with labels
+    (``--conditional``, ``--semi-supervised``) gives its guide q(z|x,y) (pyro_vae.runs.latent.run_labels)."""
+
+    def decorate(f):
+        options = [
+            click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                         help="A .npy of shape (N,): the items' labels, replacing the data's own [default: the "
+                              "split's labels, or those stored in the --data file]. A --conditional run needs "
+                              "labels; a --semi-supervised run without any uses its classifier's most probable "
+                              "class."),
+            click.option("--use-classifier", is_flag=True,
+                         help="A --semi-supervised run: give q(z|x,y) the classifier's most probable class "
+                              "argmax q(y|x), even where the data has labels."),
+        ]  # fmt: skip
+        if label:
+            options.append(click.option("--label", default=None, type=int, metavar="Y", help=label))
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 def _output(path, suffixes):
     if Path(path).suffix.lower() not in suffixes:
         raise UserError(f"-o must name a {' or '.join(suffixes)} file, got {path}")
@@ -478,22 +502,29 @@ def _output(path, suffixes):
 @click.option("--samples", default=None, type=click.IntRange(1),
               help="K: draws per item for --what samples [default 1]; Monte Carlo draws for a flow guide's "
                    "mean and scale [default 256].")  # fmt: skip
-@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
+@_label_options()
 @_split_options
 @trust_options
-def encode(run_dir, output, what, samples, labels, split, data_file, seed, device, trust_guide, guide, arch):
-    """Encode data with the run's guide q(z|x) and save the codes (and labels when known)."""
+def encode(run_dir, output, what, samples, labels, use_classifier, split, data_file, seed, device, trust_guide, guide,
+           arch):  # fmt: skip
+    """Encode data with the run's guide q(z|x) and save the codes (and labels when known).
+
+    A run with labels encodes with q(z|x,y): a --conditional run with the items' labels (the split's, the --data
+    file's, or --labels), a --semi-supervised run with them too when there are any, else (or with
+    --use-classifier) with the classifier's most probable class. The labels saved beside the codes are the
+    labels used, and the output line says where they came from."""
     from .runs.run import load_run
 
     _output(output, (".npy", ".csv"))
     from .runs.latent import encode_run, labels_path
 
     run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
-    codes, labels = encode_run(run, split=split, data=data_file, what=what, samples=samples, labels=labels, path=output,
-                               seed=seed)  # fmt: skip
-
+    result = encode_run(run, split=split, data=data_file, what=what, samples=samples, labels=labels, path=output,
+                        seed=seed, use_classifier=use_classifier)  # fmt: skip
+    codes, labels = result
     beside = "" if labels is None else (" with labels" + (f" in {labels_path(output)}" if output.lower().endswith(".npy") else ""))
-    click.echo(f"wrote {what} codes of shape {tuple(codes.shape)} to {output}{beside}")
+    used = "" if result.source is None else f" (q(z|x,y), y: {result.source})"
+    click.echo(f"wrote {what} codes of shape {tuple(codes.shape)} to {output}{beside}{used}")
 
 
 @cli.command()
@@ -501,15 +532,20 @@ def encode(run_dir, output, what, samples, labels, split, data_file, seed, devic
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("-n", "--num", default=16, show_default=True, type=click.IntRange(1), help="How many items.")
 @click.option("--sample", is_flag=True, help="Decode one draw from q(z|x) instead of its mean.")
+@_label_options()
 @_split_options
 @trust_options
-def reconstruct(run_dir, output, num, sample, split, data_file, seed, device, trust_guide, guide, arch):
-    """Save items (top row) above their reconstructions as a PNG."""
+def reconstruct(run_dir, output, num, sample, labels, use_classifier, split, data_file, seed, device, trust_guide,
+                guide, arch):  # fmt: skip
+    """Save items (top row) above their reconstructions as a PNG.
+
+    A run with labels encodes each item with q(z|x,y) and decodes it with the same y: the items' labels (as for
+    encode; the title says which)."""
     from .runs.run import load_run
 
     _output(output, (".png",))
     run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
-    recon = run.save_reconstructions(output, num, split, data_file, sample, seed)
+    recon = run.save_reconstructions(output, num, split, data_file, sample, seed, labels, use_classifier)
     click.echo(f"wrote {len(recon)} items and their reconstructions to {output}")
 
 
@@ -519,15 +555,21 @@ def reconstruct(run_dir, output, num, sample, split, data_file, seed, device, tr
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(2), help="Codes on the path, ends included.")
 @click.option("--slerp", is_flag=True, help="Spherical instead of straight path.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@_label_options(label="A run with labels: decode the path with class Y [default: the two items' common label].")
 @_split_options
 @trust_options
-def interpolate(run_dir, items, steps, slerp, output, split, data_file, seed, device, trust_guide, guide, arch):
-    """Decode the path between two items' posterior means (one row, the two items at its ends)."""
+def interpolate(run_dir, items, steps, slerp, output, labels, use_classifier, label, split, data_file, seed, device,
+                trust_guide, guide, arch):  # fmt: skip
+    """Decode the path between two items' posterior means (one row, the two items at its ends).
+
+    A run with labels encodes each item with its own label, q(z|x_i,y_i) (labels as for encode), and decodes
+    the whole path with one class held fixed: --label, by default the items' common label (items of two
+    different labels need --label)."""
     from .runs.run import load_run
 
     _output(output, (".png",))
     run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
-    run.interpolate(items[0], items[1], steps, slerp, split, data_file, output, seed)
+    run.interpolate(items[0], items[1], steps, slerp, split, data_file, output, seed, label, labels, use_classifier)
     click.echo(f"wrote a {steps}-step {'spherical' if slerp else 'linear'} interpolation to {output}")
 
 
@@ -553,17 +595,26 @@ def _units(spec):
 @click.option("--item", default=None, type=click.IntRange(0),
               help="Start from this item's posterior mean [default: the prior mean 0].")  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@_label_options(label="A run with labels: decode with class Y [default: --item's label; without --item, every "
+                      "class, one row each].")
 @_split_options
 @trust_options
-def traverse(run_dir, units, top, span, steps, item, output, split, data_file, seed, device, trust_guide, guide, arch):
-    """Latent traversals: one row per unit, the others held fixed, units ordered by their KL over the data."""
+def traverse(run_dir, units, top, span, steps, item, output, labels, use_classifier, label, split, data_file, seed,
+             device, trust_guide, guide, arch):  # fmt: skip
+    """Latent traversals: one row per unit, the others held fixed, units ordered by their KL over the data.
+
+    A run with labels: the KL is that of q(z|x,y) with the items' labels (as for encode); the images are decoded
+    with the class --label, by default --item's label, and with neither, with every class: one block of one row
+    per class for each unit (use --top or --units to keep it short)."""
     from .runs.run import load_run
 
     _output(output, (".png",))
     run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
-    order, kl, _ = run.traverse(_units(units), span, steps, item, top, split, data_file, output, seed)
+    order, kl, images = run.traverse(_units(units), span, steps, item, top, split, data_file, output, seed, label,
+                                     labels, use_classifier)  # fmt: skip
     shown = ", ".join(f"z{u} ({k:.2f} nats)" for u, k in zip(order, kl))
-    click.echo(f"wrote traversals of {len(order)} units to {output}: {shown}")
+    every = f", each with all {images.shape[1]} classes" if images.ndim == 4 else ""
+    click.echo(f"wrote traversals of {len(order)} units{every} to {output}: {shown}")
 
 
 @cli.command()
@@ -572,16 +623,19 @@ def traverse(run_dir, units, top, span, steps, item, output, split, data_file, s
               help="PNG file to write.")  # fmt: skip
 @click.option("--method", default="auto", show_default=True, type=click.Choice(["auto", "pca", "tsne"]),
               help="z = 2: the plane itself; else PCA (auto) or t-SNE (slow beyond a few thousand items).")  # fmt: skip
-@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="A .npy of shape (N,): your labels.")
+@_label_options()
 @_split_options
 @trust_options
-def latents(run_dir, output, method, labels, split, data_file, seed, device, trust_guide, guide, arch):
-    """Scatter the posterior means, coloured by label when the data has labels."""
+def latents(run_dir, output, method, labels, use_classifier, split, data_file, seed, device, trust_guide, guide, arch):
+    """Scatter the posterior means, coloured by label when the data has labels.
+
+    A run with labels scatters the means of q(z|x,y), coloured by the y given (labels as for encode; the title
+    says which): with z meant to hold what the label does not, the classes should mix."""
     from .runs.run import load_run
 
     _output(output, (".png",))
     run = load_run(run_dir, device, trust_guide=trust_guide, guide=guide, arch=arch)
-    coords, used = run.latents(output, method, split, data_file, labels, seed)
+    coords, used = run.latents(output, method, split, data_file, labels, seed, use_classifier)
     click.echo(f"wrote a scatter of {len(coords)} posterior means ({used}) to {output}")
 
 

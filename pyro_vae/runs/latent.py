@@ -32,20 +32,29 @@ a given mean and variance the Gaussian has the largest entropy, and
 command calls :func:`encode_run`, :func:`save_reconstructions`, :func:`interpolate_run`, :func:`traverse_run` or
 :func:`latents_run` here, on the items of :func:`run_items`):
 
-``pyro-vae encode RUN [--split train|val|test | --data FILE] [--labels FILE] [--what mean|scale|samples] [--samples K] -o z.npy|z.csv``
+``pyro-vae encode RUN [--split train|val|test | --data FILE] [--labels FILE] [--use-classifier] [--what mean|scale|samples] [--samples K] -o z.npy|z.csv``
     :func:`encode` on the chosen split (default ``test``) or a user's array, then :func:`save_codes`:
     ``z.npy`` holds ``(N, z)`` (or ``(N, K, z)`` for ``--what samples``) and ``z.labels.npy`` the
     labels when the data has them; ``z.csv`` has the header ``z0,...,z{d-1}[,label]``.
 ``pyro-vae reconstruct RUN [--split ...] [-n 16] [--sample] -o FILE.png``
     test inputs above :func:`reconstruct` (decoder means at the posterior mean, or at one draw
     with ``--sample``), drawn with :func:`pyro_vae.runs.plots.save_image_rows`.
-``pyro-vae interpolate RUN --items I J [--steps 10] [--slerp] [--split ...] -o FILE.png``
+``pyro-vae interpolate RUN --items I J [--steps 10] [--slerp] [--label Y] [--split ...] -o FILE.png``
     :func:`interpolate` between items ``I`` and ``J`` of the split: one row of ``steps`` images.
-``pyro-vae traverse RUN [--item I] [--units U ...] [--top N] [--range 3] [--steps 9] -o FILE.png``
+``pyro-vae traverse RUN [--item I] [--units U ...] [--top N] [--range 3] [--steps 9] [--label Y] -o FILE.png``
     :func:`traverse`: one row per unit (ordered by KL over the split unless ``--units`` is
     given), labelled with the unit and its KL in nats.
 ``pyro-vae latents RUN [--split ...] [--labels FILE] [--method auto|pca|tsne] -o latents.png``
     :func:`encode` then :func:`latent_scatter`, coloured by label when the data has labels.
+
+**Runs with labels** (``--conditional``, ``--semi-supervised``; :mod:`pyro_vae.vae.labels`): every tool uses the
+guide :math:`q_\phi(z \mid x, y)` and the decoder :math:`\mathbb{E}[x \mid z, y]`, with the labels of
+:func:`run_labels`: the items' own (the split's, the ``--data`` file's, or ``--labels FILE``), required by a
+conditional run; a semi-supervised run without them (or with ``--use-classifier``) uses its classifier's most
+probable class. ``encode`` saves the labels used; ``reconstruct`` decodes each item with its label;
+``interpolate`` encodes each end with its label and decodes the path with one class (``--label``, default the
+items' common label); ``traverse`` decodes with ``--label``, default ``--item``'s label, else every class (one
+row per class for each unit); ``latents`` colours by the labels used.
 
 Errors a user can cause raise :class:`~pyro_vae.errors.UserError`.
 """
@@ -60,6 +69,7 @@ import torch
 from ..data.files import label_column
 from ..errors import UserError
 from ..vae.guides import preserved_rng
+from ..vae.labels import LabelledVAE, SemiSupervisedVAE, check_labels
 from ..vae.priors import StandardPrior
 
 #: draws per item for the Monte Carlo moments of a guide without closed-form mean or variance
@@ -106,6 +116,52 @@ def _batches(n, batch_size):
         yield slice(start, min(n, start + batch_size))
 
 
+def _labelled(vae):
+    return isinstance(vae, LabelledVAE)
+
+
+def class_indices(labels, num_classes, n, what="the labels"):
+    """``labels`` (``(n,)``, NumPy or torch) as class indices ``0 .. num_classes - 1`` (a long tensor).
+
+    :raises UserError: labels that are not whole numbers (strings included), out of range, or not ``n`` of them.
+    """
+    if isinstance(labels, np.ndarray) and labels.dtype.kind not in "biuf":
+        raise UserError(f"{what} must be class indices 0..{num_classes - 1}, got {labels.dtype} values")
+    return check_labels(labels, num_classes, n, what)
+
+
+@torch.no_grad()
+def guide_labels(vae, x, labels=None, batch_size=1024):
+    r"""The labels :math:`y` a model with labels gives its guide :math:`q_\phi(z \mid x, y)` for the items ``x``.
+
+    - ``labels`` given (``(N,)`` class indices): those, checked.
+    - ``labels=None``: a :class:`~pyro_vae.vae.labels.SemiSupervisedVAE` uses its classifier's most probable
+      class, :math:`\arg\max_y q_\phi(y \mid x)`; a :class:`~pyro_vae.vae.labels.ConditionalVAE` has no
+      classifier and refuses.
+    - a plain :class:`~pyro_vae.vae.model.VAE` (guide :math:`q_\phi(z \mid x)`): ``None``.
+
+    :returns: a long tensor ``(N,)`` on the model's device, or ``None`` for a plain VAE.
+    :raises UserError: missing labels for a conditional model; labels out of range or of the wrong length;
+        labels given to a plain VAE.
+    """
+    if not _labelled(vae):
+        if labels is not None:
+            raise UserError("labels apply to runs with labels (--conditional, --semi-supervised); this model's "
+                            "guide is q(z | x)")  # fmt: skip
+        return None
+    device = _param(vae).device
+    if labels is None:
+        if isinstance(vae, SemiSupervisedVAE):
+            return torch.cat([vae.predict(_as_batch(vae, x[s])) for s in _batches(len(x), batch_size)]).to(device)
+        raise UserError("a --conditional model needs the items' labels: its guide is q(z | x, y)")
+    return class_indices(labels, vae.num_classes, len(x)).to(device)
+
+
+def _guide(vae, batch, y):
+    r""":math:`q(z \mid x)` of a plain VAE, :math:`q(z \mid x, y)` (``y`` ``(B,)``) of a model with labels."""
+    return vae.encoder(batch) if y is None else vae.encoder(vae.pack(batch, y))
+
+
 def _closed_form(q, name):
     try:
         return getattr(q, name)
@@ -114,14 +170,15 @@ def _closed_form(q, name):
 
 
 @torch.no_grad()
-def posterior_moments(vae, x, samples=MC_SAMPLES):
-    """Per-unit mean and variance of :math:`q_\\phi(z \\mid x)` for one batch, each ``(B, z_dim)`` (torch).
+def posterior_moments(vae, x, samples=MC_SAMPLES, labels=None):
+    """Per-unit mean and variance of :math:`q_\\phi(z \\mid x)` for one batch, each ``(B, z_dim)`` (torch);
+    for a model with labels of :math:`q_\\phi(z \\mid x, y)`, ``y`` from :func:`guide_labels` (``labels``).
 
     Closed form when the guide's distribution has ``mean`` and ``variance``; otherwise from
     ``samples`` draws under the caller's random state (see the module docstring). Returns
     ``(mean, variance, exact)``.
     """
-    q = vae.encoder(x)
+    q = _guide(vae, x, guide_labels(vae, x, labels))
     mean, var = _closed_form(q, "mean"), _closed_form(q, "variance")
     if mean is not None and var is not None:
         return mean, var, True
@@ -135,8 +192,10 @@ def posterior_moments(vae, x, samples=MC_SAMPLES):
 
 
 @torch.no_grad()
-def encode(vae, x, what="mean", samples=None, batch_size=1024, seed=0):
-    r"""Latent codes of the items of ``x`` under the guide :math:`q_\phi(z \mid x)`.
+def encode(vae, x, what="mean", samples=None, batch_size=1024, seed=0, labels=None):
+    r"""Latent codes of the items of ``x`` under the guide :math:`q_\phi(z \mid x)`, or for a model with
+    labels :math:`q_\phi(z \mid x, y)` with ``y`` the items' ``labels`` (see :func:`guide_labels`: without
+    them a semi-supervised model uses its classifier's most probable class, a conditional one refuses).
 
     :param vae: a :class:`~pyro_vae.vae.model.VAE` (in eval mode).
     :param x: ``(N, *item_shape)`` data prepared as the VAE expects (torch or NumPy).
@@ -149,8 +208,10 @@ def encode(vae, x, what="mean", samples=None, batch_size=1024, seed=0):
         the scale over :math:`\sqrt K`.
     :param int batch_size: items per forward pass.
     :param int seed: seeds the draws; the global random state is unchanged.
+    :param labels: ``(N,)`` class indices, for a model with labels only.
     :returns: a float NumPy array (latent units, the same units as ``z``).
-    :raises UserError: an unknown ``what``, ``samples`` or ``batch_size`` below 1, empty data.
+    :raises UserError: an unknown ``what``, ``samples`` or ``batch_size`` below 1, empty data; the labels
+        errors of :func:`guide_labels`.
     """
     if what not in WHATS:
         raise UserError(f"unknown latent quantity {what!r}: choose one of {', '.join(WHATS)}")
@@ -158,39 +219,59 @@ def encode(vae, x, what="mean", samples=None, batch_size=1024, seed=0):
         raise UserError(f"samples must be at least 1, got {samples}")
     _check_data(x)
     k = samples if samples is not None else (1 if what == "samples" else MC_SAMPLES)
+    y = guide_labels(vae, x, labels, batch_size)
     out = []
     with seeded(_param(vae).device, seed):
         for s in _batches(x.shape[0], batch_size):
-            batch = _as_batch(vae, x[s])
+            batch, yb = _as_batch(vae, x[s]), None if y is None else y[s]
             if what == "samples":
-                z = vae.encoder(batch).sample((k,))  # (K, B, z)
+                z = _guide(vae, batch, yb).sample((k,))  # (K, B, z)
                 out.append(z.transpose(0, 1).cpu())
             else:
-                mean, var, _ = posterior_moments(vae, batch, max(k, 2))
+                mean, var, _ = posterior_moments(vae, batch, max(k, 2), yb)
                 out.append((mean if what == "mean" else var.sqrt()).cpu())
     return torch.cat(out).numpy()
 
 
 @torch.no_grad()
-def reconstruct(vae, x, sample=False, batch_size=1024, seed=0):
+def reconstruct(vae, x, sample=False, batch_size=1024, seed=0, labels=None):
     r"""Decoder means :math:`\mathbb{E}[x \mid z]` at the posterior mean of each item (``sample=False``)
     or at one draw :math:`z \sim q_\phi(z \mid x)` (``sample=True``, as :meth:`VAE.reconstruct
-    <pyro_vae.vae.model.VAE.reconstruct>`). Returns a NumPy array ``(N, D)`` (the decoder's output shape)."""
+    <pyro_vae.vae.model.VAE.reconstruct>`). Returns a NumPy array ``(N, D)`` (the decoder's output shape).
+    A model with labels encodes with :math:`q_\phi(z \mid x, y)` and decodes :math:`\mathbb{E}[x \mid z, y]`
+    with the same ``y``, the items' ``labels`` (:func:`guide_labels`)."""
+    y = guide_labels(vae, x, labels, batch_size)
     z = encode(vae, x, "samples" if sample else "mean", samples=1 if sample else None,
-               batch_size=batch_size, seed=seed)  # fmt: skip
+               batch_size=batch_size, seed=seed, labels=y)  # fmt: skip
     if sample:
         z = z[:, 0]
-    return decode(vae, z, batch_size)
+    return decode(vae, z, batch_size, labels=y)
 
 
 @torch.no_grad()
-def decode(vae, z, batch_size=1024):
-    """Decoder means for codes ``z`` of shape ``(..., z_dim)`` (NumPy or torch) -> NumPy ``(..., D)``."""
+def decode(vae, z, batch_size=1024, labels=None):
+    """Decoder means for codes ``z`` of shape ``(..., z_dim)`` (NumPy or torch) -> NumPy ``(..., D)``.
+
+    A model with labels decodes :math:`\\mathbb{E}[x \\mid z, y]`: ``labels`` is one class (an ``int``) for every
+    code, or class indices of a shape that broadcasts against ``z.shape[:-1]``.
+
+    :raises UserError: codes of another size; a model with labels without ``labels``, a class out of range;
+        ``labels`` for a plain VAE.
+    """
     z = _as_batch(vae, z)
     if z.shape[-1] != vae.z_dim:
         raise UserError(f"codes have {z.shape[-1]} units, the model has z_dim = {vae.z_dim}")
     flat = z.reshape(-1, vae.z_dim)
-    out = torch.cat([vae.decode(flat[s]).cpu() for s in _batches(flat.shape[0], batch_size)])
+    if not _labelled(vae):
+        if labels is not None:
+            raise UserError("labels apply to runs with labels (--conditional, --semi-supervised)")
+        out = torch.cat([vae.decode(flat[s]).cpu() for s in _batches(flat.shape[0], batch_size)])
+    else:
+        if labels is None:
+            raise UserError("a model with labels decodes E[x | z, y]: give the class of each code")
+        y = torch.as_tensor(labels, device=flat.device)
+        y = class_indices(y.expand(z.shape[:-1]).reshape(-1), vae.num_classes, len(flat), "the class to decode with")
+        out = torch.cat([vae.decode(flat[s], y[s]).cpu() for s in _batches(flat.shape[0], batch_size)])
     return out.reshape(*z.shape[:-1], *out.shape[1:]).numpy()
 
 
@@ -296,9 +377,32 @@ def interpolation_codes(z0, z1, steps=10, slerp_path=False):
     return slerp(z0, z1, t) if slerp_path else (1 - t[:, None]) * z0 + t[:, None] * z1
 
 
+def path_label(vae, ends, label=None):
+    """The class a model with labels decodes an interpolation with: ``label`` when given (checked), else the
+    label the two items share (``ends``, their two labels).
+
+    :raises UserError: ``label`` out of range or given to a plain VAE; two items of different labels and no ``label``.
+    """
+    if not _labelled(vae):
+        if label is not None:
+            raise UserError("--label applies to runs with labels (trained with --conditional or --semi-supervised)")
+        return None
+    if label is not None:
+        return int(class_indices(torch.tensor([label]), vae.num_classes, 1, "--label")[0])
+    a, b = (int(v) for v in ends)
+    if a != b:
+        raise UserError(f"the two items have different labels ({a} and {b}) and the path is decoded with one class: "
+                        f"give it with --label (0..{vae.num_classes - 1})")  # fmt: skip
+    return a
+
+
 @torch.no_grad()
-def interpolate(vae, x_i, x_j, steps=10, slerp=False, seed=0, samples=None):
+def interpolate(vae, x_i, x_j, steps=10, slerp=False, seed=0, samples=None, labels=None, label=None):
     r"""Decoder means along a path between the posterior means of two items.
+
+    A model with labels encodes each item with its own label, :math:`q_\phi(z \mid x_i, y_i)` (``labels``:
+    the two items' labels, default as :func:`guide_labels`), and decodes the whole path with one class held
+    fixed, :math:`\mathbb{E}[x \mid z_t, y]`: ``label``, by default the items' common label (:func:`path_label`).
 
     :param x_i, x_j: one item each, of the VAE's item shape (``(D,)``, or ``(C, H, W)`` for image nets),
         prepared as the VAE expects.
@@ -306,14 +410,18 @@ def interpolate(vae, x_i, x_j, steps=10, slerp=False, seed=0, samples=None):
     :param bool slerp: the spherical path of :func:`slerp` instead of the straight line.
     :param int seed, samples: for the Monte Carlo posterior mean of flow guides (see :func:`encode`).
     :returns: ``(codes, images)``: NumPy ``(steps, z_dim)`` and ``(steps, D)``.
-    :raises UserError: fewer than 2 steps, items of different shapes.
+    :raises UserError: fewer than 2 steps, items of different shapes; the labels errors of :func:`guide_labels`
+        and :func:`path_label`.
     """
     x_i, x_j = torch.as_tensor(x_i), torch.as_tensor(x_j)
     if x_i.shape != x_j.shape:
         raise UserError(f"the two items have different shapes {tuple(x_i.shape)} and {tuple(x_j.shape)}")
-    z = encode(vae, torch.stack([x_i, x_j]), "mean", samples=samples, seed=seed)
+    pair = torch.stack([x_i, x_j])
+    ends = guide_labels(vae, pair, labels)
+    y = path_label(vae, ends if ends is not None else (None, None), label)
+    z = encode(vae, pair, "mean", samples=samples, seed=seed, labels=ends)
     codes = interpolation_codes(z[0], z[1], steps, slerp)
-    return codes.astype(z.dtype), decode(vae, codes)
+    return codes.astype(z.dtype), decode(vae, codes, labels=y)
 
 
 # Traversals ---------------------------------------------------------------------------------------
@@ -325,15 +433,17 @@ def gaussian_unit_kl(mean, var):
 
 
 @torch.no_grad()
-def unit_kl(vae, data, samples=MC_SAMPLES, batch_size=1024, seed=0):
+def unit_kl(vae, data, samples=MC_SAMPLES, batch_size=1024, seed=0, labels=None):
     r"""Average over the items of ``data`` of :math:`\mathrm{KL}(q(z_j \mid x) \,\|\, \mathcal{N}(0, 1))`,
     per unit ``j``: NumPy ``(z_dim,)`` in nats. Exact for Gaussian guides, a Monte Carlo lower
-    bound from ``samples`` draws for others (see the module docstring)."""
+    bound from ``samples`` draws for others (see the module docstring). A model with labels: of
+    :math:`q(z_j \mid x, y)`, ``y`` the items' ``labels`` (:func:`guide_labels`)."""
     _check_data(data, "data")
+    y = guide_labels(vae, data, labels, batch_size)
     total = torch.zeros(vae.z_dim, dtype=torch.float64)
     with seeded(_param(vae).device, seed):
         for s in _batches(data.shape[0], batch_size):
-            mean, var, _ = posterior_moments(vae, _as_batch(vae, data[s]), samples)
+            mean, var, _ = posterior_moments(vae, _as_batch(vae, data[s]), samples, None if y is None else y[s])
             total += gaussian_unit_kl(mean.double(), var.double()).sum(0).cpu()
     return (total / data.shape[0]).numpy()
 
@@ -354,7 +464,8 @@ def prior_ranges(vae):
 
 
 @torch.no_grad()
-def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, samples=None, seed=0):
+def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, samples=None, seed=0, label=None,
+             x_label=None, data_labels=None):
     r"""Latent traversals: vary one unit at a time, the others held at the code of an item.
 
     The base code is the posterior mean of the item ``x`` (shape ``item_shape``), or the prior's
@@ -364,12 +475,18 @@ def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, sa
     ``m_j, s_j`` the mean and standard deviation of the prior's marginal of unit ``j``
     (:func:`prior_ranges`). The decoder means are returned.
 
+    A model with labels encodes ``x`` with :math:`q_\phi(z \mid x, y)`, ``y`` its ``x_label`` (default as
+    :func:`guide_labels`), and decodes :math:`\mathbb{E}[x \mid z, y]` with the class ``label``, by default the
+    item's; with neither ``label`` nor ``x``, with every class in turn: the images are then ``(U, C, steps, D)``,
+    one block of ``C`` rows (classes ``0 .. C - 1``) per unit. ``data_labels``: the labels of ``data``, for the KL.
+
     :param units: unit indices in the order wanted; ``None``: all units, ordered by decreasing
         :func:`unit_kl` over ``data`` (by index when ``data`` is None).
     :param int top: keep only the first ``top`` units of that order.
     :param data: ``(N, *item_shape)`` items over which the KL is averaged.
-    :returns: ``(units, images)``: NumPy ``(U,)`` ints and ``(U, steps, D)``.
-    :raises UserError: a unit out of range, ``steps`` below 2, ``span`` not positive.
+    :returns: ``(units, images)``: NumPy ``(U,)`` ints and ``(U, steps, D)`` (``(U, C, steps, D)``, see above).
+    :raises UserError: a unit out of range, ``steps`` below 2, ``span`` not positive; a ``label`` out of range
+        or given to a plain VAE; the labels errors of :func:`guide_labels`.
     """
     if steps < 2:
         raise UserError(f"a traversal needs at least 2 steps, got {steps}")
@@ -377,8 +494,10 @@ def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, sa
         raise UserError(f"the traversal range must be positive, got {span}")
     zd = vae.z_dim
     if units is None:
-        order = np.argsort(-unit_kl(vae, data, samples or MC_SAMPLES, seed=seed), kind="stable") if data is not None \
-            else np.arange(zd)  # fmt: skip
+        if data is None:
+            order = np.arange(zd)
+        else:
+            order = np.argsort(-unit_kl(vae, data, samples or MC_SAMPLES, seed=seed, labels=data_labels), kind="stable")
     else:
         order = np.asarray([int(u) for u in units], dtype=np.int64)
         bad = [int(u) for u in order if not 0 <= u < zd]
@@ -388,16 +507,24 @@ def traverse(vae, x=None, units=None, span=3.0, steps=9, data=None, top=None, sa
         if top < 1:
             raise UserError(f"top must be at least 1, got {top}")
         order = order[:top]
+    y = path_label(vae, (None, None), label) if label is not None or not _labelled(vae) else None
     center, scale = prior_ranges(vae)
     if x is None:
         base = center
     else:
-        base = encode(vae, torch.as_tensor(x)[None], "mean", samples=samples, seed=seed)[0]
+        item = torch.as_tensor(x)[None]
+        own = guide_labels(vae, item, None if x_label is None else [x_label])
+        base = encode(vae, item, "mean", samples=samples, seed=seed, labels=own)[0]
+        y = y if y is not None or own is None else int(own[0])
     values = np.linspace(-span, span, steps)
     codes = np.repeat(base[None, None].astype(np.float64), len(order), 0).repeat(steps, 1)  # (U, steps, z)
     for r, j in enumerate(order):
         codes[r, :, j] = values if _standard(vae) else center[j] + values * scale[j]
-    return order, decode(vae, codes.astype(np.float32))
+    codes = codes.astype(np.float32)
+    if _labelled(vae) and y is None:  # every class in turn: (U, C, steps, z)
+        classes = np.arange(vae.num_classes)[None, :, None]
+        return order, decode(vae, np.repeat(codes[:, None], vae.num_classes, 1), labels=classes)
+    return order, decode(vae, codes, labels=y)
 
 
 # The scatter of the codes -------------------------------------------------------------------------
@@ -441,8 +568,10 @@ def project_2d(codes, method="auto", seed=0, tsne_options=None):
     return PCA(n_components=2).fit_transform(codes), "pca"
 
 
-def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0, title=None, tsne_options=None):
+def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0, title=None, tsne_options=None,
+                   note=None):  # fmt: skip
     """Write a 2-D scatter of ``codes`` (``(N, z)``, e.g. posterior means) coloured by ``labels`` as a PNG.
+    The title is ``title``, by default ``"posterior means (<method>)"`` followed by ``note``.
 
     Integer or string labels with at most 20 values get one colour each and a legend; other
     numeric labels a continuous colour map and a colour bar. The projection is :func:`project_2d`.
@@ -456,7 +585,7 @@ def latent_scatter(codes, labels=None, path="latents.png", method="auto", seed=0
     if labels is not None:
         labels = label_column(labels, coords.shape[0], "the labels given")
     axes = {"plane": ("z0", "z1"), "line": ("z0", "jitter"), "pca": ("PC 1", "PC 2"), "tsne": ("t-SNE 1", "t-SNE 2")}
-    plots.save_scatter(coords, labels, path, axes[used], title or f"posterior means ({used})")
+    plots.save_scatter(coords, labels, path, axes[used], title or f"posterior means ({used})" + (f" {note}" if note else ""))
     return coords, used
 
 
@@ -553,45 +682,114 @@ def _display_range(run):
     return run._display_range() if hasattr(run, "_display_range") else (0.0, 1.0)
 
 
-def _no_labels(run, what):
-    """:raises UserError: for a run with labels (``--conditional``, ``--semi-supervised``): the latent tools
-    take items without their labels, which those models' guides need."""
-    if getattr(run, "labelled", False):
-        raise UserError(f"{what} is not available for runs with labels (--conditional, --semi-supervised) yet")
+def _given(labels):
+    """How messages name labels the user gave (``None``: the data's own)."""
+    if labels is None:
+        return None
+    return f"--labels {Path(labels).name}" if isinstance(labels, (str, Path)) else "the labels given"
 
 
-def encode_run(run, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
+def run_labels(run, x, labels, what, given=None, use_classifier=False, tool="encode"):
+    r"""The labels :math:`y` a run with labels gives its guide :math:`q_\phi(z \mid x, y)` for the items ``x`` of
+    :func:`run_items`, and where they come from: ``(y, source)``, ``y`` a long tensor ``(N,)`` on the run's device
+    and ``source`` a phrase for messages and titles (e.g. ``"the labels of the test split"``); ``(None, None)``
+    for a plain run.
+
+    - ``--conditional``: the items' ``labels`` (the split's, the ``--data`` file's, or the user's ``--labels``);
+      without them an error.
+    - ``--semi-supervised``: the items' ``labels`` when there are any, else (and always with ``use_classifier``)
+      the classifier's most probable class :math:`\arg\max_y q_\phi(y \mid x)`.
+
+    :param labels: the items' labels as :func:`run_items` returns them (NumPy ``(N,)`` or None).
+    :param str what: the items, for messages (``"the test split"``).
+    :param given: how to name ``labels`` when the user gave them (``"--labels y.npy"``); ``None``: the data's own.
+    :param str tool: the command, for messages.
+    :raises UserError: no labels for a conditional run; labels that are not class indices of the run's classes;
+        ``use_classifier`` for a run without a classifier, or with ``labels`` the user gave.
+    """
+    vae = run.vae
+    semi = isinstance(vae, SemiSupervisedVAE)
+    if use_classifier and not semi:
+        raise UserError("--use-classifier applies to --semi-supervised runs (only they have a classifier q(y | x))")
+    if not _labelled(vae):
+        return None, None
+    if use_classifier:
+        if given is not None:
+            raise UserError(f"{given} and --use-classifier exclude each other: choose the labels or the classifier")
+        return guide_labels(vae, x), "the classifier's most probable class"
+    if labels is None:
+        if semi:
+            return guide_labels(vae, x), f"the classifier's most probable class ({what} has no labels)"
+        raise UserError(f"{tool} on a --conditional run needs the items' labels ({what} has none): give them with "
+                        "--labels FILE (a .npy of class indices, shape (N,))")  # fmt: skip
+    source = given or f"the labels of {what}"
+    return class_indices(labels, vae.num_classes, len(x), source).to(run.device), source
+
+
+def _plain_only_data_labels(run, labels, tool):
+    if labels is not None and not _labelled(run.vae):
+        raise UserError(f"--labels applies to {tool} on runs with labels (--conditional, --semi-supervised)")
+
+
+class Codes(tuple):
+    """``(codes, labels)`` as :func:`encode_run` returns them, with :attr:`source`: where a run with labels took
+    the labels it gave its guide (``labels`` are then those labels); ``None`` for a plain run (``labels`` are
+    the data's, saved beside the codes)."""
+
+    def __new__(cls, codes, labels, source=None):
+        self = super().__new__(cls, (codes, labels))
+        self.source = source
+        return self
+
+
+def encode_run(run, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0,
+               use_classifier=False):  # fmt: skip
     """:func:`encode` the items of :func:`run_items`; with ``path`` (``.npy``/``.csv``) also :func:`save_codes`.
 
-    :returns: ``(codes, labels)``: ``(N, z)`` (``(N, K, z)`` for ``what="samples"``) and ``(N,)`` or None.
+    A run with labels encodes with :math:`q(z \\mid x, y)`, ``y`` from :func:`run_labels` (``--conditional``: the
+    items' labels, required; ``--semi-supervised``: the items' labels if any, else or with ``use_classifier``
+    the classifier's most probable class); the labels saved beside the codes are those ``y``.
+
+    :returns: a :class:`Codes`, ``(codes, labels)``: ``(N, z)`` (``(N, K, z)`` for ``what="samples"``) and
+        ``(N,)`` or None.
     """
-    _no_labels(run, "encode")
     if path is not None and Path(path).suffix.lower() not in (".npy", ".csv"):
         raise UserError(f"cannot write codes to {Path(path).name}: use a .npy or .csv file")
     if path is not None and what == "samples" and Path(path).suffix.lower() == ".csv":
         raise UserError("a CSV holds one code per item; --what samples needs a .npy file")
-    x, labels, _ = run_items(run, split, data, labels)
-    codes = encode(run.vae, x, what, samples=samples, seed=seed)
+    x, own, items = run_items(run, split, data, labels)
+    y, source = run_labels(run, x, own, items, _given(labels), use_classifier, "encode")
+    codes = encode(run.vae, x, what, samples=samples, seed=seed, labels=y)
+    used = own if y is None else y.cpu().numpy()
     if path is not None:
-        save_codes(path, codes, labels)
-    return codes, labels
+        save_codes(path, codes, used)
+    return Codes(codes, used, source)
 
 
-def save_reconstructions(run, path, n=16, split="test", data=None, sample=False, seed=0):
+def save_reconstructions(run, path, n=16, split="test", data=None, sample=False, seed=0, labels=None,
+                         use_classifier=False):  # fmt: skip
     """Write ``path``: the first ``n`` items (top row) above their reconstructions (:func:`reconstruct`,
-    at the posterior mean, or at one draw with ``sample``). Returns the reconstructions ``(n, D)``."""
+    at the posterior mean, or at one draw with ``sample``). Returns the reconstructions ``(n, D)``.
+
+    A run with labels encodes and decodes each item with its label, from :func:`run_labels` (``labels``,
+    ``use_classifier``); the title says which."""
     from . import plots
 
     _check_png(path)
     if n < 1:
         raise UserError(f"-n must be at least 1, got {n}")
-    x, _, what = run_items(run, split, data)
-    x = x[:n]
-    recon = reconstruct(run.vae, x, sample=sample, seed=seed)
-    how = "one draw from q(z|x)" if sample else "the posterior mean"
-    plots.save_image_rows(np.stack([x.reshape(len(x), -1).cpu().numpy(), recon]), run.image_shape, path, row_labels=["input", "recon"],
-                          title=f"{len(x)} items of {what} and their reconstructions at {how}",
-                          value_range=_display_range(run))  # fmt: skip
+    _plain_only_data_labels(run, labels, "reconstruct")
+    x, own, what = run_items(run, split, data, labels)
+    x, own = x[:n], None if own is None else own[:n]
+    y, source = run_labels(run, x, own, what, _given(labels), use_classifier, "reconstruct")
+    recon = reconstruct(run.vae, x, sample=sample, seed=seed, labels=y)
+    q = "q(z|x)" if y is None else "q(z|x,y)"
+    how = f"one draw from {q}" if sample else f"the posterior mean of {q}"
+    title = f"{len(x)} items of {what} and their reconstructions at {how}"
+    if y is not None:
+        title += f";\ny: {source} ({', '.join(str(int(v)) for v in y[:12])}{', ...' if len(y) > 12 else ''})"
+    plots.save_image_rows(np.stack([x.reshape(len(x), -1).cpu().numpy(), recon]), run.image_shape, path,
+                          row_labels=["input", "recon"], title=title, value_range=_display_range(run))  # fmt: skip
     return recon
 
 
@@ -601,60 +799,95 @@ def _item_index(i, n, what):
     return int(i)
 
 
-def interpolate_run(run, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0):
+def interpolate_run(run, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0, label=None,
+                    labels=None, use_classifier=False):  # fmt: skip
     """:func:`interpolate` between items ``i`` and ``j`` of :func:`run_items`; with ``path``, a PNG row of the
-    ``steps`` decoded images. Returns ``(codes (steps, z), images (steps, D))``."""
-    _no_labels(run, "interpolate")
+    ``steps`` decoded images. Returns ``(codes (steps, z), images (steps, D))``.
+
+    A run with labels encodes each item with its own label (:func:`run_labels`: ``labels``, ``use_classifier``)
+    and decodes the path with one class held fixed: ``label``, by default the two items' common label (two items
+    of different labels and no ``label``: an error)."""
     from . import plots
 
     _check_png(path)
-    x, _, what = run_items(run, split, data)
+    _plain_only_data_labels(run, labels, "interpolate")
+    x, own, what = run_items(run, split, data, labels)
     i, j = _item_index(i, len(x), what), _item_index(j, len(x), what)
-    codes, images = interpolate(run.vae, x[i], x[j], steps=steps, slerp=slerp, seed=seed)
+    ends, source = run_labels(run, x[[i, j]], None if own is None else own[[i, j]], what, _given(labels),
+                              use_classifier, "interpolate")  # fmt: skip
+    codes, images = interpolate(run.vae, x[i], x[j], steps=steps, slerp=slerp, seed=seed, labels=ends, label=label)
     if path is not None:
         rows = np.stack([np.concatenate([x[i : i + 1].reshape(1, -1).cpu().numpy(), images, x[j : j + 1].reshape(1, -1).cpu().numpy()])])
         kind = "spherical (slerp)" if slerp else "linear"
-        plots.save_image_rows(rows, run.image_shape, path,
-                              title=f"items {i} and {j} of {what} (ends), {kind} path between their posterior means",
-                              value_range=_display_range(run))  # fmt: skip
+        title = f"items {i} and {j} of {what} (ends), {kind} path between their posterior means"
+        if ends is not None:
+            held = path_label(run.vae, ends, label)
+            title += (f";\nlabels {int(ends[0])} and {int(ends[1])} ({source}), the path decoded with class {held}")
+        plots.save_image_rows(rows, run.image_shape, path, title=title, value_range=_display_range(run))
     return codes, images
 
 
-def traverse_run(run, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0):
+def traverse_run(run, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0,
+                 label=None, labels=None, use_classifier=False):  # fmt: skip
     """:func:`traverse` with the units ordered by :func:`unit_kl` over :func:`run_items` (unless ``units``
     are given), from the item ``item``'s posterior mean (default: the prior mean 0). With ``path``,
     a PNG with one row per unit labelled ``z<j>  KL <nats>``.
 
-    :returns: ``(units (U,), kl (U,) nats, images (U, steps, D))``.
+    A run with labels: the KL is that of :math:`q(z_j \\mid x, y)` over the items with their labels
+    (:func:`run_labels`: ``labels``, ``use_classifier``); the images are decoded with the class ``label``, by
+    default ``item``'s label, and with neither, with every class: one block of ``C`` rows per unit.
+
+    :returns: ``(units (U,), kl (U,) nats, images (U, steps, D))``; ``(U, C, steps, D)`` for every class.
     """
-    _no_labels(run, "traverse")
     from . import plots
 
     _check_png(path)
-    x, _, what = run_items(run, split, data)
-    kl = unit_kl(run.vae, x, seed=seed)
+    _plain_only_data_labels(run, labels, "traverse")
+    if label is not None:
+        path_label(run.vae, (None, None), label)  # checked before the work
+    x, own, what = run_items(run, split, data, labels)
+    y, source = run_labels(run, x, own, what, _given(labels), use_classifier, "traverse")
+    kl = unit_kl(run.vae, x, seed=seed, labels=y)
     if units is None:
         units = np.argsort(-kl, kind="stable")
-    base = None if item is None else x[_item_index(item, len(x), what)]
-    order, images = traverse(run.vae, base, units=units, span=span, steps=steps, top=top, seed=seed)
+    index = None if item is None else _item_index(item, len(x), what)
+    base = None if index is None else x[index]
+    x_label = None if y is None or index is None else int(y[index])
+    order, images = traverse(run.vae, base, units=units, span=span, steps=steps, top=top, seed=seed, label=label,
+                             x_label=x_label)  # fmt: skip
     if path is not None:
-        labels = [f"z{u}  KL {kl[u]:.2f}" for u in order]
         start = "the prior mean" if item is None else f"item {item}"
         if _standard(run.vae):
             title = f"each unit from -{span:g} to {span:g} around {start}; KL over {what}"
         else:
             title = (f"each unit over ±{span:g} sd of {run.vae.prior_module.describe()}'s marginal, around {start}; "
                      f"KL to N(0, 1) over {what}")  # fmt: skip
-        plots.save_image_rows(images, run.image_shape, path, row_labels=labels, title=title,
+        rows, row_labels = images, [f"z{u}  KL {kl[u]:.2f}" for u in order]
+        if images.ndim == 4:  # every class: a block of C rows per unit
+            c = run.vae.num_classes
+            rows = images.reshape(len(order) * c, *images.shape[2:])
+            row_labels = [f"z{u}  KL {kl[u]:.2f}  y=0" if k == 0 else f"y={k}" for u in order for k in range(c)]
+            title += f";\nKL of q(z|x,y), y: {source}; decoded with each class (one row per class)"
+        elif y is not None:
+            held = label if label is not None else x_label
+            title += f";\nKL of q(z|x,y), y: {source}; decoded with class {held}"
+        plots.save_image_rows(rows, run.image_shape, path, row_labels=row_labels, title=title,
                               value_range=_display_range(run))  # fmt: skip
     return order, kl[order], images
 
 
-def latents_run(run, path, method="auto", split="test", data=None, labels=None, seed=0, tsne_options=None):
+def latents_run(run, path, method="auto", split="test", data=None, labels=None, seed=0, tsne_options=None,
+                use_classifier=False):  # fmt: skip
     """:func:`latent_scatter` of the posterior means of :func:`run_items`, coloured by their labels.
-    Returns ``(coords (N, 2), method used)``."""
-    _no_labels(run, "latents")
+    Returns ``(coords (N, 2), method used)``.
+
+    A run with labels: the means of :math:`q(z \\mid x, y)`, ``y`` from :func:`run_labels` (``labels``,
+    ``use_classifier``), and the points coloured by those ``y``; the title says which labels."""
     _check_png(path)
-    x, labels, what = run_items(run, split, data, labels)
-    codes = encode(run.vae, x, "mean", seed=seed)
-    return latent_scatter(codes, labels, path, method, seed, tsne_options=tsne_options)
+    x, own, what = run_items(run, split, data, labels)
+    y, source = run_labels(run, x, own, what, _given(labels), use_classifier, "latents")
+    codes = encode(run.vae, x, "mean", seed=seed, labels=y)
+    if y is None:
+        return latent_scatter(codes, own, path, method, seed, tsne_options=tsne_options)
+    return latent_scatter(codes, y.cpu().numpy(), path, method, seed, tsne_options=tsne_options,
+                          note=f"q(z|x,y) of {what};\ny and colour: {source}")

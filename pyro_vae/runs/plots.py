@@ -216,8 +216,8 @@ def save_image_rows(rows, image_shape, path, row_labels=None, title=None, value_
     grid = image_grid(rows.reshape(r * s, -1), image_shape, nrow=s, padding=1, value_range=value_range)
     height, width = grid.shape[:2]
     k = int(np.clip(np.ceil(600 / width), 1, 8))
-    label_w = 90 if row_labels else 0
-    title_h = 30 if title else 0
+    label_w = max(90, 7 * max(len(text) for text in row_labels)) if row_labels else 0  # ~7 px a character at 8 pt
+    title_h = 14 + 16 * (title.count("\n") + 1) if title else 0
     fig_w, fig_h = width * k + label_w, height * k + title_h
     fig = plt.figure(figsize=(fig_w / 100, fig_h / 100), dpi=100)
     ax = fig.add_axes([label_w / fig_w, 0, width * k / fig_w, height * k / fig_h])

@@ -86,7 +86,7 @@ class Run:
         cells = "".join(f"<tr><th style='text-align:left'>{html.escape(label)}</th>"
                         f"<td style='text-align:left'>{html.escape(text)}</td></tr>" for label, text in self._summary())
         pictures = ""
-        for name in ("curves.png", "samples.png", "reconstructions.png", "manifold.png"):
+        for name in ("curves.png", "samples.png", "reconstructions.png", "manifold.png", "latents.png"):
             try:
                 data = base64.b64encode((self.directory / name).read_bytes()).decode("ascii")
             except OSError:
@@ -135,10 +135,6 @@ class Run:
                 return None
             raise UserError(f"{what} on a --conditional run needs the items' labels")
         return check_labels(labels, self.vae.num_classes, len(x)).to(self.device)
-
-    def _no_labels(self, what):
-        if self.labelled:
-            raise UserError(f"{what} is not available for runs with labels (--conditional, --semi-supervised) yet")
 
     def sample(self, n=64, seed=0, label=None):
         """Decoder means for ``n`` draws from the prior, items in the data's shape ``(n, *item_shape)``, on the CPU; for a model with labels,
@@ -199,9 +195,16 @@ class Run:
         shape ``(N, *item_shape)`` (as :meth:`sample`), on the CPU.
 
         ``x`` in any layout and dtype training accepts (see :meth:`as_input`). A ``--conditional`` run needs
-        the items' ``labels``; a ``--semi-supervised`` one uses them if given, else its classifier's classes.
+        the items' ``labels``; a ``--semi-supervised`` one uses them if given, else its classifier's classes;
+        each item is decoded with the label it was encoded with.
+
+        :raises UserError: labels missing (``--conditional``), out of range or not one per item; labels given to
+            a run without labels.
         """
         x = self.as_input(x)
+        if labels is not None and not self.labelled:
+            raise UserError("labels apply to runs with labels (--conditional, --semi-supervised); this run's "
+                            "guide is q(z | x)")  # fmt: skip
         means = self.vae.reconstruct(x, self._labels_for(x, labels)) if self.labelled else self.vae.reconstruct(x)
         return means.cpu().reshape(len(x), *self.vae.x_shape)
 
@@ -287,11 +290,15 @@ class Run:
 
     def write_pictures(self, test, checkpoint="best", test_labels=None):
         """``samples.png``, ``reconstructions.png``, ``curves.png`` and, for a 2-D latent space, ``manifold.png``
-        in the run folder, drawn with the model of one of its checkpoints.
+        in the run folder, drawn with the model of one of its checkpoints. A run with labels draws no
+        ``manifold.png`` but ``latents.png``: the means of :math:`q(z \\mid x, y)` of the test items with their
+        labels, coloured by label (what ``pyro-vae latents RUN`` draws); its ``samples.png`` has one row per
+        class, the same :math:`z` down each column (:meth:`save_samples`).
 
         :param test: the prepared test items (their first 16 are reconstructed).
-        :param test_labels: the labels of ``test``, for a ``--conditional`` run (a run with labels draws no
-            ``manifold.png``).
+        :param test_labels: the labels of ``test``, for a run with labels (the reconstructions and ``latents.png``
+            use them; without them, a ``--semi-supervised`` run uses its classifier's classes and a
+            ``--conditional`` one draws neither).
         :param str checkpoint: ``"best"`` (default): ``best.pt``, the model that ``final.json``'s
             ``test_elbo`` scores and that ``evaluate``, ``sample``, ``encode`` and :func:`load_run` use by
             default, so ``samples.png`` is what ``pyro-vae sample RUN`` (``-n 64 --seed 0``) draws; a run
@@ -332,11 +339,14 @@ class Run:
         self.save_samples(d / "samples.png", n=80 if self.labelled else 64)
         x = test[:16]
         labels = None if test_labels is None or not self.labelled else test_labels[:16]
-        recon = self.reconstruct(x, labels) if self.labelled else self.reconstruct(x)
-        pairs = torch.cat([x.cpu().reshape(len(x), -1), recon.reshape(len(x), -1)])
-        title = f"test inputs (top) and reconstructions (bottom); {label}"
-        write_file_checked(d / "reconstructions.png", lambda p: plots.save_grid(
-            pairs, self.image_shape, p, ncol=len(x), title=title, value_range=self._display_range()), "picture")
+        # a --conditional run given no test labels has nothing it can encode: no reconstructions, no latents
+        encodes = not self.labelled or labels is not None or isinstance(self.vae, SemiSupervisedVAE)
+        if encodes:
+            recon = self.reconstruct(x, labels) if self.labelled else self.reconstruct(x)
+            pairs = torch.cat([x.cpu().reshape(len(x), -1), recon.reshape(len(x), -1)])
+            title = f"test inputs (top) and reconstructions (bottom); {label}"
+            write_file_checked(d / "reconstructions.png", lambda p: plots.save_grid(
+                pairs, self.image_shape, p, ncol=len(x), title=title, value_range=self._display_range()), "picture")
         if self.metrics:
             curves_title = f"{self.config.likelihood} VAE on {self.config.dataset}"
             write_file_checked(d / "curves.png", lambda p: plots.save_curves(self.metrics, p, title=curves_title),
@@ -345,6 +355,13 @@ class Run:
             z, caption = plots.prior_manifold_codes(self.vae.prior_module, 20, device=self.device)
             write_file_checked(d / "manifold.png", lambda p: plots.save_grid(
                 self.vae.decode(z), self.image_shape, p, ncol=20, title=caption, value_range=self._display_range()),
+                "picture")  # fmt: skip
+        if self.labelled and encodes:
+            y = latent.guide_labels(self.vae, test, test_labels)
+            z = latent.encode(self.vae, test, "mean", labels=y)
+            source = "the test labels" if test_labels is not None else "the classifier's most probable class"
+            write_file_checked(d / "latents.png", lambda p: latent.latent_scatter(
+                z, y.cpu().numpy(), p, seed=self.config.seed, note=f"q(z|x,y) of the test set;\ny and colour: {source}; {label}"),
                 "picture")  # fmt: skip
         if hasattr(self.vae.prior_module, "pseudo_inputs"):
             self.save_pseudo_inputs(d / "pseudo_inputs.png")
@@ -364,42 +381,59 @@ class Run:
                                                                   value_range=self._display_range()), "picture")
 
     # The latent space (pyro_vae.runs.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
-    def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0):
+    def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0,
+               use_classifier=False):  # fmt: skip
         """Posterior codes of the items ``x`` (any layout and dtype training accepts, see :meth:`as_input`),
         or, without ``x``, of a split's (``split``) or ``data`` file's items.
 
+        A run with labels encodes with :math:`q(z \\mid x, y)`: a ``--conditional`` run needs the items' labels
+        (the split's or the data file's own, or ``labels``: an array, or a ``.npy`` file for a split or file); a
+        ``--semi-supervised`` run uses them when there are any, else (and always with ``use_classifier``) its
+        classifier's most probable class (:func:`pyro_vae.runs.latent.run_labels`).
+
         :returns: always a float tensor on the CPU: posterior means, scales (``what="scale"``), both
             ``(N, z_dim)``, or draws (``what="samples"``), ``(N, K, z_dim)``. With ``path`` (``.npy`` or
-            ``.csv``) the codes are also saved, with the split's labels beside them; the labels themselves:
-            :func:`pyro_vae.runs.latent.encode_run`, which returns ``(codes, labels)``.
+            ``.csv``) the codes are also saved, with labels beside them (the split's; for a run with labels, the
+            labels its guide was given); the labels themselves: :func:`pyro_vae.runs.latent.encode_run`, which
+            returns ``(codes, labels)``.
+        :raises UserError: as :func:`pyro_vae.runs.latent.encode_run`; labels missing for a ``--conditional`` run,
+            out of range, or not one per item.
         """
-        self._no_labels("encode")
         if x is not None:
             if path is not None:
                 raise UserError("encode saves the codes of a split or a data file (path=...), not of given items")
-            return torch.as_tensor(latent.encode(self.vae, self.as_input(x), what, samples=samples, seed=seed))
-        codes, _ = latent.encode_run(self, split, data, what, samples, labels, path, seed)
+            x = self.as_input(x)
+            if labels is not None and not self.labelled:
+                raise UserError("labels apply to runs with labels (--conditional, --semi-supervised); this run's "
+                                "guide is q(z | x)")  # fmt: skip
+            y, _ = latent.run_labels(self, x, labels, "x", None if labels is None else "the labels given",
+                                     use_classifier, "encode")  # fmt: skip
+            return torch.as_tensor(latent.encode(self.vae, x, what, samples=samples, seed=seed, labels=y))
+        codes, _ = latent.encode_run(self, split, data, what, samples, labels, path, seed, use_classifier)
         return torch.as_tensor(codes)
 
-    def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0):
+    def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0, labels=None,
+                             use_classifier=False):  # fmt: skip
         """Items above their reconstructions as a PNG: :func:`pyro_vae.runs.latent.save_reconstructions`."""
-        self._no_labels("reconstruct")
-        return latent.save_reconstructions(self, path, n, split, data, sample, seed)
+        return latent.save_reconstructions(self, path, n, split, data, sample, seed, labels, use_classifier)
 
-    def interpolate(self, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0):
-        """Decoded path between items ``i`` and ``j``: :func:`pyro_vae.runs.latent.interpolate_run`."""
-        self._no_labels("interpolate")
-        return latent.interpolate_run(self, i, j, steps, slerp, split, data, path, seed)
+    def interpolate(self, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0, label=None,
+                    labels=None, use_classifier=False):  # fmt: skip
+        """Decoded path between items ``i`` and ``j``: :func:`pyro_vae.runs.latent.interpolate_run` (a run with
+        labels: each item encoded with its label, the path decoded with the class ``label``, default theirs)."""
+        return latent.interpolate_run(self, i, j, steps, slerp, split, data, path, seed, label, labels,
+                                      use_classifier)  # fmt: skip
 
-    def traverse(self, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0):
-        """One latent unit at a time, ordered by KL: :func:`pyro_vae.runs.latent.traverse_run`."""
-        self._no_labels("traverse")
-        return latent.traverse_run(self, units, span, steps, item, top, split, data, path, seed)
+    def traverse(self, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0,
+                 label=None, labels=None, use_classifier=False):  # fmt: skip
+        """One latent unit at a time, ordered by KL: :func:`pyro_vae.runs.latent.traverse_run` (a run with labels:
+        decoded with the class ``label``, default ``item``'s label, and without either with every class)."""
+        return latent.traverse_run(self, units, span, steps, item, top, split, data, path, seed, label, labels,
+                                   use_classifier)  # fmt: skip
 
-    def latents(self, path, method="auto", split="test", data=None, labels=None, seed=0):
+    def latents(self, path, method="auto", split="test", data=None, labels=None, seed=0, use_classifier=False):
         """Scatter of the posterior means coloured by label: :func:`pyro_vae.runs.latent.latents_run`."""
-        self._no_labels("latents")
-        return latent.latents_run(self, path, method, split, data, labels, seed)
+        return latent.latents_run(self, path, method, split, data, labels, seed, use_classifier=use_classifier)
 
 
 #: the parts a config may give as code (``file.py:Name``), and the file of the run folder that keeps a copy of each

@@ -322,3 +322,252 @@ def test_on_a_trained_run(tmp_path):
     plots.save_image_rows(np.stack([x[:16].flatten(1).numpy(), recon]), run.image_shape, tmp_path / "r.png")
     for name in "itlr":
         assert png_std(tmp_path / f"{name}.png") > 0.02
+    # the labels options of runs with labels are refused on a plain run, with one line each
+    with pytest.raises(UserError, match="runs with labels"):
+        run.reconstruct(x[:2], labels=[0, 1])
+    with pytest.raises(UserError, match="runs with labels"):
+        run.encode(x[:2], labels=[0, 1])
+    with pytest.raises(UserError, match="--label applies"):
+        run.traverse(label=1)
+    with pytest.raises(UserError, match="--labels applies to interpolate"):
+        run.interpolate(0, 1, labels=np.zeros(len(x)))
+    with pytest.raises(UserError, match="--use-classifier applies"):
+        run.latents(tmp_path / "u.png", use_classifier=True)
+
+
+# models with labels (pyro_vae.vae.labels): q(z | x, y) and E[x | z, y] ---------------------------------------
+
+C = 4
+
+
+def make_labelled(kind="conditional", seed=0):
+    from pyro_vae.vae.labels import ConditionalVAE, SemiSupervisedVAE
+
+    torch.manual_seed(seed)
+    cls = ConditionalVAE if kind == "conditional" else SemiSupervisedVAE
+    return cls(D, C, z_dim=Z, hidden=(16,), activation="tanh").eval()
+
+
+def labelled_loc_scale(vae, x, y):
+    """q(z | x, y)'s loc and scale from the guide's net on (x, onehot(y)), computed directly."""
+    with torch.no_grad():
+        out = vae.encoder.net(torch.cat([x, F.one_hot(torch.as_tensor(y, device=x.device), C).float()], -1)).cpu()
+    return out[:, :Z].numpy(), (F.softplus(out[:, Z:]) + DiagonalGuide.MIN_SCALE).numpy()
+
+
+def labelled_decode(vae, z, y):
+    """E[x | z, y] = sigmoid(decoder(z, onehot(y))), computed directly; y broadcast against z's rows."""
+    device = next(vae.parameters()).device
+    z = torch.as_tensor(z, dtype=torch.float32, device=device)
+    y = torch.as_tensor(y, device=device).expand(z.shape[:-1])
+    with torch.no_grad():
+        return torch.sigmoid(vae.decoder(torch.cat([z, F.one_hot(y, C).float()], -1))).cpu().numpy()
+
+
+def test_labelled_encode_is_the_guides_loc_and_scale_with_the_one_hot_label(device):
+    vae, x = make_labelled().to(device), data(10).to(device)
+    y = np.arange(10) % C
+    loc, scale = labelled_loc_scale(vae, x, y)
+    np.testing.assert_allclose(latent.encode(vae, x, "mean", labels=y), loc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(latent.encode(vae, x, "scale", labels=y, batch_size=3), scale, rtol=1e-5, atol=1e-6)
+    # another label gives another code: the label is used
+    assert not np.allclose(latent.encode(vae, x, "mean", labels=(y + 1) % C), loc, atol=1e-3)
+    z = latent.encode(vae, x[:2], "samples", samples=3000, seed=1, labels=y[:2])
+    assert z.shape == (2, 3000, Z)
+    assert np.all(np.abs(z.mean(1) - loc[:2]) < 5 * scale[:2] / math.sqrt(3000))
+    # reconstruct: E[x | z, y] at the posterior mean, decoded with the item's own label
+    np.testing.assert_allclose(latent.reconstruct(vae, x, labels=y), labelled_decode(vae, loc, y), rtol=1e-5, atol=1e-6)
+    # the per-unit KL of q(z_j | x, y) against N(0, 1), by hand
+    kl = (0.5 * (loc**2 + scale**2 - 1 - np.log(scale**2))).mean(0)
+    np.testing.assert_allclose(latent.unit_kl(vae, x, labels=y), kl, rtol=1e-5)
+
+
+def test_labelled_refusals():
+    vae, x = make_labelled(), data(5)
+    with pytest.raises(UserError, match="--conditional model needs the items' labels"):
+        latent.encode(vae, x)
+    with pytest.raises(UserError, match=r"0\.\.3; got values from 0 to 4"):
+        latent.encode(vae, x, labels=[0, 1, 2, 3, 4])
+    with pytest.raises(UserError, match=r"one label per item, shape \(5,\)"):
+        latent.encode(vae, x, labels=[0, 1])
+    with pytest.raises(UserError, match="class indices"):
+        latent.encode(vae, x, labels=np.array(list("abcde")))
+    with pytest.raises(UserError, match="give the class of each code"):
+        latent.decode(vae, np.zeros((2, Z)))
+    plain = make_vae()
+    with pytest.raises(UserError, match="runs with labels"):
+        latent.encode(plain, x, labels=[0] * 5)
+    with pytest.raises(UserError, match="--label applies"):
+        latent.traverse(plain, label=1)
+
+
+def test_semi_supervised_default_label_is_the_classifiers_argmax(device):
+    vae, x = make_labelled("semi").to(device), data(40).to(device)
+    with torch.no_grad():
+        predicted = vae.classifier.net(x).argmax(-1).cpu().numpy()  # independent: the classifier's MLP's logits
+    assert len(set(predicted.tolist())) > 1  # a test that can tell labels apart
+    np.testing.assert_array_equal(latent.guide_labels(vae, x, batch_size=7).cpu().numpy(), predicted)
+    loc, _ = labelled_loc_scale(vae, x, predicted)
+    np.testing.assert_allclose(latent.encode(vae, x), loc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(latent.reconstruct(vae, x), labelled_decode(vae, loc, predicted), rtol=1e-5, atol=1e-6)
+    # given labels win over the classifier
+    given = (predicted + 1) % C
+    np.testing.assert_allclose(latent.encode(vae, x, labels=given), labelled_loc_scale(vae, x, given)[0], rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+
+
+def test_labelled_traverse_varies_only_the_chosen_unit_and_decodes_with_the_class():
+    vae, x = make_labelled(), data(8)
+    values = np.linspace(-2.0, 2.0, 5)
+    units, images = latent.traverse(vae, units=[2, 0], span=2.0, steps=5, label=3)
+    assert list(units) == [2, 0] and images.shape == (2, 5, D)
+    for r, j in enumerate([2, 0]):
+        codes = np.zeros((5, Z), dtype=np.float32)
+        codes[:, j] = values  # the prior mean 0, unit j alone varied
+        np.testing.assert_allclose(images[r], labelled_decode(vae, codes, 3), rtol=1e-5, atol=1e-6)
+    # without a label and without an item: every class, one block of C rows per unit
+    units, every = latent.traverse(vae, units=[1], span=2.0, steps=5)
+    assert every.shape == (1, C, 5, D)
+    codes = np.zeros((5, Z), dtype=np.float32)
+    codes[:, 1] = values
+    for c in range(C):
+        np.testing.assert_allclose(every[0, c], labelled_decode(vae, codes, c), rtol=1e-5, atol=1e-6)
+    # from an item: its posterior mean under its own label, decoded with that label by default
+    loc, _ = labelled_loc_scale(vae, x[:1], [2])
+    units, item = latent.traverse(vae, x[0], units=[1], span=2.0, steps=5, x_label=2)
+    codes = np.repeat(loc, 5, 0)
+    codes[:, 1] = values
+    assert item.shape == (1, 5, D)
+    np.testing.assert_allclose(item[0], labelled_decode(vae, codes, 2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match=r"--label must be class indices 0\.\.3"):
+        latent.traverse(vae, units=[0], label=C)
+    # the KL order is that of q(z | x, y) over the data with its labels
+    y = np.arange(8) % C
+    units, _ = latent.traverse(vae, data=x, data_labels=y, steps=2, label=0)
+    assert list(units) == list(np.argsort(-latent.unit_kl(vae, x, labels=y), kind="stable"))
+
+
+def test_labelled_interpolate_encodes_each_end_with_its_label_and_holds_one_class():
+    vae, x = make_labelled(), data(2)
+    locs, _ = labelled_loc_scale(vae, x, [1, 3])
+    codes, images = latent.interpolate(vae, x[0], x[1], steps=4, labels=[1, 3], label=2)
+    t = np.linspace(0, 1, 4)[:, None]
+    np.testing.assert_allclose(codes, (1 - t) * locs[0] + t * locs[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(images, labelled_decode(vae, codes, 2), rtol=1e-5, atol=1e-6)
+    same, _ = labelled_loc_scale(vae, x, [3, 3])
+    codes, images = latent.interpolate(vae, x[0], x[1], steps=3, labels=[3, 3])  # their common label
+    np.testing.assert_allclose(images, labelled_decode(vae, codes, 3), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(codes[[0, -1]], same, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match=r"different labels \(1 and 3\).*--label"):
+        latent.interpolate(vae, x[0], x[1], labels=[1, 3])
+    with pytest.raises(UserError, match="--label"):
+        latent.interpolate(vae, x[0], x[1], labels=[1, 3], label=-1)
+
+
+# the latent commands on trained runs with labels, from the CLI and from Python -------------------------------
+
+
+def _cli(capsys, *args):
+    from pyro_vae.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error(result, *fragments):
+    code, out, err = result
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0][len("error: "):]
+
+
+LABELLED_FIT = dict(dataset="digits", hidden=(32,), z_dim=3, batch_size=128, device="cpu", epochs=1, quiet=True)
+
+
+@pytest.mark.slow
+def test_latent_commands_on_a_conditional_run(tmp_path, capsys):
+    from pyro_vae import fit, load_run
+
+    fit(conditional=True, out=tmp_path / "cvae", **LABELLED_FIT)
+    run = load_run(tmp_path / "cvae")
+    x, y = run.test_data(), run.test_labels
+    assert (tmp_path / "cvae" / "latents.png").exists() and png_std(tmp_path / "cvae" / "latents.png") > 0.02
+    # encode: the means of q(z | x, y) with the test labels, and those labels beside them
+    code, out, err = _cli(capsys, "encode", tmp_path / "cvae", "-o", tmp_path / "z.npy")
+    assert code == 0, err
+    assert "y: the labels of the test split" in out
+    loc = run.vae.encoder.net(torch.cat([x.flatten(1), F.one_hot(y, 10).float()], -1))[:, :3].detach().numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), loc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.load(tmp_path / "z.labels.npy"), y.numpy())
+    np.testing.assert_allclose(run.encode(x[:5], labels=y[:5]).numpy(), loc[:5], rtol=1e-5, atol=1e-5)
+    # a data file without labels: the labels must be given (--labels), of the right length and range
+    np.save(tmp_path / "items.npy", (x[:6].flatten(1).numpy() * 255).astype(np.uint8))
+    message = _one_error(_cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "-o",
+                              tmp_path / "d.npy"), "needs the items' labels", "--labels")  # fmt: skip
+    with pytest.raises(UserError) as raised:
+        run.encode(data=tmp_path / "items.npy")
+    assert str(raised.value) == message  # the Python API raises the CLI's message
+    np.save(tmp_path / "y6.npy", y[:6].numpy())
+    code, out, err = _cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
+                          tmp_path / "y6.npy", "-o", tmp_path / "d.csv")  # fmt: skip
+    assert code == 0 and "y: --labels y6.npy" in out, err
+    np.save(tmp_path / "y5.npy", y[:5].numpy())
+    _one_error(_cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
+                    tmp_path / "y5.npy", "-o", tmp_path / "d.npy"), "y5.npy", "shape (6,)")  # fmt: skip
+    np.save(tmp_path / "y10.npy", np.full(6, 10))
+    _one_error(_cli(capsys, "reconstruct", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
+                    tmp_path / "y10.npy", "-o", tmp_path / "r.png"), "0..9")  # fmt: skip
+    _one_error(_cli(capsys, "encode", tmp_path / "cvae", "--use-classifier", "-o", tmp_path / "c.npy"),
+               "--semi-supervised")  # fmt: skip
+    # reconstruct, interpolate, traverse and latents
+    code, _, err = _cli(capsys, "reconstruct", tmp_path / "cvae", "-n", "8", "-o", tmp_path / "r.png")
+    assert code == 0 and png_std(tmp_path / "r.png") > 0.02, err
+    i, j = 0, int(np.nonzero(y.numpy() != y[0].item())[0][0])  # two items of different labels
+    _one_error(_cli(capsys, "interpolate", tmp_path / "cvae", "--items", i, j, "-o", tmp_path / "i.png"),
+               "different labels", "--label")  # fmt: skip
+    code, _, err = _cli(capsys, "interpolate", tmp_path / "cvae", "--items", i, j, "--label", "3", "-o",
+                        tmp_path / "i.png")  # fmt: skip
+    assert code == 0 and png_std(tmp_path / "i.png") > 0.02, err
+    _one_error(_cli(capsys, "traverse", tmp_path / "cvae", "--label", "10", "-o", tmp_path / "t.png"), "0..9")
+    code, out, err = _cli(capsys, "traverse", tmp_path / "cvae", "--top", "2", "-o", tmp_path / "t.png")
+    assert code == 0 and "each with all 10 classes" in out, err
+    order, kl, images = run.traverse(top=2, label=4)
+    assert images.shape == (2, 9, 64) and list(kl) == sorted(kl, reverse=True)
+    code, _, err = _cli(capsys, "latents", tmp_path / "cvae", "-o", tmp_path / "l.png")
+    assert code == 0 and png_std(tmp_path / "l.png") > 0.02, err
+
+
+@pytest.mark.slow
+def test_latent_commands_on_a_semi_supervised_run(tmp_path, capsys):
+    from pyro_vae import fit, load_run
+
+    fit(semi_supervised=True, labelled=30, out=tmp_path / "m2", **LABELLED_FIT)
+    run = load_run(tmp_path / "m2")
+    x, y = run.test_data(), run.test_labels
+    assert (tmp_path / "m2" / "latents.png").exists()
+    predicted = run.vae.classifier.net(x.flatten(1)).argmax(-1)  # q(y | x)'s most probable class, directly
+    code, out, err = _cli(capsys, "encode", tmp_path / "m2", "--use-classifier", "-o", tmp_path / "z.npy")
+    assert code == 0 and "y: the classifier's most probable class" in out, err
+    np.testing.assert_array_equal(np.load(tmp_path / "z.labels.npy"), predicted.numpy())
+    loc = run.vae.encoder.net(torch.cat([x.flatten(1), F.one_hot(predicted, 10).float()], -1))[:, :3].detach()
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), loc.numpy(), rtol=1e-5, atol=1e-5)
+    # by default the data's labels; for items without labels the classifier's class
+    code, out, err = _cli(capsys, "encode", tmp_path / "m2", "-o", tmp_path / "t.npy")
+    assert code == 0 and "the labels of the test split" in out
+    np.testing.assert_array_equal(np.load(tmp_path / "t.labels.npy"), y.numpy())
+    np.testing.assert_allclose(run.encode(x), run.encode(x, labels=predicted), rtol=1e-6)
+    np.save(tmp_path / "items.npy", (x.flatten(1).numpy() * 255).astype(np.uint8))
+    code, out, err = _cli(capsys, "encode", tmp_path / "m2", "--data", tmp_path / "items.npy", "-o", tmp_path / "d.npy")
+    assert code == 0 and "the classifier's most probable class (items.npy has no labels)" in out, err
+    np.testing.assert_array_equal(np.load(tmp_path / "d.labels.npy"), predicted.numpy())
+    _one_error(_cli(capsys, "encode", tmp_path / "m2", "--use-classifier", "--labels", tmp_path / "t.labels.npy",
+                    "-o", tmp_path / "e.npy"), "exclude each other")  # fmt: skip
+    for args in (["reconstruct", "-o", tmp_path / "r.png"], ["interpolate", "--items", 0, 1, "--label", 2, "-o",
+                 tmp_path / "i.png"], ["traverse", "--item", 0, "-o", tmp_path / "t.png"],
+                 ["latents", "--use-classifier", "-o", tmp_path / "l.png"]):  # fmt: skip
+        code, _, err = _cli(capsys, args[0], tmp_path / "m2", *args[1:])
+        assert code == 0 and png_std(args[-1]) > 0.02, (args, err)
