@@ -43,7 +43,9 @@ def option_key(key: str, group: str) -> str:
 LR_SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 
 
-def parse_widths(spec: Any, flag: str = "--channels", example: str = "32,64,128,256", unit: str = "size") -> tuple[int, ...]:
+def parse_widths(
+    spec: Any, flag: str = "--channels", example: str = "32,64,128,256", unit: str = "size"
+) -> tuple[int, ...]:
     """``"32,64"`` -> ``(32, 64)``; also an int or a sequence of positive integers.
 
     :raises UserError: for anything but one or more positive integers, naming ``flag`` and ``unit``.

@@ -112,7 +112,9 @@ class Prior(nn.Module):
         p = next(self.parameters(), None)
         return p if p is not None else torch.zeros(())
 
-    def sample(self, n: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``n`` codes ``(n, z_dim)`` drawn from the prior, on the device and dtype of ``like``
         (default: the prior's parameters). With ``generator`` (a :class:`torch.Generator`) the draws
         are made from a random state seeded by it, and torch's global state is left as it was."""
@@ -152,7 +154,9 @@ class StandardPrior(Prior):
     def forward(self, like: torch.Tensor) -> TorchDistributionMixin:
         return dist.Normal(like.new_zeros(()), like.new_ones(())).expand([self.z_dim]).to_event(1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
         like = self._like() if like is None else like
         return torch.randn(n, self.z_dim, generator=generator, device=like.device, dtype=like.dtype)
 
