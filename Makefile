@@ -4,7 +4,7 @@
 #   make docs   installs the docs extras and builds the Sphinx site (docs/_build/html), warnings as errors
 #   make examples  runs every example and reproduction in its smoke mode (a few seconds each), the tutorials'
 #                  commands (tests/test_docs.py) and the notebook; says which tests and runs were skipped and why
-#   make lint   installs the lint extras and runs ruff check (rules in pyproject.toml)
+#   make lint   installs the lint extras, runs ruff check, then mypy on the public API (both set in pyproject.toml)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
@@ -38,6 +38,7 @@ $(VENV)/.lint-installed: $(VENV)/.installed setup.cfg
 
 lint: $(VENV)/.lint-installed
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 $(VENV)/.notebooks-installed: $(VENV)/.installed setup.cfg
 	$(PIP) -e ".[notebooks]"

@@ -6,12 +6,15 @@ dicts (:attr:`Config.likelihood_options`, :attr:`Config.guide_options`),
 so that a run folder rebuilds exactly what was trained, whatever options a user's own part takes.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 from .errors import UserError
 
@@ -32,7 +35,7 @@ LEGACY_OPTIONS = {
 PRIOR_PREFIX = "prior_"
 
 
-def option_key(key, group):
+def option_key(key: str, group: str) -> str:
     """The key of the flat setting ``key`` inside its option dict ``group``."""
     return key[len(PRIOR_PREFIX):] if group == "prior_options" else key
 
@@ -40,7 +43,9 @@ def option_key(key, group):
 LR_SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 
 
-def parse_widths(spec, flag="--channels", example="32,64,128,256", unit="size"):
+def parse_widths(
+    spec: Any, flag: str = "--channels", example: str = "32,64,128,256", unit: str = "size"
+) -> tuple[int, ...]:
     """``"32,64"`` -> ``(32, 64)``; also an int or a sequence of positive integers.
 
     :raises UserError: for anything but one or more positive integers, naming ``flag`` and ``unit``.
@@ -58,7 +63,7 @@ def parse_widths(spec, flag="--channels", example="32,64,128,256", unit="size"):
     return sizes
 
 
-def check_integer(value, flag, low=None, high=None):
+def check_integer(value: Any, flag: str, low: int | None = None, high: int | None = None) -> int:
     """``value`` as an ``int`` when it is a whole number (not a bool) from ``low`` to ``high``.
 
     The Python API's check of the integers the CLI checks with ``click.IntRange`` (``--samples``,
@@ -68,21 +73,22 @@ def check_integer(value, flag, low=None, high=None):
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise UserError(f"{flag} must be an integer, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
+    number = int(value)
+    if (low is not None and number < low) or (high is not None and number > high):
         bound = f"between {low} and {high}" if high is not None and low is not None else (
             f"at least {low}" if low is not None else f"at most {high}")
         raise UserError(f"{flag} must be {bound}, got {value}")
-    return int(value)
+    return number
 
 
-def check_path(value, what):
+def check_path(value: Any, what: str) -> str | os.PathLike:
     """``value`` when it is a path (``str`` or :class:`os.PathLike`, not empty); :class:`UserError` otherwise."""
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise UserError(f"{what} must be a path (a str or pathlib.Path), got {value!r}")
     return value
 
 
-def parse_hidden(spec):
+def parse_hidden(spec: Any) -> tuple[int, ...]:
     """``"400"`` -> ``(400,)``, ``"200,200"`` -> ``(200, 200)``: the hidden layer sizes of ``--hidden``.
 
     :raises UserError: for anything but one or more positive integers.
@@ -105,11 +111,11 @@ class Config:
     #: registered data set (``pyro_vae.DATASETS``: digits, mnist, frey, ...); ignored when ``data`` is given
     dataset: str = "mnist"
     #: folder holding the data files (None: ``$PYRO_VAE_DATA``, else ``~/.cache/pyro-vae``); never written into
-    data_dir: str = None
+    data_dir: str | None = None
     #: the user's own training data: an array file (``.npy``/``.npz``/``.pt``, items first) or a folder of images
-    data: str = None
+    data: str | None = None
     #: test array for ``data`` (None: a fixed 10% split of ``data``)
-    test_data: str = None
+    test_data: str | None = None
     #: the family p(x|z) of the decoder (``pyro_vae.LIKELIHOODS``)
     likelihood: str = "bernoulli"
     #: constructor keywords of the likelihood family, e.g. ``{"binarize": "dynamic"}`` (see the class docstring)
@@ -131,9 +137,9 @@ class Config:
     #: convolution widths of the ``conv`` and ``resnet`` architectures, from the image inwards
     channels: tuple = field(default=(32, 64, 128, 256))
     #: ``nchw`` / ``nhwc``: the layout of a 4-d ``--data`` array whose shape is ambiguous
-    layout: str = None
+    layout: str | None = None
     #: ``(H, W)``: resize the images of a ``--data`` folder
-    image_size: tuple = None
+    image_size: tuple | None = None
     #: latent size (the dimension of z); 2 also draws the latent manifold
     z_dim: int = 20
     #: hidden layer sizes of the ``mlp`` encoder and decoder, e.g. ``(500,)`` or ``(200, 200)``
@@ -161,17 +167,17 @@ class Config:
     #: learning-rate schedule: none, step, exponential, cosine or plateau (see pyro_vae.train.schedules)
     lr_schedule: str = "none"
     #: epochs: the step size of ``step``, the patience of ``plateau`` (None: 10)
-    lr_step: int = None
+    lr_step: int | None = None
     #: the factor of ``step``, ``exponential`` and ``plateau`` (None: 0.1, 0.95, 0.1)
-    lr_gamma: float = None
+    lr_gamma: float | None = None
     #: steps of linear learning-rate warm-up (0: none)
     lr_warmup: int = 0
     #: L2 penalty of the optimizer (its ``weight_decay`` argument); 0: none
     weight_decay: float = 0.0
     #: clip the global gradient norm to this before each step (None: no clipping)
-    clip_norm: float = None
+    clip_norm: float | None = None
     #: stop after this many epochs without a better validation ELBO (None: never)
-    early_stopping: int = None
+    early_stopping: int | None = None
     #: stream minibatches from host memory through a DataLoader instead of holding the data on the device
     stream: bool = False
     #: the conditional VAE p(x | z, y), q(z | x, y) on labelled data (pyro_vae.vae.labels)
@@ -179,7 +185,7 @@ class Config:
     #: M2 of Kingma, Rezende, Mohamed & Welling (2014): the label a latent variable, observed on --labelled items
     semi_supervised: bool = False
     #: labelled training items of a --semi-supervised run, balanced over the classes (None: 100)
-    labelled: int = None
+    labelled: int | None = None
     #: weight alpha of the classification term on labelled items (eq. 9 of Kingma et al. 2014)
     alpha: float = 50.0
 
@@ -190,7 +196,7 @@ class Config:
     #: The largest seed: every generator seeded from it (torch, NumPy's 32-bit RandomState) accepts it.
     MAX_SEED = 2**32 - 1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.hidden = parse_hidden(self.hidden)
         self.channels = parse_widths(self.channels, "--channels", "32,64,128,256")
         if self.image_size is not None:
@@ -208,7 +214,7 @@ class Config:
             else:
                 setattr(self, name, dict(value))
 
-    def validate(self):
+    def validate(self) -> None:
         """Check the values the CLI checks with its option types, so the Python API refuses what the CLI refuses.
 
         :raises UserError: one line naming the setting, as ``--flag``, and the value.
@@ -285,7 +291,7 @@ class Config:
             # stored absolute, so that a run folder names its data wherever it is opened from
             setattr(self, name, str(Path(value).expanduser().absolute()))
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         d["channels"] = list(self.channels)
@@ -294,7 +300,7 @@ class Config:
         return d
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         """A config from ``config.json`` contents (extra keys such as ``x_dim`` are ignored).
 
         Files written before options became per-component dicts carry them as flat keys
@@ -309,10 +315,10 @@ class Config:
                 settings[group] = {**(settings.get(group) or {}), option_key(key, group): d[key]}
         return cls(**settings)
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
-    def resumed_from(self, saved):
+    def resumed_from(self, saved: Config) -> Config:
         """This config as the continuation of a run saved with ``saved``: options it leaves out are the saved ones."""
         return self.replace(
             likelihood_options={**saved.likelihood_options, **self.likelihood_options},
@@ -320,7 +326,7 @@ class Config:
             prior_options={**saved.prior_options, **self.prior_options},
         )
 
-    def differences(self, other, ignore=RESUMABLE):
+    def differences(self, other: Config, ignore: Sequence[str] = RESUMABLE) -> list[str]:
         """Names of the settings in which ``other`` differs from this config."""
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in ignore and a[k] != b[k]]

@@ -170,6 +170,7 @@ def _check_value(name, value, field):
     number (:func:`as_number`), the same in JSON, TOML and YAML; other text in a numeric field is refused.
     """
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    kind = kind.removesuffix(" | None")  # an optional setting (``lr_step: int | None``) holds its type or null
     if value is None:
         return (value, None) if field.default is None else (None, f"{name} cannot be null")
     given, value = value, as_number(value) if kind in ("int", "float") else value

@@ -32,6 +32,8 @@ Bernoulli. Numbers about different data are not ranked against each other: the t
 families by the data they are scored on and ranks (by bits per dimension) only within a group.
 """
 
+from __future__ import annotations
+
 import csv
 import inspect
 import io
@@ -43,6 +45,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +57,7 @@ from ..errors import UserError
 from ..runs import fit as fitting
 from ..runs import plots
 from ..runs.folder import check_same_settings, saved_config
-from ..runs.run import load_run, write_evaluation
+from ..runs.run import Run, load_run, write_evaluation
 from ..train.build import check_names, make_config, resolve_device
 from ..vae.evaluation import evaluate_terms, summarize
 from ..vae.guides import guide_class
@@ -154,18 +157,18 @@ class FamilyRun:
     family: str
     seed: int
     directory: Path
-    result: dict
+    result: dict[str, Any]
     seconds: float  # training time: the sum of the epochs' seconds
     eval_seconds: float
     reused: bool = False
     #: the trained :class:`~pyro_vae.runs.run.Run` (not saved in ``comparison.json``)
-    run: object = field(default=None, repr=False)
+    run: Run | None = field(default=None, repr=False)
     #: the values of the varying settings, e.g. ``{"guide": "iaf", "objective": "iwae"}``
-    configuration: dict = field(default_factory=dict)
+    configuration: dict[str, Any] = field(default_factory=dict)
     #: per-item IS log p(x) against the scored data (nats; ``log_px_per_item.npy`` minus the dequantization shift)
-    item_scores: object = field(default=None, repr=False)
+    item_scores: np.ndarray | None = field(default=None, repr=False)
 
-    def metrics(self):
+    def metrics(self) -> dict[str, Any]:
         r = self.result
         on_levels = r["discrete_test_elbo"] is not None
         return {
@@ -196,28 +199,28 @@ class Comparison:
 
     out: Path
     config: Config
-    families: list
-    seeds: list
+    families: list[str]
+    seeds: list[int]
     eval_samples: int
     eval_subset: int
     dataset: str
     x_dim: int
-    levels: int
-    runs: list = field(default_factory=list)
-    skipped: dict = field(default_factory=dict)
-    machine: dict = field(default_factory=dict)
+    levels: int | None
+    runs: list[FamilyRun] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    machine: dict[str, str] = field(default_factory=dict)
     #: the fields of the settings that vary (``["likelihood"]`` for a likelihood comparison)
-    varying: list = field(default_factory=lambda: ["likelihood"])
+    varying: list[str] = field(default_factory=lambda: ["likelihood"])
     #: configuration label -> the values of the varying settings
-    configurations: dict = field(default_factory=dict)
+    configurations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
-    def column(self):
+    def column(self) -> str:
         """The name of the table's configuration column: ``family`` for a likelihood comparison."""
         return "family" if self.varying == ["likelihood"] else " / ".join(self.varying)
 
     # Summaries --------------------------------------------------------------------------------
-    def summary(self, family):
+    def summary(self, family: str) -> dict[str, Any]:
         """Mean and std over seeds of each of :data:`METRICS`, plus what the family was scored on."""
         runs = [r for r in self.runs if r.family == family]
         first = runs[0].result
@@ -234,10 +237,10 @@ class Comparison:
             row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([r.metrics()[name] for r in runs])
         return row
 
-    def groups(self):
+    def groups(self) -> list[tuple[str, str, list[dict[str, Any]]]]:
         """``[(scored_data, kind, [summary rows, best first])]``, the most informative data first."""
         rows = [self.summary(f) for f in self.families if any(r.family == f for r in self.runs)]
-        by_key = {}
+        by_key: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_key.setdefault(row["scored_data"], []).append(row)
 
@@ -259,7 +262,7 @@ class Comparison:
             out.append((key, kind(key), members))
         return out
 
-    def pairs(self, rows):
+    def pairs(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Paired differences of per-item log p(x) (nats against the scored data) for every pair of the
         summary ``rows`` of one group (:func:`pyro_vae.analysis.paired.all_pairs`, best of each pair first).
 
@@ -290,7 +293,7 @@ class Comparison:
         return title.format(**fmt), why.format(**fmt)
 
     # Writers ----------------------------------------------------------------------------------
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         settings = {k: v for k, v in self.config.to_dict().items() if k not in ("likelihood", "seed", *self.varying)}
         groups = []
         for key, kind, rows in self.groups():
@@ -317,7 +320,7 @@ class Comparison:
             ],  # fmt: skip
         }
 
-    def csv_text(self):
+    def csv_text(self) -> str:
         """One row per family: ``family``, what it is scored on, its rank in its group, means and stds."""
         columns = ["family", *[f for f in self.varying if f != "likelihood" or self.varying != ["likelihood"]]]
         columns += ["scored_data", "representation", "rank_in_group", "seeds", "items", "samples"]
@@ -331,7 +334,7 @@ class Comparison:
                 writer.writerow({c: ("" if values.get(c) is None else values.get(c)) for c in columns})
         return buffer.getvalue()
 
-    def markdown(self):
+    def markdown(self) -> str:
         """``comparison.md``: the settings, then one table per group of families scored on the same data."""
         c = self.config
         seeds = ", ".join(str(s) for s in self.seeds)
@@ -393,7 +396,7 @@ class Comparison:
         ]
         return "\n".join(lines) + "\n"
 
-    def save_chart(self, path):
+    def save_chart(self, path: str | os.PathLike) -> None:
         """``comparison.png``: bits/dim per family (error bars: std over seeds), then a row per family of
         prior samples and reconstructions of the same test images (from the first seed's run)."""
         groups = self.groups()
@@ -420,12 +423,12 @@ class Comparison:
         plots.save_comparison(bars, originals, strips, image_shape, path,
                               title=f"{self.dataset}: {what} at the same budget")  # fmt: skip
 
-    def pareto_paths(self):
+    def pareto_paths(self) -> list[Path]:
         """``comparison-pareto.png`` for the first group, ``comparison-pareto-<i>.png`` for group ``i >= 2``."""
         return [self.out / ("comparison-pareto.png" if i == 0 else f"comparison-pareto-{i + 1}.png")
                 for i in range(len(self.groups()))]  # fmt: skip
 
-    def save_pareto(self):
+    def save_pareto(self) -> list[Path]:
         """The Pareto charts: per group, log p(x) (nats against the scored data) against training seconds,
         mean ± std over seeds (:func:`pyro_vae.runs.plots.save_pareto`). Returns the paths written."""
         paths = []
@@ -440,7 +443,7 @@ class Comparison:
             paths.append(path)
         return paths
 
-    def write(self):
+    def write(self) -> None:
         """Write ``comparison.md``, ``.csv``, ``.json`` and ``.png`` into :attr:`out`."""
         atomic_write_text(self.out / "comparison.md", self.markdown())
         atomic_write_text(self.out / "comparison.csv", self.csv_text())
@@ -489,9 +492,14 @@ def _train(config, directory, overwrite, loggers=(), devices=1):
     return (load_run(directory, config.device, trust_guide=True) if (directory / "best.pt").exists() else run), False
 
 
-def compare(config=None, out="comparison", likelihoods=None, seeds=1, eval_samples=100, eval_subset=None,
-            overwrite=False, progress=None, eval_progress=None, grid=None, loggers=None, devices=1,
-            **settings):  # fmt: skip
+def compare(
+    config: Config | None = None, out: str | os.PathLike = "comparison", likelihoods: Sequence[str] | None = None,
+    seeds: int = 1, eval_samples: int = 100, eval_subset: int | None = None, overwrite: bool = False,
+    progress: Callable[[str], object] | None = None,
+    eval_progress: Callable[[int, str], ContextManager[Any]] | None = None,
+    grid: dict[str, Sequence[Any]] | None = None, loggers: Sequence[str] | None = None, devices: int = 1,
+    **settings: Any,
+) -> Comparison:
     """Train and evaluate a grid of configurations with everything else equal; write the comparison.
 
     :param Config config: the shared settings (the varied fields and ``seed`` are replaced);

@@ -6,6 +6,8 @@ Every dataset is returned as a :class:`Dataset`: ``train`` and ``test`` float32 
 [0, 1]); vectors are ``(N, D)``. ``image_shape`` is the ``(C, H, W)`` of pictures.
 """
 
+from __future__ import annotations
+
 import hashlib
 from dataclasses import dataclass, field
 
@@ -38,25 +40,25 @@ class Dataset:
     name: str
     train: torch.Tensor
     test: torch.Tensor
-    image_shape: tuple
-    levels: int = None
-    labels: torch.Tensor = None
-    test_labels: torch.Tensor = None
-    valid: torch.Tensor = None
-    valid_labels: torch.Tensor = None
-    _fingerprint: str = field(default=None, init=False, repr=False, compare=False)
+    image_shape: tuple[int, ...]
+    levels: int | None = None
+    labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
-    def x_dim(self):
+    def x_dim(self) -> int:
         """The number of values ``D`` of one item."""
         return self.train[0].numel()
 
     @property
-    def item_shape(self):
+    def item_shape(self) -> tuple[int, ...]:
         """The shape of one item: ``(C, H, W)`` for images, ``(D,)`` for vectors."""
         return tuple(self.train.shape[1:])
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """A hex sha256 of the data's content: the shape, dtype and bytes of ``train`` then ``test``
         (then ``valid``, when there is one).
 
@@ -74,7 +76,7 @@ class Dataset:
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    def to(self, device):
+    def to(self, device: torch.device | str) -> Dataset:
         moved = Dataset(self.name, self.train.to(device), self.test.to(device), self.image_shape, self.levels,
                         self.labels, self.test_labels,
                         None if self.valid is None else self.valid.to(device), self.valid_labels)  # fmt: skip

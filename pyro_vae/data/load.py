@@ -2,7 +2,11 @@
 training items (:func:`with_validation`).
 """
 
+from __future__ import annotations
+
+import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,7 +22,7 @@ VALID_FRACTION = 0.1
 VALID_SPLIT_SEED = SPLIT_SEED + 1
 
 
-def with_validation(dataset, name=None):
+def with_validation(dataset: Dataset, name: str | None = None) -> Dataset:
     """``dataset`` with a validation set carved from its training items, unless it has one.
 
     - a registered dataset with :attr:`DatasetSource.validation_last` (MNIST, Fashion-MNIST): the
@@ -50,7 +54,11 @@ def with_validation(dataset, name=None):
                    pick(dataset.labels, held))  # fmt: skip
 
 
-def load_dataset(name="digits", data_dir=None, data=None, test_data=None, layout=None, image_size=None):
+def load_dataset(
+    name: str = "digits", data_dir: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+    test_data: str | os.PathLike | None = None, layout: str | None = None,
+    image_size: int | str | Sequence[int] | None = None,
+) -> Dataset:
     """Load a registered dataset by ``name``, or the user's arrays (or folder of images) when ``data`` is given.
 
     :param layout: ``nchw`` / ``nhwc`` for a 4-d array whose layout is ambiguous (:func:`array_layout`).

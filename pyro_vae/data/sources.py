@@ -13,6 +13,8 @@ are downloaded into that folder; offline, a :class:`~pyro_vae.errors.UserError` 
 looked and what to do.
 """
 
+from __future__ import annotations
+
 import contextlib
 import gzip
 import io
@@ -20,6 +22,7 @@ import os
 import shutil
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,16 +58,18 @@ def _writable(path):
 class DatasetSource:
     """Base class of registered datasets: :meth:`load` returns a :class:`Dataset`."""
 
+    #: the name it is registered under (set by :data:`DATASETS`)
+    name: str
     #: (C, H, W) of one image, for pictures
-    image_shape = None
+    image_shape: tuple[int, ...] | None = None
     #: the validation set is the last this many training items (the common protocol), else a
     #: seeded :data:`VALID_FRACTION` of them (see :func:`with_validation`)
-    validation_last = None
+    validation_last: int | None = None
 
-    def load(self, data_dir=None):
+    def load(self, data_dir: str | os.PathLike | None = None) -> Dataset:
         raise NotImplementedError
 
-    def missing(self, root, files, hint=""):
+    def missing(self, root: Path, files: Sequence[str], hint: str = "") -> UserError:
         looked = ", ".join(str(root / f) for f in files)
         return UserError(
             f"{self.name} data not found: looked for {looked} and could not download it; copy the files there, "
@@ -94,7 +99,7 @@ class _TorchvisionMNIST(DatasetSource):
     """MNIST-format data through :mod:`torchvision.datasets` (60000 train / 10000 test, 28x28)."""
 
     image_shape = (1, 28, 28)
-    folder = None  # torchvision's folder name under the root, e.g. "MNIST"
+    folder: str | None = None  # torchvision's folder name under the root, e.g. "MNIST"
     validation_last = 5000  # 55000 / 5000, the common protocol
 
     def _torchvision_class(self):
@@ -241,7 +246,7 @@ class _ImageDatasetSource(DatasetSource):
 
     image_shape = (3, 32, 32)
     #: the files, relative to the data folder, whose absence means "not there"
-    files = ()
+    files: tuple[str, ...] = ()
 
     def read(self, root):
         raise NotImplementedError

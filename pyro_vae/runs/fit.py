@@ -9,8 +9,11 @@ written through the folder (metrics, ``checkpoint.pt``, ``best.pt``), then score
 :mod:`pyro_vae.train.trainer`.
 """
 
+from __future__ import annotations
+
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +28,14 @@ from . import launch
 from .folder import RunFolder, check_out, io_error, new_run_dir, package_versions, read_metrics
 from .run import Run, load_run, record_parts, use_best
 
+if TYPE_CHECKING:  # the names of fit's annotations
+    import os
+    from typing import Any, Callable, Sequence
+
+    from ..config import Config
+    from ..speed import Speed
+    from ..train.trainer import Step
+
 __all__ = ["fit"]
 
 #: the library's messages (warnings, the closing summary); the CLI prints them (see pyro_vae.cli)
@@ -34,9 +45,11 @@ log = logging.getLogger("pyro_vae")
 ABSURD_ELBO = 1e7
 
 
-def fit(config=None, out=None, *, devices=1, precision="fp32", resume=False, overwrite=False, quiet=False,
-        on_epoch=None, on_step=None, speed=None, loggers=None, log_images_every=5, checkpoint="best",
-        **settings):  # fmt: skip
+def fit(config: Config | None = None, out: str | os.PathLike | None = None, *, devices: int = 1,
+        precision: str = "fp32", resume: bool = False, overwrite: bool = False, quiet: bool = False,
+        on_epoch: Callable[[dict[str, Any]], object] | None = None, on_step: Callable[[Step], object] | None = None,
+        speed: Speed | None = None, loggers: Sequence[str] | Loggers | None = None, log_images_every: int = 5,
+        checkpoint: str = "best", **settings: Any) -> Run | None:  # fmt: skip
     """Train a VAE as ``config`` (or keyword ``settings``) says and write a run folder.
 
     The run folder is locked while the run trains (``RUN/.lock``): a second ``fit`` or ``fit

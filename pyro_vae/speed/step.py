@@ -7,8 +7,11 @@ Pyro's :class:`~pyro.infer.Trace_ELBO`, ``backward``, one optimizer step) or, wi
 random draws are those of the reference step (``tests/speed/test_reference.py``).
 """
 
+from __future__ import annotations
+
 import warnings
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -53,21 +56,21 @@ class Speed:
     sync_every_step: bool = False
     optimizer: str = "fused"
     capture: bool = True
-    compile: str = None
+    compile: str | None = None
     experimental_cuda_graph: bool = False
     fast_bernoulli: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZER_KINDS:
             raise UserError(f"unknown optimizer implementation {self.optimizer!r}; choose one of: "
                             f"{', '.join(OPTIMIZER_KINDS)}")  # fmt: skip
 
     @classmethod
-    def baseline(cls):
+    def baseline(cls) -> Speed:
         """The plain Pyro loop: ``SVI.step`` with validation and a host read every step."""
         return cls(validate_every_step=True, sync_every_step=True, optimizer="pyro", capture=False)
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> Speed:
         return replace(self, **changes)
 
 

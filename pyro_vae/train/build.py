@@ -7,7 +7,9 @@ number of levels, then the VAE around it. :func:`resolve_config` turns flat keyw
 records the options the built parts actually use, so a run folder rebuilds exactly what was trained.
 """
 
-from typing import NamedTuple
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
@@ -21,7 +23,7 @@ from ..errors import UserError
 from ..registry import Registry
 from ..vae.guides import guide_class
 from ..vae.labels import ConditionalVAE, SemiSupervisedVAE, check_labels
-from ..vae.likelihoods import build_likelihood, likelihood_class, likelihood_options
+from ..vae.likelihoods import Likelihood, build_likelihood, likelihood_class, likelihood_options
 from ..vae.model import VAE
 from ..vae.nets import build_architecture
 from ..vae.objectives import OBJECTIVES
@@ -36,8 +38,9 @@ __all__ = [
 
 #: ``--optimizer``: :class:`pyro.optim.PyroOptim` constructors called with ``{"lr": lr}``.
 OPTIMIZERS = Registry("optimizer")
-OPTIMIZERS.register("adam", pyro.optim.Adam)
-OPTIMIZERS.register("adagrad", pyro.optim.Adagrad)
+# pyro.optim makes its wrappers of torch.optim's classes in a loop at import, which a type checker does not see
+OPTIMIZERS.register("adam", pyro.optim.Adam)  # type: ignore[attr-defined]
+OPTIMIZERS.register("adagrad", pyro.optim.Adagrad)  # type: ignore[attr-defined]
 
 #: Seed offset of the fixed draw that prepares the test set (e.g. its binarization).
 TEST_PREP_SEED = 10_007
@@ -45,7 +48,7 @@ TEST_PREP_SEED = 10_007
 VALID_PREP_SEED = 20_011
 
 
-def resolve_device(name):
+def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`UserError`;
     ``mps`` (Apple GPUs) where :func:`torch.backends.mps.is_available`, a :class:`UserError` elsewhere."""
     if not isinstance(name, str):
@@ -68,7 +71,7 @@ def resolve_device(name):
         raise UserError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, cuda:N") from None
 
 
-def make_config(config=None, **settings):
+def make_config(config: Config | None = None, **settings: Any) -> Config:
     """``config`` (default :class:`Config`) with keyword ``settings`` applied.
 
     A setting that is not a field of :class:`Config` but an option of a part (``binarize``,
@@ -110,7 +113,10 @@ def check_names(config):
     build_architecture(config.arch, config.hidden, config.activation, config.channels)
 
 
-def build_vae(config, x_dim, levels=None, check=True, num_classes=None, likelihood=None):
+def build_vae(
+    config: Config, x_dim: int | Sequence[int], levels: int | None = None, check: bool = True,
+    num_classes: int | None = None, likelihood: Likelihood | None = None,
+) -> VAE:
     """The :class:`~pyro_vae.vae.model.VAE` a config describes, for items of ``x_dim`` values (or of shape
     ``x_dim``, e.g. ``(C, H, W)``) with ``levels`` levels.
 
@@ -121,8 +127,8 @@ def build_vae(config, x_dim, levels=None, check=True, num_classes=None, likeliho
     if likelihood is None:
         likelihood = build_likelihood(config.likelihood, levels=levels, **config.likelihood_options)
     args = (config.z_dim, config.hidden, config.activation, likelihood, config.guide)
-    kwargs = dict(guide_options=config.guide_options, check_guide=check, arch=config.arch, channels=config.channels,
-                  prior=config.prior, prior_options=config.prior_options)
+    kwargs: dict[str, Any] = dict(guide_options=config.guide_options, check_guide=check, arch=config.arch,
+                                  channels=config.channels, prior=config.prior, prior_options=config.prior_options)
     if config.conditional:
         return ConditionalVAE(x_dim, num_classes, *args, **kwargs)
     if config.semi_supervised:
@@ -374,7 +380,7 @@ class Parts(NamedTuple):
     vae: VAE
     optimizer: pyro.optim.PyroOptim
     #: the validation data on the device, prepared like the test set (its own fixed draw)
-    valid: torch.Tensor = None
+    valid: torch.Tensor | None = None
 
 
 def build(config):

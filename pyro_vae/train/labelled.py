@@ -27,10 +27,14 @@ Random draws happen only through torch's generators, which checkpoints keep, and
 restarts each epoch: ``--resume`` continues exactly as an uninterrupted run.
 """
 
+from __future__ import annotations
+
 import time
+from typing import Any, Callable
 
 import torch
 
+from ..config import Config
 from ..errors import UserError
 from ..speed import Speed, SVIStep
 from ..vae.labels import class_scores, enumerated_elbo
@@ -76,7 +80,7 @@ class LabelledTrainer(Trainer):
         without labels, a ``--labelled`` count the classes cannot be balanced to.
     """
 
-    def __init__(self, config=None, speed=None, **settings):
+    def __init__(self, config: Config | None = None, speed: Speed | None = None, **settings: Any) -> None:
         config = make_config(config, **settings)
         if config.semi_supervised:
             if config.objective != "elbo":
@@ -112,10 +116,12 @@ class LabelledTrainer(Trainer):
             model, guide = self.kl.wrap(lambda batch: vae.model(*batch), lambda batch: vae.guide(*batch))
             self.step = SVIStep(model, guide, self.kl.build_loss(self.objective), self.optimizer, self.speed,
                                 to_scalar=self.objective.training_loss)  # fmt: skip
-        self._valid_error, self._test_errors = None, []
+        #: the classification errors of the last validation and of each scoring of the test set
+        self._valid_error: float | None = None
+        self._test_errors: list[float | None] = []
 
     @property
-    def steps_per_epoch(self):
+    def steps_per_epoch(self) -> int:
         n = len(self.unlabelled) if self.unlabelled is not None else len(self.train)
         return -(-n // self.config.batch_size)
 
@@ -137,22 +143,22 @@ class LabelledTrainer(Trainer):
             held = labelled[(torch.arange(per_step, device=device) + step * per_step) % len(labelled)]
             yield (prepare(self.train[index]), prepare(self.train[held]), self.train_labels[held]), len(index)
 
-    def train_epoch(self, progress=None):
+    def train_epoch(self, progress: Callable[[int, torch.Tensor], object] | None = None) -> dict[str, float]:
         """One pass over the training items (unlabelled ones for ``--semi-supervised``); see :meth:`Trainer.train_epoch`."""
         epoch = self.epoch + 1
         self.vae.train()
         t0 = time.perf_counter()
-        losses, n = [], 0
+        step_losses, n = [], 0
         with self._own_params():
             for step, (batch, items) in enumerate(self._steps(), start=1):
                 kl_weight = self.kl.update(epoch, step, self.steps_per_epoch)
                 lr = self.schedule.apply(self.step)
                 loss = self.step(batch)
-                losses.append(loss)
+                step_losses.append(loss)
                 n += items
                 if progress is not None:
                     progress(items, loss)
-        losses = torch.stack(losses).cpu()
+        losses = torch.stack(step_losses).cpu()
         seconds = time.perf_counter() - t0
         self._check_finite(losses, epoch)
         self.epoch = epoch
@@ -164,7 +170,7 @@ class LabelledTrainer(Trainer):
             record["kl_weight"] = kl_weight
         return record
 
-    def run_steps(self, num_steps):
+    def run_steps(self, num_steps: int) -> torch.Tensor:
         raise UserError(f"run_steps is not available for {labels_flag(self.config)} runs; use train_epoch")
 
     def _scores(self, x, y):
@@ -175,7 +181,7 @@ class LabelledTrainer(Trainer):
     def _error(self, scores):
         return None if "correct" not in scores else 1.0 - scores["correct"].mean().item()
 
-    def valid_elbo(self):
+    def valid_elbo(self) -> float | None:
         """The mean validation ELBO (one draw of z per item and class; y summed out for ``--semi-supervised``)."""
         if self.valid is None:
             return None
@@ -183,22 +189,22 @@ class LabelledTrainer(Trainer):
         self._valid_error = self._error(scores)
         return scores["elbo"].mean().item()
 
-    def test_elbo(self):
+    def test_elbo(self) -> float:
         scores = self._scores(self.test, self.test_labels)
         self._test_errors.append(self._error(scores))
         return scores["elbo"].mean().item()
 
-    def extra_meta(self):
+    def extra_meta(self) -> dict[str, Any]:
         meta = {"num_classes": self.num_classes}
         if self.labelled is not None:
             meta.update(labelled=len(self.labelled), labelled_seed=self.config.seed + LABELLED_SEED,
                         labelled_items=self.labelled.cpu().tolist())  # fmt: skip
         return meta
 
-    def extra_metrics(self):
+    def extra_metrics(self) -> dict[str, Any]:
         return {} if self.labelled is None else {"valid_error": self._valid_error}
 
-    def extra_final(self):
+    def extra_final(self) -> dict[str, Any]:
         if self.labelled is None or not self._test_errors:
             return {}
         # fit's _final scores the last epoch first, then (when it differs) best.pt

@@ -11,16 +11,19 @@ Per-step losses stay on the device and are read once per epoch (see :mod:`pyro_v
 number of steps; it writes nothing (:func:`pyro_vae.fit` drives one and writes the run folder).
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import time
-from typing import NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 
 import pyro
 
 from ..checkpoint import rng_state, set_rng_state
+from ..config import Config
 from ..errors import TrainingDiverged, UserError
 from ..speed import Speed, SVIStep, compile_nets
 from ..vae.evaluation import evaluate
@@ -76,21 +79,21 @@ class Trainer:
     #: rank and the number of processes; one process trains alone
     rank, world_size = 0, 1
 
-    def extra_meta(self):
+    def extra_meta(self) -> dict[str, Any]:
         """Hook: entries a variant adds to ``config.json`` (e.g. the number of classes,
         :class:`~pyro_vae.train.labelled.LabelledTrainer`)."""
         return {}
 
-    def extra_metrics(self):
+    def extra_metrics(self) -> dict[str, Any]:
         """Hook: entries a variant adds to each epoch's record, after :meth:`valid_elbo` (e.g. the validation
         classification error)."""
         return {}
 
-    def extra_final(self):
+    def extra_final(self) -> dict[str, Any]:
         """Hook: entries a variant adds to ``final.json``, after the test set was scored."""
         return {}
 
-    def __init__(self, config=None, speed=None, **settings):
+    def __init__(self, config: Config | None = None, speed: Speed | None = None, **settings: Any) -> None:
         self.param_store_state = None  # this trainer's own Pyro parameter store, see _own_params
         config = make_config(config, **settings)
         #: the learning rate of every step (--lr-schedule, --lr-warmup; see pyro_vae.train.schedules)
@@ -120,7 +123,8 @@ class Trainer:
             compile_nets(self.vae, self.speed.compile)
         #: epochs completed
         self.epoch = 0
-        self._order, self._position = None, 0
+        self._order: torch.Tensor | None = None  # run_steps' pass through the data: its order and position
+        self._position = 0
 
     @contextlib.contextmanager
     def _own_params(self):
@@ -130,15 +134,15 @@ class Trainer:
         self.param_store_state = state
 
     @property
-    def steps_per_epoch(self):
+    def steps_per_epoch(self) -> int:
         return -(-len(self.train) // self.config.batch_size)
 
-    def shard(self, order):
+    def shard(self, order: torch.Tensor) -> tuple[list[torch.Tensor], int]:
         """Hook for data parallelism: this process's index batches of an epoch in ``order``, and the
         number of items all processes train on. One process: ``order`` cut into minibatches."""
         return [order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)], len(order)
 
-    def reduce(self, losses):
+    def reduce(self, losses: torch.Tensor) -> torch.Tensor:
         """Hook for data parallelism: the step losses summed over processes (one process: as they are)."""
         return losses
 
@@ -151,7 +155,7 @@ class Trainer:
         for x in self.train.batches(batches):
             yield self.vae.likelihood.prepare_batch(x)
 
-    def train_epoch(self, progress=None):
+    def train_epoch(self, progress: Callable[[int, torch.Tensor], object] | None = None) -> dict[str, float]:
         """One pass over the training data in a fresh random order.
 
         The losses of the steps are read back once, at the end (with ``speed.sync_every_step`` after
@@ -166,7 +170,7 @@ class Trainer:
         self.vae.train()
         t0 = time.perf_counter()
         batches, n = self.shard(torch.randperm(n, device=device))
-        losses = []
+        step_losses = []
         with self._own_params():
             for step, x in enumerate(self._batches(batches), start=1):
                 kl_weight = self.kl.update(epoch, step, self.steps_per_epoch)
@@ -174,10 +178,10 @@ class Trainer:
                 loss = self.step(x)
                 if self.speed.sync_every_step and not torch.isfinite(loss):
                     _diverged(loss.item(), epoch, step)
-                losses.append(loss)
+                step_losses.append(loss)
                 if progress is not None:
                     progress(x.shape[0], loss)
-        losses = self.reduce(torch.stack(losses)).cpu()  # the epoch's one host read (it waits for the device)
+        losses = self.reduce(torch.stack(step_losses)).cpu()  # the epoch's one host read (it waits for the device)
         seconds = time.perf_counter() - t0
         self._check_finite(losses, epoch)
         self.epoch = epoch
@@ -202,12 +206,12 @@ class Trainer:
                     f"{len(losses)} (its loss was still finite); training stopped (try a smaller --lr)"
                 )
 
-    def end_epoch(self, valid_elbo=None):
+    def end_epoch(self, valid_elbo: float | None = None) -> None:
         """Step the epoch-level learning-rate schedule (``plateau`` on ``valid_elbo``); :func:`fit`
         calls it after each epoch's validation, before the checkpoint."""
         self.schedule.end_epoch(valid_elbo)
 
-    def run_steps(self, num_steps):
+    def run_steps(self, num_steps: int) -> torch.Tensor:
         """``num_steps`` SVI steps through the shuffled training data (a fresh order after each pass).
 
         For benchmarks and experiments: it neither counts epochs nor checks the losses.
@@ -227,14 +231,14 @@ class Trainer:
                 losses.append(self.step(x))
         return torch.stack(losses) if losses else torch.zeros(0)
 
-    def test_elbo(self):
+    def test_elbo(self) -> float:
         """The mean test ELBO (one draw per item, nats per item), as ``final.json`` records it."""
         self.vae.eval()
         with self._own_params():
             elbo, _ = evaluate(self.vae, self.test, num_samples=1)
         return elbo.mean().item()
 
-    def test_elbo_of(self, model_state):
+    def test_elbo_of(self, model_state: Mapping[str, torch.Tensor]) -> float:
         """The mean test ELBO of the model with ``model_state`` (a ``state_dict``, e.g. the best epoch's);
         the trainer's own model is restored afterwards."""
         last = {k: v.clone() for k, v in self.vae.state_dict().items()}
@@ -244,7 +248,7 @@ class Trainer:
         finally:
             self.vae.load_state_dict(last)
 
-    def valid_elbo(self):
+    def valid_elbo(self) -> float | None:
         """The mean validation ELBO (one draw per item, nats per item; the true ELBO, beta = 1), as
         ``metrics.jsonl`` records it each epoch; ``None`` without a validation set."""
         if self.valid is None:
@@ -254,7 +258,7 @@ class Trainer:
             elbo, _ = evaluate(self.vae, self.valid, num_samples=1)
         return elbo.mean().item()
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds: config, epoch, model, optimizer state and random generator states."""
         return {
             "config": self.config.to_dict(),
@@ -269,7 +273,7 @@ class Trainer:
         with self._own_params():  # Pyro's optimizers name their parameters through the store
             return self.step.get_state()
 
-    def load_state_dict(self, state, where="the checkpoint"):
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "the checkpoint") -> None:
         """Continue from :meth:`state_dict` output: resumed runs take the same steps as uninterrupted ones."""
         try:
             self.vae.load_state_dict(state["model"])

@@ -27,9 +27,12 @@ the scores into nats per item and bits per dimension against the discrete data a
 (see :mod:`pyro_vae.vae.likelihoods` for the dequantization bound).
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -38,6 +41,9 @@ import pyro.poutine as poutine
 
 from ..config import check_integer
 from ..errors import UserError
+
+if TYPE_CHECKING:  # for the annotations only
+    from .model import VAE
 
 #: upper bound on particles x items x data dimensions held in memory at once
 MAX_ELEMENTS = 2**23
@@ -61,13 +67,15 @@ def _site_log_prob(trace):
 
 
 @torch.no_grad()
-def log_weights(vae, x, num_samples):
+def log_weights(vae: VAE, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     """``(num_samples, B)`` log importance weights :math:`\\log p(x, z_k) - \\log q(z_k \\mid x)`."""
     log_lik, log_ratio, _ = log_weight_terms(vae, x, num_samples)
     return log_lik - log_ratio
 
 
-def evaluate(vae, x, num_samples=1000, progress=None):
+def evaluate(
+    vae: VAE, x: torch.Tensor, num_samples: int = 1000, progress: Callable[[int], object] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-datapoint ELBO and importance-sampled :math:`\\log p(x)` of each row of ``x``.
 
     :param vae: a :class:`~pyro_vae.vae.model.VAE` (its nets in eval mode).
@@ -108,7 +116,7 @@ class Scores:
     kl: torch.Tensor
     posterior_mean: torch.Tensor
     num_samples: int
-    posterior_mean_noise: torch.Tensor = None
+    posterior_mean_noise: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -155,7 +163,9 @@ def _posterior_mean(vae, x):
 
 
 @torch.no_grad()
-def evaluate_terms(vae, x, num_samples=1000, progress=None):
+def evaluate_terms(
+    vae: VAE, x: torch.Tensor, num_samples: int = 1000, progress: Callable[[int], object] | None = None
+) -> Scores:
     """Every per-item score of :class:`Scores` for the rows of ``x``, from ``num_samples`` draws each.
 
     :param vae: a :class:`~pyro_vae.vae.model.VAE` (its nets in eval mode).

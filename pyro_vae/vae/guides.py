@@ -13,14 +13,19 @@ Built in: ``diagonal`` (the paper's), ``full-rank``, ``iaf`` (Kingma et al. 2016
 (Rezende & Mohamed 2015).
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import pyro.distributions as dist
+from pyro.distributions import ConditionalTransformModule
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.distributions.transforms import ConditionalAffineAutoregressive, ConditionalPlanar
 from pyro.nn import ConditionalAutoRegressiveNN
 
@@ -87,12 +92,12 @@ class Guide(nn.Module):
     """
 
     #: the shape of one item, set by :func:`build_guide` (``None``: items are vectors of ``x_dim``)
-    input_shape = None
+    input_shape: tuple[int, ...] | None = None
     #: whether ``guide(x)`` flattens items ``(B, *input_shape)`` to ``(B, x_dim)`` before ``forward``:
     #: true unless the guide was given an encoder ``body`` (which takes the items as they are)
     flatten_input = True
 
-    def __init__(self, x_dim, z_dim, hidden, activation="tanh"):
+    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int], activation: str = "tanh") -> None:
         super().__init__()
         self.x_dim, self.z_dim = x_dim, z_dim
 
@@ -112,12 +117,12 @@ class Guide(nn.Module):
         self.flatten_input = False
         return nn.Sequential(body, nn.Linear(body.out_dim, out_dim))
 
-    def options(self):
+    def options(self) -> dict[str, Any]:
         """Constructor keywords beyond the common four, with their values (recorded as ``guide_options`` in
         a run's ``config.json``)."""
         return {}
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> TorchDistributionMixin:
         raise NotImplementedError
 
 
@@ -134,15 +139,17 @@ class DiagonalGuide(Guide):
     #: keeps sigma away from an exact zero in float32 (softplus underflows below about -100)
     MIN_SCALE = 1e-5
 
-    def __init__(self, x_dim, z_dim, hidden, activation="tanh", body=None):
+    def __init__(
+        self, x_dim: int, z_dim: int, hidden: Sequence[int], activation: str = "tanh", body: nn.Module | None = None
+    ) -> None:
         super().__init__(x_dim, z_dim, hidden, activation)
         self.net = self._trunk(body, hidden, 2 * z_dim, activation)
 
-    def loc_scale(self, x):
+    def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw_scale = self.net(x).chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + self.MIN_SCALE
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> TorchDistributionMixin:
         loc, scale = self.loc_scale(x)
         return dist.Normal(loc, scale).to_event(1)
 
@@ -170,7 +177,9 @@ class FullRankGuide(Guide):
 
     MIN_SCALE = DiagonalGuide.MIN_SCALE
 
-    def __init__(self, x_dim, z_dim, hidden, activation="tanh", body=None):
+    def __init__(
+        self, x_dim: int, z_dim: int, hidden: Sequence[int], activation: str = "tanh", body: nn.Module | None = None
+    ) -> None:
         super().__init__(x_dim, z_dim, hidden, activation)
         self.net = self._trunk(body, hidden, 2 * z_dim + z_dim * (z_dim - 1) // 2, activation)
         with torch.no_grad():  # M = I at the start: the diagonal guide
@@ -180,7 +189,7 @@ class FullRankGuide(Guide):
         self.register_buffer("tril_rows", rows, persistent=False)
         self.register_buffer("tril_cols", cols, persistent=False)
 
-    def loc_scale_tril(self, x):
+    def loc_scale_tril(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.z_dim
         out = self.net(x)
         loc, raw_scale, off = out[..., :z], out[..., z : 2 * z], out[..., 2 * z :]
@@ -190,7 +199,7 @@ class FullRankGuide(Guide):
         scale = F.softplus(raw_scale) + self.MIN_SCALE
         return loc, scale.unsqueeze(-1) * unit_tril
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> TorchDistributionMixin:
         loc, scale_tril = self.loc_scale_tril(x)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
@@ -209,34 +218,43 @@ class _FlowGuide(Guide):
 
     DEFAULT_FLOW_STEPS = 2
 
-    def __init__(self, x_dim, z_dim, hidden, activation="tanh", flow_steps=None, body=None):
+    def __init__(
+        self, x_dim: int, z_dim: int, hidden: Sequence[int], activation: str = "tanh", flow_steps: int | None = None,
+        body: nn.Module | None = None,
+    ) -> None:
         super().__init__(x_dim, z_dim, hidden, activation)
         hidden = tuple(hidden)
         steps = self.DEFAULT_FLOW_STEPS if flow_steps is None else flow_steps
         if isinstance(steps, bool) or not isinstance(steps, numbers.Real) or not float(steps).is_integer() or steps < 1:
             raise UserError(f"--flow-steps must be a whole number of at least 1, got {flow_steps!r}")
-        self.flow_steps = int(steps)
+        #: T, the number of flow steps
+        self.flow_steps: int = int(steps)
+        #: the size of the context ``h`` every flow step is conditioned on
+        self.context_dim: int
+        #: x -> h
+        self.trunk: nn.Module
         if body is None:
             self.context_dim = hidden[-1]
             #: x -> h, the context of every flow step (the encoder's last hidden layer, activated)
             self.trunk = nn.Sequential(MLP(x_dim, hidden[:-1], hidden[-1], activation), ACTIVATIONS[activation]())
         else:  # the architecture's encoder body: its features are the context
-            self.context_dim, self.trunk, self.flatten_input = body.out_dim, body, False
+            self.context_dim, self.trunk, self.flatten_input = int(body.out_dim), body, False
         #: h -> (mu_0, eta_0) of the base, sigma_0 = softplus(eta_0)
-        self.head = nn.Linear(self.context_dim, 2 * z_dim)
-        self.flows = nn.ModuleList(self.make_flow(t) for t in range(self.flow_steps))
+        self.head: nn.Linear = nn.Linear(self.context_dim, 2 * z_dim)
+        self.flows: nn.ModuleList = nn.ModuleList(self.make_flow(t) for t in range(self.flow_steps))
 
-    def make_flow(self, t):
+    def make_flow(self, t: int) -> ConditionalTransformModule:
         raise NotImplementedError
 
-    def options(self):
+    def options(self) -> dict[str, Any]:
         return {"flow_steps": self.flow_steps}
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> TorchDistributionMixin:
         h = self.trunk(x)
         loc, raw_scale = self.head(h).chunk(2, dim=-1)
         base = dist.Normal(loc, F.softplus(raw_scale) + DiagonalGuide.MIN_SCALE).to_event(1)
-        return dist.TransformedDistribution(base, [flow.condition(h) for flow in self.flows])
+        steps = [cast(ConditionalTransformModule, flow).condition(h) for flow in self.flows]  # what make_flow built
+        return dist.TransformedDistribution(base, steps)
 
 
 @GUIDES.register("iaf")
@@ -261,9 +279,11 @@ class IAFGuide(_FlowGuide):
     :math:`z` (as ``rws`` does) inverts each step with ``z_dim`` sequential passes.
     """
 
-    def make_flow(self, t):
+    def make_flow(self, t: int) -> ConditionalTransformModule:
         permutation = torch.arange(self.z_dim) if t % 2 == 0 else torch.arange(self.z_dim - 1, -1, -1)
-        arn = ConditionalAutoRegressiveNN(self.z_dim, self.context_dim, [10 * self.z_dim], permutation=permutation)
+        # Pyro annotates the permutation as torch.LongTensor, the int64 tensor torch.arange returns
+        arn = ConditionalAutoRegressiveNN(self.z_dim, self.context_dim, [10 * self.z_dim],
+                                          permutation=permutation)  # type: ignore[arg-type]  # fmt: skip
         return ConditionalAffineAutoregressive(arn, stable=True)
 
 
@@ -305,7 +325,7 @@ class PlanarGuide(_FlowGuide):
 
     DEFAULT_FLOW_STEPS = 10
 
-    def make_flow(self, t):
+    def make_flow(self, t: int) -> ConditionalTransformModule:
         return ConditionalPlanar(PlanarParams(self.context_dim, self.z_dim))
 
 

@@ -38,14 +38,18 @@ Adding a family is one class and one registration::
         def mean(self, params): ...
 """
 
+from __future__ import annotations
+
 import inspect
 import math
 import numbers
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 import pyro.distributions as dist
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 
 from ..errors import UserError
 from ..registry import Registry
@@ -75,78 +79,78 @@ class Likelihood:
     """
 
     #: How many decoder outputs each data dimension needs (e.g. 2 for a mean and a scale).
-    params_per_dim = 1
+    params_per_dim: int = 1
     #: Which data the family models: a key of :data:`DOMAINS`.
-    domain = "real"
+    domain: str = "real"
     #: True for a pmf (its log-likelihoods are log-probabilities, at most 0), False for a density.
-    discrete = False
+    discrete: bool = False
     #: Number of levels ``L`` of the data (values ``k / (L-1)``); ``None`` for continuous data.
-    levels = None
+    levels: int | None = None
 
     #: the registered name (set by :meth:`~pyro_vae.registry.Registry.register`; a user's class given as
     #: ``file.py:Name`` is named by that spec)
-    name = None
+    name: str | None = None
 
-    def __init__(self, levels=None):
+    def __init__(self, levels: int | None = None) -> None:
         if levels is not None:
             if int(levels) != levels or levels < 2:
                 raise UserError(f"the number of data levels must be an integer of at least 2, got {levels}")
             levels = int(levels)
         self.levels = levels
 
-    def options(self):
+    def options(self) -> dict[str, Any]:
         """The constructor keywords that rebuild this family (saved in ``config.json``), ``levels`` aside."""
         return {}
 
-    def split(self, params):
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(..., P * D)`` decoder outputs -> ``P`` tensors of shape ``(..., D)``."""
         return params.unflatten(-1, (self.params_per_dim, -1)).unbind(-2)
 
-    def distribution(self, params):
+    def distribution(self, params: torch.Tensor) -> TorchDistributionMixin:
         """The distribution of ``x`` given decoder outputs, batch shape ``(..., D)``, no event dims."""
         raise NotImplementedError
 
-    def mean(self, params):
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
         """:math:`\\mathbb{E}[x \\mid z]`, shape ``(..., D)``: what pictures of samples show."""
         raise NotImplementedError
 
     # What the scores mean ---------------------------------------------------------------------
-    def dequantization_nats(self, x_dim):
+    def dequantization_nats(self, x_dim: int) -> float:
         """Nats to subtract from a score to make it a log-probability of the ``L``-level data.
 
         :math:`D \\log L` for a density on dequantized data, 0 for a pmf or continuous data.
         """
         return 0.0
 
-    def scored_data(self):
+    def scored_data(self) -> str:
         """Which discrete data the family's scores are probabilities of: ``"binarized"``,
         ``"<L> levels"``, or ``"continuous"`` (a density on data with no known quantization).
         Scores are comparable only between families with the same answer."""
         return f"{self.levels} levels" if self.levels is not None else "continuous"
 
-    def representation(self):
+    def representation(self) -> str:
         """A short description of the data the family is trained and scored on (for tables)."""
         return self.scored_data()
 
     # Data preparation (pyro_vae.vae.preprocessing) -------------------------------------------------
-    def preparation(self):
+    def preparation(self) -> Preparation:
         """The :class:`~pyro_vae.vae.preprocessing.Preparation` this family's data needs (default: checks only)."""
         return Preparation(self.name, self.levels)
 
-    def check_data(self, x, what="data"):
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Refuse data outside the family's support with a :class:`UserError` naming ``what``."""
         self._prep.check(x, what)
 
-    def prepare_static(self, x):
+    def prepare_static(self, x: torch.Tensor) -> torch.Tensor:
         """The deterministic preparation, applied once to a whole data set."""
         return self._prep.static(x)
 
-    def prepare_batch(self, x, generator=None):
+    def prepare_batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The random preparation, applied afresh each time a batch is used (``generator`` fixes the draw)."""
         return self._prep.batch(x, generator)
 
     @property
-    def _prep(self):
+    def _prep(self) -> Preparation:
         prep = self.__dict__.get("_preparation")
         if prep is None:
             prep = self.__dict__["_preparation"] = self.preparation()
@@ -219,18 +223,18 @@ class Density(Likelihood):
 
     discrete = False
 
-    def dequantization_nats(self, x_dim):
+    def dequantization_nats(self, x_dim: int) -> float:
         return x_dim * math.log(self.levels) if self.levels is not None else 0.0
 
-    def representation(self):
+    def representation(self) -> str:
         if self.levels is None:
             return "continuous data as given"
         return f"{self.levels}-level data, dequantized (k+u)/{self.levels}"
 
     #: clamp prepared data into [clamp, 1 - clamp] (for a density infinite at 0 and 1), or None
-    clamp = None
+    clamp: float | None = None
 
-    def preparation(self):
+    def preparation(self) -> Preparation:
         return Dequantize(self.name, self.levels, self.domain, self.clamp)
 
 
@@ -422,7 +426,7 @@ class DiscretizedLogistic(Likelihood):
         return Levels(self.name, self.levels)
 
 
-def likelihood_class(spec):
+def likelihood_class(spec: str | type[Likelihood]) -> type[Likelihood]:
     """The family class ``spec`` names: a registered name, or the user's own class as an import spec
     ``path/to/file.py:Name`` / ``package.module:Name`` (``--likelihood my_families.py:StudentT``, which
     runs that file), a subclass of :class:`Likelihood` (or :class:`Density`); a class is returned as it is.
@@ -439,7 +443,7 @@ def _positive(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
 
 
-def likelihood_options(name):
+def likelihood_options(name: str | type[Likelihood]) -> dict[str, Any]:
     """The option keywords (and their defaults) of the family ``name`` names (a registered name or an
     import spec, see :func:`likelihood_class`), ``levels`` aside."""
     parameters = inspect.signature(likelihood_class(name).__init__).parameters
@@ -449,7 +453,7 @@ def likelihood_options(name):
     }  # fmt: skip
 
 
-def build_likelihood(name, levels=None, **options):
+def build_likelihood(name: str | type[Likelihood], levels: int | None = None, **options: Any) -> Likelihood:
     """The family registered as ``name`` for data with ``levels`` levels, with its keyword ``options``.
 
     Options whose value is ``None`` take the family's defaults.

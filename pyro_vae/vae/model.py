@@ -19,18 +19,22 @@ Training maximizes the evidence lower bound (the paper's eq. 2; eq. 3 writes it 
     \le \log p_\theta(x_i)
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
 import pyro
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 
 from .guides import build_guide
 from .likelihoods import Likelihood, build_likelihood
-from .nets import build_architecture, check_architecture, item_shape, parse_hidden
-from .priors import build_prior
+from .nets import Architecture, build_architecture, check_architecture, item_shape, parse_hidden
+from .priors import Prior, build_prior
 
 
 class VAE(nn.Module):
@@ -64,10 +68,13 @@ class VAE(nn.Module):
     """
 
     def __init__(
-        self, x_dim, z_dim=20, hidden=(400,), activation="relu", likelihood="bernoulli", guide="diagonal",
-        guide_options=None, check_guide=True, decoder=None, arch="mlp", channels=(32, 64, 128, 256),
-        prior="standard", prior_options=None,
-    ):  # fmt: skip
+        self, x_dim: int | Sequence[int], z_dim: int = 20, hidden: int | str | Sequence[int] = (400,),
+        activation: str = "relu", likelihood: Likelihood | str | type[Likelihood] = "bernoulli",
+        guide: str | type[nn.Module] | nn.Module = "diagonal", guide_options: dict[str, Any] | None = None,
+        check_guide: bool = True, decoder: nn.Module | None = None,
+        arch: str | Architecture | type[Architecture] = "mlp", channels: int | str | Sequence[int] = (32, 64, 128, 256),
+        prior: str | type[Prior] | Prior = "standard", prior_options: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         hidden = parse_hidden(hidden)
         #: the shape of one item, and its number of values D
@@ -102,17 +109,17 @@ class VAE(nn.Module):
     #: one-hot label appended to the decoder's input (0 here: the decoder takes ``z`` alone) ...
     label_dim = 0
 
-    def guide_input(self, body):
+    def guide_input(self, body: nn.Module | None) -> tuple[tuple[int, ...], nn.Module | None]:
         """... and what the guide is built for: ``(input shape, encoder body)``; here the items' shape
         and the architecture's body as they are."""
         return self.x_shape, body
 
     @property
-    def encoder_input_shape(self):
+    def encoder_input_shape(self) -> tuple[int, ...]:
         """The shape of one input of :attr:`encoder` (the items' shape here)."""
         return self.x_shape
 
-    def flat(self, x):
+    def flat(self, x: torch.Tensor) -> torch.Tensor:
         """Items ``(..., *x_shape)`` flattened to ``(..., D)`` (flat batches are returned as they are)."""
         k = len(self.x_shape)
         if k > 1 and tuple(x.shape[-k:]) == self.x_shape:
@@ -121,7 +128,7 @@ class VAE(nn.Module):
             return x.reshape(len(x), self.x_dim)
         return x
 
-    def prior(self, like):
+    def prior(self, like: torch.Tensor) -> TorchDistributionMixin:
         """:math:`p_\\lambda(z)` (the prior module's distribution) on the dtype and device of ``like``."""
         fixed = self.__dict__.get("_fixed_priors")
         if fixed is None:
@@ -132,7 +139,7 @@ class VAE(nn.Module):
         return fixed[key]
 
     @contextlib.contextmanager
-    def fixed_prior(self):
+    def fixed_prior(self) -> Iterator[VAE]:
         """Within this block :meth:`prior` builds :math:`p_\\lambda(z)` once per dtype and device and
         reuses it: for evaluation without gradients, where the parameters do not change and a
         VampPrior's encoder pass over its pseudo-inputs need not be repeated for every chunk of
@@ -144,7 +151,7 @@ class VAE(nn.Module):
         finally:
             self.__dict__["_fixed_priors"] = outer
 
-    def model(self, x):
+    def model(self, x: torch.Tensor) -> None:
         """:math:`p_\\lambda(z)\\,p_\\theta(x \\mid z)` for a minibatch ``x`` of shape ``(B, D)``."""
         pyro.module("decoder", self.decoder)
         if self.prior_module.learned:
@@ -153,7 +160,7 @@ class VAE(nn.Module):
             z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.likelihood.distribution(self.decoder(z)).to_event(1), obs=self.flat(x))
 
-    def guide(self, x):
+    def guide(self, x: torch.Tensor) -> None:
         """:math:`q_\\phi(z \\mid x)` for the same minibatch; the site name ``"z"`` matches the model's."""
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
@@ -161,17 +168,17 @@ class VAE(nn.Module):
 
     # Uses of a trained model ------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, z):
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
         """:math:`\\mathbb{E}[x \\mid z]` for latent codes ``z`` of shape ``(..., z_dim)``."""
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
-    def sample(self, n, generator=None):
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decoder means for ``n`` codes drawn from the prior: shape ``(n, D)``."""
         return self.decode(self.prior_module.sample(n, generator, like=next(self.parameters())))
 
     @torch.no_grad()
-    def reconstruct(self, x):
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder means for one draw :math:`z \\sim q_\\phi(z \\mid x)` per row of ``x``."""
         return self.decode(self.encoder(x).sample())
 

@@ -25,6 +25,8 @@ tiny batch by :func:`check_architecture` before training):
 Built in: ``mlp`` (the paper's), ``conv`` and ``resnet`` (:mod:`pyro_vae.vae.image_nets`).
 """
 
+from __future__ import annotations
+
 import math
 
 import torch
@@ -142,7 +144,9 @@ class FlatDecoder(nn.Module):
 
 
 class _ImageArchitecture(Architecture):
-    encoder_class = decoder_class = None
+    #: the nets' classes (set by each image architecture)
+    encoder_class: type[nn.Module] | None = None
+    decoder_class: type[nn.Module] | None = None
 
     def decoder(self, z_dim, x_shape, params_per_dim):
         shape = _chw(x_shape, self.name)

@@ -26,11 +26,15 @@ Whatever the objective, the per-epoch test metric is the one-particle ELBO and `
 reports the importance-sampled :math:`\log p(x)` (:mod:`pyro_vae.vae.evaluation`), so runs compare.
 """
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.distributions import kl_divergence
 
+from pyro.infer import ELBO as PyroELBO
 from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceMeanField_ELBO
 from pyro.util import warn_if_nan
 
@@ -38,6 +42,9 @@ from ..errors import UserError
 from ..registry import Registry
 from . import kl  # noqa: F401  (registers the closed-form KL of the full-rank guide)
 from .guides import check_guide, preserved_rng
+
+if TYPE_CHECKING:  # for the annotations only: the model imports nothing from here
+    from .model import VAE
 
 OBJECTIVES = Registry("objective")
 
@@ -52,6 +59,8 @@ class Objective:
     """
 
     #: whether the estimator differentiates through :math:`z = g_\phi(\epsilon, x)`
+    #: the registered name (set by :data:`OBJECTIVES`)
+    name: str
     needs_rsample = True
     #: smallest number of particles the estimator is defined for
     min_particles = 1
@@ -61,7 +70,7 @@ class Objective:
     #: whether the KL term is in closed form (free bits then uses the closed-form KL of each unit)
     analytic_kl = False
 
-    def __init__(self, particles=1):
+    def __init__(self, particles: int = 1) -> None:
         self.particles = int(particles)
         if self.particles < self.min_particles:
             raise UserError(
@@ -69,10 +78,10 @@ class Objective:
                 + (" (with one particle it is the ELBO: use --objective elbo)" if self.min_particles == 2 else "")
             )
 
-    def build(self):
+    def build(self) -> PyroELBO:
         raise NotImplementedError
 
-    def check(self, vae):
+    def check(self, vae: VAE) -> Objective:
         """Refuse, with a :class:`UserError`, a guide this estimator cannot use. Returns ``self``."""
         q = check_guide(vae.encoder, getattr(vae, "encoder_input_shape", getattr(vae, "x_shape", vae.x_dim)), vae.z_dim)
         if self.needs_rsample and not q.has_rsample:
@@ -83,10 +92,10 @@ class Objective:
         self.check_distribution(q, vae)
         return self
 
-    def check_distribution(self, q, vae):
+    def check_distribution(self, q: torch.distributions.Distribution, vae: VAE) -> None:
         """Further requirements on a distribution ``q`` the guide returned for a tiny batch."""
 
-    def training_loss(self, step_value):
+    def training_loss(self, step_value: Any) -> float | torch.Tensor:
         """The float the training loop records from ``svi.step``: an estimate of :math:`-\\sum_i \\text{bound}(x_i)`."""
         return step_value
 

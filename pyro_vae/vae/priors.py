@@ -22,7 +22,10 @@ registers the prior with ``pyro.module("prior", prior)``), saved in the checkpoi
 ``state_dict`` and recorded in ``config.json`` as ``prior`` and ``prior_options``.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,6 +34,7 @@ from torch.distributions import constraints
 
 import pyro.distributions as dist
 from pyro.distributions import TorchDistribution
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 
@@ -86,29 +90,31 @@ class Prior(nn.Module):
 
     #: elements of the largest intermediate tensor ``log_prob`` makes per value scored (the
     #: evaluation sizes its chunks by it); ``z_dim`` unless a subclass says more
-    elements_per_value = None
+    elements_per_value: int | None = None
 
-    def __init__(self, z_dim):
+    def __init__(self, z_dim: int) -> None:
         super().__init__()
         self.z_dim = int(z_dim)
 
-    def options(self):
+    def options(self) -> dict[str, Any]:
         """Constructor keywords beyond ``z_dim``, with their values (``prior_options`` in ``config.json``)."""
         return {}
 
     @property
-    def learned(self):
+    def learned(self) -> bool:
         """Whether the prior has parameters to train."""
         return any(True for _ in self.parameters())
 
-    def forward(self, like):
+    def forward(self, like: torch.Tensor) -> TorchDistributionMixin:
         raise NotImplementedError
 
-    def _like(self):
+    def _like(self) -> torch.Tensor:
         p = next(self.parameters(), None)
         return p if p is not None else torch.zeros(())
 
-    def sample(self, n, generator=None, like=None):
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``n`` codes ``(n, z_dim)`` drawn from the prior, on the device and dtype of ``like``
         (default: the prior's parameters). With ``generator`` (a :class:`torch.Generator`) the draws
         are made from a random state seeded by it, and torch's global state is left as it was."""
@@ -122,7 +128,9 @@ class Prior(nn.Module):
                 torch.manual_seed(seed)
                 return self(like).sample((n,))
 
-    def marginals(self, like=None, quantiles=()):
+    def marginals(
+        self, like: torch.Tensor | None = None, quantiles: Sequence[float] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each unit's marginal mean and standard deviation under the prior, and the given quantiles:
         ``(mean (z_dim,), std (z_dim,), q (len(quantiles), z_dim))``. The default estimates them from
         :data:`MARGINAL_DRAWS` draws of a fixed seed."""
@@ -132,7 +140,7 @@ class Prior(nn.Module):
         q = torch.quantile(z, p, dim=0) if len(p) else z.new_zeros((0, self.z_dim))
         return z.mean(0).float(), z.std(0).float(), q.float()
 
-    def describe(self):
+    def describe(self) -> str:
         """A few words naming the prior, for captions and messages."""
         return f"the {getattr(self, 'name', type(self).__name__)} prior"
 
@@ -143,14 +151,18 @@ class StandardPrior(Prior):
     :math:`\epsilon \sim \mathcal{N}(0, I)` with ``torch.randn`` (the numbers of every run before priors
     became an axis)."""
 
-    def forward(self, like):
+    def forward(self, like: torch.Tensor) -> TorchDistributionMixin:
         return dist.Normal(like.new_zeros(()), like.new_ones(())).expand([self.z_dim]).to_event(1)
 
-    def sample(self, n, generator=None, like=None):
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
         like = self._like() if like is None else like
         return torch.randn(n, self.z_dim, generator=generator, device=like.device, dtype=like.dtype)
 
-    def marginals(self, like=None, quantiles=()):
+    def marginals(
+        self, like: torch.Tensor | None = None, quantiles: Sequence[float] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         like = self._like() if like is None else like
         p = torch.as_tensor(quantiles, dtype=torch.float64)
         q = torch.distributions.Normal(0.0, 1.0).icdf(p).to(like.dtype)[:, None].expand(len(p), self.z_dim)
@@ -175,7 +187,7 @@ class MixturePrior(Prior):
     DEFAULT_COMPONENTS = 10
     MIN_SCALE = 1e-4
 
-    def __init__(self, z_dim, components=None):
+    def __init__(self, z_dim: int, components: int | None = None) -> None:
         super().__init__(z_dim)
         self.components = self.DEFAULT_COMPONENTS if components is None else _positive(components, "--prior-components")
         self.logits = nn.Parameter(torch.zeros(self.components))
@@ -183,10 +195,10 @@ class MixturePrior(Prior):
         self.raw_scales = nn.Parameter(torch.full((self.components, self.z_dim), math.log(math.e - 1)))
         self.elements_per_value = self.components * self.z_dim
 
-    def options(self):
+    def options(self) -> dict[str, Any]:
         return {"components": self.components}
 
-    def forward(self, like):
+    def forward(self, like: torch.Tensor) -> TorchDistributionMixin:
         scales = F.softplus(self.raw_scales) + self.MIN_SCALE
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits),
                                       dist.Normal(self.locs, scales).to_event(1))  # fmt: skip
@@ -297,7 +309,11 @@ class VampPrior(Prior):
     check_hint = ("the vamp prior scores z under the guide q(z|u_k), so the guide must score values it did not "
                   "draw: the planar guide cannot (no inverse); use diagonal, full-rank or iaf")  # fmt: skip
 
-    def __init__(self, z_dim, components=None, encoder=None, x_shape=None, bounds=None, init_mean=0.05, init_std=0.01):
+    def __init__(
+        self, z_dim: int, components: int | None = None, encoder: nn.Module | None = None,
+        x_shape: int | Sequence[int] | None = None, bounds: tuple[float, float] | None = None, init_mean: float = 0.05,
+        init_std: float = 0.01,
+    ) -> None:
         super().__init__(z_dim)
         if encoder is None or x_shape is None:
             raise UserError("the vamp prior needs the run's encoder and the data's shape (build it through "
@@ -311,21 +327,21 @@ class VampPrior(Prior):
         self.pseudo = nn.Parameter(torch.randn(self.components, *self.x_shape) * self.init_std + self.init_mean)
         self.elements_per_value = self.components * self.z_dim
 
-    def options(self):
+    def options(self) -> dict[str, Any]:
         return {"components": self.components, "init_mean": self.init_mean, "init_std": self.init_std}
 
     @property
-    def encoder(self):
+    def encoder(self) -> nn.Module:
         return self._encoder[0]
 
-    def pseudo_inputs(self):
+    def pseudo_inputs(self) -> torch.Tensor:
         """The pseudo-inputs :math:`u_k`, ``(K, *x_shape)``."""
         return self.pseudo if self.bounds is None else F.hardtanh(self.pseudo, *self.bounds)
 
-    def forward(self, like):
+    def forward(self, like: torch.Tensor) -> TorchDistributionMixin:
         return UniformMixture(self.encoder(self.pseudo_inputs()))
 
-    def describe(self):
+    def describe(self) -> str:
         return f"the vamp prior ({self.components} pseudo-inputs)"
 
 
@@ -350,19 +366,20 @@ class FlowPrior(Prior):
 
     DEFAULT_FLOW_STEPS = 2
 
-    def __init__(self, z_dim, flow_steps=None):
+    def __init__(self, z_dim: int, flow_steps: int | None = None) -> None:
         super().__init__(z_dim)
         self.flow_steps = self.DEFAULT_FLOW_STEPS if flow_steps is None else _positive(flow_steps, "--prior-flow-steps")
         self.flows = nn.ModuleList()
         for t in range(self.flow_steps):
             order = torch.arange(self.z_dim) if t % 2 == 0 else torch.arange(self.z_dim - 1, -1, -1)
-            self.flows.append(AffineAutoregressive(AutoRegressiveNN(self.z_dim, [10 * self.z_dim], permutation=order),
-                                                   stable=True))  # fmt: skip
+            # Pyro annotates the permutation as torch.LongTensor, the int64 tensor torch.arange returns
+            net = AutoRegressiveNN(self.z_dim, [10 * self.z_dim], permutation=order)  # type: ignore[arg-type]
+            self.flows.append(AffineAutoregressive(net, stable=True))
 
-    def options(self):
+    def options(self) -> dict[str, Any]:
         return {"flow_steps": self.flow_steps}
 
-    def forward(self, like):
+    def forward(self, like: torch.Tensor) -> TorchDistributionMixin:
         base = dist.Normal(like.new_zeros(()), like.new_ones(())).expand([self.z_dim]).to_event(1)
         # the transforms map z -> eps; the distribution's transforms map eps -> z: their inverses, reversed
         return dist.TransformedDistribution(base, [flow.inv for flow in reversed(self.flows)])
