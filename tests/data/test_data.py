@@ -559,7 +559,7 @@ def test_patches_dataset_is_offline_colour_8_bit():
 
 def test_cifar10_svhn_celeba_read_from_the_data_folder_or_say_where_they_looked(tmp_path, monkeypatch):
     import scipy.io
-    from test_image_data import write_cifar
+    from test_images import write_cifar
 
     monkeypatch.setattr("pyro_vae.data.sources._writable", lambda path: False)  # a read-only folder: nothing is fetched
     with pytest.raises(UserError, match=r"cifar10 data not found: looked for .*cifar-10-batches-py"):
@@ -583,7 +583,7 @@ def test_cifar10_svhn_celeba_read_from_the_data_folder_or_say_where_they_looked(
 def test_celeba_official_validation_partition_is_the_validation_set(tmp_path):
     import json
 
-    from test_image_data import write_celeba
+    from test_images import write_celeba
 
     from pyro_vae.data.images import load_celeba
     from pyro_vae.data.load import with_validation
