@@ -3,10 +3,15 @@ from a run folder (:mod:`pyro_vae.runs.folder`) with :func:`load_run`: sample, r
 latent-space tools.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import math
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +26,12 @@ from ..train.build import build_vae, prepare_data, resolve_device
 from ..user_code import check_code_trusted, is_import_spec, sha256_file, spec_file
 from ..vae.evaluation import evaluate_terms, summarize
 from ..vae.labels import LabelledVAE, SemiSupervisedVAE, check_labels, class_scores
+from ..vae.model import VAE
 from . import latent, plots
 from .folder import check_same_settings, read_metrics, saved_config, write_file_checked
+
+#: labels as the latent tools take them: one class index per item
+Labels = torch.Tensor | np.ndarray | Sequence[int]
 
 #: ``load_run(checkpoint=...)`` / ``--checkpoint``: the file of each choice
 CHECKPOINTS = {"best": "best.pt", "last": "checkpoint.pt"}
@@ -38,7 +47,8 @@ class Run:
     :ivar list metrics: one dict per epoch, as in ``metrics.jsonl``.
     """
 
-    def __init__(self, directory, config, meta, vae, metrics):
+    def __init__(self, directory: str | os.PathLike, config: Config, meta: dict, vae: VAE,
+                 metrics: list[dict]) -> None:
         self.directory = Path(directory)
         self.config, self.meta, self.vae, self.metrics = config, meta, vae.eval(), metrics
         #: ``final.json`` (test ELBO of best.pt and of the last epoch, best epoch), ``None`` if absent
@@ -97,14 +107,14 @@ class Run:
                 f"{pictures}</div>")
 
     @property
-    def image_shape(self):
+    def image_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["image_shape"])
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
-    def test_data(self):
+    def test_data(self) -> torch.Tensor:
         """The test set, prepared for the likelihood exactly as during training (same fixed draw).
 
         :raises UserError: when the run's data file (``config.json``'s ``data``/``test_data``) is
@@ -124,7 +134,7 @@ class Run:
         return test
 
     @property
-    def labelled(self):
+    def labelled(self) -> bool:
         """Whether the model has labels (``--conditional`` or ``--semi-supervised``)."""
         return isinstance(self.vae, LabelledVAE)
 
@@ -136,7 +146,7 @@ class Run:
             raise UserError(f"{what} on a --conditional run needs the items' labels")
         return check_labels(labels, self.vae.num_classes, len(x)).to(self.device)
 
-    def sample(self, n=64, seed=0, label=None):
+    def sample(self, n: int = 64, seed: int = 0, label: int | None = None) -> torch.Tensor:
         """Decoder means for ``n`` draws from the prior, items in the data's shape ``(n, *item_shape)``, on the CPU; for a model with labels,
         of the class ``label`` (default: the classes in turn).
 
@@ -150,11 +160,12 @@ class Run:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         if label is not None and not self.labelled:
             raise UserError("--label applies to runs with labels (trained with --conditional or --semi-supervised)")
-        samples = self.vae.sample(n, generator=generator, label=label) if self.labelled else self.vae.sample(
+        vae = self.vae
+        samples = vae.sample(n, generator=generator, label=label) if isinstance(vae, LabelledVAE) else vae.sample(
             n, generator=generator)
         return samples.cpu().reshape(n, *self.vae.x_shape)
 
-    def as_input(self, x):
+    def as_input(self, x: torch.Tensor | np.ndarray | Sequence) -> torch.Tensor:
         """``x`` as the encoder takes it: a float tensor ``(N, *item_shape)`` on the run's device.
 
         Accepts what training accepted: items in any layout whose values number ``D`` (``(N, D)``,
@@ -190,7 +201,7 @@ class Run:
                             f"got shape {shape}")  # fmt: skip
         return t.reshape(len(t), *self.vae.x_shape).to(device=self.device, dtype=torch.float32)
 
-    def reconstruct(self, x, labels=None):
+    def reconstruct(self, x: torch.Tensor | np.ndarray | Sequence, labels: Labels | None = None) -> torch.Tensor:
         """Decoder means for one draw from :math:`q(z \\mid x)` for each item of ``x``, items in the data's
         shape ``(N, *item_shape)`` (as :meth:`sample`), on the CPU.
 
@@ -205,10 +216,12 @@ class Run:
         if labels is not None and not self.labelled:
             raise UserError("labels apply to runs with labels (--conditional, --semi-supervised); this run's "
                             "guide is q(z | x)")  # fmt: skip
-        means = self.vae.reconstruct(x, self._labels_for(x, labels)) if self.labelled else self.vae.reconstruct(x)
+        vae = self.vae
+        means = vae.reconstruct(x, self._labels_for(x, labels)) if isinstance(vae, LabelledVAE) else vae.reconstruct(x)
         return means.cpu().reshape(len(x), *self.vae.x_shape)
 
-    def evaluate(self, samples=1000, subset=None, progress=None, seed=None):
+    def evaluate(self, samples: int = 1000, subset: int | None = None, progress: Callable[[int], Any] | None = None,
+                 seed: int | None = None) -> dict[str, Any]:
         """Test ELBO, its two terms, importance-sampled log-likelihood (nats per item), bits per
         dimension and active units (see :mod:`pyro_vae.vae.evaluation`).
 
@@ -268,17 +281,18 @@ class Run:
         """[0, 1] for images; the data's own range for real-valued user data."""
         return (0.0, 1.0) if self.vae.likelihood.domain != "real" or not self.config.data else None
 
-    def save_samples(self, path, n=64, seed=0, label=None):
+    def save_samples(self, path: str | os.PathLike, n: int = 64, seed: int = 0, label: int | None = None) -> None:
         """Save ``n`` samples as a PNG grid at ``path``. For a model with labels and no ``label``: one row per
         class, the same code ``z`` down each column (``ceil(n / C)`` columns; Kingma et al. 2014, Figure 1).
 
         :raises UserError: for a missing folder, a link at ``path``, or a write that fails.
         """
         ncol, title = None, None
-        if self.labelled and label is None:
-            columns = max(1, -(-n // self.vae.num_classes))
+        vae = self.vae
+        if isinstance(vae, LabelledVAE) and label is None:
+            columns = max(1, -(-n // vae.num_classes))
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            images, ncol = self.vae.class_grid(columns, generator=generator).cpu(), columns
+            images, ncol = vae.class_grid(columns, generator=generator).cpu(), columns
             title = "one row per class (0 at the top), the same z down each column"
         else:
             images = self.sample(n, seed, label)
@@ -288,7 +302,8 @@ class Run:
         write_file_checked(Path(path), lambda p: plots.save_grid(images, self.image_shape, p, ncol=ncol, title=title,
                                                                   value_range=self._display_range()), "samples")
 
-    def write_pictures(self, test, checkpoint="best", test_labels=None):
+    def write_pictures(self, test: torch.Tensor, checkpoint: str = "best",
+                       test_labels: torch.Tensor | None = None) -> dict[str, Any]:
         """``samples.png``, ``reconstructions.png``, ``curves.png`` and, for a 2-D latent space, ``manifold.png``
         in the run folder, drawn with the model of one of its checkpoints. A run with labels draws no
         ``manifold.png`` but ``latents.png``: the means of :math:`q(z \\mid x, y)` of the test items with their
@@ -366,7 +381,7 @@ class Run:
         if hasattr(self.vae.prior_module, "pseudo_inputs"):
             self.save_pseudo_inputs(d / "pseudo_inputs.png")
 
-    def save_pseudo_inputs(self, path, n=100):
+    def save_pseudo_inputs(self, path: str | os.PathLike, n: int = 100) -> None:
         """The first ``n`` pseudo-inputs :math:`u_k` of a VampPrior as a PNG grid, in the data's shape.
 
         :raises UserError: for a run whose prior has no pseudo-inputs, or a write that fails.
@@ -381,8 +396,10 @@ class Run:
                                                                   value_range=self._display_range()), "picture")
 
     # The latent space (pyro_vae.runs.latent; the same as ``pyro-vae encode/reconstruct/interpolate/traverse/latents``)
-    def encode(self, x=None, split="test", data=None, what="mean", samples=None, labels=None, path=None, seed=0,
-               use_classifier=False):  # fmt: skip
+    def encode(self, x: torch.Tensor | np.ndarray | Sequence | None = None, split: str = "test",
+               data: str | os.PathLike | None = None, what: str = "mean", samples: int | None = None,
+               labels: Labels | str | os.PathLike | None = None, path: str | os.PathLike | None = None, seed: int = 0,
+               use_classifier: bool = False) -> torch.Tensor:  # fmt: skip
         """Posterior codes of the items ``x`` (any layout and dtype training accepts, see :meth:`as_input`),
         or, without ``x``, of a split's (``split``) or ``data`` file's items.
 
@@ -412,26 +429,35 @@ class Run:
         codes, _ = latent.encode_run(self, split, data, what, samples, labels, path, seed, use_classifier)
         return torch.as_tensor(codes)
 
-    def save_reconstructions(self, path, n=16, split="test", data=None, sample=False, seed=0, labels=None,
-                             use_classifier=False):  # fmt: skip
+    def save_reconstructions(self, path: str | os.PathLike, n: int = 16, split: str = "test",
+                             data: str | os.PathLike | None = None, sample: bool = False, seed: int = 0,
+                             labels: Labels | str | os.PathLike | None = None,
+                             use_classifier: bool = False) -> np.ndarray:  # fmt: skip
         """Items above their reconstructions as a PNG: :func:`pyro_vae.runs.latent.save_reconstructions`."""
         return latent.save_reconstructions(self, path, n, split, data, sample, seed, labels, use_classifier)
 
-    def interpolate(self, i, j, steps=10, slerp=False, split="test", data=None, path=None, seed=0, label=None,
-                    labels=None, use_classifier=False):  # fmt: skip
+    def interpolate(self, i: int, j: int, steps: int = 10, slerp: bool = False, split: str = "test",
+                    data: str | os.PathLike | None = None, path: str | os.PathLike | None = None, seed: int = 0,
+                    label: int | None = None, labels: Labels | str | os.PathLike | None = None,
+                    use_classifier: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Decoded path between items ``i`` and ``j``: :func:`pyro_vae.runs.latent.interpolate_run` (a run with
         labels: each item encoded with its label, the path decoded with the class ``label``, default theirs)."""
         return latent.interpolate_run(self, i, j, steps, slerp, split, data, path, seed, label, labels,
                                       use_classifier)  # fmt: skip
 
-    def traverse(self, units=None, span=3.0, steps=9, item=None, top=None, split="test", data=None, path=None, seed=0,
-                 label=None, labels=None, use_classifier=False):  # fmt: skip
+    def traverse(self, units: Sequence[int] | None = None, span: float = 3.0, steps: int = 9, item: int | None = None,
+                 top: int | None = None, split: str = "test", data: str | os.PathLike | None = None,
+                 path: str | os.PathLike | None = None, seed: int = 0, label: int | None = None,
+                 labels: Labels | str | os.PathLike | None = None,
+                 use_classifier: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
         """One latent unit at a time, ordered by KL: :func:`pyro_vae.runs.latent.traverse_run` (a run with labels:
         decoded with the class ``label``, default ``item``'s label, and without either with every class)."""
         return latent.traverse_run(self, units, span, steps, item, top, split, data, path, seed, label, labels,
                                    use_classifier)  # fmt: skip
 
-    def latents(self, path, method="auto", split="test", data=None, labels=None, seed=0, use_classifier=False):
+    def latents(self, path: str | os.PathLike, method: str = "auto", split: str = "test",
+                data: str | os.PathLike | None = None, labels: Labels | str | os.PathLike | None = None, seed: int = 0,
+                use_classifier: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Scatter of the posterior means coloured by label: :func:`pyro_vae.runs.latent.latents_run`."""
         return latent.latents_run(self, path, method, split, data, labels, seed, use_classifier=use_classifier)
 
@@ -542,7 +568,8 @@ def _buildable(config, meta, directory):
     return config.replace(**changes) if changes else config
 
 
-def load_run(directory, device="auto", checkpoint="best", trust_guide=False, guide=None, arch=None):
+def load_run(directory: str | os.PathLike, device: str = "auto", checkpoint: str = "best", trust_guide: bool = False,
+             guide: str | type | None = None, arch: str | type | None = None) -> Run:
     """Load the run in ``directory`` (its ``config.json`` and a checkpoint) onto ``device``.
 
     :param device: ``"auto"`` (CUDA when available, else the CPU, whatever the run was trained on),
@@ -585,11 +612,11 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
     except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); retrain the run") from None
     check_guide_trusted(config, directory, trust_guide, guide, arch)
-    device = resolve_device(device or "auto")
+    on = resolve_device(device or "auto")
     path = directory / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.exists() and (directory / "checkpoint.pt").exists():
         path = directory / "checkpoint.pt"  # a run from before best.pt
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path, map_location=on)
     other = directory / ("checkpoint.pt" if path.name == "best.pt" else "best.pt")
     if other.exists():  # a damaged run folder is refused whole, even when the checkpoint used is intact
         load_checkpoint(other)
@@ -598,7 +625,7 @@ def load_run(directory, device="auto", checkpoint="best", trust_guide=False, gui
     classes = meta.get("num_classes")
     if (config.conditional or config.semi_supervised) and (isinstance(classes, bool) or not isinstance(classes, int)):
         raise UserError(f"{where} is damaged (a run with labels needs its num_classes, got {classes!r}); retrain the run")
-    vae = build_vae(_buildable(config, meta, directory), item, levels, num_classes=classes).to(device)
+    vae = build_vae(_buildable(config, meta, directory), item, levels, num_classes=classes).to(on)
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError:

@@ -129,9 +129,11 @@ def build_vae(
     args = (config.z_dim, config.hidden, config.activation, likelihood, config.guide)
     kwargs: dict[str, Any] = dict(guide_options=config.guide_options, check_guide=check, arch=config.arch,
                                   channels=config.channels, prior=config.prior, prior_options=config.prior_options)
-    if config.conditional:
-        return ConditionalVAE(x_dim, num_classes, *args, **kwargs)
-    if config.semi_supervised:
+    if config.conditional or config.semi_supervised:
+        if num_classes is None:
+            raise UserError("a model with labels (--conditional, --semi-supervised) needs the number of classes")
+        if config.conditional:
+            return ConditionalVAE(x_dim, num_classes, *args, **kwargs)
         return SemiSupervisedVAE(x_dim, num_classes, *args, alpha=config.alpha, **kwargs)
     return VAE(x_dim, *args, **kwargs)
 

@@ -62,7 +62,11 @@ Everything here is model code: no I/O. Training (mixing labelled and unlabelled 
 in :mod:`pyro_vae.train.labelled`.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -249,7 +253,7 @@ class LabelledVAE(VAE):
 class ConditionalVAE(LabelledVAE):
     """The conditional VAE: :math:`p(z)\\, p_\\theta(x \\mid z, y)` and :math:`q_\\phi(z \\mid x, y)`, ``y`` always given."""
 
-    def model(self, x, y):
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:  # type: ignore[override]  # labelled models take the labels y beside x: not VAE.model's signature
         """:math:`p(z)\\,p_\\theta(x \\mid z, y)` for items ``x (B, ...)`` and their labels ``y (B,)``."""
         self._check_y(x, y)
         pyro.module("decoder", self.decoder)
@@ -257,7 +261,7 @@ class ConditionalVAE(LabelledVAE):
             z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.likelihood.distribution(self.decoder(self.code(z, y))).to_event(1), obs=self.flat(x))
 
-    def guide(self, x, y):
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:  # type: ignore[override]  # labelled models take the labels y beside x: not VAE.model's signature
         """:math:`q_\\phi(z \\mid x, y)`."""
         self._check_y(x, y)
         pyro.module("encoder", self.encoder)
@@ -276,8 +280,13 @@ class SemiSupervisedVAE(LabelledVAE):
     the :class:`Classifier`.
     """
 
-    def __init__(self, x_dim, num_classes, z_dim=20, hidden=(400,), activation="relu", *args, alpha=1.0,
-                 arch="mlp", channels=(32, 64, 128, 256), **kwargs):  # fmt: skip
+    #: the logits of the uniform :math:`p(y)` (a buffer)
+    prior_logits: torch.Tensor
+
+    def __init__(self, x_dim: int | Sequence[int], num_classes: int, z_dim: int = 20,
+                 hidden: int | str | Sequence[int] = (400,), activation: str = "relu", *args: Any, alpha: float = 1.0,
+                 arch: Any = "mlp", channels: int | str | Sequence[int] = (32, 64, 128, 256),
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(x_dim, num_classes, z_dim, hidden, activation, *args, arch=arch, channels=channels, **kwargs)
         if activation not in ACTIVATIONS:
             raise UserError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
@@ -287,16 +296,16 @@ class SemiSupervisedVAE(LabelledVAE):
         self.alpha = float(alpha)
         self.register_buffer("prior_logits", torch.zeros(num_classes), persistent=False)
 
-    def label_prior(self, like=None):
+    def label_prior(self, like: torch.Tensor | None = None) -> dist.Categorical:
         """:math:`p(y) = \\mathrm{Cat}(\\pi)`, :math:`\\pi_c = 1/C`."""
         return dist.Categorical(logits=self.prior_logits)
 
-    def label_posterior(self, x):
+    def label_posterior(self, x: torch.Tensor) -> dist.Categorical:
         """:math:`q_\\phi(y \\mid x)` for items ``x (B, ...)``: a Categorical of batch shape ``(B,)``."""
         return dist.Categorical(logits=self.classifier(x))
 
     @torch.no_grad()
-    def predict(self, x):
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's most probable class of each item, ``(B,)``."""
         return self.classifier(x).argmax(-1)
 
@@ -317,12 +326,12 @@ class SemiSupervisedVAE(LabelledVAE):
                 y = pyro.sample("y" + tag, self.label_posterior(x))
             pyro.sample("z" + tag, self.encoder(self.pack(x, y)))
 
-    def model(self, x, y=None):
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """:math:`p(y)\\,p(z)\\,p_\\theta(x \\mid y, z)`; ``y (B,)`` observed when given."""
         pyro.module("decoder", self.decoder)
         self._generate(x, y, "data", "")
 
-    def guide(self, x, y=None):
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """:math:`q_\\phi(y \\mid x)\\,q_\\phi(z \\mid x, y)`; without ``y`` the site ``"y"`` is drawn from the
         classifier (enumerated when the guide is wrapped in :func:`~pyro.infer.config_enumerate`)."""
         pyro.module("encoder", self.encoder)
@@ -330,7 +339,7 @@ class SemiSupervisedVAE(LabelledVAE):
         self._infer(x, y, "data", "")
 
     # The training objective of eq. 9: one unlabelled and one labelled minibatch per step --------
-    def training_model(self, x_u, x_l, y_l):
+    def training_model(self, x_u: torch.Tensor | None, x_l: torch.Tensor | None, y_l: torch.Tensor | None) -> None:
         """The model of one training step: the unlabelled minibatch ``x_u`` (plate ``"unlabelled"``, its
         ``y`` latent), the labelled ``(x_l, y_l)`` (plate ``"labelled"``, ``y`` observed) and the
         classification term :math:`\\alpha \\log q_\\phi(y \\mid x)` of each labelled item as a ``pyro.factor``.
@@ -342,7 +351,7 @@ class SemiSupervisedVAE(LabelledVAE):
             pyro.module("classifier", self.classifier)
             self._generate(x_l, y_l, "labelled", "_l", classify=True)
 
-    def training_guide(self, x_u, x_l, y_l):
+    def training_guide(self, x_u: torch.Tensor | None, x_l: torch.Tensor | None, y_l: torch.Tensor | None) -> None:
         """The guide of :meth:`training_model`; its unlabelled ``y`` is marked for parallel enumeration."""
         pyro.module("encoder", self.encoder)
         pyro.module("classifier", self.classifier)
