@@ -19,7 +19,7 @@ import torch
 
 from ..errors import TrainingDiverged, TrainingInterrupted, UserError
 from ..speed.precision import check_precision
-from ..train.build import make_config
+from ..train.build import make_config, resolve_device
 from ..train.distributed import DistributedTrainer
 from ..train.labelled import trainer_class
 from ..train.loggers import Loggers, build_loggers, format_elbo
@@ -131,7 +131,7 @@ def _check_processes(config, devices, precision, options):
     :func:`~pyro_vae.runs.launch.launcher_env`'s answer (``None``: not launched)."""
     if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
         raise UserError(f"--devices must be a positive integer, got {devices!r}")
-    device = launch.device_of(config)
+    device = resolve_device(config.device)
     check_precision(precision, device)
     launched = launch.launcher_env()
     if (config.conditional or config.semi_supervised) and (devices != 1 or precision != "fp32" or launched):
