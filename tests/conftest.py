@@ -69,3 +69,24 @@ def device(request):
     """``"cpu"``, and also ``"cuda"`` where CUDA is available: for device-independent numerical tests
     (``benchmarks/gpu_check.sh`` runs them on a GPU)."""
     return request.param
+
+
+def run_cli(capsys, *args):
+    """Run ``pyro-vae ARGS`` in this process: ``(exit code, stdout, stderr)``."""
+    from pyro_vae.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(result, *fragments):
+    """A :func:`run_cli` result that is a user's error: exit code 2 and exactly one ``error:`` line on
+    stderr, holding each of ``fragments``; returns the message after ``error: ``."""
+    code, out, err = result
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0][len("error: "):]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_user_error, run_cli
 
 from pyro_vae import load_run
 from pyro_vae.cli import main
@@ -17,11 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FAST = ["--dataset", "digits", "--hidden", "32", "--z-dim", "2", "--batch-size", "64", "--device", "cpu"]
 
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +80,6 @@ def test_sample(capsys, trained, tmp_path):
     code, out, _ = run_cli(capsys, "sample", trained, "-n", "16", "-o", tmp_path / "s.png")
     assert code == 0 and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
-
-def assert_user_error(result, *fragments):
-    code, out, err = result
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_unknown_likelihood_and_dataset(capsys):

@@ -12,6 +12,7 @@ from pyro_vae.errors import UserError
 from pyro_vae.runs import latent, plots
 from pyro_vae.vae.guides import DiagonalGuide
 from pyro_vae.vae.model import VAE
+from conftest import assert_user_error, run_cli
 
 D, Z = 64, 3
 
@@ -467,22 +468,6 @@ def test_labelled_interpolate_encodes_each_end_with_its_label_and_holds_one_clas
 # the latent commands on trained runs with labels, from the CLI and from Python -------------------------------
 
 
-def _cli(capsys, *args):
-    from pyro_vae.cli import main
-
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_error(result, *fragments):
-    code, out, err = result
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0][len("error: "):]
 
 
 LABELLED_FIT = dict(dataset="digits", hidden=(32,), z_dim=3, batch_size=128, device="cpu", epochs=1, quiet=True)
@@ -497,7 +482,7 @@ def test_latent_commands_on_a_conditional_run(tmp_path, capsys):
     x, y = run.test_data(), run.test_labels
     assert (tmp_path / "cvae" / "latents.png").exists() and png_std(tmp_path / "cvae" / "latents.png") > 0.02
     # encode: the means of q(z | x, y) with the test labels, and those labels beside them
-    code, out, err = _cli(capsys, "encode", tmp_path / "cvae", "-o", tmp_path / "z.npy")
+    code, out, err = run_cli(capsys, "encode", tmp_path / "cvae", "-o", tmp_path / "z.npy")
     assert code == 0, err
     assert "y: the labels of the test split" in out
     loc = run.vae.encoder.net(torch.cat([x.flatten(1), F.one_hot(y, 10).float()], -1))[:, :3].detach().numpy()
@@ -506,38 +491,38 @@ def test_latent_commands_on_a_conditional_run(tmp_path, capsys):
     np.testing.assert_allclose(run.encode(x[:5], labels=y[:5]).numpy(), loc[:5], rtol=1e-5, atol=1e-5)
     # a data file without labels: the labels must be given (--labels), of the right length and range
     np.save(tmp_path / "items.npy", (x[:6].flatten(1).numpy() * 255).astype(np.uint8))
-    message = _one_error(_cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "-o",
+    message = assert_user_error(run_cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "-o",
                               tmp_path / "d.npy"), "needs the items' labels", "--labels")  # fmt: skip
     with pytest.raises(UserError) as raised:
         run.encode(data=tmp_path / "items.npy")
     assert str(raised.value) == message  # the Python API raises the CLI's message
     np.save(tmp_path / "y6.npy", y[:6].numpy())
-    code, out, err = _cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
+    code, out, err = run_cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
                           tmp_path / "y6.npy", "-o", tmp_path / "d.csv")  # fmt: skip
     assert code == 0 and "y: --labels y6.npy" in out, err
     np.save(tmp_path / "y5.npy", y[:5].numpy())
-    _one_error(_cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
+    assert_user_error(run_cli(capsys, "encode", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
                     tmp_path / "y5.npy", "-o", tmp_path / "d.npy"), "y5.npy", "shape (6,)")  # fmt: skip
     np.save(tmp_path / "y10.npy", np.full(6, 10))
-    _one_error(_cli(capsys, "reconstruct", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
+    assert_user_error(run_cli(capsys, "reconstruct", tmp_path / "cvae", "--data", tmp_path / "items.npy", "--labels",
                     tmp_path / "y10.npy", "-o", tmp_path / "r.png"), "0..9")  # fmt: skip
-    _one_error(_cli(capsys, "encode", tmp_path / "cvae", "--use-classifier", "-o", tmp_path / "c.npy"),
+    assert_user_error(run_cli(capsys, "encode", tmp_path / "cvae", "--use-classifier", "-o", tmp_path / "c.npy"),
                "--semi-supervised")  # fmt: skip
     # reconstruct, interpolate, traverse and latents
-    code, _, err = _cli(capsys, "reconstruct", tmp_path / "cvae", "-n", "8", "-o", tmp_path / "r.png")
+    code, _, err = run_cli(capsys, "reconstruct", tmp_path / "cvae", "-n", "8", "-o", tmp_path / "r.png")
     assert code == 0 and png_std(tmp_path / "r.png") > 0.02, err
     i, j = 0, int(np.nonzero(y.numpy() != y[0].item())[0][0])  # two items of different labels
-    _one_error(_cli(capsys, "interpolate", tmp_path / "cvae", "--items", i, j, "-o", tmp_path / "i.png"),
+    assert_user_error(run_cli(capsys, "interpolate", tmp_path / "cvae", "--items", i, j, "-o", tmp_path / "i.png"),
                "different labels", "--label")  # fmt: skip
-    code, _, err = _cli(capsys, "interpolate", tmp_path / "cvae", "--items", i, j, "--label", "3", "-o",
+    code, _, err = run_cli(capsys, "interpolate", tmp_path / "cvae", "--items", i, j, "--label", "3", "-o",
                         tmp_path / "i.png")  # fmt: skip
     assert code == 0 and png_std(tmp_path / "i.png") > 0.02, err
-    _one_error(_cli(capsys, "traverse", tmp_path / "cvae", "--label", "10", "-o", tmp_path / "t.png"), "0..9")
-    code, out, err = _cli(capsys, "traverse", tmp_path / "cvae", "--top", "2", "-o", tmp_path / "t.png")
+    assert_user_error(run_cli(capsys, "traverse", tmp_path / "cvae", "--label", "10", "-o", tmp_path / "t.png"), "0..9")
+    code, out, err = run_cli(capsys, "traverse", tmp_path / "cvae", "--top", "2", "-o", tmp_path / "t.png")
     assert code == 0 and "each with all 10 classes" in out, err
     order, kl, images = run.traverse(top=2, label=4)
     assert images.shape == (2, 9, 64) and list(kl) == sorted(kl, reverse=True)
-    code, _, err = _cli(capsys, "latents", tmp_path / "cvae", "-o", tmp_path / "l.png")
+    code, _, err = run_cli(capsys, "latents", tmp_path / "cvae", "-o", tmp_path / "l.png")
     assert code == 0 and png_std(tmp_path / "l.png") > 0.02, err
 
 
@@ -550,24 +535,24 @@ def test_latent_commands_on_a_semi_supervised_run(tmp_path, capsys):
     x, y = run.test_data(), run.test_labels
     assert (tmp_path / "m2" / "latents.png").exists()
     predicted = run.vae.classifier.net(x.flatten(1)).argmax(-1)  # q(y | x)'s most probable class, directly
-    code, out, err = _cli(capsys, "encode", tmp_path / "m2", "--use-classifier", "-o", tmp_path / "z.npy")
+    code, out, err = run_cli(capsys, "encode", tmp_path / "m2", "--use-classifier", "-o", tmp_path / "z.npy")
     assert code == 0 and "y: the classifier's most probable class" in out, err
     np.testing.assert_array_equal(np.load(tmp_path / "z.labels.npy"), predicted.numpy())
     loc = run.vae.encoder.net(torch.cat([x.flatten(1), F.one_hot(predicted, 10).float()], -1))[:, :3].detach()
     np.testing.assert_allclose(np.load(tmp_path / "z.npy"), loc.numpy(), rtol=1e-5, atol=1e-5)
     # by default the data's labels; for items without labels the classifier's class
-    code, out, err = _cli(capsys, "encode", tmp_path / "m2", "-o", tmp_path / "t.npy")
+    code, out, err = run_cli(capsys, "encode", tmp_path / "m2", "-o", tmp_path / "t.npy")
     assert code == 0 and "the labels of the test split" in out
     np.testing.assert_array_equal(np.load(tmp_path / "t.labels.npy"), y.numpy())
     np.testing.assert_allclose(run.encode(x), run.encode(x, labels=predicted), rtol=1e-6)
     np.save(tmp_path / "items.npy", (x.flatten(1).numpy() * 255).astype(np.uint8))
-    code, out, err = _cli(capsys, "encode", tmp_path / "m2", "--data", tmp_path / "items.npy", "-o", tmp_path / "d.npy")
+    code, out, err = run_cli(capsys, "encode", tmp_path / "m2", "--data", tmp_path / "items.npy", "-o", tmp_path / "d.npy")
     assert code == 0 and "the classifier's most probable class (items.npy has no labels)" in out, err
     np.testing.assert_array_equal(np.load(tmp_path / "d.labels.npy"), predicted.numpy())
-    _one_error(_cli(capsys, "encode", tmp_path / "m2", "--use-classifier", "--labels", tmp_path / "t.labels.npy",
+    assert_user_error(run_cli(capsys, "encode", tmp_path / "m2", "--use-classifier", "--labels", tmp_path / "t.labels.npy",
                     "-o", tmp_path / "e.npy"), "exclude each other")  # fmt: skip
     for args in (["reconstruct", "-o", tmp_path / "r.png"], ["interpolate", "--items", 0, 1, "--label", 2, "-o",
                  tmp_path / "i.png"], ["traverse", "--item", 0, "-o", tmp_path / "t.png"],
                  ["latents", "--use-classifier", "-o", tmp_path / "l.png"]):  # fmt: skip
-        code, _, err = _cli(capsys, args[0], tmp_path / "m2", *args[1:])
+        code, _, err = run_cli(capsys, args[0], tmp_path / "m2", *args[1:])
         assert code == 0 and png_std(args[-1]) > 0.02, (args, err)

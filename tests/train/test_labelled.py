@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_user_error, run_cli
 
 import pyro_vae
 from pyro_vae import load_run
-from pyro_vae.cli import main
 from pyro_vae.data.load import with_validation
 from pyro_vae.errors import UserError
 from pyro_vae.train.labelled import LABELLED_SEED, draw_labelled
@@ -18,19 +18,6 @@ FAST = ["--dataset", "digits", "--hidden", "32", "--z-dim", "2", "--batch-size",
 SETTINGS = dict(dataset="digits", hidden=(32,), z_dim=2, batch_size=128, device="cpu")
 
 
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(result, *fragments):
-    code, out, err = result
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_draw_labelled_is_balanced_seeded_and_within_the_items():
