@@ -171,3 +171,165 @@ def test_onnx_without_its_packages_names_the_extra(exported, monkeypatch):
                                         r"'pyro-vae\[onnx\]' \(from a checkout: pip install -e '\.\[onnx\]'\)"):
         export_run(load_run(exported / "run", "cpu"), exported / "never", onnx=True)
     assert not (exported / "never").exists()
+
+
+# Runs with labels (issue 23): the programs take the class indices y beside z and x ------------------------
+
+#: runs in a fresh interpreter without Pyro and pyro-vae: the model card's snippet, then the programs on saved inputs
+LABELLED_WITHOUT_PYRO = """
+import os
+import re
+import sys
+sys.modules["pyro"] = None
+sys.modules["pyro_vae"] = None
+import numpy as np
+import torch
+
+folder = sys.argv[1]
+os.chdir(folder + "/export")
+card = open("README.md").read()
+exec(re.search(r"```python\\n(.*?)```", card, re.S).group(1), {})  # the model card's usage snippet runs
+z, x, y = (torch.from_numpy(np.load(folder + "/" + n + ".npy")) for n in ("z", "x", "y"))
+np.save(folder + "/decoded.npy", torch.export.load("decoder.pt2").module()(z, y).detach().numpy())
+mean, stddev = torch.export.load("encoder.pt2").module()(x, y)
+np.save(folder + "/mean.npy", mean.detach().numpy())
+np.save(folder + "/stddev.npy", stddev.detach().numpy())
+if os.path.exists("classifier.pt2"):
+    np.save(folder + "/probabilities.npy", torch.export.load("classifier.pt2").module()(x).detach().numpy())
+"""
+
+
+@pytest.fixture(scope="module", params=["conditional", "semi_supervised"])
+def labelled_export(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    kind = {"conditional": True} if request.param == "conditional" else {"semi_supervised": True, "labelled": 50}
+    fit(out=folder / "run", epochs=1, **kind, **TINY)
+    assert main(["export", str(folder / "run"), "-o", str(folder / "export"), "--eval-samples", "5",
+                 "--eval-subset", "40"]) == 0  # fmt: skip
+    return folder
+
+
+def test_labelled_programs_match_the_model_without_pyro(labelled_export):
+    folder = labelled_export
+    run = load_run(folder / "run", "cpu")
+    vae, classes = run.vae, run.vae.num_classes
+    z = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(12, *vae.x_shape, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(12) % classes
+    for name, value in (("z", z), ("x", x), ("y", y)):
+        np.save(folder / f"{name}.npy", value.numpy())
+    done = subprocess.run([sys.executable, "-c", LABELLED_WITHOUT_PYRO, str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # E[x | z, y]: the likelihood's mean of the decoder at the code (z, onehot(y)), computed here directly
+    expected = vae.likelihood.mean(vae.decoder(torch.cat([z, torch.eye(classes)[y]], -1))).detach()
+    np.testing.assert_allclose(np.load(folder / "decoded.npy"), expected.reshape(12, 1, 8, 8).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.load(folder / "decoded.npy"), vae.decode(z, y).reshape(12, 1, 8, 8).numpy(),
+                               rtol=1e-6, atol=1e-7)  # fmt: skip
+    q = vae.encoder(torch.cat([x.reshape(12, -1), torch.eye(classes)[y]], -1))  # q(z | x, y) on the packed input
+    assert isinstance(q, torch.distributions.Independent)  # the diagonal Gaussian: mean and stddev are loc and scale
+    np.testing.assert_allclose(np.load(folder / "mean.npy"), q.base_dist.loc.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.load(folder / "stddev.npy"), q.base_dist.scale.detach().numpy(), rtol=1e-6, atol=1e-7)
+    manifest = json.loads((folder / "export" / "export.json").read_text())
+    card = (folder / "export" / "README.md").read_text()
+    decoder_inputs = manifest["signatures"]["decoder"]["inputs"]
+    assert [(i["name"], i["shape"], i["dtype"]) for i in decoder_inputs] == [("z", ["N", 2], "float32"), ("y", ["N"], "int64")]
+    assert manifest["signatures"]["encoder"]["inputs"][1]["name"] == "y" and manifest["num_classes"] == classes
+    assert "`decoder.pt2`: `z` (N, 2) float32, `y` (N,) int64 -> E[x | z, y] (N, 1, 8, 8)." in card
+    assert f"y = torch.arange(16) % {classes}" in card and "mean, stddev = encoder(images, y)" in card
+    if manifest["labels"] == "semi-supervised":
+        expected = torch.softmax(vae.classifier(x), -1).detach().numpy()
+        np.testing.assert_allclose(np.load(folder / "probabilities.npy"), expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.load(folder / "probabilities.npy").sum(-1), 1.0, rtol=1e-6)
+        assert "classifier.pt2" in manifest["files"] and manifest["signatures"]["classifier"]["outputs"][0]["shape"] == [
+            "N", classes]  # fmt: skip
+        assert "`classifier.pt2`: `x` (N, 1, 8, 8) float32 -> q(y | x) (N, 10)" in card
+    else:
+        assert manifest["labels"] == "conditional" and "classifier" not in manifest["signatures"]
+        assert not (folder / "export" / "classifier.pt2").exists()
+
+
+LABELLED_ONNX = """
+import sys
+sys.modules["pyro"] = None
+sys.modules["pyro_vae"] = None
+sys.modules["torch"] = None  # ONNX Runtime alone
+import os
+import numpy as np
+import onnxruntime
+
+folder = sys.argv[1]
+z, x, y = (np.load(folder + "/" + n + ".npy") for n in ("z", "x", "y"))
+run = lambda name, **inputs: onnxruntime.InferenceSession(folder + "/onnx/" + name + ".onnx").run(None, inputs)
+np.save(folder + "/onnx_decoded.npy", run("decoder", z=z, y=y)[0])
+mean, stddev = run("encoder", x=x, y=y)
+np.save(folder + "/onnx_mean.npy", mean)
+if os.path.exists(folder + "/onnx/classifier.onnx"):
+    np.save(folder + "/onnx_probabilities.npy", run("classifier", x=x)[0])
+"""
+
+
+def test_labelled_onnx_models_match_in_onnx_runtime(labelled_export):
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from pyro_vae.runs.export import export_run
+
+    folder = labelled_export
+    run = load_run(folder / "run", "cpu")
+    vae = run.vae
+    manifest = export_run(run, folder / "onnx", eval_samples=2, eval_subset=10, onnx=True)
+    semi = manifest["labels"] == "semi-supervised"
+    assert {"encoder.onnx", "decoder.onnx"} | ({"classifier.onnx"} if semi else set()) <= set(manifest["files"])
+    assert not list((folder / "onnx").glob("*.data"))  # self-contained models
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(2))
+    x = torch.rand(5, *vae.x_shape, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([3, 0, 9, 1, 1])
+    for name, value in (("z", z), ("x", x), ("y", y)):
+        np.save(folder / f"{name}.npy", value.numpy())
+    done = subprocess.run([sys.executable, "-c", LABELLED_ONNX, str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(folder / "onnx_decoded.npy"), vae.decode(z, y).reshape(5, 1, 8, 8).numpy(),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(np.load(folder / "onnx_mean.npy"), vae.encoder(vae.pack(x, y)).mean.detach().numpy(),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    if semi:
+        np.testing.assert_allclose(np.load(folder / "onnx_probabilities.npy"),
+                                   torch.softmax(vae.classifier(x), -1).detach().numpy(), rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_a_failed_trace_is_one_error_line_and_leaves_nothing(exported, monkeypatch, capsys):
+    import logging
+
+    def fails(*args, **kwargs):
+        # what a failing trace does: torch logs the failing operation at length, then raises
+        logging.getLogger("torch._subclasses.fake_tensor").error("fake tensor log line that must not be shown")
+        logging.getLogger("torch.export").warning("export log line that must not be shown")
+        raise RuntimeError("a and b must have same reduction dim\nsecond line")
+
+    monkeypatch.setattr(torch.export, "export", fails)
+    levels = {n: logging.getLogger(n).level for n in ("torch", "torch._subclasses.fake_tensor", "torch.export")}
+    target = exported / "failed" / "export"
+    assert main(["export", str(exported / "run"), "-o", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: torch.export could not trace the decoder: RuntimeError: a and b must have same reduction dim\n"
+    assert "must not be shown" not in captured.out
+    assert not (exported / "failed").exists()  # no partial folder, no staging folder, not the parent it created
+    assert {n: logging.getLogger(n).level for n in levels} == levels  # the loggers' levels restored
+    # an --overwrite of an existing export that fails keeps that export as it was
+    before = {p.name: p.read_bytes() for p in (exported / "export").iterdir()}
+    assert main(["export", str(exported / "run"), "-o", str(exported / "export"), "--overwrite"]) == 2
+    assert {p.name: p.read_bytes() for p in (exported / "export").iterdir()} == before
+    assert not list(exported.glob(".export.*.staging"))
+
+
+def test_overwrite_replaces_the_export(exported, tmp_path):
+    from pyro_vae.runs.export import export_run
+
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "classifier.pt2").write_text("from an earlier export")  # not written by this export: removed
+    (out / "notes.txt").write_text("the user's")  # not an export file: kept
+    manifest = export_run(load_run(exported / "run", "cpu"), out, eval_samples=2, eval_subset=10, overwrite=True)
+    assert not (out / "classifier.pt2").exists() and (out / "notes.txt").read_text() == "the user's"
+    assert set(manifest["files"]) <= {p.name for p in out.iterdir()} and not list(tmp_path.glob(".again.*"))
+    assert manifest["labels"] is None and "y" not in [i["name"] for i in manifest["signatures"]["decoder"]["inputs"]]
