@@ -343,8 +343,12 @@ def _write_export(run, out, eval_samples, eval_subset, seed, onnx):
 
     # the weights
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in vae.state_dict().items()}
-    write_file_checked(out / "model.safetensors", lambda p: save_file(
-        weights, str(p), metadata={"format": "pt", "config": json.dumps(meta, default=str)}), "weights")
+
+    def write_weights(path):
+        save_file(weights, str(path), metadata={"format": "pt", "config": json.dumps(meta, default=str)})
+        os.chmod(path, 0o666 & ~_umask())  # safetensors makes 0600 files; give the usual permissions
+
+    write_file_checked(out / "model.safetensors", write_weights, "weights")
 
     # the programs; the example labels 0, 1, 2 (any class indices would do)
     example_y = (torch.arange(3) % vae.num_classes,) if labelled else ()
