@@ -158,17 +158,7 @@ class LabelledTrainer(Trainer):
                 n += items
                 if progress is not None:
                     progress(items, loss)
-        losses = torch.stack(step_losses).cpu()
-        seconds = time.perf_counter() - t0
-        self._check_finite(losses, epoch)
-        self.epoch = epoch
-        record = {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
-                  "items_per_s": n / seconds}  # fmt: skip
-        if not self.schedule.constant:
-            record["lr"] = lr
-        if self.kl.active:
-            record["kl_weight"] = kl_weight
-        return record
+        return self._end_of_epoch(epoch, torch.stack(step_losses).cpu(), n, time.perf_counter() - t0, lr, kl_weight)
 
     def run_steps(self, num_steps: int) -> torch.Tensor:
         raise UserError(f"run_steps is not available for {labels_flag(self.config)} runs; use train_epoch")

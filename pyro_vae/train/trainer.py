@@ -182,15 +182,19 @@ class Trainer:
                 if progress is not None:
                     progress(x.shape[0], loss)
         losses = self.reduce(torch.stack(step_losses)).cpu()  # the epoch's one host read (it waits for the device)
-        seconds = time.perf_counter() - t0
+        return self._end_of_epoch(epoch, losses, n, time.perf_counter() - t0, lr, kl_weight)
+
+    def _end_of_epoch(self, epoch, losses, n, seconds, lr, kl_weight):
+        """After an epoch's steps: check its ``losses`` (one per step, summed over ``n`` items), count the
+        epoch, and return its record (``lr`` and ``kl_weight``: the last step's)."""
         self._check_finite(losses, epoch)
         self.epoch = epoch
         record = {"epoch": epoch, "train_elbo": -losses.double().sum().item() / n, "seconds": seconds,
                   "items_per_s": n / seconds}  # fmt: skip
         if not self.schedule.constant:
-            record["lr"] = lr  # the last step's
+            record["lr"] = lr
         if self.kl.active:
-            record["kl_weight"] = kl_weight  # the last step's; train_elbo is then the training objective
+            record["kl_weight"] = kl_weight  # train_elbo is then the training objective
         return record
 
     def _check_finite(self, losses, epoch):
