@@ -211,5 +211,19 @@ def test_numpyro_phases_take_the_pieces_of_its_step():
     for _ in range(3):
         d.time_round()
     row = d.phases(skip=0)
-    assert row["total"] == pytest.approx(sum(v for k, v in row.items() if k.startswith(("minibatch", "forward", "back", "opt"))))
+    assert row["total"] == pytest.approx(
+        sum(v for k, v in row.items() if k.startswith(("minibatch", "forward", "back", "opt")))
+    )
     assert row["whole jitted step (fori_loop, fused across phases)"] > 0 and d.compile_s > 0
+
+
+def test_step_overheads_report(tmp_path):
+    """benchmarks/step_overheads.py (issue 24): the uint8 and compiled-call bounds, derived rows as differences."""
+    import step_overheads
+
+    step_overheads.main(["--threads", "1", "--items", "500", "--calls", "5", "--blocks", "3", "--out", str(tmp_path)])
+    ms = json.loads((tmp_path / "step-overheads.json").read_text())["ms"]
+    assert ms["uint8 saves per step (ms)"] == ms["minibatch, float32 data (ms)"] - ms["minibatch, uint8 data (ms)"]
+    assert ms["compiled call overhead per call (ms)"] == ms["tiny op, compiled call (ms)"] - ms["tiny op, eager (ms)"]
+    assert all(ms[k] > 0 for k in ms if "saves" not in k and "overhead" not in k)
+    assert "| minibatch, uint8 data |" in (tmp_path / "step-overheads.md").read_text()
