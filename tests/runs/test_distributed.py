@@ -22,12 +22,12 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import pyro
 
-from pyro_vae.errors import UserError
 from pyro_vae import fit
+from pyro_vae.errors import UserError
 from pyro_vae.runs.launch import launcher_env
-from pyro_vae.train.distributed import DistributedTrainer, autocast_networks
 from pyro_vae.speed import trace_elbo_loss
 from pyro_vae.train.build import make_config
+from pyro_vae.train.distributed import DistributedTrainer, autocast_networks
 from pyro_vae.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,11 @@ def test_one_ddp_step_equals_one_process_on_the_union_of_the_slices(tmp_path):
     for r in range(WORLD):
         for name, value in trainer.vae.state_dict().items():
             torch.testing.assert_close(ranks[r]["params"][name], value, rtol=0, atol=1e-6)
-    worst = max((ranks[r]["params"][k] - v).abs().max().item() for r in range(WORLD) for k, v in trainer.vae.state_dict().items())
+    worst = max(
+        (ranks[r]["params"][k] - v).abs().max().item()
+        for r in range(WORLD)
+        for k, v in trainer.vae.state_dict().items()
+    )
     print(f"one DDP step against one process: largest parameter difference {worst:.2e}")
 
 
@@ -138,8 +142,11 @@ def test_bf16_autocast_keeps_the_networks_outputs_and_the_elbo_in_float32():
     assert 0 < (out - exact).abs().max() < 0.1
     bf16 = x.bfloat16()
     for layer in net:
-        bf16 = layer(bf16) if not isinstance(layer, torch.nn.Linear) else torch.nn.functional.linear(
-            bf16, layer.weight.bfloat16(), layer.bias.bfloat16())
+        bf16 = (
+            layer(bf16)
+            if not isinstance(layer, torch.nn.Linear)
+            else torch.nn.functional.linear(bf16, layer.weight.bfloat16(), layer.bias.bfloat16())
+        )
     torch.testing.assert_close(out, bf16.float())
     with trainer._own_params():
         loss = trace_elbo_loss(trainer.step.loss, trainer.vae.model, trainer.vae.guide, x)
@@ -187,7 +194,7 @@ def test_a_run_checkpointed_with_two_processes_resumes_with_one(tmp_path):
     assert [m["epoch"] for m in _metrics(out)] == [1, 2, 3, 4]
 
 
-DYING_GUIDE = '''
+DYING_GUIDE = """
 import os
 from pyro_vae.vae.guides import DiagonalGuide
 
@@ -198,7 +205,7 @@ class DyingGuide(DiagonalGuide):
         if os.environ.get("RANK") == "1" and DyingGuide.calls > 5:
             os._exit(9)
         return super().forward(x)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -207,7 +214,12 @@ def test_a_rank_that_dies_stops_the_run_with_one_line(tmp_path):
     guide.write_text(DYING_GUIDE)
     start = time.monotonic()
     with pytest.raises(UserError, match=r"^rank 1 of 2 exited with code 9; the other ranks were stopped$"):
-        fit(make_config(None, **{**TINY, "epochs": 2, "guide": f"{guide}:DyingGuide"}), tmp_path / "run", devices=2, quiet=True)
+        fit(
+            make_config(None, **{**TINY, "epochs": 2, "guide": f"{guide}:DyingGuide"}),
+            tmp_path / "run",
+            devices=2,
+            quiet=True,
+        )
     assert time.monotonic() - start < 120  # no waiting for the collective timeout
 
 
@@ -467,7 +479,7 @@ def test_what_a_refused_spawned_run_wrote_is_removed_unless_it_holds_a_run(tmp_p
     assert sorted(os.listdir(trained)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
 
 
-BARE_PARAM_GUIDE = '''
+BARE_PARAM_GUIDE = """
 import pyro, torch
 from pyro_vae.vae.guides import DiagonalGuide
 
@@ -475,7 +487,7 @@ class BareParamGuide(DiagonalGuide):
     def forward(self, x):
         pyro.param("extra_scale", torch.ones(()))
         return super().forward(x)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -490,7 +502,9 @@ def test_a_run_refused_by_the_ranks_leaves_no_folder_and_the_retry_runs(tmp_path
     with pytest.raises(UserError, match="--free-bits is not available with --devices > 1"):
         fit(make_config(None, **{**TINY, "epochs": 1, "free_bits": 0.5}), out, devices=2, quiet=True)
     assert not out.exists()
-    fit(make_config(None, **{**TINY, "epochs": 1}), out, devices=2, quiet=True)  # the retry, without the refused setting
+    fit(
+        make_config(None, **{**TINY, "epochs": 1}), out, devices=2, quiet=True
+    )  # the retry, without the refused setting
     assert [m["epoch"] for m in _metrics(out)] == [1]
 
 
@@ -505,7 +519,9 @@ def test_a_resumed_data_parallel_run_repeats_the_uninterrupted_one(tmp_path, dev
     settings = {**TINY, "binarize": "dynamic", "kl_warmup": 1, "lr_schedule": "exponential", "lr_gamma": 0.5}
     full = fit(make_config(None, **{**settings, "epochs": 3}), tmp_path / "full", devices=devices, quiet=True)
     fit(make_config(None, **{**settings, "epochs": 1}), tmp_path / "part", devices=devices, quiet=True)
-    part = fit(make_config(None, **{**settings, "epochs": 3}), tmp_path / "part", resume=True, devices=devices, quiet=True)
+    part = fit(
+        make_config(None, **{**settings, "epochs": 3}), tmp_path / "part", resume=True, devices=devices, quiet=True
+    )
     keys = ("epoch", "train_elbo", "valid_elbo", "lr", "kl_weight")
     assert [[m[k] for k in keys] for m in part.metrics] == [[m[k] for k in keys] for m in full.metrics]
     assert part.final["test_elbo"] == full.final["test_elbo"]

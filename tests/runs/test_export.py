@@ -80,7 +80,9 @@ def test_model_card_and_manifest(exported):
     evaluation = json.loads((out / "evaluation.json").read_text())
     final = json.loads((exported / "run" / "final.json").read_text())
     card = (out / "README.md").read_text()
-    assert manifest["checkpoint"] == "best" and manifest["item_shape"] == [1, 8, 8] and manifest["encoder_skipped"] is None
+    assert (
+        manifest["checkpoint"] == "best" and manifest["item_shape"] == [1, 8, 8] and manifest["encoder_skipped"] is None
+    )
     assert evaluation["samples"] == 20 and evaluation["test_log_likelihood"] >= evaluation["test_elbo"] - 1.0
     assert f"| {evaluation['test_elbo']:.3f} |" in card and f"| {evaluation['test_log_likelihood']:.3f} |" in card
     assert f"{final['test_elbo']:.3f}" in card and "digits" in card and "| `z_dim` | `2` |" in card
@@ -167,8 +169,11 @@ def test_onnx_without_its_packages_names_the_extra(exported, monkeypatch):
     # whether or not they are installed here: the message names both, and the extra that brings them
     hidden = ("onnx", "onnxscript")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
-    with pytest.raises(UserError, match=r"--onnx needs the optional packages onnx and onnxscript: pip install "
-                                        r"'pyro-vae\[onnx\]' \(from a checkout: pip install -e '\.\[onnx\]'\)"):
+    with pytest.raises(
+        UserError,
+        match=r"--onnx needs the optional packages onnx and onnxscript: pip install "
+        r"'pyro-vae\[onnx\]' \(from a checkout: pip install -e '\.\[onnx\]'\)",
+    ):
         export_run(load_run(exported / "run", "cpu"), exported / "never", onnx=True)
     assert not (exported / "never").exists()
 
@@ -222,7 +227,9 @@ def test_labelled_programs_match_the_model_without_pyro(labelled_export):
     assert done.returncode == 0, done.stderr[-2000:]
     # E[x | z, y]: the likelihood's mean of the decoder at the code (z, onehot(y)), computed here directly
     expected = vae.likelihood.mean(vae.decoder(torch.cat([z, torch.eye(classes)[y]], -1))).detach()
-    np.testing.assert_allclose(np.load(folder / "decoded.npy"), expected.reshape(12, 1, 8, 8).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        np.load(folder / "decoded.npy"), expected.reshape(12, 1, 8, 8).numpy(), rtol=1e-6, atol=1e-7
+    )
     np.testing.assert_allclose(np.load(folder / "decoded.npy"), vae.decode(z, y).reshape(12, 1, 8, 8).numpy(),
                                rtol=1e-6, atol=1e-7)  # fmt: skip
     q = vae.encoder(torch.cat([x.reshape(12, -1), torch.eye(classes)[y]], -1))  # q(z | x, y) on the packed input
@@ -232,7 +239,10 @@ def test_labelled_programs_match_the_model_without_pyro(labelled_export):
     manifest = json.loads((folder / "export" / "export.json").read_text())
     card = (folder / "export" / "README.md").read_text()
     decoder_inputs = manifest["signatures"]["decoder"]["inputs"]
-    assert [(i["name"], i["shape"], i["dtype"]) for i in decoder_inputs] == [("z", ["N", 2], "float32"), ("y", ["N"], "int64")]
+    assert [(i["name"], i["shape"], i["dtype"]) for i in decoder_inputs] == [
+        ("z", ["N", 2], "float32"),
+        ("y", ["N"], "int64"),
+    ]
     assert manifest["signatures"]["encoder"]["inputs"][1]["name"] == "y" and manifest["num_classes"] == classes
     assert "`decoder.pt2`: `z` (N, 2) float32, `y` (N,) int64 -> E[x | z, y] (N, 1, 8, 8)." in card
     assert f"y = torch.arange(16) % {classes}" in card and "mean, stddev = encoder(images, y)" in card
@@ -311,7 +321,10 @@ def test_a_failed_trace_is_one_error_line_and_leaves_nothing(exported, monkeypat
     target = exported / "failed" / "export"
     assert main(["export", str(exported / "run"), "-o", str(target)]) == 2
     captured = capsys.readouterr()
-    assert captured.err == "error: torch.export could not trace the decoder: RuntimeError: a and b must have same reduction dim\n"
+    assert (
+        captured.err
+        == "error: torch.export could not trace the decoder: RuntimeError: a and b must have same reduction dim\n"
+    )
     assert "must not be shown" not in captured.out
     assert not (exported / "failed").exists()  # no partial folder, no staging folder, not the parent it created
     assert {n: logging.getLogger(n).level for n in levels} == levels  # the loggers' levels restored

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_user_error, run_cli
 
 from pyro_vae.errors import UserError
 from pyro_vae.runs import latent, plots
 from pyro_vae.vae.guides import DiagonalGuide
 from pyro_vae.vae.model import VAE
-from conftest import assert_user_error, run_cli
 
 D, Z = 64, 3
 
@@ -238,7 +238,9 @@ def png_std(path):
     return float(img[..., :3].std())
 
 
-@pytest.mark.parametrize("z,method,want", [(2, "auto", "plane"), (5, "auto", "pca"), (5, "tsne", "tsne"), (1, "pca", "line")])
+@pytest.mark.parametrize(
+    "z,method,want", [(2, "auto", "plane"), (5, "auto", "pca"), (5, "tsne", "tsne"), (1, "pca", "line")]
+)
 def test_latent_scatter_writes_a_png(tmp_path, z, method, want):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 20)
@@ -468,8 +470,6 @@ def test_labelled_interpolate_encodes_each_end_with_its_label_and_holds_one_clas
 # the latent commands on trained runs with labels, from the CLI and from Python -------------------------------
 
 
-
-
 LABELLED_FIT = dict(dataset="digits", hidden=(32,), z_dim=3, batch_size=128, device="cpu", epochs=1, quiet=True)
 
 
@@ -546,7 +546,9 @@ def test_latent_commands_on_a_semi_supervised_run(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "t.labels.npy"), y.numpy())
     np.testing.assert_allclose(run.encode(x), run.encode(x, labels=predicted), rtol=1e-6)
     np.save(tmp_path / "items.npy", (x.flatten(1).numpy() * 255).astype(np.uint8))
-    code, out, err = run_cli(capsys, "encode", tmp_path / "m2", "--data", tmp_path / "items.npy", "-o", tmp_path / "d.npy")
+    code, out, err = run_cli(
+        capsys, "encode", tmp_path / "m2", "--data", tmp_path / "items.npy", "-o", tmp_path / "d.npy"
+    )
     assert code == 0 and "the classifier's most probable class (items.npy has no labels)" in out, err
     np.testing.assert_array_equal(np.load(tmp_path / "d.labels.npy"), predicted.numpy())
     assert_user_error(run_cli(capsys, "encode", tmp_path / "m2", "--use-classifier", "--labels", tmp_path / "t.labels.npy",

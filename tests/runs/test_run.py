@@ -256,6 +256,8 @@ def test_run_shows_its_scores_as_text_and_html(tmp_path):
     assert f"{final['test_elbo']:.3f}" in page and "<table>" in page
     (tmp_path / "run" / "evaluation.json").write_text("{damaged")  # shown without it, not an error
     assert "evaluated" not in repr(again)
+
+
 # Runs you can share: parts given as code travel in the run folder; registered parts say what to register ---
 
 SHARED_PARTS = '''
@@ -340,7 +342,9 @@ def test_parts_registered_in_python_say_what_to_register(tmp_path, monkeypatch):
     pyro_vae.GUIDES.register("notebook-guide", NotebookGuide)
     fit(out=tmp_path / "run", epochs=1, guide="notebook-guide", **TINY)
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert meta["registered"] == {"guide": {"name": "notebook-guide", "class": f"{__name__}.{NotebookGuide.__qualname__}"}}
+    assert meta["registered"] == {
+        "guide": {"name": "notebook-guide", "class": f"{__name__}.{NotebookGuide.__qualname__}"}
+    }
     assert load_run(tmp_path / "run").vae.encoder.__class__ is NotebookGuide
     del pyro_vae.GUIDES._entries["notebook-guide"]  # a fresh process: nothing registered
     with pytest.raises(UserError) as e:
@@ -399,14 +403,32 @@ def test_messages_go_through_logging_and_the_cli_prints_them(tmp_path, caplog, c
     with caplog.at_level(logging.INFO, logger="pyro_vae"):
         fit(out=tmp_path / "a", epochs=1, **{**TINY, "quiet": False})
     (record,) = [r for r in caplog.records if r.name == "pyro_vae"]
-    assert record.levelno == logging.INFO and "test ELBO" in record.getMessage() and str(tmp_path / "a") in record.getMessage()
+    assert (
+        record.levelno == logging.INFO
+        and "test ELBO" in record.getMessage()
+        and str(tmp_path / "a") in record.getMessage()
+    )
     assert "test ELBO" not in capsys.readouterr().out  # the library itself prints nothing
     caplog.clear()
-    args = ["fit", "--dataset", "digits", "--hidden", "16", "--z-dim", "3", "--epochs", "1", "--out", str(tmp_path / "b")]
+    args = [
+        "fit",
+        "--dataset",
+        "digits",
+        "--hidden",
+        "16",
+        "--z-dim",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "b"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("bernoulli VAE on digits: test ELBO ") and str(tmp_path / "b") in out
     assert not logging.getLogger("pyro_vae").handlers  # the CLI's handler is removed again
+
+
 # Messages that suggest a command suggest one that works; received code needs trust (issue 20) -----
 
 
@@ -506,8 +528,11 @@ def test_the_api_validates_as_the_cli(trained, tmp_path):
                             ({"samples": 2, "subset": 1.5}, "--subset must be an integer")]:  # fmt: skip
         with pytest.raises(UserError, match=message):
             run.evaluate(**kwargs)
-    for kwargs, message in [({"out": 5}, "out must be a path"), ({"out": tmp_path / "x", "loggers": 5}, "logger names"),
-                            ({"out": tmp_path / "x", "log_images_every": "x"}, "--log-images-every must be an integer")]:
+    for kwargs, message in [
+        ({"out": 5}, "out must be a path"),
+        ({"out": tmp_path / "x", "loggers": 5}, "logger names"),
+        ({"out": tmp_path / "x", "log_images_every": "x"}, "--log-images-every must be an integer"),
+    ]:
         with pytest.raises(UserError, match=message):
             fit(epochs=0, **TINY, **kwargs)
     assert not (tmp_path / "x").exists()
