@@ -15,10 +15,12 @@ FORMAT = "pyro-vae-checkpoint/1"
 KEYS = ("config", "epoch", "model", "optimizer", "rng")
 
 
-def _umask():
+def usual_mode(mode: int = 0o666) -> int:
+    """``mode`` less the process's umask: the permissions ``open`` would give a new file (``0o777`` for a folder).
+    For files made by ``mkstemp``/``mkdtemp`` or libraries that write 0600 files."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return mode & ~mask
 
 
 def refuse_symlink(path):
@@ -58,7 +60,7 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, usual_mode())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -107,7 +109,9 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         state = torch_load(path, map_location=map_location)
     except Exception as e:  # pickle, zip and torch errors of every kind mean a damaged file
-        raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it or retrain") from None
+        raise UserError(
+            f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it or retrain"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a pyro-vae checkpoint (expected format {FORMAT})")
     missing = [k for k in KEYS if k not in state]

@@ -65,7 +65,7 @@ import torch.nn as nn
 
 import pyro
 
-from ..checkpoint import atomic_write, atomic_write_text, refuse_symlink
+from ..checkpoint import atomic_write, atomic_write_text, refuse_symlink, usual_mode
 from ..errors import UserError
 from ..vae.labels import LabelledVAE, SemiSupervisedVAE, one_hot
 from .run import write_file_checked
@@ -189,8 +189,9 @@ def _export_program(module, examples, path, onnx=False):
         if onnx:
             target = Path(path).with_suffix(".onnx")
             refuse_symlink(target)
-            torch.onnx.export(program, examples, str(target), dynamo=True, verbose=False,
-                              external_data=False)  # one file with its weights (no .onnx.data beside it)
+            torch.onnx.export(
+                program, examples, str(target), dynamo=True, verbose=False, external_data=False
+            )  # one file with its weights (no .onnx.data beside it)
     refuse_symlink(path)
     torch.export.save(program, str(path))
 
@@ -307,7 +308,7 @@ def _commit(staging, out):
     file moved into it by an atomic rename and the export files of an earlier export not written now removed."""
     try:
         if not out.exists():
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the usual permissions
+            os.chmod(staging, usual_mode(0o777))  # mkdtemp makes 0700 folders; give the usual permissions
             os.rename(staging, out)
             return
         written = {p.name for p in staging.iterdir()}
@@ -320,12 +321,6 @@ def _commit(staging, out):
         staging.rmdir()
     except OSError as e:
         raise UserError(f"cannot write the export folder {out}: {e.strerror or e}") from None
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_export(run, out, eval_samples, eval_subset, seed, onnx):
@@ -346,7 +341,7 @@ def _write_export(run, out, eval_samples, eval_subset, seed, onnx):
 
     def write_weights(path):
         save_file(weights, str(path), metadata={"format": "pt", "config": json.dumps(meta, default=str)})
-        os.chmod(path, 0o666 & ~_umask())  # safetensors makes 0600 files; give the usual permissions
+        os.chmod(path, usual_mode())  # safetensors makes 0600 files; give the usual permissions
 
     write_file_checked(out / "model.safetensors", write_weights, "weights")
 
@@ -477,7 +472,9 @@ def model_card(run, evaluation, manifest, pictures):
     if evaluation.get("bits_per_dim") is not None:
         lines.append(f"| bits per dimension | {_number(evaluation['bits_per_dim'], 4)} |")
     if evaluation.get("test_error") is not None:
-        lines.append(f"| test classification error of q(y \\| x) (lower is better) | {_number(evaluation['test_error'], 4)} |")
+        lines.append(
+            f"| test classification error of q(y \\| x) (lower is better) | {_number(evaluation['test_error'], 4)} |"
+        )
     if final:
         lines.append(f"| test ELBO at the end of training (final.json; best epoch {final.get('best_epoch')} of "
                      f"{final.get('epochs')}) | {_number(final.get('test_elbo'))} |")  # fmt: skip
