@@ -173,3 +173,26 @@ def test_burda_schedule_is_shrunk_in_proportion_and_applied(tmp_path, monkeypatc
                  lr=1e-3, out=tmp_path / "run", quiet=True, on_epoch=schedule.step)  # fmt: skip
     gamma = 10 ** (-1 / 7)
     assert schedule.lrs == pytest.approx([1e-3, 1e-3 * gamma, 1e-3 * gamma**2])
+
+
+@pytest.mark.examples
+def test_ss_mnist_stacked_model_in_smoke_mode(tmp_path, monkeypatch, shared_copy):
+    """``ss_mnist.py --model m1+m2``: M1's codes are what M1's guide gives, and M2 is fitted on them."""
+    import numpy as np
+
+    out = tmp_path / "out"
+    args = ["--smoke", "--model", "m1+m2", "--out", str(out), "--data-dir", str(shared_copy("MNIST"))]
+    run_example("reproduce/ss_mnist.py", args, monkeypatch)
+    for f in ["ss_mnist.png", "ss_mnist.md", "ss_mnist.json", "runs/seed0/m1/best.pt", "runs/seed0/m2-20/best.pt"]:
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f"ss_mnist.py --model m1+m2 did not write {f}"
+    m1 = pyro_vae.load_run(out / "runs" / "seed0" / "m1")
+    codes = np.load(out / "runs" / "seed0" / "m1_codes.npz")
+    test_codes = m1.encode(split="test").numpy()  # M1's posterior means of the test items
+    np.testing.assert_allclose(codes["x_test"], test_codes, rtol=1e-6, atol=1e-6)
+    assert len(codes["x_train"]) == m1.meta["n_train"]  # its training and validation items
+    m2 = pyro_vae.load_run(out / "runs" / "seed0" / "m2-20")
+    assert m2.config.likelihood == "gaussian" and m2.config.semi_supervised and m2.meta["x_dim"] == codes["x_test"].shape[1]
+    result = json.loads((out / "ss_mnist.json").read_text())
+    (row,) = result["rows"]
+    assert row["labelled"] == 20 and row["runs"] == 1 and 0.0 <= row["test_error_mean"] <= 100.0
+    assert result["runs"][0]["test_error"] * 100 == pytest.approx(row["test_error_mean"])
