@@ -111,7 +111,7 @@ def m1_codes(m1, path):
 def stacked_class_grid(m1, m2, path, columns=10):
     """M1+M2's Figure 1: M2's codes ``z_1`` for each class (rows) and the same ``z_2`` down each column, decoded to
     images by M1's decoder."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=m2.device).manual_seed(0)
     z1 = m2.vae.class_grid(columns=columns, generator=generator)
     images = latent.decode(m1.vae, z1.to(m1.device))
     plots.save_grid(images, m1.image_shape, path, ncol=columns,
@@ -171,7 +171,8 @@ def main():
     summary = {"model": args.model, "rows": rows, "runs": results, "smoke": args.smoke,
                "settings": m2_settings(args, args.seed, counts[0]).to_dict() if not stacked else None,
                "m1_settings": m1_settings(args, args.seed).to_dict() if stacked else None, "epochs": args.epochs,
-               "lr": args.lr, "alpha": args.alpha, "source": KINGMA_2014, "machine": common.machine()}  # fmt: skip
+               "lr": args.lr, "alpha": args.alpha,
+               "test_log_px_of": "M1's codes z1 (a density on codes, not on images)" if stacked else "the binarized test images", "source": KINGMA_2014, "machine": common.machine()}  # fmt: skip
     common.write_json(out / "ss_mnist.json", summary)
     name = "M1+M2" if stacked else "M2"
     lines = [f"| labels | pyro-vae {name}, test error (%) | runs | seconds per run | Kingma et al. (2014) {name} "
