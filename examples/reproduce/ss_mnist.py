@@ -12,7 +12,7 @@ dynamic binarization.
 
 ``--model m1+m2`` is the paper's stacked model: M1, a plain VAE (784-600-600-50 ReLU, the flow prior, 30 epochs
 on all training images, no labels), is trained first; each image is replaced by M1's posterior mean
-:math:`\\mathbb{E}_{q(z_1 \\mid x)}[z_1]` (``Run.encode``); then M2 is fitted on those 50-dimensional codes with a
+:math:`\\mathbb{E}_{q(z_1 \\mid x)}[z_1]` (``latent.encode_run``); then M2 is fitted on those 50-dimensional codes with a
 Gaussian decoder (``fit(Config(data=codes.npz, likelihood="gaussian", semi_supervised=True, ...))``, z 50, 500
 softplus units, Adam 1e-3). Changed from the paper: M1's flow prior (more active units than N(0, I) at this
 budget), posterior means instead of draws of :math:`z_1`, Adam. One M1 per seed serves every ``--labelled`` count.
@@ -71,19 +71,18 @@ def arguments():
 
 def m2_settings(args, seed, labelled, data=None):
     """M2: on MNIST itself, or (``data``) on M1's codes with a Gaussian decoder."""
-    if args.smoke:  # scikit-learn's 8x8 digits: labelled, a few seconds
-        base = dict(dataset="digits", likelihood="bernoulli", z_dim=4, hidden=(32,), lr=1e-3, batch_size=64, epochs=1,
-                    labelled=20)  # fmt: skip
-        if data is not None:
-            del base["dataset"]
-            base.update(data=data, likelihood="gaussian")
-    elif data is not None:
-        base = dict(data=data, likelihood="gaussian", z_dim=50, hidden=(500,), lr=args.lr, batch_size=args.batch_size,
-                    epochs=args.epochs, labelled=labelled)  # fmt: skip
+    if args.smoke:  # a few seconds
+        base = dict(z_dim=4, hidden=(32,), lr=1e-3, batch_size=64, epochs=1, labelled=20)
     else:
-        base = dict(dataset="mnist", data_dir=args.data_dir, likelihood="bernoulli",
-                    likelihood_options={"binarize": "dynamic"}, z_dim=50, hidden=(500,), lr=args.lr,
-                    batch_size=args.batch_size, epochs=args.epochs, labelled=labelled)  # fmt: skip
+        base = dict(z_dim=50, hidden=(500,), lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                    labelled=labelled)  # fmt: skip
+    if data is not None:  # M1's codes: p(z1 | y, z2) a Gaussian with a learned scale
+        base.update(data=data, likelihood="gaussian")
+    elif args.smoke:  # scikit-learn's 8x8 digits: labelled
+        base.update(dataset="digits", likelihood="bernoulli")
+    else:
+        base.update(dataset="mnist", data_dir=args.data_dir, likelihood="bernoulli",
+                    likelihood_options={"binarize": "dynamic"})  # fmt: skip
     return pyro_vae.Config(semi_supervised=True, alpha=args.alpha, activation="softplus", seed=seed, device=args.device,
                            **base)  # fmt: skip
 
